@@ -1,0 +1,5 @@
+"""``python -m flower_practices`` runs the command line."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,120 @@
+"""A plain-data snapshot of a loaded Celery app (``-A proj``) that rules can read.
+
+Rules never import user code themselves: the snapshot records, per task, whether it has a
+retry policy, time limits and ``ignore_result``, and app-wide routing and serializer
+settings. Built once at start-up, off the hot path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+
+
+@dataclass(slots=True)
+class TaskInfo:
+    name: str
+    max_retries: int | None
+    autoretry_for: tuple[str, ...]
+    calls_retry: bool
+    time_limit: float | None
+    soft_time_limit: float | None
+    ignore_result: bool
+    queue: str | None
+    acks_late: bool
+
+    @property
+    def has_retry_policy(self) -> bool:
+        return bool(self.autoretry_for) or self.calls_retry
+
+    @property
+    def has_time_limit(self) -> bool:
+        return bool(self.time_limit) or bool(self.soft_time_limit)
+
+
+@dataclass(slots=True)
+class AppInfo:
+    main: str
+    broker_url: str
+    result_backend: str | None
+    default_queue: str
+    queues: tuple[str, ...]
+    has_routes: bool
+    task_serializer: str
+    result_serializer: str
+    accept_content: tuple[str, ...]
+    prefetch_multiplier: int
+    send_sent_event: bool
+    worker_send_task_events: bool
+    tasks: dict[str, TaskInfo] = field(default_factory=dict)
+
+    def task(self, name: str | None) -> TaskInfo | None:
+        return self.tasks.get(name) if name else None
+
+
+def _class_names(classes: Any) -> tuple[str, ...]:
+    out = []
+    for cls in classes or ():
+        out.append(cls.__name__ if isinstance(cls, type) else str(cls))
+    return tuple(out)
+
+
+def _calls_retry(task: Any) -> bool:
+    run = getattr(task, "run", None)
+    func = getattr(run, "__func__", run)
+    code = getattr(func, "__code__", None)
+    if code is None:
+        return False
+    names = set(code.co_names)
+    for const in code.co_consts:  # nested functions/closures inside the task body
+        if hasattr(const, "co_names"):
+            names.update(const.co_names)
+    return "retry" in names
+
+
+def _route_queue(app: Celery, name: str) -> str | None:
+    try:
+        route = app.amqp.router.route({}, name)
+    except Exception:  # a user router that raises must not stop us
+        return None
+    queue = route.get("queue") if isinstance(route, dict) else None
+    return getattr(queue, "name", queue) if queue is not None else None
+
+
+def snapshot_app(app: Celery) -> AppInfo:
+    """Read configuration and task definitions from ``app``."""
+    conf = app.conf
+    app.loader.import_default_modules()
+    tasks: dict[str, TaskInfo] = {}
+    for name, task in sorted(app.tasks.items()):
+        if name.startswith("celery."):
+            continue
+        tasks[name] = TaskInfo(
+            name=name,
+            max_retries=getattr(task, "max_retries", None),
+            autoretry_for=_class_names(getattr(task, "autoretry_for", ())),
+            calls_retry=_calls_retry(task),
+            time_limit=getattr(task, "time_limit", None) or conf.task_time_limit,
+            soft_time_limit=getattr(task, "soft_time_limit", None) or conf.task_soft_time_limit,
+            ignore_result=bool(getattr(task, "ignore_result", False) or conf.task_ignore_result),
+            queue=_route_queue(app, name),
+            acks_late=bool(getattr(task, "acks_late", False)),
+        )
+    queues = tuple(q.name for q in (conf.task_queues or ()))
+    return AppInfo(
+        main=app.main or "",
+        broker_url=str(conf.broker_url or ""),
+        result_backend=str(conf.result_backend) if conf.result_backend else None,
+        default_queue=conf.task_default_queue or "celery",
+        queues=queues,
+        has_routes=bool(conf.task_routes),
+        task_serializer=conf.task_serializer,
+        result_serializer=conf.result_serializer,
+        accept_content=tuple(conf.accept_content or ()),
+        prefetch_multiplier=int(conf.worker_prefetch_multiplier or 0),
+        send_sent_event=bool(conf.task_send_sent_event),
+        worker_send_task_events=bool(conf.worker_send_task_events),
+        tasks=tasks,
+    )

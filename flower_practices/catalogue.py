@@ -1,0 +1,141 @@
+"""The practice catalogue: ids, titles, default severities, descriptions and runbook links.
+
+The ids are a public contract (see PRACTICES.md): dashboards, alert rules and users'
+automation depend on them. Do not rename.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SEVERITIES = ("critical", "warning", "info")
+
+DEFAULT_RUNBOOK_BASE_URL = (
+    "https://github.com/flower-practices/flower-practices/blob/main/flower_practices/runbooks/"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Practice:
+    """One row of the catalogue."""
+
+    id: str
+    title: str
+    severity: str
+    description: str
+    best_practice: int | None
+
+    def runbook_url(self, base_url: str = DEFAULT_RUNBOOK_BASE_URL) -> str:
+        return f"{base_url.rstrip('/')}/{self.id}.md"
+
+
+PRACTICES: tuple[Practice, ...] = (
+    Practice(
+        "database_broker",
+        "Database used as the broker",
+        "critical",
+        "The broker transport is a database (SQLAlchemy, Django, MongoDB...). It is polled, "
+        "loads the database and cannot carry events, so nothing can be monitored.",
+        1,
+    ),
+    Practice(
+        "result_backend_database",
+        "Results kept in an SQL database",
+        "info",
+        "The result backend is an SQL database (db+*, django-db): every result is a row "
+        "written to (often) the web app's own database.",
+        6,
+    ),
+    Practice(
+        "single_default_queue",
+        "Every task in the one default queue",
+        "warning",
+        "Two or more distinct tasks are all routed to the default queue, so slow or bulk "
+        "work delays everything else.",
+        2,
+    ),
+    Practice(
+        "queue_without_consumer",
+        "Queue nobody consumes",
+        "critical",
+        "A queue holds (or keeps receiving) messages and no worker consumes it.",
+        3,
+    ),
+    Practice(
+        "queue_starvation",
+        "Starved queue",
+        "warning",
+        "Tasks in a queue wait too long before they start; the evidence names the queues "
+        "whose tasks occupy the shared consumers (priority inversion).",
+        3,
+    ),
+    Practice(
+        "retryless_failure",
+        "Transient failure without retry",
+        "warning",
+        "A task failed with an exception that looks transient (network, timeout, broker, "
+        "database operational error) and never retried.",
+        4,
+    ),
+    Practice(
+        "retry_storm",
+        "Retry storm",
+        "warning",
+        "A task retries too often over a window, or retries are scheduled with about zero "
+        "delay (no back-off).",
+        4,
+    ),
+    Practice(
+        "events_disabled",
+        "Task events disabled",
+        "warning",
+        "A worker processes tasks but sends no task events, or clients send no task-sent "
+        "events, so monitoring is blind.",
+        5,
+    ),
+    Practice(
+        "unread_results",
+        "Results stored but never read",
+        "warning",
+        "Results are written to the result backend and nobody reads them: set "
+        "ignore_result=True on those tasks.",
+        6,
+    ),
+    Practice(
+        "orm_object_argument",
+        "ORM object passed as a task argument",
+        "warning",
+        "Task messages carry model instances; pass primary keys and reload in the task.",
+        7,
+    ),
+    Practice(
+        "missing_time_limit",
+        "Long task without a time limit",
+        "warning",
+        "A task ran longer than the threshold and has no time limit, so a hung call can "
+        "hold a worker slot forever.",
+        None,
+    ),
+    Practice(
+        "lost_task",
+        "Task lost with its worker",
+        "critical",
+        "A task started on a worker that went offline without reporting the task's outcome.",
+        None,
+    ),
+    Practice(
+        "prefetch_starvation",
+        "Prefetch starvation",
+        "info",
+        "Tasks wait reserved on a busy worker while another worker consuming the same "
+        "queue sits idle (prefetch multiplier too high, or no -O fair).",
+        3,
+    ),
+)
+
+BY_ID: dict[str, Practice] = {p.id: p for p in PRACTICES}
+
+
+def practice(practice_id: str) -> Practice:
+    """Return the catalogue entry for ``practice_id`` (KeyError if unknown)."""
+    return BY_ID[practice_id]

@@ -1,0 +1,151 @@
+"""Settings: documented defaults, overridden by the TOML file given with ``--config``.
+
+Layout of the file::
+
+    [exporter]                    # engine-wide settings (all optional)
+    evaluation_interval = 5
+    clear_after_seconds = 120
+
+    [practices.queue_starvation]  # one section per practice id (all optional)
+    enabled = true
+    severity = "warning"
+    max_wait_seconds = 60
+
+Unknown sections or keys are an error that names them, not silence.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .catalogue import BY_ID, SEVERITIES
+
+
+class ConfigError(ValueError):
+    """The configuration file or an option is invalid; the message says what and where."""
+
+
+@dataclass(slots=True)
+class Settings:
+    """Engine-wide settings. Every field can be set in the ``[exporter]`` section."""
+
+    #: seconds between rule evaluations (off the event hot path)
+    evaluation_interval: float = 5.0
+    #: seconds between broker probes (queue lengths, consumers, active_queues)
+    probe_interval: float = 15.0
+    #: a finding clears after its condition has been false this long
+    clear_after_seconds: float = 120.0
+    #: base URL the runbook links point to
+    runbook_base_url: str = ""
+    #: in-flight task records kept (LRU); older ones are evicted and counted
+    max_tracked_tasks: int = 100_000
+    #: distinct task names used as label values; more become "__other__"
+    max_task_names: int = 500
+    #: distinct queue names used as label values; more become "__other__"
+    max_queues: int = 200
+    #: distinct worker hostnames tracked and used as label values
+    max_workers: int = 1000
+    #: ask workers to enable task events (off: we want to detect when they are off)
+    enable_events: bool = False
+    #: per-practice overrides, ``{practice_id: {key: value}}``
+    practices: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def practice_options(self, practice_id: str) -> dict[str, Any]:
+        return self.practices.get(practice_id, {})
+
+
+COMMON_PRACTICE_KEYS = {"enabled": bool, "severity": str, "clear_after_seconds": (int, float)}
+
+
+def _check_type(where: str, value: Any, expected: Any) -> None:
+    if isinstance(value, bool) and expected in ((int, float), int, float):
+        raise ConfigError(f"{where}: expected a number, got a boolean")
+    if not isinstance(value, expected):
+        names = expected.__name__ if isinstance(expected, type) else "number"
+        raise ConfigError(f"{where}: expected {names}, got {type(value).__name__} {value!r}")
+
+
+def settings_from_mapping(data: dict[str, Any], source: str = "<config>") -> Settings:
+    """Build :class:`Settings` from a parsed TOML mapping, validating every key."""
+    settings = Settings()
+    unknown_sections = set(data) - {"exporter", "practices"}
+    if unknown_sections:
+        raise ConfigError(
+            f"{source}: unknown section(s) {sorted(unknown_sections)}; "
+            "expected [exporter] and [practices.<id>]"
+        )
+    exporter = data.get("exporter", {})
+    known = {f.name: f for f in fields(Settings) if f.name != "practices"}
+    for key, value in exporter.items():
+        if key not in known:
+            raise ConfigError(
+                f"{source}: [exporter] has unknown key {key!r}; known: {sorted(known)}")
+        default = getattr(settings, key)
+        expected: Any = (int, float) if isinstance(default, (int, float)) and not isinstance(
+            default, bool) else type(default)
+        _check_type(f"{source}: [exporter] {key}", value, expected)
+        setattr(settings, key, value)
+    practices = data.get("practices", {})
+    for practice_id, options in practices.items():
+        if practice_id not in BY_ID:
+            raise ConfigError(
+                f"{source}: [practices.{practice_id}] is not a practice id; known: {sorted(BY_ID)}"
+            )
+        if not isinstance(options, dict):
+            raise ConfigError(f"{source}: [practices.{practice_id}] must be a table")
+        severity = options.get("severity")
+        if severity is not None and severity not in SEVERITIES:
+            raise ConfigError(
+                f"{source}: [practices.{practice_id}] severity must be one of {SEVERITIES}"
+            )
+        settings.practices[practice_id] = dict(options)
+    return settings
+
+
+def load_settings(path: str | Path | None) -> Settings:
+    """Load settings from a TOML file (``None``: all defaults)."""
+    if path is None:
+        return Settings()
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return settings_from_mapping(data, str(path))
+
+
+def resolve_practice_options(
+    practice_id: str, defaults: dict[str, Any], overrides: dict[str, Any], source: str = "<config>"
+) -> dict[str, Any]:
+    """Merge a rule's documented defaults with user overrides, rejecting unknown keys."""
+    merged = dict(defaults)
+    for key, value in overrides.items():
+        if key in COMMON_PRACTICE_KEYS:
+            _check_type(f"{source}: [practices.{practice_id}] {key}", value,
+                        COMMON_PRACTICE_KEYS[key])
+            merged[key] = value
+            continue
+        if key not in defaults:
+            raise ConfigError(
+                f"{source}: [practices.{practice_id}] has unknown key {key!r}; "
+                f"known: {sorted(set(defaults) | set(COMMON_PRACTICE_KEYS))}"
+            )
+        default = defaults[key]
+        if isinstance(default, bool):
+            expected: Any = bool
+        elif isinstance(default, (int, float)):
+            expected = (int, float)
+        elif isinstance(default, (list, tuple)):
+            expected = (list, tuple)
+        else:
+            expected = type(default)
+        _check_type(f"{source}: [practices.{practice_id}] {key}", value, expected)
+        merged[key] = value
+    return merged

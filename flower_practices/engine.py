@@ -1,0 +1,217 @@
+"""The rules engine: feeds events to state and rules, evaluates rules periodically.
+
+``observe`` is the hot path (validation, state update, the rules' hooks for that event
+type). ``evaluate`` runs off the hot path (timer or thread) and turns rule conditions
+into findings. Both take ``lock``; so do probes applying results and the metrics
+collector, which makes the engine safe to feed from a consumer thread while an IOLoop
+or HTTP thread reads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .appinfo import AppInfo
+from .catalogue import BY_ID, PRACTICES, practice
+from .config import Settings, resolve_practice_options
+from .events.status import KNOWN_EVENTS, TASK_EVENTS, StreamStatus
+from .findings import FindingTracker
+from .metrics import BaseMetrics
+from .rules import ALL_RULES
+from .rules.base import Hook, Rule, RuleContext
+from .state import TERMINAL, RuntimeState
+
+log = logging.getLogger("flower_practices.engine")
+
+
+class Engine:
+    """Owns the runtime state, the rules and the findings."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        broker_url: str = "",
+        result_backend: str | None = None,
+        app: AppInfo | None = None,
+        results: Any = None,
+        events_supported: bool = True,
+        stream_status: StreamStatus | None = None,
+        rule_classes: list[type[Rule]] | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.lock = threading.RLock()
+        self.metrics = BaseMetrics()
+        self.state = RuntimeState(self.settings, self.metrics)
+        if app is not None:
+            self.state.default_queue = app.default_queue
+        self.stream_status = stream_status or StreamStatus()
+        self.findings = FindingTracker()
+        self.ctx = RuleContext(
+            settings=self.settings, state=self.state, metrics=self.metrics,
+            broker_url=broker_url, result_backend=result_backend, app=app, results=results,
+            events_supported=events_supported,
+        )
+        self.rules: list[Rule] = []
+        self.disabled: dict[str, str] = {}
+        self.rule_errors: dict[str, int] = {}
+        self.probe_errors: dict[str, int] = {}
+        self.last_evaluation_seconds = 0.0
+        self.last_evaluation_at = 0.0
+        self._rule_options: dict[str, dict[str, Any]] = {}
+        for cls in rule_classes if rule_classes is not None else ALL_RULES:
+            options = resolve_practice_options(
+                cls.id, cls.defaults, self.settings.practice_options(cls.id))
+            self._rule_options[cls.id] = options
+            if options.get("enabled", True) is False:
+                self.disabled[cls.id] = "disabled in configuration"
+                continue
+            self.rules.append(cls(self.ctx, options))
+        self._hooks: dict[str, tuple[Hook, ...]] = {}
+        per_type: dict[str, list[Hook]] = {t: [] for t in KNOWN_EVENTS}
+        for rule in self.rules:
+            for etype, hook in rule.hooks().items():
+                per_type[etype].append(self._guard(rule.id, hook))
+        self._hooks = {t: tuple(h) for t, h in per_type.items()}
+
+    # -- hot path ------------------------------------------------------------------------
+    def observe(self, event: Any) -> None:
+        """Feed one raw event (a dict as Celery sends it). Never raises."""
+        status = self.stream_status
+        status.events += 1
+        if not isinstance(event, dict):
+            status.decode_error("not_a_mapping")
+            return
+        etype = event.get("type")
+        if not isinstance(etype, str):
+            status.decode_error("missing_type")
+            return
+        hooks = self._hooks.get(etype)
+        if hooks is None:
+            status.decode_error("unknown_type", etype[:64])
+            return
+        if etype in TASK_EVENTS:
+            uuid = event.get("uuid")
+            if not isinstance(uuid, str) or not uuid:
+                status.decode_error("missing_uuid")
+                return
+        ts = event.get("timestamp")
+        if not isinstance(ts, (int, float)) or isinstance(ts, bool):
+            event["timestamp"] = time.time()
+            if ts is not None:
+                status.decode_error("bad_field", "timestamp")
+        status.last_event_at = time.time()
+        with self.lock:
+            try:
+                rec = self.state.apply(etype, event)
+            except Exception:  # a field of an unexpected type deep in the event
+                status.decode_error("bad_field")
+                log.debug("state update failed for %s", etype, exc_info=True)
+                return
+            for hook in hooks:
+                hook(event, rec)
+            if rec is not None and etype in TERMINAL:
+                self.state.forget(rec)
+
+    def _guard(self, rule_id: str, hook: Hook) -> Hook:
+        errors = self.rule_errors
+
+        def guarded(event: dict, rec: Any) -> None:
+            try:
+                hook(event, rec)
+            except Exception:
+                n = errors.get(rule_id, 0)
+                errors[rule_id] = n + 1
+                if n == 0:
+                    log.exception("rule %s failed on an event; counted in "
+                                  "flower_practices_rule_errors_total (logged once)", rule_id)
+
+        return guarded
+
+    # -- periodic ------------------------------------------------------------------------
+    def evaluate(self, now: float | None = None) -> None:
+        """Run every rule's evaluation and update findings (off the hot path)."""
+        now = time.time() if now is None else now
+        started = time.perf_counter()
+        with self.lock:
+            for rule in self.rules:
+                options = self._rule_options[rule.id]
+                severity = options.get("severity") or practice(rule.id).severity
+                clear_after = options.get("clear_after_seconds",
+                                          self.settings.clear_after_seconds)
+                try:
+                    conditions = list(rule.evaluate(now))
+                except Exception:
+                    n = self.rule_errors.get(rule.id, 0)
+                    self.rule_errors[rule.id] = n + 1
+                    if n == 0:
+                        log.exception("rule %s failed to evaluate; counted in "
+                                      "flower_practices_rule_errors_total (logged once)",
+                                      rule.id)
+                    continue
+                self.findings.update(rule.id, severity, conditions, now, clear_after,
+                                     _Labels(self.state))
+            self.last_evaluation_at = now
+            self.last_evaluation_seconds = time.perf_counter() - started
+
+    def count_probe_error(self, probe: str) -> None:
+        with self.lock:
+            self.probe_errors[probe] = self.probe_errors.get(probe, 0) + 1
+
+    def with_lock(self, fn: Callable[[], Any]) -> Any:
+        with self.lock:
+            return fn()
+
+    # -- reporting -----------------------------------------------------------------------
+    def coverage(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for rule in self.rules:
+            try:
+                out[rule.id] = rule.coverage()
+            except Exception as exc:  # pragma: no cover - defensive
+                out[rule.id] = f"unsupported: coverage check failed ({type(exc).__name__})"
+        for rule_id, why in self.disabled.items():
+            out[rule_id] = f"unsupported: {why}"
+        for p in PRACTICES:
+            out.setdefault(p.id, "unsupported: no rule implements this practice yet")
+        return {p.id: out[p.id] for p in PRACTICES}
+
+    def practices_payload(self) -> dict[str, Any]:
+        """The ``/api/practices`` document (PRACTICES.md HTTP contract)."""
+        base = self.settings.runbook_base_url
+        with self.lock:
+            findings = [f.as_dict() for f in self.findings.sorted()]
+            coverage = self.coverage()
+        practices = []
+        for p in PRACTICES:
+            severity = self._rule_options.get(p.id, {}).get("severity") or p.severity
+            practices.append({
+                "id": p.id, "title": p.title, "severity": severity,
+                "description": p.description,
+                "runbook": p.runbook_url(base) if base else p.runbook_url(),
+            })
+        return {"findings": findings, "practices": practices, "coverage": coverage}
+
+    def health(self) -> tuple[bool, str]:
+        status = self.stream_status
+        if status.connected:
+            return True, "event stream connected"
+        return False, f"event stream not connected: {status.last_error or 'unknown'}"
+
+
+class _Labels:
+    """Adapter giving FindingTracker the state's label caps."""
+
+    __slots__ = ("queue_label", "task_label", "worker_label")
+
+    def __init__(self, state: RuntimeState) -> None:
+        self.queue_label = state.queue_label
+        self.task_label = state.task_label
+        self.worker_label = state.worker_label
+
+
+__all__ = ["BY_ID", "Engine"]

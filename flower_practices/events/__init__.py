@@ -1,0 +1,1 @@
+"""Event ingestion: validation of raw Celery events and the broker consumer thread."""

@@ -1,0 +1,123 @@
+"""Findings: what rules report, and how they activate and clear over time.
+
+A rule's :meth:`evaluate` yields :class:`Condition` objects describing what holds *now*.
+:class:`FindingTracker` turns them into :class:`Finding` objects that stay active while
+their condition holds and clear once it has been false for ``clear_after_seconds``
+(PRACTICES.md contract). Evidence holds names, counts and percentiles only, never
+argument values, results or exception messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+
+
+@dataclass(slots=True)
+class Condition:
+    """One violation that holds at evaluation time."""
+
+    summary: str
+    queue: str | None = None
+    task: str | None = None
+    worker: str | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+    #: occurrences behind this condition (e.g. failures seen); None: one per evaluation
+    count: int | None = None
+
+
+@dataclass(slots=True)
+class Finding:
+    practice: str
+    severity: str
+    queue: str | None
+    task: str | None
+    worker: str | None
+    summary: str
+    evidence: dict[str, Any]
+    first_seen: float
+    last_seen: float
+    count: int
+    queue_label: str = ""
+    task_label: str = ""
+    worker_label: str = ""
+
+    @property
+    def key(self) -> tuple[str, str | None, str | None, str | None]:
+        return (self.practice, self.queue, self.task, self.worker)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "practice": self.practice,
+            "severity": self.severity,
+            "queue": self.queue,
+            "task": self.task,
+            "worker": self.worker,
+            "summary": self.summary,
+            "evidence": self.evidence,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "count": self.count,
+        }
+
+
+class FindingTracker:
+    """Active findings keyed by (practice, queue, task, worker), bounded by ``limit``."""
+
+    def __init__(self, limit: int = 5000) -> None:
+        self.limit = limit
+        self._findings: dict[tuple, Finding] = {}
+        self.dropped = 0
+
+    def update(
+        self,
+        practice: str,
+        severity: str,
+        conditions: Iterable[Condition],
+        now: float,
+        clear_after: float,
+        labels: Any,
+    ) -> None:
+        """Record the conditions a rule reported now; clear this practice's stale ones."""
+        seen: set[tuple] = set()
+        for cond in conditions:
+            key = (practice, cond.queue, cond.task, cond.worker)
+            seen.add(key)
+            finding = self._findings.get(key)
+            if finding is None:
+                if len(self._findings) >= self.limit:
+                    self.dropped += 1
+                    continue
+                self._findings[key] = Finding(
+                    practice=practice, severity=severity, queue=cond.queue, task=cond.task,
+                    worker=cond.worker, summary=cond.summary, evidence=cond.evidence,
+                    first_seen=now, last_seen=now,
+                    count=cond.count if cond.count is not None else 1,
+                    queue_label=labels.queue_label(cond.queue) if cond.queue else "",
+                    task_label=labels.task_label(cond.task) if cond.task else "",
+                    worker_label=labels.worker_label(cond.worker) if cond.worker else "",
+                )
+            else:
+                finding.last_seen = now
+                finding.summary = cond.summary
+                finding.evidence = cond.evidence
+                finding.severity = severity
+                finding.count = cond.count if cond.count is not None else finding.count + 1
+        for key in [k for k, f in self._findings.items()
+                    if k[0] == practice and k not in seen and now - f.last_seen >= clear_after]:
+            del self._findings[key]
+
+    def clear_practice(self, practice: str) -> None:
+        for key in [k for k in self._findings if k[0] == practice]:
+            del self._findings[key]
+
+    def active(self) -> list[Finding]:
+        return list(self._findings.values())
+
+    def sorted(self) -> list[Finding]:
+        return sorted(self._findings.values(),
+                      key=lambda f: (SEVERITY_ORDER.get(f.severity, 9), f.practice,
+                                     f.queue or "", f.task or "", f.worker or ""))

@@ -1,0 +1,265 @@
+"""Prometheus exposition: our metric names, cheap accumulators and the scrape-time collector.
+
+Accumulation on the event path is plain dict/list arithmetic (no prometheus_client label
+lookups or locks per event); :class:`PracticesCollector` turns the accumulators into metric
+families only when ``/metrics`` is scraped. Every label value passes a cardinality cap.
+
+Metric names are a public contract (dashboards and alert rules use them): see
+``METRICS`` below and the README's metrics reference.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from bisect import bisect_left
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                   120.0, 300.0, 600.0, 1800.0, 3600.0)
+WAIT_BUCKETS = RUNTIME_BUCKETS
+
+#: name -> (type, help, labels). The single source of truth for the README reference.
+METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "celery_practice_violation": (
+        "gauge", "1 per active finding of a best-practice violation",
+        ("practice", "severity", "queue", "task", "worker")),
+    "celery_practice_violations_total": (
+        "counter", "Offending occurrences counted per practice",
+        ("practice", "queue", "task")),
+    "celery_task_events_total": (
+        "counter", "Task events received, by event type, task name and queue",
+        ("type", "task", "queue")),
+    "celery_task_runtime_seconds": (
+        "histogram", "Task runtime from task-started to task-succeeded/failed",
+        ("task", "queue", "state")),
+    "celery_task_queue_wait_seconds": (
+        "histogram", "Time from task-sent (or task-received) to task-started, per queue",
+        ("queue",)),
+    "celery_queue_length": (
+        "gauge", "Messages waiting in a broker queue (priority sub-queues separately)",
+        ("queue", "priority")),
+    "celery_queue_consumers": (
+        "gauge", "Consumers of a broker queue (RabbitMQ count, else workers' active_queues)",
+        ("queue",)),
+    "celery_worker_up": ("gauge", "1 while a worker's heartbeats are fresh", ("worker",)),
+    "celery_worker_tasks_reserved": (
+        "gauge", "Tasks received but not started, per worker (from events)", ("worker",)),
+    "celery_worker_tasks_running": (
+        "gauge", "Tasks started but not finished, per worker (from events)", ("worker",)),
+    "flower_practices_events_total": (
+        "counter", "Events received from the broker, valid or not", ()),
+    "flower_practices_event_decode_errors_total": (
+        "counter", "Events dropped as malformed or of unknown type, by kind", ("kind",)),
+    "flower_practices_broker_reconnects_total": (
+        "counter", "Reconnections of the event stream after losing the broker", ()),
+    "flower_practices_event_stream_connected": (
+        "gauge", "1 while the event stream is connected to the broker", ()),
+    "flower_practices_last_event_timestamp_seconds": (
+        "gauge", "Unix time the last event was received", ()),
+    "flower_practices_probe_errors_total": (
+        "counter", "Failed broker probes, by probe", ("probe",)),
+    "flower_practices_rule_errors_total": (
+        "counter", "Rule evaluations that raised, by practice", ("practice",)),
+    "flower_practices_label_overflow_total": (
+        "counter", "Label values replaced by __other__ because of a cardinality cap", ("label",)),
+    "flower_practices_tasks_evicted_total": (
+        "counter", "In-flight task records evicted because of the max_tracked_tasks cap", ()),
+    "flower_practices_evaluation_duration_seconds": (
+        "gauge", "Duration of the last rules evaluation", ()),
+    "flower_practices_tracked_tasks": ("gauge", "In-flight task records held", ()),
+}
+
+
+class Histogram:
+    """Cumulative-on-read histogram: per-bucket counts, sum and count."""
+
+    __slots__ = ("counts", "sum", "count")
+
+    def __init__(self, nbuckets: int) -> None:
+        self.counts = [0] * (nbuckets + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def buckets(self, bounds: tuple[float, ...]) -> list[tuple[str, float]]:
+        out, acc = [], 0
+        for bound, n in zip(bounds, self.counts, strict=False):
+            acc += n
+            out.append((_fmt(bound), acc))
+        out.append(("+Inf", self.count))
+        return out
+
+
+def _fmt(bound: float) -> str:
+    return repr(float(bound))
+
+
+class BaseMetrics:
+    """Accumulators fed by :class:`~flower_practices.state.RuntimeState` per event."""
+
+    def __init__(self) -> None:
+        self.task_events: dict[tuple[str, str, str], int] = {}
+        self.runtime: dict[tuple[str, str, str], Histogram] = {}
+        self.wait: dict[str, Histogram] = {}
+        self.violations_total: dict[tuple[str, str, str], int] = {}
+
+    def count_task_event(self, etype: str, task: str, queue: str) -> None:
+        key = (etype[5:], task, queue)
+        self.task_events[key] = self.task_events.get(key, 0) + 1
+
+    def observe_runtime(self, task: str, queue: str, state: str, seconds: float) -> None:
+        key = (task, queue, state)
+        hist = self.runtime.get(key)
+        if hist is None:
+            hist = self.runtime[key] = Histogram(len(RUNTIME_BUCKETS))
+        hist.counts[bisect_left(RUNTIME_BUCKETS, seconds)] += 1
+        hist.sum += seconds
+        hist.count += 1
+
+    def observe_wait(self, queue: str, seconds: float) -> None:
+        hist = self.wait.get(queue)
+        if hist is None:
+            hist = self.wait[queue] = Histogram(len(WAIT_BUCKETS))
+        hist.counts[bisect_left(WAIT_BUCKETS, seconds)] += 1
+        hist.sum += seconds
+        hist.count += 1
+
+    def count_violation(self, practice: str, queue: str, task: str, n: int = 1) -> None:
+        key = (practice, queue, task)
+        self.violations_total[key] = self.violations_total.get(key, 0) + n
+
+
+def _family(name: str) -> Metric:
+    kind, help_text, labels = METRICS[name]
+    if kind == "counter":
+        base = name[: -len("_total")] if name.endswith("_total") else name
+        return CounterMetricFamily(base, help_text, labels=labels)
+    if kind == "histogram":
+        return HistogramMetricFamily(name, help_text, labels=labels)
+    return GaugeMetricFamily(name, help_text, labels=labels)
+
+
+class PracticesCollector(Collector):
+    """Reads the engine's state under its lock and yields every metric family."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def describe(self) -> Iterator[Metric]:
+        # Describing lets the registry detect name clashes at registration time
+        # without running a full collect.
+        for name in METRICS:
+            yield _family(name)
+
+    def collect(self) -> Iterator[Metric]:
+        engine = self.engine
+        with engine.lock:
+            families = self._collect_locked(engine)
+        yield from families
+
+    def _collect_locked(self, engine: Engine) -> list[Metric]:
+        state, base, stream = engine.state, engine.metrics, engine.stream_status
+        now = time.time()
+        out: list[Metric] = []
+
+        fam = _family("celery_practice_violation")
+        for f in engine.findings.active():
+            fam.add_metric([f.practice, f.severity, f.queue_label, f.task_label,
+                            f.worker_label], 1.0)
+        out.append(fam)
+
+        fam = _family("celery_practice_violations_total")
+        for key, n in base.violations_total.items():
+            fam.add_metric(list(key), n)
+        out.append(fam)
+
+        fam = _family("celery_task_events_total")
+        for key, n in base.task_events.items():
+            fam.add_metric(list(key), n)
+        out.append(fam)
+
+        fam = _family("celery_task_runtime_seconds")
+        for key, hist in base.runtime.items():
+            fam.add_metric(list(key), hist.buckets(RUNTIME_BUCKETS), hist.sum)
+        out.append(fam)
+
+        fam = _family("celery_task_queue_wait_seconds")
+        for queue, hist in base.wait.items():
+            fam.add_metric([queue], hist.buckets(WAIT_BUCKETS), hist.sum)
+        out.append(fam)
+
+        length = _family("celery_queue_length")
+        consumers = _family("celery_queue_consumers")
+        for q in state.queues.values():
+            if q.lengths:
+                for priority, n in q.lengths.items():
+                    length.add_metric([q.label, priority], n)
+            if q.consumers is not None:
+                consumers.add_metric([q.label], q.consumers)
+        out += [length, consumers]
+
+        up = _family("celery_worker_up")
+        reserved = _family("celery_worker_tasks_reserved")
+        running = _family("celery_worker_tasks_running")
+        for w in state.workers.values():
+            alive = state.worker_alive(w, now)
+            up.add_metric([w.label], 1.0 if alive else 0.0)
+            if alive:
+                reserved.add_metric([w.label], w.reserved)
+                running.add_metric([w.label], w.running)
+        out += [up, reserved, running]
+
+        fam = _family("flower_practices_events_total")
+        fam.add_metric([], stream.events)
+        out.append(fam)
+        fam = _family("flower_practices_event_decode_errors_total")
+        for kind, n in stream.decode_errors.items():
+            fam.add_metric([kind], n)
+        out.append(fam)
+        fam = _family("flower_practices_broker_reconnects_total")
+        fam.add_metric([], stream.reconnects)
+        out.append(fam)
+        fam = _family("flower_practices_event_stream_connected")
+        fam.add_metric([], 1.0 if stream.connected else 0.0)
+        out.append(fam)
+        fam = _family("flower_practices_last_event_timestamp_seconds")
+        fam.add_metric([], stream.last_event_at)
+        out.append(fam)
+        fam = _family("flower_practices_probe_errors_total")
+        for probe, n in engine.probe_errors.items():
+            fam.add_metric([probe], n)
+        out.append(fam)
+        fam = _family("flower_practices_rule_errors_total")
+        for practice, n in engine.rule_errors.items():
+            fam.add_metric([practice], n)
+        out.append(fam)
+        fam = _family("flower_practices_label_overflow_total")
+        for label, n in state.label_overflow().items():
+            fam.add_metric([label], n)
+        out.append(fam)
+        fam = _family("flower_practices_tasks_evicted_total")
+        fam.add_metric([], state.tasks.evicted)
+        out.append(fam)
+        fam = _family("flower_practices_evaluation_duration_seconds")
+        fam.add_metric([], engine.last_evaluation_seconds)
+        out.append(fam)
+        fam = _family("flower_practices_tracked_tasks")
+        fam.add_metric([], len(state.tasks))
+        out.append(fam)
+        return out
+
+
+def finite(value: float) -> bool:
+    return not (math.isnan(value) or math.isinf(value))

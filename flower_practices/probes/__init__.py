@@ -1,0 +1,1 @@
+"""Broker probes polled in the background: queue lengths, consumers, workers' queues."""

@@ -1,0 +1,41 @@
+"""Read-side view of a Redis result backend, used by the ``unread_results`` rule.
+
+For each sampled task id, ``OBJECT IDLETIME celery-task-meta-<id>`` tells how long ago
+the result key was last touched: ≈ the age since it was written means nobody read it.
+Only key metadata is read, never the stored result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+KEY_PREFIX = "celery-task-meta-"
+
+
+class ResultStore:
+    """Idle times of result keys in a Redis result backend."""
+
+    def __init__(self, client: Any, key_prefix: str = KEY_PREFIX) -> None:
+        self.client = client
+        self.key_prefix = key_prefix
+
+    @classmethod
+    def from_url(cls, url: str) -> ResultStore | None:
+        """A store for ``redis://``/``rediss://`` result backends; None for others."""
+        scheme = url.split("://", 1)[0].lower()
+        if scheme not in ("redis", "rediss"):
+            return None
+        import redis
+
+        return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5))
+
+    def idle_times(self, task_ids: list[str]) -> dict[str, int | None]:
+        """Seconds since each result key was last read or written; None if absent."""
+        pipe = self.client.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.object("idletime", self.key_prefix + task_id)
+        values = pipe.execute(raise_on_error=False)
+        out: dict[str, int | None] = {}
+        for task_id, value in zip(task_ids, values, strict=True):
+            out[task_id] = value if isinstance(value, int) else None
+        return out

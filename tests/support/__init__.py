@@ -1,0 +1,1 @@
+"""Test helpers: real brokers, real Celery workers in subprocesses, an in-process exporter."""

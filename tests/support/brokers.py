@@ -1,0 +1,101 @@
+"""Reachability of the real brokers, and isolated broker URLs per test.
+
+Outside CI a missing broker skips the test with the reason; under ``CI=true`` it fails.
+Redis isolation: each test gets its own database number (kombu scopes the event fanout
+channel by database). RabbitMQ isolation: each test session gets its own vhost.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import uuid
+
+import pytest
+
+REDIS_HOST = os.environ.get("FP_TEST_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("FP_TEST_REDIS_PORT", "6379"))
+AMQP_HOST = os.environ.get("FP_TEST_AMQP_HOST", "127.0.0.1")
+AMQP_PORT = int(os.environ.get("FP_TEST_AMQP_PORT", "5672"))
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def reachable(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def require(service: str, host: str, port: int) -> None:
+    """Skip (or, under CI, fail) when ``service`` is not listening."""
+    if reachable(host, port):
+        return
+    message = f"{service} is not reachable on {host}:{port}"
+    if in_ci():
+        pytest.fail(f"{message} (CI=true: broker-backed tests must run)")
+    pytest.skip(f"{message}; start it to run this test")
+
+
+def fresh_redis_url() -> str:
+    """A redis:// URL on a database (1-15) claimed for this test and flushed.
+
+    Claims live in database 0 as ``fp-test-claim:<db>`` keys with a 15-minute expiry, so
+    concurrent test runs on one Redis do not share (and flush) each other's databases.
+    """
+    import redis
+
+    require("Redis", REDIS_HOST, REDIS_PORT)
+    claims = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
+    owner = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    for _ in range(600):
+        for db in range(1, 16):
+            if claims.set(f"fp-test-claim:{db}", owner, nx=True, ex=900):
+                _claimed.append(db)
+                redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db).flushdb()
+                return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+        time.sleep(0.5)
+    raise RuntimeError("no free Redis test database (1-15) for 5 minutes")
+
+
+_claimed: list[int] = []
+
+
+def release_redis_dbs() -> None:
+    """Release the databases this process claimed."""
+    import redis
+
+    if not _claimed:
+        return
+    claims = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
+    while _claimed:
+        db = _claimed.pop()
+        redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db).flushdb()
+        claims.delete(f"fp-test-claim:{db}")
+
+
+def rabbitmq_vhost_url() -> str:
+    """An amqp:// URL on a vhost created for this test (deleted by the caller)."""
+    require("RabbitMQ", AMQP_HOST, AMQP_PORT)
+    vhost = f"fp-test-{uuid.uuid4().hex[:8]}"
+    try:
+        subprocess.run(["rabbitmqctl", "add_vhost", vhost], check=True, capture_output=True,
+                       timeout=60)
+        subprocess.run(["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*",
+                        ".*"], check=True, capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        # No rabbitmqctl here (remote broker): share the default vhost.
+        return f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}//"
+    return f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/{vhost}"
+
+
+def delete_vhost(url: str) -> None:
+    vhost = url.rsplit("/", 1)[-1]
+    if vhost.startswith("fp-test-"):
+        subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True, timeout=60)

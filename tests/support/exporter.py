@@ -1,0 +1,123 @@
+"""The real exporter (``serve``) running in a thread with its own event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+from celery import Celery
+from prometheus_client.parser import text_string_to_metric_families
+
+from flower_practices.config import Settings
+from flower_practices.exporter.server import serve
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningExporter:
+    def __init__(self, app: Celery, settings: Settings | None = None, *,
+                 app_loaded: bool = False) -> None:
+        self.app = app
+        self.settings = settings or Settings(evaluation_interval=1.0, probe_interval=1.0)
+        self.app_loaded = app_loaded
+        self.port = free_port()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            ready = asyncio.Event()
+            task = asyncio.ensure_future(serve(self.app, self.settings,
+                                               app_loaded=self.app_loaded,
+                                               host="127.0.0.1", port=self.port,
+                                               ready=ready, stop=self._stop))
+            await ready.wait()
+            self._ready.set()
+            await task
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # surfaced by start()
+            self._error = exc
+            self._ready.set()
+
+    def start(self) -> RunningExporter:
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(15)
+
+    def __enter__(self) -> RunningExporter:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- reading ---------------------------------------------------------------------
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=10) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def samples(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        _, text = self.get("/metrics")
+        out = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return out
+
+    def value(self, name: str, **labels: str) -> float:
+        """Sum of samples named ``name`` whose labels include ``labels``."""
+        total = 0.0
+        for (n, lbls), v in self.samples().items():
+            if n == name and all(dict(lbls).get(k) == val for k, val in labels.items()):
+                total += v
+        return total
+
+    def practices(self) -> dict:
+        return json.loads(self.get("/api/practices")[1])
+
+    def findings(self, practice: str | None = None) -> list[dict]:
+        found = self.practices()["findings"]
+        return [f for f in found if practice is None or f["practice"] == practice]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0,
+             interval: float = 0.25, message: str = "condition") -> object:
+    """Poll ``predicate`` until truthy; fail with ``message`` after ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message} (last={last!r})")

@@ -1,0 +1,78 @@
+"""A real ``celery worker`` in a subprocess, started and stopped by tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from celery import Celery
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class WorkerProcess:
+    """``celery -A <app> worker`` with the given options; ``logfile`` keeps its output."""
+
+    def __init__(self, app_module: str, broker: str, *, queues: str | None = None,
+                 name: str | None = None, events: bool = True, concurrency: int = 2,
+                 pool: str = "threads", extra: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.name = name or f"w{os.getpid()}-{int(time.time() * 1000) % 100000}@fp-test"
+        self.broker = broker
+        self.logfile = Path(tempfile.mkstemp(prefix="fp-worker-", suffix=".log")[1])
+        args = [sys.executable, "-m", "celery", "-A", app_module, "worker",
+                "--loglevel=INFO", "-n", self.name, "-P", pool, "-c", str(concurrency),
+                "--without-mingle", "--without-gossip"]
+        if events:
+            args.append("-E")
+        if queues:
+            args += ["-Q", queues]
+        args += extra or []
+        self.args = args
+        self.env = {**os.environ, "FP_TEST_BROKER": broker, "PYTHONPATH": str(ROOT),
+                    **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, app: Celery, timeout: float = 30.0) -> WorkerProcess:
+        with open(self.logfile, "wb") as out:
+            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT,
+                                         env=self.env, cwd=str(ROOT))
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log()}")
+            replies = app.control.ping(destination=[self.name], timeout=0.5) or []
+            if replies:
+                return self
+        self.stop()
+        raise RuntimeError(f"worker did not answer ping within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.logfile.read_text(errors="replace")[-5000:]
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL: the worker dies without sending worker-offline or task results."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def __enter__(self) -> WorkerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
