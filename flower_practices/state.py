@@ -270,8 +270,12 @@ class RuntimeState:
         return worker.online and (now - worker.last_seen) <= max(worker.freq * 2.0, 4.0)
 
     def label_overflow(self) -> dict[str, int]:
-        return {cap.name: cap.overflow for cap in (self.task_label, self.queue_label,
-                                                    self.worker_label)}
+        """Values folded into ``__other__`` or not tracked at all, per capped label."""
+        return {
+            "task": self.task_label.overflow,
+            "queue": self.queue_label.overflow + self.queues_dropped,
+            "worker": self.worker_label.overflow + self.workers_dropped,
+        }
 
 
 __all__ = ["OTHER", "QueueRecord", "RuntimeState", "TaskRecord", "WorkerRecord"]
