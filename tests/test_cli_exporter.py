@@ -1,0 +1,114 @@
+"""The real ``flower-practices exporter`` console script, as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.support.exporter import free_port, wait_for
+
+CLI = [sys.executable, "-m", "flower_practices"]
+
+
+def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(CLI + args, capture_output=True, text=True, timeout=60, **kwargs)
+
+
+def test_help_lists_the_contract_options() -> None:
+    out = run(["exporter", "--help"])
+    assert out.returncode == 0
+    for option in ("--broker", "-A, --app", "--result-backend", "--config", "--host", "--port"):
+        assert option in out.stdout
+
+
+def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[practices.no_such_practice]\nx = 1\n")
+    out = run(["exporter", "--broker", "memory://", "--config", str(bad)])
+    assert out.returncode == 1
+    assert "no_such_practice" in out.stderr and "is not a practice id" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_unloadable_app_is_a_clear_error() -> None:
+    out = run(["exporter", "-A", "no_such_module_xyz"])
+    assert out.returncode == 1
+    assert "cannot load Celery app 'no_such_module_xyz'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_serves_and_stops_cleanly_on_sigterm(redis_url: str) -> None:
+    port = free_port()
+    proc = subprocess.Popen(CLI + ["exporter", "--broker", redis_url, "--host", "127.0.0.1",
+                                   "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_for(healthy, timeout=30, message="exporter /healthz 200")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        assert "flower_practices_event_stream_connected 1.0" in text
+        assert "process_resident_memory_bytes" in text
+        proc.send_signal(signal.SIGTERM)
+        started = time.time()
+        output, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0, output
+        assert "Traceback" not in output
+        assert "stopping exporter" in output
+        assert time.time() - started < 20
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        out = run(["exporter", "--broker", "memory://", "--host", "127.0.0.1",
+                   "--port", str(port)])
+    assert out.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+
+
+@pytest.mark.parametrize("url", ["sqla+postgresql://127.0.0.1/test"])
+def test_database_broker_keeps_serving_with_503(url: str) -> None:
+    port = free_port()
+    proc = subprocess.Popen(CLI + ["exporter", "--broker", url, "--host", "127.0.0.1",
+                                   "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def status() -> tuple[int, str] | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+            except OSError:
+                return None
+
+        code, body = wait_for(status, timeout=30, message="exporter answering")
+        assert code == 503
+        assert "database" in body
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    assert proc.returncode == 0
