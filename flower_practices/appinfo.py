@@ -24,6 +24,8 @@ class TaskInfo:
     ignore_result: bool
     queue: str | None
     acks_late: bool
+    retry_backoff: bool | int = False
+    default_retry_delay: float | None = None
 
     @property
     def has_retry_policy(self) -> bool:
@@ -101,6 +103,8 @@ def snapshot_app(app: Celery) -> AppInfo:
             ignore_result=bool(getattr(task, "ignore_result", False) or conf.task_ignore_result),
             queue=_route_queue(app, name),
             acks_late=bool(getattr(task, "acks_late", False)),
+            retry_backoff=getattr(task, "retry_backoff", False) or False,
+            default_retry_delay=getattr(task, "default_retry_delay", None),
         )
     queues = tuple(q.name for q in (conf.task_queues or ()))
     return AppInfo(

@@ -50,6 +50,9 @@ class Settings:
     max_workers: int = 1000
     #: ask workers to enable task events (off: we want to detect when they are off)
     enable_events: bool = False
+    #: event ingestion: "auto" (direct Redis pub/sub when the broker is plain Redis, else
+    #: Celery's receiver) or "kombu" (always Celery's generic receiver)
+    event_consumer: str = "auto"
     #: per-practice overrides, ``{practice_id: {key: value}}``
     practices: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -88,6 +91,9 @@ def settings_from_mapping(data: dict[str, Any], source: str = "<config>") -> Set
             default, bool) else type(default)
         _check_type(f"{source}: [exporter] {key}", value, expected)
         setattr(settings, key, value)
+    if settings.event_consumer not in ("auto", "kombu"):
+        raise ConfigError(f"{source}: [exporter] event_consumer must be \"auto\" or "
+                          f"\"kombu\", got {settings.event_consumer!r}")
     practices = data.get("practices", {})
     for practice_id, options in practices.items():
         if practice_id not in BY_ID:

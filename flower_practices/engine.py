@@ -71,11 +71,12 @@ class Engine:
                 self.disabled[cls.id] = "disabled in configuration"
                 continue
             self.rules.append(cls(self.ctx, options))
-        self._hooks: dict[str, tuple[Hook, ...]] = {}
-        per_type: dict[str, list[Hook]] = {t: [] for t in KNOWN_EVENTS}
+        # (rule id, hook) pairs per event type; observe() guards each call inline
+        self._hooks: dict[str, tuple[tuple[str, Hook], ...]] = {}
+        per_type: dict[str, list[tuple[str, Hook]]] = {t: [] for t in KNOWN_EVENTS}
         for rule in self.rules:
             for etype, hook in rule.hooks().items():
-                per_type[etype].append(self._guard(rule.id, hook))
+                per_type[etype].append((rule.id, hook))
         self._hooks = {t: tuple(h) for t, h in per_type.items()}
 
     # -- hot path ------------------------------------------------------------------------
@@ -112,25 +113,21 @@ class Engine:
                 status.decode_error("bad_field")
                 log.debug("state update failed for %s", etype, exc_info=True)
                 return
-            for hook in hooks:
-                hook(event, rec)
+            for rule_id, hook in hooks:
+                try:
+                    hook(event, rec)
+                except Exception:
+                    self._rule_failed(rule_id)
             if rec is not None and etype in TERMINAL:
                 self.state.forget(rec)
 
-    def _guard(self, rule_id: str, hook: Hook) -> Hook:
-        errors = self.rule_errors
-
-        def guarded(event: dict, rec: Any) -> None:
-            try:
-                hook(event, rec)
-            except Exception:
-                n = errors.get(rule_id, 0)
-                errors[rule_id] = n + 1
-                if n == 0:
-                    log.exception("rule %s failed on an event; counted in "
-                                  "flower_practices_rule_errors_total (logged once)", rule_id)
-
-        return guarded
+    def _rule_failed(self, rule_id: str) -> None:
+        """Count a hook that raised (logged once per rule); called from ``except``."""
+        n = self.rule_errors.get(rule_id, 0)
+        self.rule_errors[rule_id] = n + 1
+        if n == 0:
+            log.exception("rule %s failed on an event; counted in "
+                          "flower_practices_rule_errors_total (logged once)", rule_id)
 
     # -- periodic ------------------------------------------------------------------------
     def evaluate(self, now: float | None = None) -> None:

@@ -136,7 +136,8 @@ class RuntimeState:
     def apply(self, etype: str, event: dict) -> TaskRecord | None:
         """Update state for one validated event; return the task record for task events."""
         ts = event.get("timestamp") or 0.0
-        self.last_event_at = event.get("local_received") or ts
+        received = event.get("local_received")
+        self.last_event_at = received if type(received) is float else ts
         if etype[0] == "w":  # worker-*
             self._worker_event(etype, event, ts)
             return None

@@ -4,4 +4,36 @@ from __future__ import annotations
 
 from .base import Rule
 
-ALL_RULES: list[type[Rule]] = []
+# queue and worker rules
+# isort: split
+from .database_broker import DatabaseBroker
+from .events_disabled import EventsDisabled
+from .prefetch_starvation import PrefetchStarvation
+from .queue_starvation import QueueStarvation
+from .queue_without_consumer import QueueWithoutConsumer
+from .result_backend_database import ResultBackendDatabase
+from .single_default_queue import SingleDefaultQueue
+
+# end queue and worker rules
+# isort: split
+# task rules
+from .lost_task import LostTask
+from .missing_time_limit import MissingTimeLimit
+from .orm_object_argument import OrmObjectArgument
+from .retry_storm import RetryStorm
+from .retryless_failure import RetrylessFailure
+from .unread_results import UnreadResults
+
+TASK_RULES: list[type[Rule]] = [
+    RetrylessFailure, RetryStorm, UnreadResults, OrmObjectArgument, MissingTimeLimit, LostTask,
+]
+# end task rules
+
+# queue and worker rules
+QUEUE_RULES: list[type[Rule]] = [
+    DatabaseBroker, ResultBackendDatabase, SingleDefaultQueue, QueueWithoutConsumer,
+    QueueStarvation, EventsDisabled, PrefetchStarvation,
+]
+# end queue and worker rules
+
+ALL_RULES: list[type[Rule]] = [*QUEUE_RULES, *TASK_RULES]

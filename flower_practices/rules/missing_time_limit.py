@@ -1,0 +1,124 @@
+"""missing_time_limit: a task ran (or is running) longer than ``max_runtime_seconds``
+without a time limit.
+
+Completed runs are seen in the task-succeeded/task-failed hooks (runtime from the event
+or started->finished); running tasks are found in :meth:`evaluate` by scanning the
+bounded in-flight task records. Whether a task has a time limit is known only when the
+app is loaded (``-A proj``); without it the evidence says the limit is unknown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ..bounded import LRUDict
+from ..findings import Condition
+from .base import Rule
+
+_MAX_KEYS = 2000
+
+
+class _Tally:
+    __slots__ = ("completed", "max_runtime", "last_seen")
+
+    def __init__(self) -> None:
+        self.completed = 0
+        self.max_runtime = 0.0
+        self.last_seen = 0.0
+
+
+class MissingTimeLimit(Rule):
+    id = "missing_time_limit"
+    defaults = {
+        #: a run longer than this (seconds) without a time limit is a finding
+        "max_runtime_seconds": 300.0,
+        #: a finding from completed runs stays active this long after the last one
+        "window_seconds": 3600.0,
+    }
+
+    def __init__(self, ctx, options: dict[str, Any]) -> None:
+        super().__init__(ctx, options)
+        self.limit = float(options["max_runtime_seconds"])
+        self.tallies: dict[tuple[str, str], _Tally] = {}
+        #: long-running tasks already counted while running (count each run once)
+        self.counted: LRUDict[str, bool] = LRUDict(10_000)
+
+    def _has_limit(self, task: str) -> bool:
+        app = self.ctx.app
+        info = app.task(task) if app is not None else None
+        return info is not None and info.has_time_limit
+
+    def hooks(self):
+        return {"task-succeeded": self._on_done, "task-failed": self._on_done}
+
+    def _on_done(self, event: dict, rec: Any) -> None:
+        if rec is None:
+            return
+        runtime = event.get("runtime")
+        if not isinstance(runtime, (int, float)) or isinstance(runtime, bool):
+            if not rec.started_at:
+                return
+            runtime = event["timestamp"] - rec.started_at
+        if runtime <= self.limit or self._has_limit(rec.name):
+            self.counted.pop(rec.uuid, None)
+            return
+        key = (rec.queue, rec.name)
+        tally = self.tallies.get(key)
+        if tally is None:
+            if len(self.tallies) >= _MAX_KEYS:
+                return
+            tally = self.tallies[key] = _Tally()
+        tally.completed += 1
+        tally.max_runtime = max(tally.max_runtime, float(runtime))
+        tally.last_seen = event["timestamp"]
+        if not self.counted.pop(rec.uuid, None):
+            self.count(rec.queue or None, rec.name or None)
+
+    def evaluate(self, now: float) -> Iterable[Condition]:
+        window = float(self.options["window_seconds"])
+        for key in [k for k, t in self.tallies.items() if now - t.last_seen > window]:
+            del self.tallies[key]
+        running: dict[tuple[str, str], list[float]] = {}
+        state = self.ctx.state
+        for rec in list(state.tasks.values()):
+            if rec.state != "STARTED" or not rec.started_at:
+                continue
+            worker = state.workers.get(rec.hostname)
+            if worker is not None and worker.online_since and not state.worker_alive(worker,
+                                                                                     now):
+                continue  # its worker is gone: lost_task's business, not a long run
+            age = now - rec.started_at
+            if age <= self.limit or self._has_limit(rec.name):
+                continue
+            running.setdefault((rec.queue, rec.name), []).append(age)
+            if rec.uuid not in self.counted:
+                self.counted.put(rec.uuid, True)
+                self.count(rec.queue or None, rec.name or None)
+        app = self.ctx.app
+        for key in set(self.tallies) | set(running):
+            queue, task = key
+            tally = self.tallies.get(key)
+            ages = running.get(key, [])
+            longest = max([tally.max_runtime if tally else 0.0, *ages])
+            evidence: dict[str, Any] = {
+                "max_runtime_seconds": self.limit,
+                "completed_runs_over_limit": tally.completed if tally else 0,
+                "running_now_over_limit": len(ages),
+                "longest_runtime_seconds": round(longest, 1),
+            }
+            if app is None:
+                evidence["time_limit"] = "time limit unknown (app not loaded)"
+                note = "time limit unknown (app not loaded)"
+            elif app.task(task) is None:
+                evidence["time_limit"] = "unknown (task not registered in the loaded app)"
+                note = "time limit unknown"
+            else:
+                evidence["time_limit"] = "none: no time_limit/soft_time_limit on the task " \
+                                         "or in task_time_limit"
+                note = "the task has no time limit"
+            yield Condition(
+                summary=(f"{task or 'a task'} ran {longest:.0f}s (> {self.limit:g}s); "
+                         f"{note}"),
+                queue=queue or None, task=task or None, evidence=evidence,
+                count=(tally.completed if tally else 0) + len(ages))

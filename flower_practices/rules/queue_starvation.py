@@ -1,0 +1,230 @@
+"""queue_starvation: tasks of a queue wait too long before they start.
+
+Hooks: task-started adds the task's wait (task-sent -> task-started; task-received ->
+task-started when sent events are off) to a per-queue ring, skipping tasks that carry an
+``eta`` (they wait on purpose), and counts each wait over ``max_wait_seconds``; task
+runtimes are added per (worker, queue) to windowed counters of busy time. ``evaluate``
+flags a queue whose wait p95 over ``window_seconds`` (at least ``min_samples`` waits), or
+whose oldest waiting task, exceeds ``max_wait_seconds``. The evidence names the queues
+whose tasks occupied the workers that consume the starved queue (priority inversion).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from ..bounded import SampleRing, WindowCounter, percentile
+from ..findings import Condition
+from .base import Rule
+from .queue_view import EtaTasks, counts_consumers, live_workers, queue_consumers, routed_tasks
+
+_MAX_PAIRS = 5000
+
+
+class QueueStarvation(Rule):
+    id = "queue_starvation"
+    defaults = {
+        #: a queue's wait p95 (or its oldest waiting task) above this is starvation
+        "max_wait_seconds": 60.0,
+        #: window the p95 and the workers' busy time are taken over
+        "window_seconds": 300.0,
+        #: waits needed in the window before the p95 is judged
+        "min_samples": 5,
+        #: percentile of the wait compared with max_wait_seconds
+        "percentile": 95.0,
+    }
+
+    def __init__(self, ctx, options: dict[str, Any]) -> None:
+        super().__init__(ctx, options)
+        self.window = float(options["window_seconds"])
+        self.max_wait = float(options["max_wait_seconds"])
+        self.eta = EtaTasks()
+        self.amqp = counts_consumers(ctx.broker_url)
+        self.waits: dict[str, SampleRing] = {}
+        self.from_received: dict[str, int] = {}
+        #: (worker, queue) -> (tasks started, busy milliseconds) in the window
+        self.busy: dict[tuple[str, str], tuple[WindowCounter, WindowCounter]] = {}
+        self._running: dict[tuple[str, str], int] = {}
+
+    def hooks(self):
+        return {"task-sent": self._on_eta, "task-received": self._on_eta,
+                "task-started": self._on_started, "task-succeeded": self._on_done,
+                "task-failed": self._on_done, "task-retried": self._on_done}
+
+    def coverage(self) -> str:
+        if not self.ctx.events_supported:
+            return "unsupported: the broker is a database; no task events can flow"
+        return "active"
+
+    def _on_eta(self, event: dict, rec: Any) -> None:
+        if event.get("eta"):
+            self.eta.observe(event)
+
+    def _pair(self, worker: str, queue: str) -> tuple[WindowCounter, WindowCounter] | None:
+        key = (worker, queue)
+        pair = self.busy.get(key)
+        if pair is None:
+            if len(self.busy) >= _MAX_PAIRS:
+                return None
+            pair = self.busy[key] = (WindowCounter(self.window), WindowCounter(self.window))
+        return pair
+
+    def _on_started(self, event: dict, rec: Any) -> None:
+        if rec is None or not rec.queue:
+            return
+        ts = event["timestamp"]
+        host = event.get("hostname")
+        if isinstance(host, str) and host:
+            pair = self._pair(host, rec.queue)
+            if pair is not None:
+                pair[0].add(ts)
+        if rec.uuid in self.eta:
+            return
+        base = rec.sent_at or rec.received_at
+        if not base:
+            return
+        ring = self.waits.get(rec.queue)
+        if ring is None:
+            if len(self.waits) >= self.ctx.settings.max_queues:
+                return
+            ring = self.waits[rec.queue] = SampleRing(256)
+        wait = max(0.0, ts - base)
+        ring.add(ts, wait)
+        if not rec.sent_at:
+            self.from_received[rec.queue] = self.from_received.get(rec.queue, 0) + 1
+        if wait > self.max_wait:
+            self.count(rec.queue, rec.name or None)
+
+    def _on_done(self, event: dict, rec: Any) -> None:
+        if rec is None or not rec.queue or not rec.started_at:
+            return
+        host = event.get("hostname") or rec.hostname
+        if not isinstance(host, str) or not host:
+            return
+        pair = self._pair(host, rec.queue)
+        if pair is not None:
+            ms = int(max(0.0, event["timestamp"] - rec.started_at) * 1000)
+            pair[1].add(event["timestamp"], ms)
+
+    def _scan(self, now: float) -> dict[str, tuple[float, int]]:
+        """One pass over in-flight records: queue -> (oldest waiting age, tasks waiting);
+        also fills ``self._running`` with (worker, queue) -> tasks running now."""
+        state = self.ctx.state
+        out: dict[str, tuple[float, int]] = {}
+        running: dict[tuple[str, str], int] = {}
+        self._running = running
+        for rec in list(state.tasks.values()):
+            if rec.state == "STARTED":
+                if rec.queue and isinstance(rec.hostname, str):
+                    key = (rec.hostname, rec.queue)
+                    running[key] = running.get(key, 0) + 1
+                continue
+            if rec.state not in ("SENT", "RECEIVED") or not rec.queue or rec.uuid in self.eta:
+                continue
+            if rec.state == "SENT":
+                q = state.queues.get(rec.queue)
+                if q is not None and q.length == 0:
+                    continue  # not in the broker any more (consumed without events)
+                base = rec.sent_at
+            else:
+                worker = state.workers.get(rec.hostname) \
+                    if isinstance(rec.hostname, str) else None
+                if worker is None or not state.worker_alive(worker, now):
+                    continue
+                base = rec.sent_at or rec.received_at
+            if not base:
+                continue
+            age, n = out.get(rec.queue, (0.0, 0))
+            out[rec.queue] = (max(age, now - base), n + 1)
+        return out
+
+    def _unconsumed(self, queue: str, now: float) -> bool:
+        state = self.ctx.state
+        rec = state.queues.get(queue)
+        if rec is None:
+            return False
+        consumers, _ = queue_consumers(state, rec, now, self.amqp)
+        return consumers == 0
+
+    def _inversion(self, queue: str, now: float) -> dict[str, Any]:
+        """Which queues' tasks occupied the workers that consume ``queue``."""
+        state = self.ctx.state
+        shared = {w.hostname for w in live_workers(state, now)
+                  if w.active_queues is not None and queue in w.active_queues}
+        if not shared:
+            shared = {w for (w, q), pair in self.busy.items()
+                      if q == queue and pair[0].total(now)}
+        per_queue: dict[str, list[float]] = {}
+        for (worker, q), (started, busy_ms) in self.busy.items():
+            if worker in shared:
+                acc = per_queue.setdefault(q, [0.0, 0.0])
+                acc[0] += started.total(now)
+                acc[1] += busy_ms.total(now) / 1000.0
+        running: dict[str, int] = {}
+        for (worker, q), n in self._running.items():
+            if worker in shared:
+                running[q] = running.get(q, 0) + n
+        total_busy = sum(v[1] for v in per_queue.values()) or 0.0
+        occupied = [
+            {"queue": q, "tasks_started": int(v[0]), "busy_seconds": round(v[1], 1),
+             "busy_share": round(v[1] / total_busy, 3) if total_busy else None,
+             "running_now": running.get(q, 0)}
+            for q, v in per_queue.items()
+        ]
+        for q, n in running.items():
+            if q not in per_queue:
+                occupied.append({"queue": q, "tasks_started": 0, "busy_seconds": 0.0,
+                                 "busy_share": None, "running_now": n})
+        occupied.sort(key=lambda d: (-d["busy_seconds"], -d["running_now"], d["queue"]))
+        return {"shared_workers": sorted(shared)[:10], "occupied_by": occupied[:5]}
+
+    def evaluate(self, now: float) -> Iterable[Condition]:
+        cutoff = now - self.window
+        pct = float(self.options["percentile"])
+        min_samples = int(self.options["min_samples"])
+        for key in [k for k, p in self.busy.items() if not p[0].total(now)
+                    and not p[1].total(now)]:
+            del self.busy[key]
+        oldest = self._scan(now)
+        for queue in sorted(set(self.waits) | set(oldest)):
+            ring = self.waits.get(queue)
+            values = ring.since(cutoff) if ring is not None else []
+            p = percentile(values, pct) if len(values) >= min_samples else math.nan
+            age, waiting = oldest.get(queue, (0.0, 0))
+            if age > self.max_wait and self._unconsumed(queue, now):
+                age = 0.0  # nobody consumes it: that is queue_without_consumer's finding
+            reasons = []
+            if not math.isnan(p) and p > self.max_wait:
+                reasons.append(f"wait p{pct:g} {p:.1f}s over {len(values)} task(s)")
+            if age > self.max_wait:
+                reasons.append(f"oldest waiting task {age:.0f}s old")
+            if not reasons:
+                continue
+            inversion = self._inversion(queue, now)
+            evidence: dict[str, Any] = {
+                f"wait_p{pct:g}_seconds": None if math.isnan(p) else round(p, 2),
+                "samples": len(values), "oldest_waiting_seconds": round(age, 1),
+                "tasks_waiting": waiting, "max_wait_seconds": self.max_wait,
+                "window_seconds": self.window,
+                "wait_measured_from": "task-received" if self.from_received.get(queue)
+                else "task-sent",
+                **inversion,
+            }
+            others = [o for o in inversion["occupied_by"] if o["queue"] != queue
+                      and (o["busy_seconds"] or o["running_now"])]
+            summary = f"queue '{queue}' is starved: " + "; ".join(reasons) + \
+                f" (limit {self.max_wait:g}s)"
+            if others:
+                top = others[0]
+                share = top["busy_share"]
+                summary += (f"; its workers are occupied by '{top['queue']}' tasks"
+                            + (f" ({share:.0%} of their busy time)" if share else "")
+                            + " (priority inversion)")
+            app = self.ctx.app
+            if app is not None:
+                evidence["source"] = "app config"
+                evidence["routed_tasks"] = routed_tasks(app, queue)
+                evidence["prefetch_multiplier"] = app.prefetch_multiplier
+            yield Condition(summary=summary, queue=queue, evidence=evidence)

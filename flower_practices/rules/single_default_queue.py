@@ -1,0 +1,109 @@
+"""single_default_queue: two or more distinct tasks, all routed to the one default queue.
+
+Hooks record, per queue, the task names seen in task-sent (``queue``/``routing_key``)
+and task-received (queue known from the worker's single active queue) over a sliding
+window. When task-sent events are off the queue comes from workers' ``active_queues``:
+every live worker consuming only the default queue means every task runs there. The
+default queue is the app's ``task_default_queue`` when the app is loaded, else the
+``default_queue`` option (``celery``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ..findings import Condition
+from .base import Rule
+from .queue_view import live_workers
+
+_MAX_NAMES = 2000
+
+
+class SingleDefaultQueue(Rule):
+    id = "single_default_queue"
+    defaults = {
+        #: distinct task names needed before "everything in one queue" is a finding
+        "min_tasks": 2,
+        #: task names not seen for this long are forgotten
+        "window_seconds": 3600.0,
+        #: the default queue when the app is not loaded ("" = Celery's "celery")
+        "default_queue": "",
+    }
+
+    def __init__(self, ctx, options: dict[str, Any]) -> None:
+        super().__init__(ctx, options)
+        #: (queue or "", task) -> last seen; "" = queue unknown (no task-sent)
+        self.seen: dict[tuple[str, str], float] = {}
+        #: messages per (queue, task) since the last evaluation, counted once confirmed
+        self.pending: dict[tuple[str, str], int] = {}
+
+    def hooks(self):
+        return {"task-sent": self._on_task, "task-received": self._on_task}
+
+    def _on_task(self, event: dict, rec: Any) -> None:
+        if rec is None or not rec.name:
+            return
+        if event["type"] == "task-received" and rec.has_sent:
+            return  # already seen through its task-sent
+        key = (rec.queue, rec.name)
+        seen = self.seen
+        if key in seen or len(seen) < _MAX_NAMES:
+            seen[key] = event["timestamp"]
+            self.pending[key] = self.pending.get(key, 0) + 1
+
+    def coverage(self) -> str:
+        if not self.ctx.events_supported:
+            return "unsupported: the broker is a database; no task events can flow"
+        return "active"
+
+    def default_queue(self) -> tuple[str, str]:
+        app = self.ctx.app
+        if app is not None:
+            return app.default_queue, "app config"
+        return self.options["default_queue"] or "celery", "default"
+
+    def evaluate(self, now: float) -> Iterable[Condition]:
+        window = float(self.options["window_seconds"])
+        for key in [k for k, ts in self.seen.items() if now - ts > window]:
+            del self.seen[key]
+        if not self.seen:
+            self.pending.clear()
+            return
+        default, default_source = self.default_queue()
+        queues = {q for q, _ in self.seen if q}
+        if queues - {default}:
+            self.pending.clear()
+            return  # a second queue is in use
+        workers = [w for w in live_workers(self.ctx.state, now) if w.active_queues is not None]
+        consumed = {q for w in workers for q in w.active_queues or ()}
+        if consumed - {default}:
+            self.pending.clear()
+            return  # some worker consumes another queue
+        names = sorted({t for _, t in self.seen})
+        if len(names) < int(self.options["min_tasks"]):
+            return  # messages stay pending: they count once a second task shows up
+        if queues:
+            source = "task-sent queue"
+        elif consumed:
+            source = "workers' active_queues"
+        else:
+            return  # neither task-sent queues nor workers' queues known: cannot tell
+        pending, self.pending = self.pending, {}
+        for (queue, task), n in pending.items():
+            self.count(queue or default, task, n)
+        evidence: dict[str, Any] = {
+            "default_queue": default, "default_queue_source": default_source,
+            "distinct_tasks": len(names), "tasks": names[:20], "queue_source": source,
+            "workers_consuming": len(workers), "window_seconds": window,
+        }
+        summary = (f"{len(names)} distinct tasks all run through the default queue "
+                   f"'{default}': slow or bulk work delays everything else")
+        app = self.ctx.app
+        if app is not None:
+            evidence["source"] = "app config"
+            evidence["task_routes_set"] = app.has_routes
+            evidence["task_queues_declared"] = list(app.queues)
+            if not app.has_routes:
+                summary += " (task_routes is not set)"
+        yield Condition(summary=summary, queue=default, evidence=evidence)

@@ -1,0 +1,120 @@
+"""Queue and worker rules fed event sequences directly (edge cases hard to time on brokers).
+
+The real engine, state and rules; the events are what Celery workers and clients send,
+with chosen timestamps so that waits of minutes take no time.
+"""
+
+from __future__ import annotations
+
+from flower_practices.config import Settings
+from flower_practices.engine import Engine
+from flower_practices.probes.poller import apply_worker_samples
+from flower_practices.probes.workers import WorkerSample
+from flower_practices.rules.events_disabled import EventsDisabled
+from flower_practices.rules.prefetch_starvation import PrefetchStarvation
+from flower_practices.rules.queue_starvation import QueueStarvation
+from flower_practices.rules.single_default_queue import SingleDefaultQueue
+
+T0 = 1_800_000_000.0
+
+
+def engine(rule, **options) -> Engine:
+    settings = Settings(clear_after_seconds=0.0, practices={rule.id: options})
+    return Engine(settings, broker_url="redis://127.0.0.1:6379/0", rule_classes=[rule])
+
+
+def ev(etype: str, ts: float, **fields) -> dict:
+    return {"type": etype, "timestamp": ts, "local_received": ts, **fields}
+
+
+def heartbeat(host: str, ts: float, processed: int = 0) -> dict:
+    return ev("worker-heartbeat", ts, hostname=host, freq=2.0, processed=processed, active=0)
+
+
+def findings(e: Engine, practice: str) -> list[dict]:
+    return [f for f in e.practices_payload()["findings"] if f["practice"] == practice]
+
+
+def test_eta_tasks_do_not_count_as_starved() -> None:
+    e = engine(QueueStarvation, max_wait_seconds=60.0, min_samples=1)
+    e.observe(heartbeat("w@h", T0))
+    e.observe(ev("task-sent", T0, uuid="eta", name="t.later", queue="q", eta="2027-01-15T08:00"))
+    e.observe(ev("task-received", T0 + 1, uuid="eta", name="t.later", hostname="w@h",
+                 eta="2027-01-15T08:00"))
+    e.observe(ev("task-started", T0 + 100, uuid="eta", hostname="w@h"))
+    e.observe(heartbeat("w@h", T0 + 100))
+    e.evaluate(T0 + 101)
+    assert findings(e, "queue_starvation") == []
+    e.observe(ev("task-sent", T0 + 100, uuid="late", name="t.now", queue="q"))
+    e.observe(ev("task-started", T0 + 190, uuid="late", hostname="w@h"))
+    e.observe(heartbeat("w@h", T0 + 190))
+    e.evaluate(T0 + 191)
+    [f] = findings(e, "queue_starvation")
+    assert f["queue"] == "q" and f["evidence"]["wait_p95_seconds"] == 90.0
+    assert f["evidence"]["samples"] == 1  # the eta task's 99 s are not a sample
+
+
+def test_worker_finding_clears_once_events_are_enabled() -> None:
+    e = engine(EventsDisabled, min_processed=3, window_seconds=10.0)
+    for i in range(6):
+        e.observe(heartbeat("blind@h", T0 + 2 * i, processed=2 * i))
+    e.evaluate(T0 + 11)
+    [f] = findings(e, "events_disabled")
+    assert f["worker"] == "blind@h"
+    assert f["evidence"]["processed_without_task_events"] == 10
+    # `celery control enable_events`: every new task now has its task-started event.
+    ts = T0 + 12
+    for n in range(11, 14):
+        e.observe(ev("task-sent", ts, uuid=f"u{n}", name="t.a", queue="celery"))
+        e.observe(ev("task-received", ts, uuid=f"u{n}", name="t.a", hostname="blind@h"))
+        e.observe(ev("task-started", ts, uuid=f"u{n}", hostname="blind@h"))
+        e.observe(heartbeat("blind@h", ts, processed=n))
+        ts += 2
+        e.evaluate(ts)
+    [f] = findings(e, "events_disabled")  # still within window_seconds of the last rise
+    assert f["evidence"]["processed_without_task_events"] == 10  # no longer growing
+    for _ in range(6):
+        ts += 2
+        e.observe(heartbeat("blind@h", ts, processed=13))
+        e.evaluate(ts)
+    assert findings(e, "events_disabled") == []
+
+
+def test_prefetch_needs_a_busy_worker_and_an_idle_peer() -> None:
+    e = engine(PrefetchStarvation, min_wait_seconds=5.0)
+    apply_worker_samples(e, {"a@h": WorkerSample(("q",), prefetch=8, concurrency=2),
+                             "b@h": WorkerSample(("q",), prefetch=8, concurrency=2)})
+    e.observe(heartbeat("b@h", T0))
+    e.observe(heartbeat("a@h", T0))
+    for n in range(3):
+        e.observe(ev("task-sent", T0, uuid=f"u{n}", name="t.slow", queue="q"))
+        e.observe(ev("task-received", T0, uuid=f"u{n}", name="t.slow", hostname="a@h"))
+    e.observe(ev("task-started", T0, uuid="u0", hostname="a@h"))
+    for t in (T0 + 2, T0 + 4, T0 + 6):
+        e.observe(heartbeat("a@h", t))
+        e.observe(heartbeat("b@h", t))
+    e.evaluate(T0 + 7)
+    assert findings(e, "prefetch_starvation") == []  # a@h still has a free slot (1 of 2)
+    e.observe(ev("task-started", T0 + 7, uuid="u1", hostname="a@h"))
+    e.evaluate(T0 + 7.5)
+    [f] = findings(e, "prefetch_starvation")
+    assert (f["queue"], f["worker"]) == ("q", "a@h")
+    assert f["evidence"]["idle_workers"] == ["b@h"]
+    assert f["evidence"]["reserved_waiting"] == 1
+    # the peer picks up work: no longer idle
+    e.observe(ev("task-received", T0 + 7.6, uuid="x", name="t.slow", hostname="b@h"))
+    e.observe(ev("task-started", T0 + 7.6, uuid="x", hostname="b@h"))
+    e.evaluate(T0 + 7.8)
+    assert findings(e, "prefetch_starvation") == []
+
+
+def test_a_second_queue_means_no_single_default_queue() -> None:
+    e = engine(SingleDefaultQueue)
+    e.observe(ev("task-sent", T0, uuid="a", name="t.a", queue="celery"))
+    e.observe(ev("task-sent", T0, uuid="b", name="t.b", routing_key="celery"))
+    e.evaluate(T0 + 1)
+    [f] = findings(e, "single_default_queue")
+    assert f["evidence"]["queue_source"] == "task-sent queue"
+    e.observe(ev("task-sent", T0 + 2, uuid="c", name="t.c", queue="bulk"))
+    e.evaluate(T0 + 3)
+    assert findings(e, "single_default_queue") == []

@@ -1,0 +1,309 @@
+"""Task-level practices against real workers on the real Redis.
+
+Two environments, each with its own Redis database, real ``celery worker`` subprocesses
+and the real exporter (app loaded): a *bad* app that breaks the practices and a *good*
+app (routed queues, retries with back-off, time limits, ignore_result, primary keys).
+Each rule gets a test showing its finding in /api/practices and /metrics on the bad
+app, and a counterpart showing the good app's equivalent workload raises none.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from celery import Celery
+
+from flower_practices.config import Settings
+from tests.apps import bad_tasks, good_tasks
+from tests.apps.models import Invoice, Order, User
+from tests.support.brokers import fresh_redis_url, release_redis_dbs
+from tests.support.exporter import RunningExporter, wait_for
+from tests.support.worker import WorkerProcess
+
+pytestmark = pytest.mark.slow
+
+OPTIONS = {
+    "retry_storm": {"max_retries_per_window": 10, "window_seconds": 120.0},
+    "unread_results": {"grace_seconds": 6.0, "min_samples": 5, "tolerance_seconds": 1.0},
+    "missing_time_limit": {"max_runtime_seconds": 1.0},
+    "lost_task": {"grace_seconds": 0.0},
+}
+
+
+#: the bad app accepts pickle; Celery refuses that as root unless forced (test containers)
+PICKLE_AS_ROOT = {"C_FORCE_ROOT": "1"}
+
+
+def settings() -> Settings:
+    return Settings(evaluation_interval=0.5, probe_interval=1.0, clear_after_seconds=600.0,
+                    practices={k: dict(v) for k, v in OPTIONS.items()})
+
+
+@dataclass
+class Env:
+    broker: str
+    app: Celery
+    exporter: RunningExporter
+    workers: list[WorkerProcess]
+
+    def finding(self, practice: str, task: str, **match: str) -> dict:
+        def find() -> dict | None:
+            for f in self.exporter.findings(practice):
+                if f["task"] == task and all(f.get(k) == v for k, v in match.items()):
+                    return f
+            return None
+
+        return wait_for(find, timeout=45, message=f"{practice} finding for {task}")
+
+    def gauge(self, practice: str, task: str) -> float:
+        return self.exporter.value("celery_practice_violation", practice=practice, task=task)
+
+    def total(self, practice: str, task: str) -> float:
+        return self.exporter.value("celery_practice_violations_total", practice=practice,
+                                   task=task)
+
+    def events(self, etype: str, task: str) -> float:
+        return self.exporter.value("celery_task_events_total", type=etype, task=task)
+
+    def wait_events(self, etype: str, task: str, n: int) -> None:
+        wait_for(lambda: self.events(etype, task) >= n, timeout=45,
+                 message=f"{n} {etype} events for {task}")
+
+    def settle(self, seconds: float) -> None:
+        """Let evaluations run (so a wrong finding would have appeared)."""
+        time.sleep(seconds)
+
+
+def _env(module, queues: list[str], env: dict[str, str] | None = None) -> Iterator[Env]:
+    broker = fresh_redis_url()
+    app = module.make_app(broker, broker)
+    workers: list[WorkerProcess] = []
+    try:
+        with RunningExporter(app, settings(), app_loaded=True) as exporter:
+            wait_for(lambda: exporter.get("/healthz")[0] == 200, message="healthz 200")
+            for q in queues:
+                workers.append(WorkerProcess(f"tests.apps.{module.__name__.rsplit('.', 1)[1]}",
+                                             broker, queues=q, name=f"{q}-{module.__name__[12:16]}"
+                                             f"{int(time.time() * 1000) % 100000}@fp-test", env=env)
+                               .start(app))
+            yield Env(broker, app, exporter, workers)
+            for w in workers:
+                w.stop()
+    finally:
+        for w in workers:
+            w.kill()
+        release_redis_dbs()
+
+
+@pytest.fixture(scope="module")
+def bad() -> Iterator[Env]:
+    yield from _env(bad_tasks, ["celery"], PICKLE_AS_ROOT)
+
+
+@pytest.fixture(scope="module")
+def good() -> Iterator[Env]:
+    yield from _env(good_tasks, list(good_tasks.QUEUES))
+
+
+def no_finding(env: Env, practice: str, prefix: str = "good.") -> None:
+    found = [f for f in env.exporter.findings(practice) if (f["task"] or "").startswith(prefix)]
+    assert found == [], found
+    assert env.exporter.value("celery_practice_violations_total", practice=practice) == 0
+
+
+# -- retryless_failure ------------------------------------------------------------------------
+def test_retryless_failure_found(bad: Env) -> None:
+    for i in range(3):
+        bad.app.send_task("bad.fetch", args=(i,))
+    for i in range(2):
+        bad.app.send_task("bad.parse", args=(i,))
+    f = bad.finding("retryless_failure", "bad.fetch")
+    bad.wait_events("failed", "bad.parse", 2)
+    wait_for(lambda: bad.total("retryless_failure", "bad.fetch") == 3, message="3 counted")
+    f = bad.finding("retryless_failure", "bad.fetch")
+    assert f["evidence"]["exception_classes"] == {"ConnectionError": 3}
+    assert f["evidence"]["failures_without_retry"] == 3
+    assert f["evidence"]["retry_policy"].startswith("none")
+    assert "no retry policy" in f["summary"]
+    assert f["queue"] == "celery" and f["severity"] == "warning"
+    assert bad.gauge("retryless_failure", "bad.fetch") == 1
+    # ValueError is not transient: no finding, nothing counted.
+    assert not [x for x in bad.exporter.findings("retryless_failure") if x["task"] == "bad.parse"]
+    assert bad.total("retryless_failure", "bad.parse") == 0
+    assert "refused" not in json.dumps(bad.exporter.practices())  # never the message
+
+
+def test_retries_with_backoff_raise_no_retryless_failure(good: Env) -> None:
+    for i in range(3):
+        good.app.send_task("good.fetch", args=(i,))
+    good.wait_events("succeeded", "good.fetch", 3)
+    assert good.events("retried", "good.fetch") == 6
+    good.settle(2)
+    no_finding(good, "retryless_failure")
+
+
+# -- retry_storm ------------------------------------------------------------------------------
+def test_retry_storm_found(bad: Env) -> None:
+    for _ in range(2):
+        bad.app.send_task("bad.hammer")
+    f = bad.finding("retry_storm", "bad.hammer")
+    bad.wait_events("failed", "bad.hammer", 2)
+    wait_for(lambda: (ev := bad.finding("retry_storm", "bad.hammer")["evidence"])
+             ["zero_delay_retries"] == 16 and ev["retries_in_window"] == 16,
+             message="16 retries, all with zero delay")
+    f = bad.finding("retry_storm", "bad.hammer")
+    assert f["evidence"]["retries_in_window"] == 16
+    assert f["evidence"]["delayed_retries"] == 0
+    assert "limit 10" in f["summary"] and "no back-off" in f["summary"]
+    assert "retry_backoff is not set" in f["summary"]
+    assert bad.gauge("retry_storm", "bad.hammer") == 1
+    assert bad.total("retry_storm", "bad.hammer") >= 16
+    # Retried tasks that finally failed are not retry-less failures.
+    assert not [x for x in bad.exporter.findings("retryless_failure")
+                if x["task"] == "bad.hammer"]
+
+
+def test_backoff_retries_raise_no_retry_storm(good: Env) -> None:
+    good.app.send_task("good.fetch", args=(99,))
+    good.wait_events("retried", "good.fetch", 2)
+    good.settle(3)
+    no_finding(good, "retry_storm")
+
+
+# -- unread_results ---------------------------------------------------------------------------
+def test_unread_results_found(bad: Env) -> None:
+    assert bad.exporter.practices()["coverage"]["unread_results"] == "active"
+    for i in range(6):
+        bad.app.send_task("bad.compute", args=(i,))
+    f = bad.finding("unread_results", "bad.compute")
+    ev = f["evidence"]
+    assert ev["sampled_results"] >= 5 and ev["unread_share"] >= 0.9
+    assert ev["ignore_result"] is False
+    assert "ignore_result is not set" in f["summary"]
+    assert bad.gauge("unread_results", "bad.compute") == 1
+    assert bad.total("unread_results", "bad.compute") >= 5
+
+
+def test_results_read_raise_no_unread_results(good: Env) -> None:
+    sent = [good.app.send_task("good.report", args=(i,)) for i in range(6)]
+    good.wait_events("succeeded", "good.report", 6)
+    time.sleep(2.5)  # read later than the idle-time resolution (the realistic poll-later case)
+    assert [good.app.AsyncResult(r.id).get(timeout=10) for r in sent] == list(range(1, 7))
+    good.settle(OPTIONS["unread_results"]["grace_seconds"] + 3)
+    no_finding(good, "unread_results")
+
+
+# -- orm_object_argument ----------------------------------------------------------------------
+def test_orm_object_argument_found(bad: Env) -> None:
+    # Real objects, pickled; Celery puts repr(args) in the message (argsrepr).
+    bad.app.send_task("bad.process", args=(User(1, "bob-secret"), Order(2)),
+                      kwargs={"invoice": Invoice(3, 99.5), "n": 1}, serializer="pickle")
+    # JSON-serializable primary key with a model-like argsrepr (e.g. a custom repr).
+    bad.app.send_task("bad.process", args=(7,), argsrepr="(<User: alice-secret>,)")
+    bad.wait_events("succeeded", "bad.process", 2)
+    wait_for(lambda: bad.finding("orm_object_argument", "bad.process")["count"] == 2,
+             message="two offending messages")
+    f = bad.finding("orm_object_argument", "bad.process")
+    assert f["evidence"]["arguments"] == [
+        {"argument": "0", "class": "User"}, {"argument": "1", "class": "Order"},
+        {"argument": "invoice", "class": "Invoice"}]
+    assert bad.total("orm_object_argument", "bad.process") == 2
+    assert bad.gauge("orm_object_argument", "bad.process") == 1
+    payload = json.dumps(bad.exporter.practices())
+    assert "secret" not in payload and "99.5" not in payload
+
+
+def test_primary_keys_raise_no_orm_object_argument(good: Env) -> None:
+    user = User(5, "carol")
+    good.app.send_task("good.touch", args=(user.pk,))
+    good.app.send_task("good.touch", kwargs={"user_id": user.pk})
+    good.wait_events("succeeded", "good.touch", 2)
+    good.settle(1.5)
+    no_finding(good, "orm_object_argument")
+
+
+# -- missing_time_limit -----------------------------------------------------------------------
+def test_missing_time_limit_found(bad: Env) -> None:
+    bad.app.send_task("bad.slow", args=(3,))
+    f = bad.finding("missing_time_limit", "bad.slow")
+    assert f["evidence"]["running_now_over_limit"] == 1  # seen while still running
+    assert f["evidence"]["time_limit"].startswith("none")
+    assert "no time limit" in f["summary"]
+    bad.wait_events("succeeded", "bad.slow", 1)
+    wait_for(lambda: bad.finding("missing_time_limit", "bad.slow")["evidence"]
+             ["completed_runs_over_limit"] == 1, message="completed run recorded")
+    assert bad.total("missing_time_limit", "bad.slow") == 1  # one run, counted once
+    assert bad.gauge("missing_time_limit", "bad.slow") == 1
+
+
+def test_time_limited_long_task_raises_no_finding(good: Env) -> None:
+    good.app.send_task("good.crunch", args=(2.5,))
+    good.wait_events("succeeded", "good.crunch", 1)
+    good.settle(1.5)
+    no_finding(good, "missing_time_limit")
+
+
+# -- lost_task --------------------------------------------------------------------------------
+def test_lost_task_found_when_worker_killed(bad: Env) -> None:
+    doomed = WorkerProcess("tests.apps.bad_tasks", bad.broker, queues="doomed",
+                           name=f"doomed{int(time.time()) % 10000}@fp-test", concurrency=1,
+                           env=PICKLE_AS_ROOT)
+    doomed.start(bad.app)
+    try:
+        bad.app.send_task("bad.slow", args=(60,), queue="doomed")
+        wait_for(lambda: bad.exporter.value("celery_task_events_total", type="started",
+                                            task="bad.slow", queue="doomed") == 1,
+                 message="task started on the doomed worker")
+        doomed.kill()  # SIGKILL mid-task: no worker-offline, no task result
+        f = bad.finding("lost_task", "bad.slow", worker=doomed.name)
+    finally:
+        doomed.kill()
+    assert f["severity"] == "critical" and f["queue"] == "doomed"
+    assert f["evidence"]["lost_tasks"] == 1
+    assert f["evidence"]["reasons"] == ["heartbeats expired"]
+    assert f["evidence"]["acks_late"] is False
+    assert bad.exporter.value("celery_practice_violation", practice="lost_task",
+                              worker=doomed.name) == 1
+    assert bad.total("lost_task", "bad.slow") == 1
+
+
+def test_graceful_shutdown_loses_no_task(good: Env) -> None:
+    leaving = WorkerProcess("tests.apps.good_tasks", good.broker, queues="batch",
+                            name=f"leaving{int(time.time()) % 10000}@fp-test", concurrency=1)
+    leaving.start(good.app)
+    try:
+        good.app.send_task("good.crunch", args=(2,), queue="batch")
+        wait_for(lambda: good.exporter.value("celery_task_events_total", type="started",
+                                             task="good.crunch", queue="batch") == 1,
+                 message="task started on the leaving worker")
+        leaving.stop()  # warm shutdown: finishes the task, then worker-offline
+    finally:
+        leaving.kill()
+    wait_for(lambda: good.exporter.value("celery_task_events_total", type="succeeded",
+                                         task="good.crunch", queue="batch") == 1,
+             message="task finished during warm shutdown")
+    good.settle(6)  # past heartbeat expiry
+    no_finding(good, "lost_task")
+
+
+# -- the same signals over RabbitMQ -----------------------------------------------------------
+def test_task_findings_over_rabbitmq(amqp_url: str) -> None:
+    """Events travel the same way over AMQP: retry-less failures and model arguments show."""
+    app = bad_tasks.make_app(amqp_url, None)
+    with RunningExporter(app, settings(), app_loaded=True) as exporter:
+        wait_for(lambda: exporter.get("/healthz")[0] == 200, message="healthz 200")
+        with WorkerProcess("tests.apps.bad_tasks", amqp_url, queues="celery",
+                           env=PICKLE_AS_ROOT).start(app):
+            env = Env(amqp_url, app, exporter, [])
+            app.send_task("bad.fetch", args=(1,))
+            app.send_task("bad.process", args=(User(1, "dave-secret"),), serializer="pickle")
+            f = env.finding("retryless_failure", "bad.fetch")
+            assert f["evidence"]["exception_classes"] == {"ConnectionError": 1}
+            f = env.finding("orm_object_argument", "bad.process")
+            assert f["evidence"]["arguments"] == [{"argument": "0", "class": "User"}]
+            cov = exporter.practices()["coverage"]["unread_results"]
+            assert cov.startswith("unsupported: no result backend"), cov

@@ -1,0 +1,174 @@
+"""Task rules fed real-shaped Celery events through the real Engine (no broker needed),
+plus the parsers the hooks use, fuzzed for garbage and huge input."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flower_practices.config import Settings
+from flower_practices.engine import Engine
+from flower_practices.probes.results import ResultStore
+from flower_practices.rules.orm_object_argument import find_models
+from flower_practices.rules.retry_storm import eta_timestamp
+from flower_practices.rules.retryless_failure import (
+    TRANSIENT_EXCEPTIONS,
+    TransientMatcher,
+    exception_class,
+)
+
+
+def engine(**kw) -> Engine:
+    practices = kw.pop("practices", {})
+    return Engine(Settings(practices=practices), broker_url="redis://x/0", **kw)
+
+
+def task_events(uuid: str, name: str, t0: float, host: str = "w1@h") -> list[dict]:
+    return [
+        {"type": "task-sent", "uuid": uuid, "name": name, "queue": "q", "timestamp": t0},
+        {"type": "task-received", "uuid": uuid, "name": name, "hostname": host,
+         "timestamp": t0, "retries": 0},
+        {"type": "task-started", "uuid": uuid, "hostname": host, "timestamp": t0},
+    ]
+
+
+# -- parsers ----------------------------------------------------------------------------------
+def test_exception_class_reads_only_the_class_name() -> None:
+    assert exception_class("ConnectionError('secret host 10.0.0.1')") == "ConnectionError"
+    assert exception_class("redis.exceptions.ConnectionError('x')") == \
+        "redis.exceptions.ConnectionError"
+    assert exception_class("timeout('timed out')") == "timeout"
+    assert exception_class("OperationalError") == "OperationalError"
+    for bad in (None, 3, "", "((((", "   ", "'quoted'"):
+        assert exception_class(bad) is None
+    assert len(exception_class("A" * 100_000) or "") <= 200
+
+
+def test_transient_matcher_matches_bare_and_dotted_names() -> None:
+    match = TransientMatcher(TRANSIENT_EXCEPTIONS)
+    for name in ("ConnectionError", "redis.exceptions.ConnectionError", "timeout",
+                 "socket.timeout", "OperationalError", "psycopg2.OperationalError",
+                 "kombu.exceptions.OperationalError", "ReadTimeout"):
+        assert match(name), name
+    for name in ("ValueError", "KeyError", "IntegrityError", "myapp.Timeoutish"):
+        assert not match(name), name
+
+
+def test_eta_timestamp() -> None:
+    assert eta_timestamp("2026-01-01T00:00:00+00:00") == 1767225600.0
+    assert eta_timestamp("2026-01-01T00:00:00") == 1767225600.0  # naive: UTC
+    for bad in (None, 5, "", "tomorrow", "9" * 1000, "2026-13-45T99:00:00"):
+        assert eta_timestamp(bad) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="<>()[]{},:'\"\\ =.0xaAbUser_", max_size=3000), st.booleans())
+def test_find_models_survives_garbage(text: str, keyword: bool) -> None:
+    found = find_models(text, 4096, keyword)
+    assert len(found) <= 20
+    for where, cls in found:
+        assert cls.replace("_", "a").replace(".", "a").isalnum()
+        assert len(where) <= 64
+
+
+def test_find_models_ignores_string_literals_and_caps_length() -> None:
+    assert find_models("('<User: in a string>', \"<Order object at 0x1>\")", 4096, False) == []
+    huge = "(" + "1, " * 200_000 + "<User: late>)"
+    assert find_models(huge, 4096, False) == []  # beyond max_scan_chars: not scanned
+    assert find_models("(<User: x>,)", 4096, False) == [("0", "User")]
+
+
+# -- missing_time_limit without the app ------------------------------------------------------
+def test_missing_time_limit_without_app_says_unknown() -> None:
+    eng = engine(practices={"missing_time_limit": {"max_runtime_seconds": 10}})
+    now = time.time()
+    for ev in task_events("u1", "proj.long", now - 60):
+        eng.observe(ev)
+    eng.observe({"type": "worker-heartbeat", "hostname": "w1@h", "timestamp": now,
+                 "freq": 2.0})
+    eng.evaluate(now)
+    [f] = eng.practices_payload()["findings"]
+    assert f["practice"] == "missing_time_limit" and f["task"] == "proj.long"
+    assert f["evidence"]["time_limit"] == "time limit unknown (app not loaded)"
+    assert f["evidence"]["running_now_over_limit"] == 1
+
+
+# -- lost_task: worker-offline and restart paths ---------------------------------------------
+def test_lost_task_after_worker_offline_grace_and_cleared_by_late_completion() -> None:
+    eng = engine(practices={"lost_task": {"offline_grace_seconds": 30},
+                            "missing_time_limit": {"max_runtime_seconds": 10}})
+    now = time.time()
+    eng.observe({"type": "worker-online", "hostname": "w1@h", "timestamp": now - 100})
+    for ev in task_events("u1", "proj.job", now - 50):
+        eng.observe(ev)
+    eng.observe({"type": "worker-offline", "hostname": "w1@h", "timestamp": now - 40,
+                 "local_received": now - 40})
+    eng.evaluate(now - 20)  # within the offline grace: a warm shutdown may still finish it
+    assert eng.practices_payload()["findings"] == []
+    eng.evaluate(now)
+    # only lost_task: a task on a dead worker is not reported as a long run
+    [f] = eng.practices_payload()["findings"]
+    assert f["practice"] == "lost_task" and f["worker"] == "w1@h"
+    assert f["evidence"]["reasons"] == ["worker-offline event"]
+    rule = next(r for r in eng.rules if r.id == "lost_task")
+    eng.observe({"type": "task-succeeded", "uuid": "u1", "hostname": "w1@h",
+                 "timestamp": now, "runtime": 50.0})
+    assert len(rule.lost) == 0
+
+
+def test_lost_task_when_worker_restarted_under_it() -> None:
+    eng = engine()
+    now = time.time()
+    eng.observe({"type": "worker-online", "hostname": "w1@h", "timestamp": now - 100})
+    for ev in task_events("u2", "proj.job", now - 50):
+        eng.observe(ev)
+    eng.observe({"type": "worker-online", "hostname": "w1@h", "timestamp": now - 10})
+    eng.evaluate(now)
+    [f] = eng.practices_payload()["findings"]
+    assert f["evidence"]["reasons"] == ["worker restarted after the task started"]
+
+
+# -- unread_results coverage ------------------------------------------------------------------
+def test_unread_results_coverage_without_redis_backend() -> None:
+    assert engine().coverage()["unread_results"].startswith(
+        "unsupported: no result backend")
+    cov = engine(result_backend="db+postgresql://127.0.0.1/test").coverage()
+    assert cov["unread_results"] == ("unsupported: result backend 'db' is not Redis "
+                                     "(OBJECT IDLETIME is Redis-only)")
+
+
+def test_unread_results_unsupported_under_lfu_policy(private_redis: dict) -> None:
+    url = private_redis["url"]
+    redis.Redis.from_url(url).config_set("maxmemory-policy", "allkeys-lfu")
+    eng = engine(result_backend=url, results=ResultStore.from_url(url))
+    assert eng.coverage()["unread_results"] == "active"
+    eng.evaluate()
+    cov = eng.coverage()["unread_results"]
+    assert cov.startswith("unsupported: Redis maxmemory-policy is allkeys-lfu"), cov
+    json.dumps(eng.practices_payload())
+
+
+def test_unread_results_backs_off_when_redis_is_down(private_redis: dict) -> None:
+    url = private_redis["url"]
+    eng = engine(result_backend=url, results=ResultStore.from_url(url),
+                 practices={"unread_results": {"grace_seconds": 0.0}})
+    now = time.time()
+    for ev in task_events("u3", "proj.calc", now - 5):
+        eng.observe(ev)
+    eng.observe({"type": "task-succeeded", "uuid": "u3", "hostname": "w1@h",
+                 "timestamp": now - 5})
+    eng.evaluate(now)  # policy checked, the id checked: key absent -> no verdict
+    rule = next(r for r in eng.rules if r.id == "unread_results")
+    assert rule.checked == 0 and not rule.pending
+    for ev in task_events("u4", "proj.calc", now - 5):
+        eng.observe(ev)
+    eng.observe({"type": "task-succeeded", "uuid": "u4", "hostname": "w1@h",
+                 "timestamp": now - 5})
+    private_redis["kill"]()
+    eng.evaluate(now)  # connection refused: logged, kept for later, no exception
+    assert eng.rule_errors.get("unread_results") is None
+    assert len(rule.pending) == 1 and rule._retry_at > time.time()

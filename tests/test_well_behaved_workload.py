@@ -1,0 +1,80 @@
+"""A well-behaved workload with every rule in ALL_RULES enabled raises no finding at all.
+
+Real workers (one per queue) of ``tests.apps.good_tasks`` on the real Redis: retries with
+back-off for transient errors, ignored results, results that are read, primary keys as
+arguments, time limits, sent events on. Thresholds are short so that a wrong finding
+would have time to appear.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from flower_practices.catalogue import BY_ID
+from flower_practices.config import Settings
+from flower_practices.rules import ALL_RULES
+from tests.apps import good_tasks
+from tests.support.exporter import RunningExporter, wait_for
+from tests.support.worker import WorkerProcess
+
+pytestmark = pytest.mark.slow
+
+#: short thresholds, so that a wrong finding would have time to appear
+OPTIONS = {
+    "queue_without_consumer": {"grace_seconds": 3.0},
+    "queue_starvation": {"max_wait_seconds": 5.0, "min_samples": 3},
+    "prefetch_starvation": {"min_wait_seconds": 5.0},
+    "events_disabled": {"min_processed": 2, "min_received": 2},
+    "retry_storm": {"max_retries_per_window": 10, "window_seconds": 120.0},
+    "unread_results": {"grace_seconds": 6.0, "min_samples": 5, "tolerance_seconds": 1.0},
+    "missing_time_limit": {"max_runtime_seconds": 1.0},
+    "lost_task": {"grace_seconds": 0.0},
+}
+
+
+def test_well_behaved_workload_has_zero_findings(redis_url: str) -> None:
+    enabled = {cls.id for cls in ALL_RULES}
+    assert enabled == set(BY_ID), sorted(set(BY_ID) - enabled)  # every practice has a rule
+    settings = Settings(evaluation_interval=0.5, probe_interval=1.0, clear_after_seconds=600.0,
+                        practices={k: dict(v) for k, v in OPTIONS.items()})
+    app = good_tasks.make_app(redis_url, redis_url)
+    workers = [WorkerProcess("tests.apps.good_tasks", redis_url, queues=q,
+                             name=f"{q}-{int(time.time() * 1000) % 100000}@fp-wb")
+               for q in good_tasks.QUEUES]
+    with RunningExporter(app, settings, app_loaded=True) as exporter:
+        wait_for(lambda: exporter.get("/healthz")[0] == 200, message="healthz 200")
+        try:
+            for w in workers:
+                w.start(app)
+            coverage = exporter.practices()["coverage"]
+            assert set(coverage.values()) == {"active"}, coverage
+            for i in range(3):
+                app.send_task("good.fetch", args=(i,))        # io: retries with back-off
+            for pk in range(5):
+                app.send_task("good.touch", args=(pk,))       # default: a primary key
+            app.send_task("good.crunch", args=(1.5,))         # default: long, time-limited
+            reports = [app.send_task("good.report", args=(i,)) for i in range(6)]
+
+            def done(task: str, n: int) -> bool:
+                return exporter.value("celery_task_events_total", type="succeeded",
+                                      task=task) >= n
+
+            wait_for(lambda: done("good.report", 6), timeout=60, message="reports done")
+            time.sleep(2.5)  # the caller reads results a little later (poll-later pattern)
+            assert [r.get(timeout=10) for r in reports] == list(range(1, 7))
+            wait_for(lambda: done("good.touch", 5) and done("good.crunch", 1)
+                     and done("good.fetch", 3), timeout=60,
+                     message="the whole workload to finish")
+            # Let every rule evaluate well past the short thresholds (unread_results' grace).
+            time.sleep(OPTIONS["unread_results"]["grace_seconds"] + 4)
+            payload = exporter.practices()
+            assert exporter.value("celery_task_events_total", type="retried",
+                                  task="good.fetch") == 6
+            assert payload["findings"] == []
+            assert exporter.value("celery_practice_violation") == 0
+            assert exporter.value("celery_practice_violations_total") == 0
+        finally:
+            for w in workers:
+                w.stop()
