@@ -14,7 +14,7 @@ import math
 import time
 from bisect import bisect_left
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -263,3 +263,80 @@ class PracticesCollector(Collector):
 
 def finite(value: float) -> bool:
     return not (math.isnan(value) or math.isinf(value))
+
+
+def render_text(registry: Collector) -> bytes:
+    """Byte-for-byte what ``prometheus_client.generate_latest(registry)`` returns (text
+    format 0.0.4, default escaping), about twice as fast on large expositions: label names,
+    label values and metric names are escaped once per render instead of once per sample.
+    """
+    from prometheus_client.openmetrics.exposition import (
+        UNDERSCORES,
+        escape_label_name,
+        escape_metric_name,
+    )
+    from prometheus_client.utils import floatToGoString
+
+    label_names: dict[str, str] = {}
+    label_values: dict[str, str] = {}
+    metric_names: dict[str, str] = {}
+
+    def lname(k: str) -> str:
+        out = label_names.get(k)
+        if out is None:
+            out = label_names[k] = escape_label_name(k, UNDERSCORES)
+        return out
+
+    def lvalue(v: str) -> str:
+        out = label_values.get(v)
+        if out is None:
+            out = label_values[v] = v.replace("\\", r"\\").replace("\n", r"\n").replace(
+                '"', r"\"")
+        return out
+
+    def mname(n: str) -> str:
+        out = metric_names.get(n)
+        if out is None:
+            out = metric_names[n] = escape_metric_name(n, UNDERSCORES)
+        return out
+
+    def line(s: Any) -> str:
+        labels = s.labels
+        if labels:
+            inner = ",".join([f'{lname(k)}="{lvalue(v)}"' for k, v in sorted(labels.items())])
+            labelstr = "{" + inner + "}"
+        else:
+            labelstr = ""
+        ts = "" if s.timestamp is None else f" {int(float(s.timestamp) * 1000):d}"
+        return f"{mname(s.name)}{labelstr} {floatToGoString(s.value)}{ts}\n"
+
+    output: list[str] = []
+    for metric in registry.collect():
+        name, mtype = metric.name, metric.type
+        if mtype == "counter":
+            name += "_total"
+        elif mtype == "info":
+            name += "_info"
+            mtype = "gauge"
+        elif mtype == "stateset":
+            mtype = "gauge"
+        elif mtype == "gaugehistogram":
+            mtype = "histogram"
+        elif mtype == "unknown":
+            mtype = "untyped"
+        doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        output.append(f"# HELP {mname(name)} {doc}\n")
+        output.append(f"# TYPE {mname(name)} {mtype}\n")
+        extra: dict[str, list[str]] = {}
+        special = {metric.name + suffix: suffix for suffix in ("_created", "_gsum", "_gcount")}
+        for s in metric.samples:
+            suffix = special.get(s.name)
+            if suffix is None:
+                output.append(line(s))
+            else:
+                extra.setdefault(suffix, []).append(line(s))
+        for suffix, lines in sorted(extra.items()):
+            output.append(f"# HELP {mname(metric.name + suffix)} {doc}\n")
+            output.append(f"# TYPE {mname(metric.name + suffix)} gauge\n")
+            output.extend(lines)
+    return "".join(output).encode("utf-8")

@@ -16,7 +16,7 @@ from .brokers import is_database_broker, redact
 from .config import Settings
 from .engine import Engine
 from .events.status import StreamStatus
-from .events.stream import EventStream
+from .events.stream import make_event_stream
 from .probes.poller import ProbePoller
 from .probes.results import ResultStore
 
@@ -58,9 +58,10 @@ class EngineRunner:
     def __init__(self, app: Celery, engine: Engine) -> None:
         self.app = app
         self.engine = engine
-        self.stream: EventStream | None = None
+        self.stream: threading.Thread | None = None
         if engine.ctx.events_supported:
-            self.stream = EventStream(app, engine.observe, engine.stream_status)
+            self.stream = make_event_stream(app, engine.observe, engine.stream_status,
+                                            consumer=engine.settings.event_consumer)
         else:
             engine.stream_status.mark_disconnected(
                 "the broker is a database: Celery events cannot flow over it")

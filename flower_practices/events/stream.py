@@ -8,6 +8,7 @@ back-off (capped) whenever the broker goes away, counting each reconnect.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -15,10 +16,31 @@ from typing import Any
 
 from celery import Celery
 from celery.events.receiver import EventReceiver
+from kombu.message import Message as KombuMessage
+from kombu.transport.virtual import Channel as VirtualChannel
 
 from .status import StreamStatus
 
 log = logging.getLogger("flower_practices.events")
+
+
+def _guarded_message_class(base: type) -> type:
+    """``base`` (a virtual transport's Message) made to record, not raise, a bad envelope."""
+    if getattr(base, "_fp_guarded", False):
+        return base
+
+    class GuardedMessage(base):  # type: ignore[misc, valid-type]
+        _fp_guarded = True
+
+        def __init__(self, payload: Any, channel: Any = None, **kwargs: Any) -> None:
+            try:
+                super().__init__(payload, channel=channel, **kwargs)
+            except Exception:
+                KombuMessage.__init__(self, body=b"", channel=channel)
+                # Consumer hands recorded errors to on_decode_error (counted there)
+                self.errors.append(sys.exc_info())
+
+    return GuardedMessage
 
 
 class GuardedReceiver(EventReceiver):
@@ -38,6 +60,22 @@ class GuardedReceiver(EventReceiver):
                 self.wakeup_workers(channel=channel)
             except Exception as exc:  # waking workers is a nicety, not a requirement
                 log.info("could not ask workers for a heartbeat: %s", exc)
+
+    def get_consumers(self, Consumer: Any, channel: Any) -> list:  # noqa: N803 - Celery's
+        consumers = super().get_consumers(Consumer, channel)
+        if isinstance(channel, VirtualChannel):
+            # Redis & co. build the Message (base64 body, properties) before any consumer
+            # callback; a malformed envelope would raise out of drain_events there too.
+            channel.Message = _guarded_message_class(channel.Message)
+        for consumer in consumers:
+            # Without this a body that fails to decode (bad JSON/base64, a content type
+            # not accepted) raises out of drain_events and tears the connection down.
+            consumer.on_decode_error = self._decode_error
+        return consumers
+
+    def _decode_error(self, message: Any, exc: Exception) -> None:
+        self._status.events += 1
+        self._status.decode_error("undecodable_body")
 
     def _receive(self, body: Any, message: Any, list: Any = list,
                  isinstance: Any = isinstance) -> None:
@@ -138,3 +176,24 @@ class EventStream(threading.Thread):
             finally:
                 self._receiver = None
         self.status.mark_disconnected("stopped")
+
+
+#: accepted values of the ``event_consumer`` setting
+EVENT_CONSUMERS = ("auto", "kombu")
+
+
+def make_event_stream(app: Celery, handler: Callable[[dict], None], status: StreamStatus,
+                      *, consumer: str = "auto", **kwargs: Any) -> threading.Thread:
+    """The event consumer thread for ``app``: the direct Redis path when it can be used
+    (``consumer="auto"``), else (or with ``consumer="kombu"``) Celery's generic receiver."""
+    if consumer == "auto":
+        from .fast_redis import RedisEventStream, fast_path_unsupported
+
+        why = fast_path_unsupported(app)
+        if why is None:
+            try:
+                return RedisEventStream(app, handler, status, **kwargs)
+            except Exception as exc:  # pragma: no cover - defensive: use the generic path
+                why = f"{type(exc).__name__}: {exc}"
+        log.info("using Celery's generic event receiver (direct Redis path: %s)", why)
+    return EventStream(app, handler, status, **kwargs)

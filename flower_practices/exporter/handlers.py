@@ -6,9 +6,10 @@ import json
 
 import tornado.web
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import choose_encoder, generate_latest
 
 from ..engine import Engine
+from ..metrics import render_text
 
 
 class _EngineHandler(tornado.web.RequestHandler):
@@ -22,6 +23,8 @@ class MetricsHandler(_EngineHandler):
         encoder, content_type = choose_encoder(self.request.headers.get("Accept", ""))
         assert self.registry is not None
         self.set_header("Content-Type", content_type)
+        if encoder is generate_latest:  # plain text 0.0.4: same bytes, rendered faster
+            encoder = render_text
         self.write(encoder(self.registry))
 
 

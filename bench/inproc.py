@@ -1,0 +1,142 @@
+"""In-process benchmarks of the engine: memory bound, /metrics render time, label caps.
+
+- ``memory``: feed ``Engine.observe`` 1,000,000 complete tasks (sent, received, started,
+  succeeded; every 50th task never finishes, so in-flight records pile up to the
+  ``max_tracked_tasks`` cap) and compare RSS after 100,000 and after 1,000,000 tasks.
+- ``render``: an engine holding ≥ 10,000 series; time what ``/metrics`` runs on the
+  exporter's registry (``render_text``; ``generate_latest`` for comparison), median of 7.
+- ``cardinality``: 500 workers × 200 task names × 50 queues (every task name in every
+  queue) with caps lowered to ``max_workers=100, max_task_names=50, max_queues=10``: the
+  series count stays bounded and the overflow counter counts what was folded.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+
+from prometheus_client import generate_latest
+
+from flower_practices.config import Settings
+from flower_practices.engine import Engine
+from flower_practices.exporter.server import make_registry
+from flower_practices.metrics import render_text
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def _task(engine: Engine, i: int, ts: float, *, names: int = 50, queues: int = 10,
+          workers: int = 20, finish: bool = True, pair: tuple[int, int] | None = None) -> None:
+    uuid = f"{i:032x}"
+    n, q = pair if pair is not None else (i % names, i % queues)
+    name = f"proj.tasks.t{n}"
+    queue = f"q{q}"
+    host = f"w{i % workers}@bench"
+    observe = engine.observe
+    observe({"type": "task-sent", "uuid": uuid, "name": name, "queue": queue,
+             "routing_key": queue, "args": "(1,)", "kwargs": "{}", "retries": 0,
+             "hostname": "web@bench", "timestamp": ts})
+    observe({"type": "task-received", "uuid": uuid, "name": name, "hostname": host,
+             "args": "(1,)", "kwargs": "{}", "retries": 0, "timestamp": ts + 0.001})
+    observe({"type": "task-started", "uuid": uuid, "hostname": host, "timestamp": ts + 0.002})
+    if finish:
+        observe({"type": "task-succeeded", "uuid": uuid, "hostname": host, "runtime": 0.003,
+                 "result": "None", "timestamp": ts + 0.005})
+
+
+def bench_memory(total: int = 1_000_000, checkpoint: int = 100_000) -> dict:
+    engine = Engine(Settings())
+    start = time.time() - total * 0.0001
+    out: dict = {"tasks": total, "checkpoint": checkpoint}
+    t0 = time.perf_counter()
+    cpu0 = time.process_time()
+    for i in range(total):
+        _task(engine, i, start + i * 0.0001, finish=i % 50 != 0)
+        if i % 20_000 == 0:
+            engine.evaluate(start + i * 0.0001)
+        if i + 1 == checkpoint:
+            gc.collect()
+            out["rss_mib_at_checkpoint"] = rss_mib()
+    gc.collect()
+    out["rss_mib_at_end"] = rss_mib()
+    out["growth_percent"] = (out["rss_mib_at_end"] / out["rss_mib_at_checkpoint"] - 1) * 100
+    out["tracked_tasks_at_end"] = len(engine.state.tasks)
+    out["evicted"] = engine.state.tasks.evicted
+    out["seconds"] = time.perf_counter() - t0
+    out["engine_cpu_us_per_event"] = (time.process_time() - cpu0) / (total * 3.98) * 1e6
+    return out
+
+
+def _series(text: bytes) -> int:
+    return sum(1 for line in text.splitlines() if line and not line.startswith(b"#"))
+
+
+def bench_render(target_series: int = 10_000, renders: int = 7) -> dict:
+    settings = Settings(max_task_names=1000, max_queues=200, max_workers=1000)
+    engine = Engine(settings)
+    registry = make_registry(engine)
+    now = time.time()
+    i = 0
+    # (task name, queue) pairs, each with task-event counters and a runtime histogram,
+    # added 20 at a time until the exposition holds target_series samples
+    while _series(generate_latest(registry)) < target_series:
+        for _ in range(20):
+            _task(engine, i, now, workers=200, pair=(i // 20, i % 20))
+            i += 1
+    text = generate_latest(registry)
+    out: dict = {}
+    for label, render in (("render_text", render_text), ("generate_latest", generate_latest)):
+        timings = []
+        for _ in range(renders):
+            t0 = time.perf_counter()
+            text = render(registry)
+            timings.append(time.perf_counter() - t0)
+        out[label] = {"median_ms": statistics.median(timings) * 1000,
+                      "max_ms": max(timings) * 1000}
+    return {"series": _series(text), "bytes": len(text), **out}
+
+
+def bench_cardinality(workers: int = 500, names: int = 200, queues: int = 50,
+                      caps: dict | None = None) -> dict:
+    caps = caps if caps is not None else {"max_workers": 100, "max_task_names": 50,
+                                          "max_queues": 10}
+    settings = Settings(**caps)
+    engine = Engine(settings)
+    registry = make_registry(engine)
+    now = time.time()
+    i = 0
+    t0 = time.perf_counter()
+    for w in range(workers):
+        engine.observe({"type": "worker-heartbeat", "hostname": f"w{w}@bench", "freq": 2.0,
+                        "active": 0, "processed": 0, "timestamp": now})
+    for q in range(queues):
+        for n in range(names):
+            _task(engine, i, now, workers=workers, pair=(n, q))  # every (name, queue) pair
+            i += 1
+    seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    text = render_text(registry)
+    render_ms = (time.perf_counter() - t1) * 1000
+    overflow = engine.state.label_overflow()
+    labels = {"worker": set(), "task": set(), "queue": set()}
+    for line in text.decode().splitlines():
+        if line.startswith("#"):
+            continue
+        for key in labels:
+            marker = f'{key}="'
+            pos = line.find(marker)
+            if pos >= 0:
+                end = line.index('"', pos + len(marker))
+                labels[key].add(line[pos + len(marker):end])
+    return {"workers": workers, "task_names": names, "queues": queues, "tasks": i,
+            "caps": caps,
+            "series": _series(text), "distinct_label_values": {k: len(v) for k, v in
+                                                               labels.items()},
+            "overflow_counted": overflow, "seconds": seconds, "render_ms": render_ms}

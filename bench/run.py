@@ -1,0 +1,111 @@
+"""Run the flower-practices benchmarks and print a results table (see bench/README.md).
+
+    python bench/run.py                      # everything, ~2-3 minutes on 2 cores
+    python bench/run.py --only stream --events 200000 --rate 5000
+    python bench/run.py --only memory,render,cardinality --json results.json
+
+Stream subjects (``--subjects``): a = bare celery Receiver, b = exporter (direct Redis
+path), b_kombu = exporter on Celery's generic receiver, c = Flower, d = Flower + plugin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import inproc  # noqa: E402
+from bench.stream_bench import bench_stream  # noqa: E402
+
+
+def ratio(subjects: dict, key: str, ref: str) -> str:
+    if key not in subjects or ref not in subjects:
+        return "n/a"
+    return f"{subjects[key]['cpu_us_per_event'] / subjects[ref]['cpu_us_per_event']:.2f}x"
+
+
+def print_stream(result: dict) -> None:
+    subjects = result["subjects"]
+    print(f"\n## Event stream: {result['events']} events in {result['messages']} messages "
+          f"(group {result['group']}) at {result['rate']:.0f} events/s "
+          f"(published in {result['publish_seconds']:.1f} s)\n")
+    print("| subject | CPU µs/event | vs (a) | peak RSS MiB | idle CPU % |")
+    print("|---|---:|---:|---:|---:|")
+    for key, s in subjects.items():
+        print(f"| ({key}) {s['label']} | {s['cpu_us_per_event']:.1f} | "
+              f"{ratio(subjects, key, 'a')} | {s['peak_rss_mib']:.1f} | "
+              f"{s['idle_cpu_percent']:.2f} |")
+    print(f"\n(d) vs (c) CPU: {ratio(subjects, 'd', 'c')}")
+    for key, s in subjects.items():
+        if "events_seen" in s:
+            print(f"({key}) flower_practices_events_total = {s['events_seen']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="stream,memory,render,cardinality",
+                        help="comma-separated benchmarks to run (default: all)")
+    parser.add_argument("--subjects", default="a,b,b_kombu,c,d",
+                        help="stream subjects (default: a,b,b_kombu,c,d)")
+    parser.add_argument("--events", type=int, default=100_000,
+                        help="events in the stream benchmark (default 100000)")
+    parser.add_argument("--rate", type=float, default=4000.0,
+                        help="events published per second (default 4000)")
+    parser.add_argument("--group", type=int, default=1,
+                        help="buffer each worker's task events into list bodies of up to N "
+                             "events, as Celery workers do (default 1: one event per message)")
+    parser.add_argument("--idle-seconds", type=float, default=5.0,
+                        help="seconds of idle CPU measured per subject (default 5)")
+    parser.add_argument("--redis-url", default=None,
+                        help="use this Redis instead of a private redis-server")
+    parser.add_argument("--tasks", type=int, default=1_000_000,
+                        help="tasks fed in the memory benchmark (default 1000000)")
+    parser.add_argument("--series", type=int, default=10_000,
+                        help="series in the render benchmark (default 10000)")
+    parser.add_argument("--json", default=None, help="also write the raw results here")
+    args = parser.parse_args(argv)
+    only = set(args.only.split(","))
+    results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+
+    if "stream" in only:
+        print("stream benchmark...", file=sys.stderr)
+        results["stream"] = bench_stream(args.subjects.split(","), args.events, args.rate,
+                                         args.idle_seconds, args.redis_url, args.group)
+        print_stream(results["stream"])
+    if "memory" in only:
+        print("memory benchmark...", file=sys.stderr)
+        m = results["memory"] = inproc.bench_memory(args.tasks, args.tasks // 10)
+        print(f"\n## Memory: RSS {m['rss_mib_at_checkpoint']:.1f} MiB after "
+              f"{m['checkpoint']} tasks, {m['rss_mib_at_end']:.1f} MiB after {m['tasks']} "
+              f"(growth {m['growth_percent']:+.1f}%; target within 10%); "
+              f"engine alone {m['engine_cpu_us_per_event']:.2f} µs/event in-process")
+    if "render" in only:
+        print("render benchmark...", file=sys.stderr)
+        r = results["render"] = inproc.bench_render(args.series)
+        print(f"\n## /metrics render: {r['series']} series, {r['bytes']} bytes: median "
+              f"{r['render_text']['median_ms']:.1f} ms, max {r['render_text']['max_ms']:.1f} ms"
+              f" (target < 50 ms); prometheus_client.generate_latest on the same registry: "
+              f"median {r['generate_latest']['median_ms']:.1f} ms")
+    if "cardinality" in only:
+        print("cardinality benchmark...", file=sys.stderr)
+        defaults = {"max_workers": 1000, "max_task_names": 500, "max_queues": 200}
+        results["cardinality"] = [inproc.bench_cardinality(),
+                                  inproc.bench_cardinality(caps=defaults)]
+        for c in results["cardinality"]:
+            print(f"\n## Cardinality: {c['workers']} workers x {c['task_names']} task names "
+                  f"x {c['queues']} queues ({c['tasks']} tasks, every name in every queue), "
+                  f"caps {c['caps']}: {c['series']} series, /metrics {c['render_ms']:.0f} ms; "
+                  f"distinct label values {c['distinct_label_values']}; "
+                  f"flower_practices_label_overflow_total {c['overflow_counted']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""The lean Redis event consumer: Celery events straight off Redis pub/sub.
+
+kombu's Redis transport publishes each event with ``PUBLISH`` on the channel
+``<fanout_prefix><exchange>/<routing_key>`` (``/{db}.celeryev/task.succeeded``) carrying a
+JSON envelope whose ``body`` is the base64 of the JSON event. kombu's generic consumer
+re-parses that through several layers (virtual channel, Message, serializer registry,
+JSON object hooks); this module reads the same channel pattern on one plain socket
+(``PSUBSCRIBE``, :mod:`.resp`), decodes with stdlib :mod:`json`, and hands each event through
+the same steps as Celery's :meth:`EventReceiver.event_from_message` (clock, timestamp), so
+the engine receives exactly the events the kombu path would give it.
+
+:func:`fast_path_unsupported` says when this path cannot be used (AMQP and other
+transports, Sentinel, ``global_keyprefix``, TLS, failover URLs); the caller then falls back
+to :class:`~flower_practices.events.stream.EventStream`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from binascii import a2b_base64 as b64decode
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+from celery.events.receiver import CLIENT_CLOCK_SKEW
+from celery.utils.time import utcoffset
+from kombu.serialization import loads as kombu_loads
+from kombu.utils.json import loads as kombu_json_loads
+
+from .resp import PubSubSocket, RespError
+from .status import StreamStatus
+
+log = logging.getLogger("flower_practices.events")
+
+#: seconds of silence before we PING the server, and before we give up on it
+IDLE_PING_SECONDS = 10.0
+DEAD_AFTER_SECONDS = 30.0
+
+
+def fast_path_unsupported(app: Celery) -> str | None:
+    """None when the direct Redis path can consume ``app``'s events, else why not."""
+    try:
+        conn = app.connection_for_read()
+    except Exception as exc:  # pragma: no cover - bad URL: the kombu path reports it
+        return f"cannot parse broker URL ({type(exc).__name__})"
+    try:
+        transport = conn.transport_cls
+        if transport != "redis":
+            return f"transport {transport!r} is not plain redis"
+        if conn.alt and len(conn.alt) > 1:
+            return "several broker URLs (failover)"
+        if conn.ssl or app.conf.broker_use_ssl:
+            return "TLS connection options"
+        options = conn.transport_options or {}
+        if options.get("global_keyprefix"):
+            return "global_keyprefix transport option"
+        if str(app.conf.event_serializer or "json") != "json":
+            return f"event_serializer {app.conf.event_serializer!r}"
+        if not conn.hostname or "/" in conn.hostname:
+            return "unix socket URL"
+        try:
+            redis_db(conn.virtual_host)
+        except ValueError:
+            return f"database {conn.virtual_host!r} is not a number"
+    finally:
+        conn.release()
+    return None
+
+
+def redis_db(virtual_host: Any) -> int:
+    """The database number, parsed from the URL path exactly as kombu does."""
+    if isinstance(virtual_host, int):
+        return virtual_host
+    if not virtual_host or virtual_host == "/":
+        return 0
+    return int(str(virtual_host).lstrip("/"))
+
+
+def subscribe_pattern(app: Celery, db: int) -> str:
+    """The ``PSUBSCRIBE`` pattern kombu's event receiver would use for ``app``."""
+    options = app.conf.broker_transport_options or {}
+    prefix: Any = options.get("fanout_prefix", True)
+    if prefix is True:
+        prefix = "/{db}."
+    elif not prefix:
+        prefix = ""
+    prefix = str(prefix).format(db=db)
+    exchange = app.conf.event_exchange or "celeryev"
+    if options.get("fanout_patterns", True):
+        # the receiver binds routing key '#', which kombu turns into the glob '*'
+        return f"{prefix}{exchange}/*"
+    return f"{prefix}{exchange}"
+
+
+def _loads_body(raw: bytes) -> Any:
+    # kombu's JSON tags non-JSON types as {"__type__": ..., "__value__": ...}; only then
+    # do we need its object hook (events never carry them, but stay identical).
+    if b'"__type__"' in raw:
+        return kombu_json_loads(raw)
+    return _json_decode(raw.decode())
+
+
+_json_decode = json.JSONDecoder().decode
+
+
+class EventDecoder:
+    """Raw pub/sub payload -> Celery event dicts -> ``handler``; never raises.
+
+    :meth:`one` does what :meth:`EventReceiver.event_from_message` does (Lamport clock,
+    ``timestamp`` moved to local time by ``utcoffset``, ``local_received``), inline; the
+    local UTC offset is read once per message instead of once per event.
+    """
+
+    def __init__(self, app: Celery, handler: Callable[[dict], None],
+                 status: StreamStatus) -> None:
+        self.handler = handler
+        self.status = status
+        self.clock = app.clock
+        self._accept = {"json", "application/json"}
+
+    def feed(self, data: bytes) -> None:
+        """Decode one published envelope and deliver the event(s) it carries."""
+        try:
+            envelope = _json_decode(data.decode())
+            body = envelope["body"]
+            props = envelope.get("properties")
+            if props and props.get("body_encoding") == "base64":
+                body = b64decode(body)
+            elif isinstance(body, str):
+                body = body.encode()
+            ctype = envelope.get("content-type")
+            if ctype == "application/json":
+                payload = _loads_body(body)
+            else:
+                payload = kombu_loads(body, ctype, envelope.get("content-encoding"),
+                                      accept=self._accept)
+        except Exception:
+            self.status.events += 1
+            self.status.decode_error("undecodable_body")
+            return
+        here = utcoffset()
+        if type(payload) is list:
+            for event in payload:
+                self.one(event, here)
+        else:
+            self.one(payload, here)
+
+    def one(self, body: Any, here: int | None = None) -> None:
+        """The same per-event path as :class:`~.stream.GuardedReceiver`."""
+        if not isinstance(body, dict):
+            self.status.events += 1
+            self.status.decode_error("not_a_mapping")
+            return
+        try:
+            # == EventReceiver.event_from_message(body), step for step
+            clock = self.clock
+            if body["type"] == "task-sent":
+                # clients never sync so cannot use their clock value
+                c = body["clock"] = (clock.value or 1) + CLIENT_CLOCK_SKEW
+                clock.adjust(c)
+            else:
+                try:
+                    c = body["clock"]
+                except KeyError:
+                    body["clock"] = clock.forward()
+                else:
+                    clock.adjust(c)
+            try:
+                offset, timestamp = body["utcoffset"], body["timestamp"]
+            except KeyError:
+                pass
+            else:
+                if here is None:
+                    here = utcoffset()
+                body["timestamp"] = timestamp - (offset - here) * 3600
+            body["local_received"] = time.time()
+        except Exception:
+            body.setdefault("local_received", time.time())
+        try:
+            self.handler(body)
+        except Exception:
+            self.status.decode_error("handler_error")
+            log.debug("event handler raised", exc_info=True)
+
+
+class RedisEventStream(threading.Thread):
+    """Consume ``app``'s events from Redis pub/sub until :meth:`stop`; reconnect on failure."""
+
+    def __init__(
+        self,
+        app: Celery,
+        handler: Callable[[dict], None],
+        status: StreamStatus,
+        *,
+        max_backoff: float = 30.0,
+        wakeup: bool = True,
+    ) -> None:
+        super().__init__(name="flower-practices-events-redis", daemon=True)
+        self.app = app
+        self.status = status
+        self.max_backoff = max_backoff
+        self.wakeup = wakeup
+        self.decoder = EventDecoder(app, handler, status)
+        self._stop_event = threading.Event()
+        self._ever_connected = False
+        with app.connection_for_read() as conn:
+            self.db = redis_db(conn.virtual_host)
+            self._address = (conn.hostname, int(conn.port or 6379))
+            self._auth = (conn.userid or None, conn.password or None)
+        self.pattern = subscribe_pattern(app, self.db)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop_event.set()
+        if self.is_alive():
+            self.join(timeout)
+
+    def _ready(self) -> None:
+        if self._ever_connected:
+            self.status.reconnects += 1
+            log.warning("event stream reconnected to the broker")
+        else:
+            log.info("event stream connected to the broker (direct Redis pub/sub)")
+        self._ever_connected = True
+        self.status.mark_connected()
+        if self.wakeup:
+            try:
+                self.app.control.broadcast("heartbeat")
+            except Exception as exc:  # waking workers is a nicety, not a requirement
+                log.info("could not ask workers for a heartbeat: %s", exc)
+
+    def run(self) -> None:
+        backoff = 1.0
+        while not self._stop_event.is_set():
+            conn = None
+            try:
+                conn = PubSubSocket(*self._address, username=self._auth[0],
+                                    password=self._auth[1])
+                conn.send("PSUBSCRIBE", self.pattern)
+                reply = conn.reply(10.0)
+                if not (isinstance(reply, list) and reply and reply[0] == b"psubscribe"):
+                    raise RespError(f"unexpected reply to PSUBSCRIBE: {reply!r:.100}")
+                backoff = 1.0
+                self._ready()
+                self._consume(conn)
+            except Exception as exc:  # broker gone, auth, DNS...: all retried
+                reason = f"{type(exc).__name__}: {exc}"
+                self.status.mark_disconnected(reason)
+                if self._stop_event.is_set():
+                    break
+                log.warning("event stream lost the broker (%s); retrying in %.0fs",
+                            reason, backoff)
+                self._stop_event.wait(backoff)
+                backoff = min(backoff * 2.0, self.max_backoff)
+            finally:
+                if conn is not None:
+                    conn.close()
+        self.status.mark_disconnected("stopped")
+
+    def _consume(self, conn: PubSubSocket) -> None:
+        fill, frames = conn.fill, conn.frames
+        feed = self.decoder.feed
+        stopped = self._stop_event.is_set
+        last_read = time.monotonic()
+        pinged = False
+        while not stopped():
+            if not fill(1.0):
+                idle = time.monotonic() - last_read
+                if idle > DEAD_AFTER_SECONDS:
+                    raise ConnectionError(f"no data or PING reply for {idle:.0f}s")
+                if idle > IDLE_PING_SECONDS and not pinged:
+                    conn.send("PING")
+                    pinged = True
+                continue
+            # parse what arrived, then take whatever else is readable without waiting
+            while True:
+                for frame in frames():
+                    if type(frame) is list and len(frame) == 4 and frame[0] == b"pmessage" \
+                            and frame[3]:
+                        feed(frame[3])
+                if not fill(0):
+                    break
+            last_read = time.monotonic()
+            pinged = False

@@ -1,0 +1,279 @@
+"""The exporter against brokers that die, stay away and come back, mid-stream.
+
+- Redis unreachable for 30 s (a private ``redis-server``, SIGKILLed and restarted on the
+  same port) while events keep being published and a real worker keeps running: the
+  exporter stays up and serving, ``/healthz`` answers 503 throughout the outage and 200
+  after, the reconnect is counted, and events and tasks are counted again afterwards.
+  Run on the default (direct Redis) path; the generic kombu path gets a shorter restart.
+- RabbitMQ restarted mid-stream: a private RabbitMQ node of our own (own node name,
+  ports and data directory, so the shared broker is never touched) is SIGKILLed and
+  restarted while a worker runs tasks. If that node cannot be started, the test falls back
+  to closing every connection of its own vhost on the shared broker from the server side
+  (``rabbitmqctl close_all_connections --vhost``), which is how a broker-side drop looks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from flower_practices.apploader import load_app
+from flower_practices.config import Settings
+from tests.conftest import make_producer
+from tests.support.brokers import in_ci, reachable, require
+from tests.support.events import envelope
+from tests.support.exporter import RunningExporter, free_port, wait_for
+from tests.support.worker import WorkerProcess
+
+pytestmark = pytest.mark.slow
+
+OUTAGE_SECONDS = 30.0
+
+
+class EventPump(threading.Thread):
+    """Publishes a task's events every 50 ms, riding out broker outages."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.sent = 0
+        self.failed = 0
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5,
+                                      socket_timeout=0.5)
+        db = client.connection_pool.connection_kwargs.get("db", 0)
+        while not self.stop_event.wait(0.05):
+            tid = str(uuid.uuid4())
+            try:
+                for etype in ("task-sent", "task-received", "task-started", "task-succeeded"):
+                    ev = {"type": etype, "uuid": tid, "name": "pump.task", "queue": "pumpq",
+                          "hostname": "pump@h", "timestamp": time.time(), "clock": 1,
+                          "utcoffset": 0, "runtime": 0.001}
+                    client.publish(f"/{db}.celeryev/{etype.replace('-', '.')}",
+                                   envelope(ev))
+                self.sent += 1
+            except redis.RedisError:
+                self.failed += 1
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(5)
+
+
+def pumped(exporter: RunningExporter) -> float:
+    return exporter.value("celery_task_events_total", type="succeeded", task="pump.task")
+
+
+def _basic_succeeded(exporter: RunningExporter) -> float:
+    return exporter.value("celery_task_events_total", type="succeeded", task="basic.add")
+
+
+def test_redis_unreachable_for_30s(private_redis: dict) -> None:
+    url = private_redis["url"]
+    producer = make_producer(url)
+    app, _ = load_app(None, url)
+    pump = EventPump(url)
+    with RunningExporter(app) as exporter, \
+            WorkerProcess("tests.apps.basic", url, queues="celery").start(producer):
+        wait_for(lambda: exporter.get("/healthz")[0] == 200, message="healthz 200")
+        pump.start()
+        try:
+            producer.send_task("basic.add", args=(1, 2))
+            wait_for(lambda: pumped(exporter) >= 5 and _basic_succeeded(exporter) == 1,
+                     message="pumped events and a real task counted")
+
+            private_redis["kill"]()
+            down_at = time.time()
+            wait_for(lambda: exporter.get("/healthz")[0] == 503, timeout=15,
+                     message="healthz 503 after Redis died")
+            frozen = pumped(exporter)
+            statuses = set()
+            while time.time() - down_at < OUTAGE_SECONDS:
+                status, body = exporter.get("/healthz")
+                statuses.add(status)
+                assert status == 503, body
+                assert "not connected" in json.loads(body)["reason"]
+                assert exporter.get("/metrics")[0] == 200  # still serving scrapes
+                assert exporter.get("/api/practices")[0] == 200
+                time.sleep(2.0)
+            assert statuses == {503}
+            assert exporter.value("flower_practices_event_stream_connected") == 0
+            assert pumped(exporter) == frozen  # nothing arrived, nothing invented
+            assert pump.failed > 0  # the pump really hit a dead broker
+
+            private_redis["start"]()
+            wait_for(lambda: exporter.get("/healthz")[0] == 200, timeout=60,
+                     message="healthz 200 after Redis came back")
+            assert exporter.value("flower_practices_broker_reconnects_total") >= 1
+            assert exporter.value("flower_practices_event_stream_connected") == 1
+            wait_for(lambda: pumped(exporter) >= frozen + 5, timeout=30,
+                     message="pumped events counted again")
+
+            def send_and_count() -> bool:
+                producer.send_task("basic.add", args=(1, 1))
+                return _basic_succeeded(exporter) >= 2
+
+            wait_for(send_and_count, timeout=90, interval=2.0,
+                     message="a real task counted after the outage")
+        finally:
+            pump.stop()
+
+
+def test_redis_restart_on_generic_kombu_path(private_redis: dict) -> None:
+    url = private_redis["url"]
+    app, _ = load_app(None, url)
+    settings = Settings(evaluation_interval=1.0, probe_interval=1.0, event_consumer="kombu")
+    pump = EventPump(url)
+    with RunningExporter(app, settings) as exporter:
+        wait_for(lambda: exporter.get("/healthz")[0] == 200, message="healthz 200")
+        pump.start()
+        try:
+            wait_for(lambda: pumped(exporter) >= 5, message="pumped events counted")
+            private_redis["kill"]()
+            wait_for(lambda: exporter.get("/healthz")[0] == 503, timeout=15,
+                     message="healthz 503")
+            time.sleep(3)
+            frozen = pumped(exporter)
+            private_redis["start"]()
+            wait_for(lambda: exporter.get("/healthz")[0] == 200, timeout=60,
+                     message="healthz 200 again")
+            assert exporter.value("flower_practices_broker_reconnects_total") >= 1
+            wait_for(lambda: pumped(exporter) >= frozen + 5, timeout=30,
+                     message="counting again on the kombu path")
+        finally:
+            pump.stop()
+
+
+# -- RabbitMQ ----------------------------------------------------------------------------
+class PrivateRabbit:
+    """A RabbitMQ node of our own: own node name, ports, config and data directory."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="fp-rmq-"))
+        self.port = free_port()
+        self.node = f"fptest{os.getpid()}{self.port}@localhost"
+        (self.dir / "enabled_plugins").write_text("[].\n")
+        (self.dir / "rabbitmq.conf").write_text(
+            f"listeners.tcp.local = 127.0.0.1:{self.port}\nloopback_users = none\n")
+        for sub in ("mnesia", "log"):
+            (self.dir / sub).mkdir()
+        subprocess.run(["chmod", "-R", "777", str(self.dir)], check=False)
+        self.env = {**os.environ, "RABBITMQ_NODENAME": self.node,
+                    "RABBITMQ_NODE_PORT": str(self.port),
+                    "RABBITMQ_DIST_PORT": str(free_port()),
+                    "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq.conf"),
+                    "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
+                    "RABBITMQ_LOG_BASE": str(self.dir / "log"),
+                    "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
+                    "RABBITMQ_PID_FILE": str(self.dir / "pid")}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.proc = subprocess.Popen(["rabbitmq-server"], env=self.env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        deadline = time.time() + timeout
+        while not reachable("127.0.0.1", self.port, 0.5):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("private RabbitMQ node did not start")
+            time.sleep(0.5)
+
+    def kill(self) -> None:
+        """SIGKILL the node's Erlang VM (an abrupt broker crash)."""
+        pidfile = self.dir / "pid"
+        if pidfile.exists():
+            with contextlib.suppress(ValueError, ProcessLookupError):
+                os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        deadline = time.time() + 15
+        while reachable("127.0.0.1", self.port, 0.2) and time.time() < deadline:
+            time.sleep(0.2)
+        pidfile.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def rabbit_broker() -> Iterator[dict]:
+    """A killable private RabbitMQ node, else a vhost whose connections we may close."""
+    from tests.support.brokers import delete_vhost, rabbitmq_vhost_url
+
+    require("RabbitMQ", "127.0.0.1", 5672)
+    node = None
+    if shutil.which("rabbitmq-server"):
+        node = PrivateRabbit()
+        try:
+            node.start()
+        except (OSError, RuntimeError):
+            node.close()
+            node = None
+    if node is not None:
+        yield {"url": node.url, "mode": "restart", "drop": lambda: (node.kill(), node.start())}
+        node.close()
+        return
+    if in_ci():
+        pytest.fail("could not start a private RabbitMQ node (CI=true)")
+    url = rabbitmq_vhost_url()
+    vhost = url.rsplit("/", 1)[-1]
+
+    def drop() -> None:
+        subprocess.run(["rabbitmqctl", "close_all_connections", "--vhost", vhost,
+                        "fp hardening test"], check=True, capture_output=True, timeout=60)
+
+    yield {"url": url, "mode": "close_all_connections", "drop": drop}
+    delete_vhost(url)
+
+
+def test_rabbitmq_restart_mid_stream(rabbit_broker: dict) -> None:
+    url = rabbit_broker["url"]
+    producer = make_producer(url)
+    app, _ = load_app(None, url)
+    with RunningExporter(app) as exporter, \
+            WorkerProcess("tests.apps.basic", url, queues="celery").start(producer):
+        wait_for(lambda: exporter.get("/healthz")[0] == 200, message="healthz 200")
+        for i in range(3):
+            producer.send_task("basic.add", args=(i, i))
+        wait_for(lambda: _basic_succeeded(exporter) == 3, message="3 tasks counted")
+
+        rabbit_broker["drop"]()
+        if rabbit_broker["mode"] == "restart":
+            assert exporter.get("/metrics")[0] == 200
+        wait_for(lambda: exporter.value("flower_practices_broker_reconnects_total") >= 1,
+                 timeout=60, message="reconnect counted")
+        wait_for(lambda: exporter.get("/healthz")[0] == 200, timeout=60,
+                 message="healthz 200 after the drop")
+        assert _basic_succeeded(exporter) == 3  # state survived
+
+        def send_and_count() -> bool:
+            try:
+                producer.send_task("basic.add", args=(1, 1))
+            except Exception:  # the producer reconnects on its own schedule
+                return False
+            return _basic_succeeded(exporter) >= 5
+
+        wait_for(send_and_count, timeout=90, interval=2.0,
+                 message="tasks counted after the broker came back")
