@@ -1,0 +1,38 @@
+"""The plugin's own Flower options, defined as tornado options next to Flower's.
+
+Because they are tornado options, Flower's own parsing handles them from the command line
+(``--plugins=a,b``), the environment (``FLOWER_PLUGINS=a,b``) and ``flowerconfig.py``
+(``plugins = ["a", "b"]`` or ``plugins = "a,b"``).
+"""
+
+from __future__ import annotations
+
+from tornado.options import options
+
+DEFAULT_PLUGINS = ("flower_practices",)
+
+
+def define_options() -> None:
+    """Define ``plugins`` and ``practices_config`` (idempotent)."""
+    if "plugins" not in options:
+        options.define("plugins", type=str, multiple=True, default=[],
+                       group="flower-practices",
+                       help="comma-separated Flower plugins to install "
+                            f"(default: {','.join(DEFAULT_PLUGINS)})")
+    if "practices_config" not in options:
+        options.define("practices_config", type=str, default=None, group="flower-practices",
+                       help="TOML settings file of the flower_practices plugin")
+
+
+def requested_plugins(opts) -> list[str]:
+    """Plugin names from the parsed options; the default list when none were given."""
+    raw = getattr(opts, "plugins", None) or []
+    if isinstance(raw, str):
+        raw = [raw]
+    names: list[str] = []
+    for item in raw:
+        for name in str(item).split(","):
+            name = name.strip()
+            if name and name not in names:
+                names.append(name)
+    return names or list(DEFAULT_PLUGINS)

@@ -1,0 +1,210 @@
+"""The real ``celery flower-practices`` (and stock ``celery flower`` + flowerconfig.py)
+against real Redis with a real worker: findings on /practices, in /api/practices and in
+Flower's /metrics; a headless Chromium screenshot of /practices."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+
+import pytest
+
+from tests.apps.models import User
+from tests.conftest import make_producer
+from tests.support.brokers import fresh_redis_url, in_ci, release_redis_dbs
+from tests.support.exporter import free_port, wait_for
+from tests.support.worker import ROOT, WorkerProcess
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOT = ROOT / "docs" / "img" / "practices-page.png"
+
+PRACTICES_TOML = """
+[exporter]
+evaluation_interval = 0.5
+probe_interval = 1.0
+"""
+
+
+class FlowerProcess:
+    """A Flower subprocess (``celery -A tests.apps.bad_tasks --broker URL <args>``)."""
+
+    def __init__(self, broker: str, args: list[str], cwd: Path, prefix: str = "") -> None:
+        self.port = free_port()
+        self.prefix = prefix
+        self.log = Path(tempfile.mkstemp(prefix="fp-flower-", suffix=".log")[1])
+        cmd = [sys.executable, "-m", "celery", "-A", "tests.apps.bad_tasks", "--broker", broker,
+               *args, f"--port={self.port}", "--address=127.0.0.1"]
+        env = {**os.environ, "FP_TEST_BROKER": broker, "PYTHONPATH": str(ROOT),
+               "FLOWER_UNAUTHENTICATED_API": "true"}
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                         cwd=str(cwd))
+        wait_for(self._up, timeout=40, message=f"Flower to listen:\n{self.output()}")
+
+    def _up(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"Flower exited early:\n{self.output()}")
+        return self.get(f"{self.prefix}/healthcheck")[0] == 200
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.url(path), timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace")
+        except OSError:
+            return 0, ""
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory):
+    """Worker + ``celery flower-practices`` on an isolated Redis database, with a workload
+    that breaks ``retryless_failure`` (ConnectionError, never retried),
+    ``single_default_queue`` (several task names, all in the default queue) and
+    ``orm_object_argument`` (a model instance pickled into the arguments)."""
+    broker = fresh_redis_url()
+    workdir = tmp_path_factory.mktemp("flower")
+    config = workdir / "practices.toml"
+    config.write_text(PRACTICES_TOML)
+    producer = make_producer(broker)
+    # bad_tasks accepts pickle (that is the point); the test container runs as root
+    worker = WorkerProcess("tests.apps.bad_tasks", broker, queues="celery",
+                           env={"C_FORCE_ROOT": "1"}).start(producer)
+    flower = None
+    try:
+        flower = FlowerProcess(broker, ["flower-practices", f"--practices_config={config}"],
+                               workdir)
+        for i in range(3):
+            producer.send_task("bad.compute", args=(i,))
+        producer.send_task("bad.fetch", args=(7,))
+        producer.send_task("bad.fetch", args=(8,))
+        producer.send_task("bad.process", args=(User(1, "alice"),), serializer="pickle")
+        yield flower, worker, producer, broker
+    finally:
+        if flower is not None:
+            flower.stop()
+        worker.stop()
+        release_redis_dbs()
+
+
+def test_finding_on_the_page_api_and_metrics(running):
+    flower, worker, _, _ = running
+    for practice in ("retryless_failure", "single_default_queue"):
+        wait_for(lambda p=practice: f'data-practice="{p}"' in flower.get("/practices")[1],
+                 timeout=40, message=f"{practice} on /practices\n{flower.output()}")
+    status, body = flower.get("/practices")
+    assert status == 200
+    assert "bad.fetch" in body and "ConnectionError" in body  # evidence: names and classes
+    assert "upstream refused" not in body  # never exception messages
+    assert 'aria-current="page">Practices</a>' in body
+    assert 'href="/practices/runbooks/' in body
+
+    payload = json.loads(flower.get("/api/practices")[1])
+    found = [f for f in payload["findings"] if f["practice"] == "retryless_failure"]
+    assert found and found[0]["task"] == "bad.fetch" and found[0]["queue"] == "celery"
+    assert payload["coverage"]["retryless_failure"] == "active"
+    metrics = flower.get("/metrics")[1]
+    assert ('celery_practice_violation{practice="retryless_failure",queue="celery",'
+            'severity="warning",task="bad.fetch",worker=""} 1.0') in metrics
+    assert ('celery_practice_violations_total{practice="retryless_failure",queue="celery",'
+            'task="bad.fetch"} 2.0') in metrics
+    assert 'celery_practice_violation{practice="single_default_queue"' in metrics
+    assert "flower_events_total" in metrics  # Flower's own metrics, same endpoint
+    assert 'celery_task_events_total{queue="celery",task="bad.compute",type="succeeded"} 3.0' \
+        in metrics
+    # probes ran in the executor: the worker's active_queues give the consumer count
+    wait_for(lambda: 'celery_queue_consumers{queue="celery"} 1.0' in flower.get("/metrics")[1],
+             message="celery_queue_consumers from the probes")
+    assert flower.get("/healthz")[0] == 200
+    assert "Flower plugins active: flower_practices" in flower.output()
+
+
+def _png_info(path: Path) -> tuple[int, int, int]:
+    """(width, height, distinct byte values in the decompressed image data)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    idat, pos = b"", 8
+    while pos < len(data):
+        length = struct.unpack(">I", data[pos:pos + 4])[0]
+        kind = data[pos + 4:pos + 8]
+        if kind == b"IDAT":
+            idat += data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+    raw = zlib.decompress(idat)
+    return width, height, len(set(raw[:: max(1, len(raw) // 200_000)]))
+
+
+def screenshot(url: str, out: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="fp-chromium-") as profile:
+        subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", f"--user-data-dir={profile}", "--hide-scrollbars",
+             f"--screenshot={out}", "--window-size=1280,900", url],
+            capture_output=True, timeout=90, check=False)
+
+
+def test_screenshot_of_the_practices_page(running, tmp_path):
+    if CHROMIUM is None:
+        if in_ci():
+            pytest.fail("chromium is not installed (CI=true: the screenshot test must run)")
+        pytest.skip("chromium is not installed")
+    flower = running[0]
+    wait_for(lambda: 'data-practice="retryless_failure"' in flower.get("/practices")[1],
+             timeout=40, message="a finding to show")
+    out = tmp_path / "practices.png"
+    screenshot(flower.url("/practices"), out)
+    assert out.is_file(), "chromium wrote no screenshot"
+    width, height, distinct = _png_info(out)
+    assert (width, height) == (1280, 900)
+    assert distinct > 30, "screenshot looks blank"
+    save = os.environ.get("FP_SAVE_SCREENSHOT")  # "1": the README image; else a path
+    if save:
+        target = SCREENSHOT if save == "1" else Path(save)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out, target)
+
+
+def test_flowerconfig_one_liner_activates_stock_flower(running, tmp_path):
+    _, _, _, broker = running
+    (tmp_path / "flowerconfig.py").write_text(
+        "import flower_practices.flower_plugin.activate  # noqa: F401\n"
+        'plugins = "flower_practices"\n')
+    flower = FlowerProcess(broker, ["flower"], tmp_path)
+    try:
+        status, body = flower.get("/practices")
+        assert status == 200 and "practices-coverage" in body
+        assert ">Practices</a>" in flower.get("/workers")[1]
+        wait_for(lambda: "celery_worker_up" in flower.get("/metrics")[1],
+                 message="our metrics in stock Flower's /metrics")
+        assert "Flower plugins active: flower_practices" in flower.output()
+    finally:
+        flower.stop()
