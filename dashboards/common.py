@@ -1,0 +1,166 @@
+"""Shared building blocks for the dashboards: datasource, template variables, panel helpers.
+
+Every panel queries the ``$datasource`` Prometheus datasource variable and filters on the
+``$job`` variable; rates use ``$__rate_interval`` so they stay correct at any scrape
+interval. Helpers return grafana-foundation-sdk builders.
+"""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import bargauge, stat, table, text, timeseries
+from grafana_foundation_sdk.builders import common as cb
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.builders import prometheus as prom
+from grafana_foundation_sdk.cog import builder as cogbuilder
+from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models import prometheus as pm
+from grafana_foundation_sdk.models import text as tm
+
+DATASOURCE = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
+TAGS = ["celery", "flower-practices"]
+#: selector every query starts from; extended per dashboard with queue/task filters
+JOB = 'job=~"$job"'
+
+
+def series(metric: str, *matchers: str) -> str:
+    """``metric{job=~"$job", <matchers>}``."""
+    return f"{metric}{{{', '.join((JOB, *matchers))}}}"
+
+
+def _all_option() -> dm.VariableOption:
+    return dm.VariableOption(selected=True, text="All", value="$__all")
+
+
+def datasource_variable() -> db.DatasourceVariable:
+    return (db.DatasourceVariable("datasource").label("Data source").type("prometheus")
+            .current(dm.VariableOption(selected=True, text="default", value="default")))
+
+
+def label_variable(name: str, label: str, query: str, *, multi: bool = True
+                   ) -> db.QueryVariable:
+    """A ``label_values`` query variable with an All option matching empty labels too."""
+    return (db.QueryVariable(name).label(label)
+            .query({"query": query, "refId": f"{name}-var"})
+            .datasource(DATASOURCE)
+            .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(dm.VariableSort.ALPHABETICAL_CASE_INSENSITIVE_ASC)
+            .multi(multi).include_all(True).all_value(".*").current(_all_option()))
+
+
+def job_variable() -> db.QueryVariable:
+    return label_variable("job", "Job", "label_values(flower_practices_events_total, job)")
+
+
+def dashboard(uid: str, title: str, description: str,
+              variables: list[cogbuilder.Builder[dm.VariableModel]]) -> db.Dashboard:
+    board = (db.Dashboard(title).uid(uid).description(description).tags(TAGS)
+             .refresh("30s").time("now-3h", "now").timezone("browser").editable()
+             .tooltip(dm.DashboardCursorSync.CROSSHAIR)
+             .link(db.DashboardLink("Celery dashboards").type(dm.DashboardLinkType.DASHBOARDS)
+                   .tags(["celery"]).as_dropdown(True).include_vars(True).keep_time(True)))
+    board.with_variable(datasource_variable())
+    board.with_variable(job_variable())
+    for variable in variables:
+        board.with_variable(variable)
+    return board
+
+
+def query(expr: str, legend: str = "", *, ref: str = "A", instant: bool = False,
+          table_format: bool = False) -> prom.Dataquery:
+    q = prom.Dataquery().expr(expr).ref_id(ref).datasource(DATASOURCE)
+    if legend:
+        q = q.legend_format(legend)
+    q = q.instant() if instant else q.range()
+    if table_format:
+        q = q.format(pm.PromQueryFormat.TABLE)
+    return q
+
+
+def _targets(panel, queries: list[prom.Dataquery]):  # any panel builder
+    for q in queries:
+        panel = panel.with_target(q)
+    return panel
+
+
+def graph(title: str, description: str, unit: str, queries: list[prom.Dataquery], *,
+          width: int = 12, height: int = 8, stacked: bool = False,
+          minimum: float | None = 0) -> timeseries.Panel:
+    panel = (timeseries.Panel().title(title).description(description).unit(unit)
+             .datasource(DATASOURCE).span(width).height(height)
+             .fill_opacity(10).line_width(1)
+             .legend(cb.VizLegendOptions().display_mode(cm.LegendDisplayMode.TABLE)
+                     .placement(cm.LegendPlacement.BOTTOM).show_legend(True)
+                     .calcs(["lastNotNull", "max"]))
+             .tooltip(cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI)
+                      .sort(cm.SortOrder.DESCENDING)))
+    if minimum is not None:
+        panel = panel.min(minimum)
+    if stacked:
+        panel = panel.stacking(cb.StackingConfig().mode(cm.StackingMode.NORMAL))
+    return _targets(panel, queries)
+
+
+def _thresholds(steps: list[tuple[float | None, str]]) -> db.ThresholdsConfig:
+    return db.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps(
+        [dm.Threshold(value=v, color=c) for v, c in steps])
+
+
+def single(title: str, description: str, unit: str, expr: str, *,
+           steps: list[tuple[float | None, str]] | None = None, width: int = 6,
+           height: int = 4, mappings: list[dm.ValueMapping] | None = None) -> stat.Panel:
+    panel = (stat.Panel().title(title).description(description).unit(unit)
+             .datasource(DATASOURCE).span(width).height(height)
+             .color_mode(cm.BigValueColorMode.BACKGROUND)
+             .graph_mode(cm.BigValueGraphMode.AREA)
+             .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+             .thresholds(_thresholds(steps or [(None, "green")]))
+             .with_target(query(expr, instant=True)))
+    if mappings:
+        panel = panel.mappings(mappings)
+    return panel
+
+
+def bars(title: str, description: str, unit: str, expr: str, legend: str, *,
+         width: int = 12, height: int = 8) -> bargauge.Panel:
+    return (bargauge.Panel().title(title).description(description).unit(unit)
+            .datasource(DATASOURCE).span(width).height(height).min(0)
+            .orientation(cm.VizOrientation.HORIZONTAL)
+            .display_mode(cm.BarGaugeDisplayMode.GRADIENT)
+            .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+            .thresholds(_thresholds([(None, "green"), (1, "orange")]))
+            .with_target(query(expr, legend, instant=True)))
+
+
+def instant_table(title: str, description: str, expr: str, *, width: int = 24,
+                  height: int = 8, unit: str = "short",
+                  hide: tuple[str, ...] = ("Time", "__name__"),
+                  links: list[db.DashboardLink] | None = None) -> table.Panel:
+    """An instant query shown as one row per series (labels as columns)."""
+    organize = dm.DataTransformerConfig(
+        id_val="organize", options={"excludeByName": {name: True for name in hide}})
+    panel = (table.Panel().title(title).description(description).unit(unit)
+             .datasource(DATASOURCE).span(width).height(height)
+             .show_header(True)
+             .with_target(query(expr, instant=True, table_format=True))
+             .with_transformation(organize))
+    if links:
+        panel = panel.data_links(links)
+    return panel
+
+
+def markdown(title: str, description: str, content: str, *, width: int = 24,
+             height: int = 8) -> text.Panel:
+    return (text.Panel().title(title).description(description).span(width).height(height)
+            .mode(tm.TextMode.MARKDOWN).content(content))
+
+
+def up_down_mappings(up_text: str = "up", down_text: str = "down") -> list[dm.ValueMapping]:
+    return [dm.ValueMap(options={
+        "0": dm.ValueMappingResult(text=down_text, color="red", index=0),
+        "1": dm.ValueMappingResult(text=up_text, color="green", index=1),
+    })]
+
+
+def row(title: str) -> db.Row:
+    return db.Row(title)

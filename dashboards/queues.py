@@ -1,0 +1,82 @@
+"""The "Celery / Queues" dashboard: backlog, consumers, wait percentiles and starvation."""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import dashboard as db
+
+from .common import dashboard, graph, instant_table, label_variable, query, row, series, single
+
+UID = "celery-queues"
+Q = 'queue=~"$queue"'
+STARTED = 'type="started"'
+STARVATION = 'practice=~"queue_starvation|queue_without_consumer|prefetch_starvation"'
+
+
+def wait_quantile(q: float) -> str:
+    return (f"histogram_quantile({q}, sum by (queue, le) (rate("
+            f"{series('celery_task_queue_wait_seconds_bucket', Q)}[$__rate_interval])))")
+
+
+def build() -> db.Dashboard:
+    board = dashboard(
+        UID, "Celery / Queues",
+        "Broker queues as flower-practices sees them: messages waiting (priority "
+        "sub-queues separately), consumers, how long tasks wait before they start, and "
+        "starved or unconsumed queues.",
+        [label_variable("queue", "Queue",
+                        'label_values(celery_queue_length{job=~"$job"}, queue)')])
+    length = series("celery_queue_length", Q)
+    consumers = series("celery_queue_consumers", Q)
+    board.with_row(row("Backlog and consumers"))
+    board.with_panel(single(
+        "Messages waiting", "Messages in the selected queues, all priorities.", "short",
+        f"sum({length}) or vector(0)", steps=[(None, "green"), (1000, "orange")]))
+    board.with_panel(single(
+        "Queues with backlog and no consumer",
+        "Queues holding messages that no worker consumes.", "short",
+        f"count((sum by (queue) ({length}) > 0) unless on (queue) "
+        f"(sum by (queue) ({consumers}) > 0)) or vector(0)",
+        steps=[(None, "green"), (1, "red")]))
+    board.with_panel(single(
+        "Starvation findings", "Active queue_starvation, queue_without_consumer and "
+        "prefetch_starvation findings.", "short",
+        f"sum({series('celery_practice_violation', STARVATION, Q)}) or vector(0)",
+        steps=[(None, "green"), (1, "orange")]))
+    board.with_panel(single(
+        "Longest p95 wait", "Highest p95 queue wait over the selected queues.", "s",
+        f"max({wait_quantile(0.95)})", steps=[(None, "green"), (60, "orange")]))
+    board.with_panel(graph(
+        "Queue length by queue and priority",
+        "Messages waiting per queue; priority sub-queues (Redis) have their own series "
+        "(priority \"0\" is the plain queue).", "short",
+        [query(f"sum by (queue, priority) ({length})", "{{queue}} priority {{priority}}")]))
+    board.with_panel(graph(
+        "Consumers by queue",
+        "Consumers per queue (RabbitMQ's count, else workers' active_queues).", "short",
+        [query(f"sum by (queue) ({consumers})", "{{queue}}")]))
+    board.with_row(row("Queue wait"))
+    board.with_panel(graph(
+        "Queue wait p50 / p95 / p99",
+        "Time from task-sent (or task-received) to task-started, per queue.", "s",
+        [query(wait_quantile(0.5), "{{queue}} p50", ref="A"),
+         query(wait_quantile(0.95), "{{queue}} p95", ref="B"),
+         query(wait_quantile(0.99), "{{queue}} p99", ref="C")], width=24))
+    board.with_panel(graph(
+        "Mean queue wait",
+        "Average wait per queue (sum / count of the wait histogram).", "s",
+        [query(f"sum by (queue) (rate({series('celery_task_queue_wait_seconds_sum', Q)}"
+               f"[$__rate_interval])) / sum by (queue) (rate("
+               f"{series('celery_task_queue_wait_seconds_count', Q)}[$__rate_interval]))",
+               "{{queue}}")]))
+    board.with_panel(graph(
+        "Tasks started per queue", "Task-started events per second, per queue.", "ops",
+        [query(f"sum by (queue) (rate({series('celery_task_events_total', Q, STARTED)}"
+               "[$__rate_interval]))", "{{queue}}")]))
+    board.with_row(row("Starvation"))
+    board.with_panel(instant_table(
+        "Starved and unconsumed queues",
+        "Active findings about queues: no consumer, wait above the threshold, or tasks "
+        "stuck in a busy worker's prefetch while another worker idles.",
+        f"max by (practice, severity, queue, worker, instance) "
+        f"({series('celery_practice_violation', STARVATION, Q)})", hide=("Time", "Value")))
+    return board

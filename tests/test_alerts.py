@@ -1,0 +1,186 @@
+"""The Prometheus alert rules: generated files are current, ``promtool check rules`` and
+``promtool test rules`` pass (a firing and a non-firing case per alert), and the tests bite."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploy.prometheus import generate
+from deploy.prometheus.rules import FOR_BY_SEVERITY, alert_name
+from flower_practices.catalogue import DEFAULT_RUNBOOK_BASE_URL, PRACTICES
+from tests.support.brokers import in_ci
+
+ROOT = Path(__file__).resolve().parents[1]
+RULES = generate.HERE / generate.RULES_FILE
+MANIFEST = generate.HERE / generate.MANIFEST_FILE
+UNIT_TESTS = generate.HERE / generate.TESTS_FILE
+EXPORTER_ALERTS = {"FlowerPracticesExporterDown": "exporter_down",
+                   "FlowerPracticesEventStreamStalled": "event_stream_stalled"}
+
+
+def binary(name: str) -> str:
+    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists()
+                                  else None)
+    if path is None:
+        if in_ci():
+            pytest.fail(f"{name} not found (CI=true): install Debian's prometheus package")
+        pytest.skip(f"{name} not found (Debian package prometheus)")
+    return path
+
+
+def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([binary("promtool"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def rules() -> list[dict]:
+    doc = yaml.safe_load(RULES.read_text())
+    return [r for g in doc["groups"] for r in g["rules"]]
+
+
+def test_committed_files_match_the_generator() -> None:
+    assert generate.stale() == []
+    out = subprocess.run([sys.executable, "-m", "deploy.prometheus.generate", "--check"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_check_detects_a_hand_edit(tmp_path: Path) -> None:
+    for name in generate.render():
+        shutil.copy(generate.HERE / name, tmp_path / name)
+    assert generate.stale(tmp_path) == []
+    text = (tmp_path / generate.RULES_FILE).read_text()
+    (tmp_path / generate.RULES_FILE).write_text(text.replace("for: 5m", "for: 1h", 1))
+    assert generate.stale(tmp_path) == [generate.RULES_FILE]
+
+
+def test_manifest_carries_the_same_groups_as_the_rules_file() -> None:
+    manifest = yaml.safe_load(MANIFEST.read_text())
+    assert manifest["apiVersion"] == "monitoring.coreos.com/v1"
+    assert manifest["kind"] == "PrometheusRule"
+    assert manifest["metadata"]["name"] == "flower-practices"
+    assert manifest["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
+
+
+def test_one_alert_per_practice_with_labels_annotations_and_runbook() -> None:
+    by_name: dict[str, list[dict]] = {}
+    for rule in rules():
+        by_name.setdefault(rule["alert"], []).append(rule)
+    for p in PRACTICES:
+        (rule,) = by_name.pop(alert_name(p.id))
+        assert rule["expr"] == f'celery_practice_violation{{practice="{p.id}"}} > 0'
+        assert rule["for"] == FOR_BY_SEVERITY[p.severity]
+        assert rule["labels"]["severity"] == "{{ $labels.severity }}"
+        assert p.title in rule["annotations"]["summary"]
+        assert p.description in rule["annotations"]["description"]
+        assert rule["annotations"]["runbook_url"] == DEFAULT_RUNBOOK_BASE_URL + f"{p.id}.md"
+    assert set(by_name) == set(EXPORTER_ALERTS)
+    for name, group in by_name.items():
+        for rule in group:
+            assert rule["labels"]["severity"] == "warning"
+            assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+            assert rule["annotations"]["runbook_url"] == (
+                DEFAULT_RUNBOOK_BASE_URL + EXPORTER_ALERTS[name] + ".md")
+    stalled = {r["labels"]["reason"]: r["expr"]
+               for r in by_name["FlowerPracticesEventStreamStalled"]}
+    assert set(stalled) == {"disconnected", "no_events"}
+    assert "absent(up{" in by_name["FlowerPracticesExporterDown"][0]["expr"]
+
+
+def test_the_exporter_runbooks_exist() -> None:
+    runbooks = ROOT / "flower_practices" / "runbooks"
+    for name in EXPORTER_ALERTS.values():
+        text = (runbooks / f"{name}.md").read_text()
+        assert text.startswith("# ") and "## " in text
+
+
+def test_every_runbook_url_is_a_runbook_in_the_repo() -> None:
+    runbooks = ROOT / "flower_practices" / "runbooks"
+    urls = {r["annotations"]["runbook_url"] for r in rules()}
+    assert all(u.startswith(DEFAULT_RUNBOOK_BASE_URL) for u in urls)
+    missing = sorted(u[len(DEFAULT_RUNBOOK_BASE_URL):] for u in urls
+                     if not (runbooks / u[len(DEFAULT_RUNBOOK_BASE_URL):]).is_file())
+    if missing:
+        why = f"runbooks linked from the alerts are missing: {missing}"
+        if in_ci():
+            pytest.fail(why)
+        pytest.skip(why)  # the per-practice runbooks are written alongside the rules
+
+
+def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
+    doc = yaml.safe_load(UNIT_TESTS.read_text())
+    assert doc["rule_files"] == [generate.RULES_FILE]
+    fires: set[str] = set()
+    quiet: set[str] = set()
+    for case in doc["tests"]:
+        for check in case["alert_rule_test"]:
+            (fires if check["exp_alerts"] else quiet).add(check["alertname"])
+    names = {r["alert"] for r in rules()}
+    assert fires == names
+    assert quiet == names
+    reasons = {a["exp_labels"].get("reason") for case in doc["tests"]
+               for check in case["alert_rule_test"] for a in check["exp_alerts"]}
+    assert {"disconnected", "no_events"} <= reasons
+
+
+def test_promtool_check_rules() -> None:
+    out = promtool("check", "rules", generate.RULES_FILE, cwd=generate.HERE)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"SUCCESS: {len(rules())} rules found" in out.stdout
+
+
+def test_promtool_check_rules_on_the_manifest_spec(tmp_path: Path) -> None:
+    spec = yaml.safe_load(MANIFEST.read_text())["spec"]
+    (tmp_path / "spec.yml").write_text(yaml.safe_dump(spec))
+    out = promtool("check", "rules", "spec.yml", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_promtool_unit_tests_pass() -> None:
+    out = promtool("test", "rules", generate.TESTS_FILE, cwd=generate.HERE)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout
+
+
+@pytest.mark.parametrize("mutation", [
+    # an alert that never fires
+    ('celery_practice_violation{practice="lost_task"} > 0',
+     'celery_practice_violation{practice="lost_task"} > 1'),
+    # a wrong hold time
+    ("for: 15m", "for: 30m"),
+    # a runbook pointing elsewhere
+    ("runbooks/exporter_down.md", "runbooks/exporter.md"),
+    # the stall alert firing while disconnected too
+    ("and flower_practices_event_stream_connected == 1",
+     "and flower_practices_event_stream_connected >= 0"),
+])
+def test_promtool_unit_tests_catch_a_broken_rule(tmp_path: Path,
+                                                 mutation: tuple[str, str]) -> None:
+    old, new = mutation
+    text = RULES.read_text()
+    assert old in text
+    (tmp_path / generate.RULES_FILE).write_text(text.replace(old, new))
+    shutil.copy(UNIT_TESTS, tmp_path / generate.TESTS_FILE)
+    out = promtool("test", "rules", generate.TESTS_FILE, cwd=tmp_path)
+    assert out.returncode != 0, out.stdout
+    assert "FAILED" in out.stdout + out.stderr
+
+
+def test_regenerating_for_another_job_and_runbook_site(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "deploy.prometheus.generate", "--job", "celery-exporter",
+         "--runbook-base-url", "https://runbooks.example.com/celery", "--output-dir",
+         str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    text = (tmp_path / generate.RULES_FILE).read_text()
+    assert 'absent(up{job="celery-exporter"})' in text
+    assert "https://runbooks.example.com/celery/lost_task.md" in text
+    assert not (tmp_path / generate.TESTS_FILE).exists()
+    check = promtool("check", "rules", generate.RULES_FILE, cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
