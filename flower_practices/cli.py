@@ -58,5 +58,53 @@ def exporter(broker: str | None, app_path: str | None, result_backend: str | Non
         raise click.ClickException(str(exc)) from exc
 
 
+@main.command()
+@click.option("-A", "--app", "app_path", envvar="FLOWER_PRACTICES_APP", required=True,
+              help="Celery app to audit (proj or proj.celery:app).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="TOML file: [practices.<id>] enabled/severity apply to the audit too.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="Output format.")
+def check(app_path: str, config_path: str | None, fmt: str) -> None:
+    """Static audit of the app's configuration; exit 1 when anything is found, 2 on error."""
+    from .appinfo import snapshot_app
+    from .check import audit, render_json, render_text
+
+    try:
+        settings = load_settings(config_path)
+        app, _ = load_app(app_path)
+        info = snapshot_app(app)
+    except (ConfigError, AppLoadError) as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    except Exception as exc:  # user code failing on import of its task modules
+        click.echo(f"Error: cannot read tasks of {app_path!r}: {type(exc).__name__}: {exc}",
+                   err=True)
+        sys.exit(2)
+    found = audit(info, settings)
+    click.echo(render_json(info, found) if fmt == "json" else render_text(info, found))
+    sys.exit(1 if found else 0)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=5555, show_default=True, type=int,
+              help="Port of the UI (Flower with the plugin) and /api/practices.")
+@click.option("--metrics-port", default=9808, show_default=True, type=int,
+              help="Port of /metrics (and /api/practices, /healthz).")
+@click.option("--log-level", default="warning", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def demo(host: str, port: int, metrics_port: int, log_level: str) -> None:
+    """Embedded demo: in-memory broker, a worker, Flower and traffic breaking the practices."""
+    setup_logging(log_level)
+    from .demo.run import run_demo
+
+    try:
+        code = run_demo(host=host, port=port, metrics_port=metrics_port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}: {exc.strerror}") from exc
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
