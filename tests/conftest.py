@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import redis
 from celery import Celery
 
 from tests.support.brokers import (
@@ -24,8 +25,9 @@ from tests.support.exporter import free_port
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """A real Redis broker URL on a database of this test's own."""
-    yield fresh_redis_url()
-    release_redis_dbs()
+    url = fresh_redis_url()
+    yield url
+    release_redis_dbs(url)
 
 
 @pytest.fixture
@@ -60,9 +62,14 @@ def private_redis() -> Iterator[dict]:
              "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 10
         while not reachable("127.0.0.1", port, 0.2):
+            if info["proc"].poll() is not None:  # e.g. the port was taken meanwhile
+                raise RuntimeError(f"private redis-server exited ({info['proc'].returncode})")
             if time.time() > deadline:
                 raise RuntimeError("private redis-server did not start")
             time.sleep(0.05)
+        pid = redis.Redis(port=port).info("server")["process_id"]
+        if pid != info["proc"].pid:
+            raise RuntimeError(f"port {port} is served by another redis-server (pid {pid})")
 
     def kill() -> None:
         proc = info["proc"]

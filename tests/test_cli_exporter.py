@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -65,12 +64,10 @@ def test_serves_and_stops_cleanly_on_sigterm(redis_url: str) -> None:
         assert "flower_practices_event_stream_connected 1.0" in text
         assert "process_resident_memory_bytes" in text
         proc.send_signal(signal.SIGTERM)
-        started = time.time()
         output, _ = proc.communicate(timeout=20)
         assert proc.returncode == 0, output
         assert "Traceback" not in output
         assert "stopping exporter" in output
-        assert time.time() - started < 20
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -5,7 +5,6 @@ mounts (checked with promtool/amtool when installed)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.support.brokers import in_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -33,7 +34,7 @@ def tool(name: str) -> str:
     path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists()
                                   else None)
     if path is None:
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail(f"{name} not found (CI=true)")
         pytest.skip(f"{name} not found")
     return path

@@ -111,7 +111,7 @@ def running(tmp_path_factory):
         if flower is not None:
             flower.stop()
         worker.stop()
-        release_redis_dbs()
+        release_redis_dbs(broker)
 
 
 def test_finding_on_the_page_api_and_metrics(running):
@@ -130,15 +130,26 @@ def test_finding_on_the_page_api_and_metrics(running):
     found = [f for f in payload["findings"] if f["practice"] == "retryless_failure"]
     assert found and found[0]["task"] == "bad.fetch" and found[0]["queue"] == "celery"
     assert payload["coverage"]["retryless_failure"] == "active"
+    # both bad.fetch failures and all three bad.compute successes, once they have arrived
+    wait_for(lambda: ('celery_practice_violations_total{practice="retryless_failure",'
+                      'queue="celery",task="bad.fetch"} 2.0') in flower.get("/metrics")[1],
+             message="two retry-less failures counted")
+    wait_for(lambda: ('celery_task_events_total{queue="celery",task="bad.compute",'
+                      'type="succeeded"} 3.0') in flower.get("/metrics")[1],
+             message="three bad.compute successes counted")
+    # the model instance in bad.process's arguments: class and position, never the values
+    wait_for(lambda: 'data-practice="orm_object_argument"' in flower.get("/practices")[1],
+             timeout=40, message="orm_object_argument on /practices")
+    orm = [f for f in json.loads(flower.get("/api/practices")[1])["findings"]
+           if f["practice"] == "orm_object_argument"]
+    assert orm and orm[0]["task"] == "bad.process"
+    assert orm[0]["evidence"]["arguments"] == [{"argument": "0", "class": "User"}]
     metrics = flower.get("/metrics")[1]
+    assert "alice" not in metrics and "alice" not in flower.get("/practices")[1]
     assert ('celery_practice_violation{practice="retryless_failure",queue="celery",'
             'severity="warning",task="bad.fetch",worker=""} 1.0') in metrics
-    assert ('celery_practice_violations_total{practice="retryless_failure",queue="celery",'
-            'task="bad.fetch"} 2.0') in metrics
     assert 'celery_practice_violation{practice="single_default_queue"' in metrics
     assert "flower_events_total" in metrics  # Flower's own metrics, same endpoint
-    assert 'celery_task_events_total{queue="celery",task="bad.compute",type="succeeded"} 3.0' \
-        in metrics
     # probes ran in the executor: the worker's active_queues give the consumer count
     wait_for(lambda: 'celery_queue_consumers{queue="celery"} 1.0' in flower.get("/metrics")[1],
              message="celery_queue_consumers from the probes")
@@ -186,6 +197,13 @@ def test_screenshot_of_the_practices_page(running, tmp_path):
     width, height, distinct = _png_info(out)
     assert (width, height) == (1280, 900)
     assert distinct > 30, "screenshot looks blank"
+    # and what was rendered is the Practices page with the finding, not an error page
+    dom = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+         flower.url("/practices")], capture_output=True, text=True, timeout=90).stdout
+    assert 'data-practice="retryless_failure"' in dom and "practices-coverage" in dom
     save = os.environ.get("FP_SAVE_SCREENSHOT")  # "1": the README image; else a path
     if save:
         target = SCREENSHOT if save == "1" else Path(save)
@@ -203,8 +221,9 @@ def test_flowerconfig_one_liner_activates_stock_flower(running, tmp_path):
         status, body = flower.get("/practices")
         assert status == 200 and "practices-coverage" in body
         assert ">Practices</a>" in flower.get("/workers")[1]
-        wait_for(lambda: "celery_worker_up" in flower.get("/metrics")[1],
-                 message="our metrics in stock Flower's /metrics")
+        worker_up = f'celery_worker_up{{worker="{running[1].name}"}} 1.0'
+        wait_for(lambda: worker_up in flower.get("/metrics")[1],
+                 message="our metrics, fed by stock Flower's events, in its /metrics")
         assert "Flower plugins active: flower_practices" in flower.output()
     finally:
         flower.stop()

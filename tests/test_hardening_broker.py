@@ -33,7 +33,7 @@ import redis
 from flower_practices.apploader import load_app
 from flower_practices.config import Settings
 from tests.conftest import make_producer
-from tests.support.brokers import in_ci, reachable, require
+from tests.support.brokers import AMQP_HOST, AMQP_PORT, in_ci, reachable, require
 from tests.support.events import envelope
 from tests.support.exporter import RunningExporter, free_port, wait_for
 from tests.support.worker import WorkerProcess
@@ -222,7 +222,7 @@ def rabbit_broker() -> Iterator[dict]:
     """A killable private RabbitMQ node, else a vhost whose connections we may close."""
     from tests.support.brokers import delete_vhost, rabbitmq_vhost_url
 
-    require("RabbitMQ", "127.0.0.1", 5672)
+    require("RabbitMQ", AMQP_HOST, AMQP_PORT)
     node = None
     if shutil.which("rabbitmq-server"):
         node = PrivateRabbit()
@@ -232,7 +232,7 @@ def rabbit_broker() -> Iterator[dict]:
             node.close()
             node = None
     if node is not None:
-        yield {"url": node.url, "mode": "restart", "drop": lambda: (node.kill(), node.start())}
+        yield {"url": node.url, "mode": "restart", "drop": node.kill, "restore": node.start}
         node.close()
         return
     if in_ci():
@@ -244,7 +244,7 @@ def rabbit_broker() -> Iterator[dict]:
         subprocess.run(["rabbitmqctl", "close_all_connections", "--vhost", vhost,
                         "fp hardening test"], check=True, capture_output=True, timeout=60)
 
-    yield {"url": url, "mode": "close_all_connections", "drop": drop}
+    yield {"url": url, "mode": "close_all_connections", "drop": drop, "restore": lambda: None}
     delete_vhost(url)
 
 
@@ -261,7 +261,13 @@ def test_rabbitmq_restart_mid_stream(rabbit_broker: dict) -> None:
 
         rabbit_broker["drop"]()
         if rabbit_broker["mode"] == "restart":
+            # the broker is gone: the exporter says so and keeps serving its state
+            wait_for(lambda: exporter.get("/healthz")[0] == 503, timeout=60,
+                     message="healthz 503 while RabbitMQ is down")
+            assert exporter.value("flower_practices_event_stream_connected") == 0
             assert exporter.get("/metrics")[0] == 200
+            assert _basic_succeeded(exporter) == 3
+        rabbit_broker["restore"]()
         wait_for(lambda: exporter.value("flower_practices_broker_reconnects_total") >= 1,
                  timeout=60, message="reconnect counted")
         wait_for(lambda: exporter.get("/healthz")[0] == 200, timeout=60,

@@ -9,8 +9,6 @@ bad base64, non-mapping and type-less bodies). They must deliver identical event
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import redis
 from celery import Celery
@@ -71,8 +69,31 @@ def _send_traffic(url: str, db: int) -> None:
         d.send("worker-offline", uuid="end")  # sentinel
 
 
+PROBE_HOST = "probe@subscribed"
+
+
+def _until_subscribed(redis_url: str, *received: list[dict]) -> None:
+    """Publish heartbeats until every consumer has one (it has subscribed), then forget
+    them: the traffic that follows is then seen whole by every consumer."""
+    app = _app(redis_url)
+
+    def seen() -> bool:
+        with app.connection_for_write() as conn:
+            app.events.Dispatcher(conn, hostname=PROBE_HOST, enabled=True).send(
+                "worker-heartbeat", freq=2.0)
+        return all(any(e.get("hostname") == PROBE_HOST for e in events)
+                   for events in received)
+
+    wait_for(seen, interval=0.2, message="every consumer subscribed")
+
+
+def _without_probes(events: list[dict]) -> list[dict]:
+    return [e for e in events if e.get("hostname") != PROBE_HOST]
+
+
 def _normalise(events: list[dict]) -> list[dict]:
-    return [{k: v for k, v in e.items() if k != "local_received"} for e in events]
+    return [{k: v for k, v in e.items() if k != "local_received"}
+            for e in _without_probes(events)]
 
 
 def test_fast_and_generic_paths_deliver_identical_events(redis_url: str) -> None:
@@ -90,7 +111,7 @@ def test_fast_and_generic_paths_deliver_identical_events(redis_url: str) -> None
     try:
         wait_for(lambda: fast_status.connected and slow_status.connected,
                  message="both consumers connected")
-        time.sleep(0.5)  # kombu subscribes right after on_consume_ready
+        _until_subscribed(redis_url, fast_events, slow_events)
         _send_traffic(redis_url, db)
 
         def done(events: list[dict]) -> bool:
@@ -98,7 +119,7 @@ def test_fast_and_generic_paths_deliver_identical_events(redis_url: str) -> None
 
         wait_for(lambda: done(fast_events) and done(slow_events), message="sentinel seen")
         assert _normalise(fast_events) == _normalise(slow_events)
-        types = [e.get("type") for e in fast_events]
+        types = [e.get("type") for e in _without_probes(fast_events)]
         assert types.count("task-started") == 3  # u1, u4 and the one with bad fields
         assert "task-weird" in types
         assert all("local_received" in e for e in fast_events)
@@ -125,7 +146,8 @@ def test_generic_path_survives_an_undecodable_body(redis_url: str) -> None:
     stream.start()
     try:
         wait_for(lambda: status.connected, message="connected")
-        time.sleep(0.5)
+        _until_subscribed(redis_url, events)
+        events.clear()
         raw = redis.Redis.from_url(redis_url)
         raw.publish(f"/{db}.celeryev/task.sent",
                     b'{"body": "!!!", "content-type": "application/json", '
@@ -134,7 +156,7 @@ def test_generic_path_survives_an_undecodable_body(redis_url: str) -> None:
         with app.connection_for_write() as conn:
             app.events.Dispatcher(conn, hostname="w@x", enabled=True).send(
                 "worker-heartbeat", freq=2.0)
-        wait_for(lambda: events, message="the next event")
+        wait_for(lambda: _without_probes(events), message="the next event")
         assert status.decode_errors["undecodable_body"] == 1
         assert status.reconnects == 0 and status.connected
     finally:

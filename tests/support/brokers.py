@@ -46,7 +46,7 @@ def require(service: str, host: str, port: int) -> None:
 def fresh_redis_url() -> str:
     """A redis:// URL on a database (1-15) claimed for this test and flushed.
 
-    Claims live in database 0 as ``fp-test-claim:<db>`` keys with a 15-minute expiry, so
+    Claims live in database 0 as ``fp-test-claim:<db>`` keys with a one-hour expiry, so
     concurrent test runs on one Redis do not share (and flush) each other's databases.
     """
     import redis
@@ -56,7 +56,7 @@ def fresh_redis_url() -> str:
     owner = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
     for _ in range(600):
         for db in range(1, 16):
-            if claims.set(f"fp-test-claim:{db}", owner, nx=True, ex=900):
+            if claims.set(f"fp-test-claim:{db}", owner, nx=True, ex=3600):
                 _claimed.append(db)
                 redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db).flushdb()
                 return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
@@ -67,15 +67,20 @@ def fresh_redis_url() -> str:
 _claimed: list[int] = []
 
 
-def release_redis_dbs() -> None:
-    """Release the databases this process claimed."""
+def release_redis_dbs(url: str | None = None) -> None:
+    """Flush and release the database of ``url`` (None: every one this process claimed).
+
+    A fixture releases its own database only, so a module-scoped environment that is still
+    running is never flushed by another fixture's teardown.
+    """
     import redis
 
-    if not _claimed:
-        return
+    dbs = [int(url.rsplit("/", 1)[-1])] if url else list(_claimed)
     claims = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
-    while _claimed:
-        db = _claimed.pop()
+    for db in dbs:
+        if db not in _claimed:
+            continue
+        _claimed.remove(db)
         redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db).flushdb()
         claims.delete(f"fp-test-claim:{db}")
 
@@ -89,9 +94,14 @@ def rabbitmq_vhost_url() -> str:
                        timeout=60)
         subprocess.run(["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*",
                         ".*"], check=True, capture_output=True, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        # No rabbitmqctl here (remote broker): share the default vhost.
-        return f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}//"
+    except (OSError, subprocess.SubprocessError) as exc:
+        # Sharing the default vhost would mix this test's queues and counts with whatever
+        # else runs on the broker: refuse instead of passing on contaminated numbers.
+        message = (f"cannot create a private RabbitMQ vhost with rabbitmqctl "
+                   f"({type(exc).__name__}: {exc})")
+        if in_ci():
+            pytest.fail(f"{message} (CI=true: broker-backed tests must run)")
+        pytest.skip(message)
     return f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/{vhost}"
 
 
