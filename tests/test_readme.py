@@ -63,3 +63,11 @@ def test_documented_subcommands_and_options_exist() -> None:
         for option in re.findall(rf"flower-practices {sub}\b[^\n]*", README):
             for flag in re.findall(r"(--[a-z][a-z-]*)", option):
                 assert flag in result.output, f"flower-practices {sub} has no {flag}"
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    blocks = re.findall(r"```sh\n(.*?)```", README, flags=re.S)
+    test_command = next(b.strip() for b in blocks if "pytest" in b)
+    ci_lines = [line.strip() for line in
+                (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()]
+    assert ci_lines[-1] == test_command
