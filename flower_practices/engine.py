@@ -22,7 +22,7 @@ from .events.status import KNOWN_EVENTS, TASK_EVENTS, StreamStatus
 from .findings import FindingTracker
 from .metrics import BaseMetrics
 from .rules import ALL_RULES
-from .rules.base import Hook, Rule, RuleContext
+from .rules.base import Hook, ProbeFailed, Rule, RuleContext
 from .state import TERMINAL, RuntimeState
 
 log = logging.getLogger("flower_practices.engine")
@@ -131,29 +131,68 @@ class Engine:
 
     # -- periodic ------------------------------------------------------------------------
     def evaluate(self, now: float | None = None) -> None:
-        """Run every rule's evaluation and update findings (off the hot path)."""
+        """Run every rule's evaluation and update findings (off the hot path).
+
+        Two phases, so that a slow or vanished Redis never blocks :meth:`observe` or the
+        HTTP handlers (which take ``lock``, on Flower's IOLoop too):
+
+        1. each rule's :meth:`~Rule.prepare` runs *without* the lock (the rule does its
+           I/O there, taking the lock only briefly); :class:`ProbeFailed` is counted in
+           ``probe_errors`` and the rule is still evaluated on what it already has;
+        2. under the lock, each rule's :meth:`~Rule.evaluate` yields what holds now and
+           the findings are updated.
+
+        A rule that raises in either phase is counted in ``rule_errors`` (logged once)
+        and its conditions are *unknown* this round, not false: its findings are kept
+        as they were (``last_seen`` and ``count`` not refreshed), but each still clears
+        ``clear_after_seconds`` after it was last seen, so a rule that keeps failing
+        cannot hold findings forever, while a single failed round does not clear (and
+        then re-raise) them.
+        """
         now = time.time() if now is None else now
         started = time.perf_counter()
+        failed = {rule.id for rule in self.rules if not self._prepare_rule(rule, now)}
         with self.lock:
             for rule in self.rules:
                 options = self._rule_options[rule.id]
                 severity = options.get("severity") or practice(rule.id).severity
                 clear_after = options.get("clear_after_seconds",
                                           self.settings.clear_after_seconds)
+                if rule.id in failed:
+                    self.findings.expire(rule.id, now, clear_after)
+                    continue
                 try:
                     conditions = list(rule.evaluate(now))
                 except Exception:
-                    n = self.rule_errors.get(rule.id, 0)
-                    self.rule_errors[rule.id] = n + 1
-                    if n == 0:
-                        log.exception("rule %s failed to evaluate; counted in "
-                                      "flower_practices_rule_errors_total (logged once)",
-                                      rule.id)
+                    self._evaluation_failed(rule.id, "evaluate")
+                    self.findings.expire(rule.id, now, clear_after)
                     continue
                 self.findings.update(rule.id, severity, conditions, now, clear_after,
                                      _Labels(self.state))
             self.last_evaluation_at = now
             self.last_evaluation_seconds = time.perf_counter() - started
+
+    def _prepare_rule(self, rule: Rule, now: float) -> bool:
+        """Run ``rule.prepare`` without the lock; False if the rule itself failed."""
+        try:
+            rule.prepare(now, self.lock)
+        except ProbeFailed as exc:  # the rule logged it and backs off
+            self.count_probe_error(exc.probe)
+        except Exception:
+            with self.lock:
+                self._evaluation_failed(rule.id, "prepare")
+            return False
+        return True
+
+    def _evaluation_failed(self, rule_id: str, phase: str) -> None:
+        """Count a rule whose evaluation raised (logged once per rule); call under the
+        lock, from ``except``."""
+        n = self.rule_errors.get(rule_id, 0)
+        self.rule_errors[rule_id] = n + 1
+        if n == 0:
+            log.exception("rule %s failed to %s; counted in "
+                          "flower_practices_rule_errors_total (logged once); its findings "
+                          "clear clear_after_seconds after last seen", rule_id, phase)
 
     def count_probe_error(self, probe: str) -> None:
         with self.lock:

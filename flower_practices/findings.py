@@ -106,8 +106,17 @@ class FindingTracker:
                 finding.evidence = cond.evidence
                 finding.severity = severity
                 finding.count = cond.count if cond.count is not None else finding.count + 1
+        self.expire(practice, now, clear_after, keep=seen)
+
+    def expire(self, practice: str, now: float, clear_after: float,
+               keep: set[tuple] | frozenset[tuple] = frozenset()) -> None:
+        """Clear ``practice``'s findings (except ``keep``) last seen ``clear_after`` ago.
+
+        Called on its own when a rule's conditions are unknown (its evaluation raised):
+        nothing is refreshed, but findings still clear on schedule.
+        """
         for key in [k for k, f in self._findings.items()
-                    if k[0] == practice and k not in seen and now - f.last_seen >= clear_after]:
+                    if k[0] == practice and k not in keep and now - f.last_seen >= clear_after]:
             del self._findings[key]
 
     def clear_practice(self, practice: str) -> None:

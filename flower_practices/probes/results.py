@@ -3,6 +3,9 @@
 For each sampled task id, ``OBJECT IDLETIME celery-task-meta-<id>`` tells how long ago
 the result key was last touched: ≈ the age since it was written means nobody read it.
 Only key metadata is read, never the stored result.
+
+Every method here does blocking network I/O (5 s timeouts): call them only from
+:meth:`~flower_practices.rules.base.Rule.prepare`, never under the engine lock.
 """
 
 from __future__ import annotations
@@ -29,13 +32,34 @@ class ResultStore:
 
         return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5))
 
+    def eviction_policy(self) -> str | None:
+        """Redis' ``maxmemory-policy``; None when CONFIG is refused (managed Redis).
+
+        Connection errors and timeouts propagate.
+        """
+        import redis
+
+        try:
+            policy = self.client.config_get("maxmemory-policy")
+        except redis.ResponseError:
+            return None
+        value = (policy or {}).get("maxmemory-policy")
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        return None if value is None else str(value)
+
     def idle_times(self, task_ids: list[str]) -> dict[str, int | None]:
-        """Seconds since each result key was last read or written; None if absent."""
+        """Seconds since each result key was last read or written; None if absent.
+
+        One pipelined round trip. Ids whose lookup returned an error reply (e.g. under
+        an LFU policy) are left out. Connection errors and timeouts propagate.
+        """
         pipe = self.client.pipeline(transaction=False)
         for task_id in task_ids:
             pipe.object("idletime", self.key_prefix + task_id)
         values = pipe.execute(raise_on_error=False)
         out: dict[str, int | None] = {}
         for task_id, value in zip(task_ids, values, strict=True):
-            out[task_id] = value if isinstance(value, int) else None
+            if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+                out[task_id] = value
         return out

@@ -3,11 +3,18 @@
 A rule observes events cheaply through :meth:`Rule.hooks` (O(1), no I/O, no allocation
 beyond bounded structures), and :meth:`Rule.evaluate` runs periodically off the hot path,
 yielding :class:`~flower_practices.findings.Condition` objects for what holds now.
+
+Each evaluation round has two phases. :meth:`Rule.prepare` runs first *without* the
+engine lock: a rule that reads an external system (e.g. Redis) does that I/O there,
+taking the lock it is given only for short moves of its own data. Then
+:meth:`Rule.evaluate` runs *under* the lock and must not do I/O. Rules without I/O only
+implement :meth:`Rule.evaluate`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -39,6 +46,19 @@ class RuleContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class ProbeFailed(Exception):
+    """Raised by :meth:`Rule.prepare` when the external system it reads is unreachable.
+
+    The engine counts it in ``flower_practices_probe_errors_total{probe=<probe>}`` (not as
+    a rule error) and still runs the rule's :meth:`~Rule.evaluate`, whose earlier data
+    stays valid. The rule logs and backs off on its own before raising.
+    """
+
+    def __init__(self, probe: str) -> None:
+        super().__init__(probe)
+        self.probe = probe
+
+
 class Rule:
     """Base class: set ``id`` and ``defaults``; override what you need."""
 
@@ -54,8 +74,18 @@ class Rule:
         """Map event type -> callable(event, task_record) run on the hot path."""
         return {}
 
+    def prepare(self, now: float, lock: AbstractContextManager[Any]) -> None:
+        """Do this round's I/O; runs before :meth:`evaluate`, without the engine lock.
+
+        Hooks keep running meanwhile: hold ``lock`` (the engine lock) only to take or
+        hand over data shared with them, never across I/O. Keep what was fetched on the
+        rule for :meth:`evaluate` to apply. Raise :class:`ProbeFailed` when the external
+        system is unreachable; any other exception counts as a rule error.
+        """
+
     def evaluate(self, now: float) -> Iterable[Condition]:
-        """Yield the conditions that hold now (periodic, off the hot path)."""
+        """Yield the conditions that hold now (periodic, off the hot path, under the
+        engine lock: no I/O here, see :meth:`prepare`)."""
         return ()
 
     def coverage(self) -> str:
