@@ -49,7 +49,7 @@ def legacy_producer(app: Celery) -> Celery:
 class TrafficGenerator(threading.Thread):
     """Sends the demo's tasks on a fixed schedule until :meth:`stop`."""
 
-    def __init__(self, app: Celery, *, tick: float = 0.5, monolith_seconds: float = 35.0,
+    def __init__(self, app: Celery, *, tick: float = 0.5, monolith_seconds: float = 20.0,
                  routed_seconds: float = 85.0, manage_consumers: bool = True) -> None:
         super().__init__(name="flower-practices-demo-traffic", daemon=True)
         self.app = app
