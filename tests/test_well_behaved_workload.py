@@ -1,6 +1,8 @@
 """A well-behaved workload with every rule in ALL_RULES enabled raises no finding at all.
 
-Real workers (one per queue) of ``tests.apps.good_tasks`` on the real Redis: retries with
+Real workers (one per queue) of ``tests.apps.good_tasks`` on the real Redis, and again on
+the real RabbitMQ (queue lengths and consumers then come from AMQP, results still go to
+Redis): retries with
 back-off for transient errors, ignored results, results that are read, primary keys as
 arguments, time limits, sent events on. Thresholds are short so that a wrong finding
 would have time to appear.
@@ -34,14 +36,18 @@ OPTIONS = {
 }
 
 
-def test_well_behaved_workload_has_zero_findings(redis_url: str) -> None:
+@pytest.mark.parametrize("broker_kind", ["redis", "rabbitmq"])
+def test_well_behaved_workload_has_zero_findings(broker_kind: str, redis_url: str,
+                                                  request: pytest.FixtureRequest) -> None:
+    broker = redis_url if broker_kind == "redis" else request.getfixturevalue("amqp_url")
     enabled = {cls.id for cls in ALL_RULES}
     assert enabled == set(BY_ID), sorted(set(BY_ID) - enabled)  # every practice has a rule
     settings = Settings(evaluation_interval=0.5, probe_interval=1.0, clear_after_seconds=600.0,
                         practices={k: dict(v) for k, v in OPTIONS.items()})
-    app = good_tasks.make_app(redis_url, redis_url)
-    workers = [WorkerProcess("tests.apps.good_tasks", redis_url, queues=q,
-                             name=f"{q}-{int(time.time() * 1000) % 100000}@fp-wb")
+    app = good_tasks.make_app(broker, redis_url)
+    workers = [WorkerProcess("tests.apps.good_tasks", broker, queues=q,
+                             name=f"{q}-{int(time.time() * 1000) % 100000}@fp-wb",
+                             env={"FP_TEST_BACKEND": redis_url})
                for q in good_tasks.QUEUES]
     with RunningExporter(app, settings, app_loaded=True) as exporter:
         wait_for(lambda: exporter.get("/healthz")[0] == 200, message="healthz 200")

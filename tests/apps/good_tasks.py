@@ -63,4 +63,6 @@ def make_app(broker: str, backend: str | None) -> Celery:
 
 
 _broker = os.environ.get("FP_TEST_BROKER", "memory://")
-app = make_app(_broker, _broker if _broker.startswith("redis") else None)
+#: the result backend: FP_TEST_BACKEND, else the broker when it is Redis
+_backend = os.environ.get("FP_TEST_BACKEND") or (_broker if _broker.startswith("redis") else None)
+app = make_app(_broker, _backend)
