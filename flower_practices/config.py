@@ -16,12 +16,16 @@ Unknown sections or keys are an error that names them, not silence.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .catalogue import BY_ID, SEVERITIES
+
+#: default of ``[exporter] max_series_per_metric`` (also BaseMetrics' default)
+DEFAULT_MAX_SERIES_PER_METRIC = 10_000
 
 
 class ConfigError(ValueError):
@@ -48,6 +52,10 @@ class Settings:
     max_queues: int = 200
     #: distinct worker hostnames tracked and used as label values
     max_workers: int = 1000
+    #: series per (task, queue) metric family (task events, runtime histogram,
+    #: violations_total); past it, new label sets fold into task and queue "__other__",
+    #: counted in `flower_practices_label_overflow_total{label="series"}`
+    max_series_per_metric: int = DEFAULT_MAX_SERIES_PER_METRIC
     #: ask workers to enable task events (off: we want to detect when they are off)
     enable_events: bool = False
     #: event ingestion: "auto" (direct Redis pub/sub when the broker is plain Redis, else
@@ -71,6 +79,56 @@ def _check_type(where: str, value: Any, expected: Any) -> None:
         raise ConfigError(f"{where}: expected {names}, got {type(value).__name__} {value!r}")
 
 
+
+#: ``*_seconds`` keys for which 0 is meaningful: a delay, tolerance or warm-up that may be
+#: none (``clear_after_seconds = 0`` clears at once, ``zero_delay_seconds = 0`` turns the
+#: zero-delay check off). Every other ``*_seconds`` / ``*_interval`` key is a window, a
+#: period or a threshold and must be > 0 (a zero window divides by zero on the hot path).
+ZERO_ALLOWED_SECONDS = frozenset({
+    "clear_after_seconds", "grace_seconds", "offline_grace_seconds", "tolerance_seconds",
+    "warmup_seconds", "zero_delay_seconds", "min_wait_seconds",
+})
+
+
+def _check_range(where: str, key: str, value: Any, default: Any) -> None:
+    """Reject values the engine cannot run with; the rule per key kind is by its name.
+
+    - integer keys (counts, caps, ``sample_every``, ``max_scan_chars``): an int >= 1
+    - ``percentile``: 0 < value <= 100
+    - ``*share``: 0 < value <= 1
+    - other numbers (``*_seconds``, ``*_interval``): finite and > 0, or >= 0 for the keys
+      in :data:`ZERO_ALLOWED_SECONDS`
+    - lists (names): strings only
+    """
+    if isinstance(default, bool) or isinstance(value, bool):
+        return
+    if isinstance(default, (list, tuple)):
+        if not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{where}: expected a list of strings")
+        return
+    if not isinstance(default, (int, float)) or not isinstance(value, (int, float)):
+        return
+    if isinstance(default, int):
+        if not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if value < 1:
+            raise ConfigError(f"{where}: must be an integer >= 1, got {value!r}")
+        return
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+    if key == "percentile":
+        if not 0 < value <= 100:
+            raise ConfigError(f"{where}: must be in (0, 100], got {value!r}")
+    elif key.endswith("share"):
+        if not 0 < value <= 1:
+            raise ConfigError(f"{where}: must be in (0, 1], got {value!r}")
+    elif key in ZERO_ALLOWED_SECONDS:
+        if value < 0:
+            raise ConfigError(f"{where}: must be >= 0, got {value!r}")
+    elif value <= 0:
+        raise ConfigError(f"{where}: must be > 0, got {value!r}")
+
+
 def settings_from_mapping(data: dict[str, Any], source: str = "<config>") -> Settings:
     """Build :class:`Settings` from a parsed TOML mapping, validating every key."""
     settings = Settings()
@@ -90,6 +148,7 @@ def settings_from_mapping(data: dict[str, Any], source: str = "<config>") -> Set
         expected: Any = (int, float) if isinstance(default, (int, float)) and not isinstance(
             default, bool) else type(default)
         _check_type(f"{source}: [exporter] {key}", value, expected)
+        _check_range(f"{source}: [exporter] {key}", key, value, default)
         setattr(settings, key, value)
     if settings.event_consumer not in ("auto", "kombu"):
         raise ConfigError(f"{source}: [exporter] event_consumer must be \"auto\" or "
@@ -107,8 +166,17 @@ def settings_from_mapping(data: dict[str, Any], source: str = "<config>") -> Set
             raise ConfigError(
                 f"{source}: [practices.{practice_id}] severity must be one of {SEVERITIES}"
             )
+        rule = _rule_defaults().get(practice_id)
+        if rule is not None:  # keys, types and ranges, with the file's name in the error
+            resolve_practice_options(practice_id, rule, options, source)
         settings.practices[practice_id] = dict(options)
     return settings
+
+
+def _rule_defaults() -> dict[str, dict[str, Any]]:
+    from .rules import ALL_RULES  # the rules package does not import this module
+
+    return {rule.id: rule.defaults for rule in ALL_RULES}
 
 
 def load_settings(path: str | Path | None) -> Settings:
@@ -134,8 +202,10 @@ def resolve_practice_options(
     merged = dict(defaults)
     for key, value in overrides.items():
         if key in COMMON_PRACTICE_KEYS:
-            _check_type(f"{source}: [practices.{practice_id}] {key}", value,
-                        COMMON_PRACTICE_KEYS[key])
+            where = f"{source}: [practices.{practice_id}] {key}"
+            _check_type(where, value, COMMON_PRACTICE_KEYS[key])
+            if key == "clear_after_seconds":
+                _check_range(where, key, value, 0.0)
             merged[key] = value
             continue
         if key not in defaults:
@@ -152,6 +222,8 @@ def resolve_practice_options(
             expected = (list, tuple)
         else:
             expected = type(default)
-        _check_type(f"{source}: [practices.{practice_id}] {key}", value, expected)
+        where = f"{source}: [practices.{practice_id}] {key}"
+        _check_type(where, value, expected)
+        _check_range(where, key, value, default)
         merged[key] = value
     return merged

@@ -2,7 +2,9 @@
 
 Accumulation on the event path is plain dict/list arithmetic (no prometheus_client label
 lookups or locks per event); :class:`PracticesCollector` turns the accumulators into metric
-families only when ``/metrics`` is scraped. Every label value passes a cardinality cap.
+families only when ``/metrics`` is scraped. Every label value passes a cardinality cap,
+and the per-(task, queue) families are also capped in series (``max_series_per_metric``):
+per-label caps alone still allow types x tasks x queues combinations.
 
 Metric names are a public contract (dashboards and alert rules use them): see
 ``METRICS`` below and the README's metrics reference.
@@ -24,6 +26,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from .bounded import OTHER
+from .config import DEFAULT_MAX_SERIES_PER_METRIC
+
 if TYPE_CHECKING:
     from .engine import Engine
 
@@ -34,7 +39,7 @@ WAIT_BUCKETS = RUNTIME_BUCKETS
 #: name -> (type, help, labels). The single source of truth for the README reference.
 METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "celery_practice_violation": (
-        "gauge", "1 per active finding of a best-practice violation",
+        "gauge", "1 per active finding of a best-practice violation (per distinct label set)",
         ("practice", "severity", "queue", "task", "worker")),
     "celery_practice_violations_total": (
         "counter", "Offending occurrences counted per practice",
@@ -74,7 +79,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "flower_practices_rule_errors_total": (
         "counter", "Rule evaluations that raised, by practice", ("practice",)),
     "flower_practices_label_overflow_total": (
-        "counter", "Label values replaced by __other__ because of a cardinality cap", ("label",)),
+        "counter", "Label values replaced by __other__ because of a cardinality cap "
+        "(label series: task and queue folded by the per-family series cap)", ("label",)),
     "flower_practices_tasks_evicted_total": (
         "counter", "In-flight task records evicted because of the max_tracked_tasks cap", ()),
     "flower_practices_evaluation_duration_seconds": (
@@ -107,23 +113,49 @@ def _fmt(bound: float) -> str:
 
 
 class BaseMetrics:
-    """Accumulators fed by :class:`~flower_practices.state.RuntimeState` per event."""
+    """Accumulators fed by :class:`~flower_practices.state.RuntimeState` per event.
 
-    def __init__(self) -> None:
+    The per-(task, queue) families -- task events, runtime histogram, violations_total --
+    hold at most ``max_series_per_metric`` keys each (checked only when a key is new, so
+    O(1)); past it a new key is folded into the same key with task and queue
+    ``"__other__"`` (``type``/``state``/``practice`` kept, so a family can exceed the cap
+    by at most that label's few fixed values) and counted in ``series_overflow``.
+    """
+
+    def __init__(self, max_series_per_metric: int = DEFAULT_MAX_SERIES_PER_METRIC) -> None:
+        if max_series_per_metric < 1:
+            raise ValueError("max_series_per_metric must be >= 1")
+        self.max_series = max_series_per_metric
+        #: observations folded into a task="__other__", queue="__other__" series
+        self.series_overflow = 0
         self.task_events: dict[tuple[str, str, str], int] = {}
         self.runtime: dict[tuple[str, str, str], Histogram] = {}
         self.wait: dict[str, Histogram] = {}
         self.violations_total: dict[tuple[str, str, str], int] = {}
 
     def count_task_event(self, etype: str, task: str, queue: str) -> None:
+        counts = self.task_events
         key = (etype[5:], task, queue)
-        self.task_events[key] = self.task_events.get(key, 0) + 1
+        n = counts.get(key)
+        if n is None:
+            n = 0
+            if len(counts) >= self.max_series:
+                self.series_overflow += 1
+                key = (key[0], OTHER, OTHER)
+                n = counts.get(key, 0)
+        counts[key] = n + 1
 
     def observe_runtime(self, task: str, queue: str, state: str, seconds: float) -> None:
+        runtime = self.runtime
         key = (task, queue, state)
-        hist = self.runtime.get(key)
+        hist = runtime.get(key)
         if hist is None:
-            hist = self.runtime[key] = Histogram(len(RUNTIME_BUCKETS))
+            if len(runtime) >= self.max_series:
+                self.series_overflow += 1
+                key = (OTHER, OTHER, state)
+                hist = runtime.get(key)
+            if hist is None:
+                hist = runtime[key] = Histogram(len(RUNTIME_BUCKETS))
         hist.counts[bisect_left(RUNTIME_BUCKETS, seconds)] += 1
         hist.sum += seconds
         hist.count += 1
@@ -137,8 +169,16 @@ class BaseMetrics:
         hist.count += 1
 
     def count_violation(self, practice: str, queue: str, task: str, n: int = 1) -> None:
+        totals = self.violations_total
         key = (practice, queue, task)
-        self.violations_total[key] = self.violations_total.get(key, 0) + n
+        current = totals.get(key)
+        if current is None:
+            current = 0
+            if len(totals) >= self.max_series:
+                self.series_overflow += 1
+                key = (practice, OTHER, OTHER)
+                current = totals.get(key, 0)
+        totals[key] = current + n
 
 
 def _family(name: str) -> Metric:
@@ -174,10 +214,14 @@ class PracticesCollector(Collector):
         now = time.time()
         out: list[Metric] = []
 
+        # Findings are keyed by raw names but exported through capped labels, so several
+        # findings can share one label set (e.g. task="__other__"): export each distinct
+        # label set once, value 1 ("at least one active finding with these labels").
         fam = _family("celery_practice_violation")
-        for f in engine.findings.active():
-            fam.add_metric([f.practice, f.severity, f.queue_label, f.task_label,
-                            f.worker_label], 1.0)
+        labelsets = {(f.practice, f.severity, f.queue_label, f.task_label, f.worker_label)
+                     for f in engine.findings.active()}
+        for labels in sorted(labelsets):
+            fam.add_metric(list(labels), 1.0)
         out.append(fam)
 
         fam = _family("celery_practice_violations_total")
@@ -248,6 +292,7 @@ class PracticesCollector(Collector):
         fam = _family("flower_practices_label_overflow_total")
         for label, n in state.label_overflow().items():
             fam.add_metric([label], n)
+        fam.add_metric(["series"], base.series_overflow)
         out.append(fam)
         fam = _family("flower_practices_tasks_evicted_total")
         fam.add_metric([], state.tasks.evicted)

@@ -72,3 +72,36 @@ def test_practice_options_merge_and_validate() -> None:
         resolve_practice_options("x", defaults, {"grace": 5})
     with pytest.raises(ConfigError, match="expected"):
         resolve_practice_options("x", defaults, {"names": "a"})
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("[exporter]\nevaluation_interval = 0\n", "[exporter] evaluation_interval: must be > 0"),
+    ("[exporter]\nmax_series_per_metric = 0\n", "max_series_per_metric: must be an integer"),
+    ("[practices.retry_storm]\nwindow_seconds = 0\n",
+     "[practices.retry_storm] window_seconds: must be > 0"),
+    ("[practices.unread_results]\nsample_every = 0\n",
+     "[practices.unread_results] sample_every: must be an integer >= 1"),
+    ("[practices.unread_results]\nmin_share = 2.0\n", "min_share: must be in (0, 1]"),
+    ("[practices.queue_starvation]\npercentile = 0\n", "percentile: must be in (0, 100]"),
+    ("[practices.lost_task]\ngrace_seconds = -1\n", "grace_seconds: must be >= 0"),
+    ("[practices.lost_task]\nnope = 1\n", "unknown key 'nope'"),
+])
+def test_out_of_range_values_in_a_file_name_the_file_and_key(tmp_path: Path, text: str,
+                                                             needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text))
+    assert needle in str(info.value)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_zero_is_accepted_where_it_means_none(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, """
+[practices.lost_task]
+grace_seconds = 0
+clear_after_seconds = 0
+
+[practices.events_disabled]
+warmup_seconds = 0
+"""))
+    assert settings.practice_options("lost_task") == {"grace_seconds": 0,
+                                                      "clear_after_seconds": 0}

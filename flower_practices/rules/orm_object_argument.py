@@ -6,6 +6,13 @@ into task-sent/task-received events as ``args``/``kwargs``. One pass over at mos
 literals -- Django ``<Model: ...>``, default ``<pkg.Class object at 0x...>``, SQLAlchemy
 ``<Class(id=...)>`` and ``<Class at 0x...>`` -- and records only the argument position
 (or keyword name) and the class name, never a value.
+
+The text after ``<Model: `` is the model's ``__str__``: free text, not structure. Quotes
+(``<User: O'Brien>``), commas (``<User: Smith, John>``) or a ``<Token: ...>`` inside it say
+nothing about the arguments, so the scanner skips it to the matching ``>`` (nesting-aware,
+at most ``_MAX_STR`` characters; an unmatched ``<`` inside falls back to the first ``>``),
+without tracking quotes or commas. The whole scan stays O(len) thanks to a shared budget
+of bracket steps; past it a ``__str__`` simply ends at its first ``>``.
 """
 
 from __future__ import annotations
@@ -18,37 +25,53 @@ from ..findings import Condition
 from .base import Rule
 
 _MAX_KEYS = 2000
+#: characters of one Django ``__str__`` searched for its closing ``>`` (nesting-aware)
+_MAX_STR = 256
+#: models reported per message
+_MAX_FOUND = 20
 _IDENT = re.compile(r"[A-Za-z_][\w.]{0,120}")
 _HEX = re.compile(r"0x[0-9a-fA-F]{1,16}>")
 _KWNAME = re.compile(r"\s*['\"]([A-Za-z_]\w{0,63})['\"]\s*:\s*$")
+_SQLA_ARGS = re.compile(r"\(\s*[A-Za-z_]\w{0,63}\s*=")
+
+#: what :func:`_model_class` saw at a ``<``
+_NONE, _DJANGO, _OTHER = 0, 1, 2
 
 
-def _model_class(text: str, i: int) -> tuple[str | None, int]:
-    """At ``text[i] == '<'``: the class name if a model-like repr starts here."""
+def _model_class(text: str, i: int) -> tuple[str | None, int, int]:
+    """At ``text[i] == '<'``: ``(class name, where to resume, kind)``.
+
+    For a Django repr the resume index is the start of its ``__str__`` (the caller skips
+    it); for the default and SQLAlchemy ``at 0x`` reprs it is past the closing ``>``.
+    """
     m = _IDENT.match(text, i + 1)
     if m is None:
-        return None, i + 1
+        return None, i + 1, _NONE
     name = m.group(0)
     j = m.end()
     rest = text[j:j + 16]
     if rest.startswith(": "):  # Django  <Model: str>
         if name[0].isupper() and "." not in name:
-            return name, j
-        return None, j
-    if rest.startswith(" object at 0x") and _HEX.match(text, j + 11):  # default repr
-        return name.rsplit(".", 1)[-1], j
-    if rest.startswith(" at 0x") and _HEX.match(text, j + 4):  # SQLAlchemy default
-        return name.rsplit(".", 1)[-1], j
-    if rest.startswith("(") and name[0].isupper() and re.match(  # <User(id=1, ...)>
-            r"\(\s*[A-Za-z_]\w{0,63}\s*=", text[j:j + 70]):
-        return name, j
-    return None, j
+            return name, j + 2, _DJANGO
+        return None, j, _NONE
+    if rest.startswith(" object at 0x"):  # default repr
+        hexm = _HEX.match(text, j + 11)
+        if hexm:
+            return name.rsplit(".", 1)[-1], hexm.end(), _OTHER
+    if rest.startswith(" at 0x"):  # SQLAlchemy default
+        hexm = _HEX.match(text, j + 4)
+        if hexm:
+            return name.rsplit(".", 1)[-1], hexm.end(), _OTHER
+    if rest.startswith("(") and name[0].isupper() and _SQLA_ARGS.match(text, j, j + 70):
+        return name, j, _OTHER  # <User(id=1, ...)>: the main loop reads the parentheses
+    return None, j, _NONE
 
 
 def find_models(text: str, limit: int, keyword: bool) -> list[tuple[str, str]]:
     """``[(position_or_name, class_name)]`` for model reprs in a tuple/dict repr.
 
-    O(len(text[:limit])): one pass tracking nesting depth and string literals.
+    O(len(text[:limit])): one pass tracking nesting depth and string literals, skipping
+    each Django ``__str__`` to its closing ``>`` (see the module docstring).
     """
     text = text[:limit]
     out: list[tuple[str, str]] = []
@@ -58,6 +81,7 @@ def find_models(text: str, limit: int, keyword: bool) -> list[tuple[str, str]]:
     quote = ""
     i = 0
     n = len(text)
+    budget = n + 64  # bracket steps left for nesting-aware __str__ skips
     while i < n:
         c = text[i]
         if quote:
@@ -76,18 +100,48 @@ def find_models(text: str, limit: int, keyword: bool) -> list[tuple[str, str]]:
             position += 1
             seg_start = i + 1
         elif c == "<":
-            name, nxt = _model_class(text, i)
-            if name is not None:
+            name, nxt, kind = _model_class(text, i)
+            if name is not None and len(out) < _MAX_FOUND:
                 where = str(position)
                 if keyword:
                     km = _KWNAME.match(text[seg_start:i][-80:])
                     where = km.group(1) if km else f"#{position}"
-                if len(out) < 20:
-                    out.append((where, name))
+                out.append((where, name))
+            if kind == _DJANGO:
+                nxt, budget = _skip_str(text, nxt, budget)
             i = nxt
             continue
         i += 1
     return out
+
+
+def _skip_str(text: str, j: int, budget: int) -> tuple[int, int]:
+    """Index just past the ``>`` closing a Django repr whose ``__str__`` starts at ``j``.
+
+    Counts ``<``/``>`` (nesting) within ``_MAX_STR`` characters while ``budget`` lasts;
+    when no balanced ``>`` is found, the first ``>`` after ``j`` closes it (none: the
+    text ends inside it, as Celery's truncated reprs do).
+    """
+    first = text.find(">", j)
+    if first < 0:
+        return len(text), budget
+    end = min(len(text), j + _MAX_STR)
+    depth = 1
+    k = j
+    close = first if first < end else -1
+    while close >= 0 and budget > 0:
+        budget -= 1
+        opening = text.find("<", k, close)
+        if opening >= 0:
+            depth += 1
+            k = opening + 1
+            continue
+        depth -= 1
+        if depth == 0:
+            return close + 1, budget
+        k = close + 1
+        close = text.find(">", k, end)
+    return first + 1, budget
 
 
 class _Tally:
@@ -144,7 +198,7 @@ class OrmObjectArgument(Rule):
         tally.count += 1
         tally.last_seen = event["timestamp"]
         for where, cls in found:
-            if where in tally.arguments or len(tally.arguments) < 20:
+            if where in tally.arguments or len(tally.arguments) < _MAX_FOUND:
                 tally.arguments[where] = cls
         self.count(queue or None, task or None)
 
