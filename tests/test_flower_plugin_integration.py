@@ -18,6 +18,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+from flower import __version__ as flower_version
 
 from tests.apps.models import User
 from tests.conftest import make_producer
@@ -46,7 +47,9 @@ class FlowerProcess:
         self.log = Path(tempfile.mkstemp(prefix="fp-flower-", suffix=".log")[1])
         cmd = [sys.executable, "-m", "celery", "-A", "tests.apps.bad_tasks", "--broker", broker,
                *args, f"--port={self.port}", "--address=127.0.0.1"]
-        env = {**os.environ, "FP_TEST_BROKER": broker, "PYTHONPATH": str(ROOT),
+        # keep PYTHONPATH: tests/test_flower_versions.py puts another Flower release first
+        pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "FP_TEST_BROKER": broker, "PYTHONPATH": pythonpath,
                "FLOWER_UNAUTHENTICATED_API": "true"}
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
@@ -154,7 +157,9 @@ def test_finding_on_the_page_api_and_metrics(running):
     wait_for(lambda: 'celery_queue_consumers{queue="celery"} 1.0' in flower.get("/metrics")[1],
              message="celery_queue_consumers from the probes")
     assert flower.get("/healthz")[0] == 200
-    assert "Flower plugins active: flower_practices" in flower.output()
+    # the Flower release that really ran (tests/test_flower_versions.py sets the expectation)
+    expected = os.environ.get("FP_EXPECT_FLOWER_VERSION", flower_version)
+    assert f"Flower plugins active: flower_practices (Flower {expected})" in flower.output()
 
 
 def _png_info(path: Path) -> tuple[int, int, int]:

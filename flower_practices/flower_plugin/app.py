@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 import click
+import flower
 import flower.command
 from flower.app import Flower
 
@@ -41,7 +42,8 @@ class PluginFlower(Flower):
             except (PluginError, ConfigError) as exc:
                 log.error("Flower plugin %s: %s", name, exc)
                 raise click.UsageError(f"Flower plugin {name}: {exc}") from exc
-        log.info("Flower plugins active: %s", ", ".join(self.plugins) or "(none)")
+        log.info("Flower plugins active: %s (Flower %s)", ", ".join(self.plugins) or "(none)",
+                 flower.__version__)
 
     def start(self) -> None:
         for plugin in self.plugins.values():
