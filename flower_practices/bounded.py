@@ -2,7 +2,8 @@
 
 - :class:`LRUDict` keeps at most ``limit`` entries, evicting the least recently touched.
 - :class:`LabelCap` maps label values to themselves until ``limit`` distinct values
-  are known, then to ``"__other__"`` (counted), so metric cardinality stays bounded.
+  are known, then to ``"__other__"`` (counted), so metric cardinality stays bounded; a
+  value whose series are gone (a forgotten worker) can be released to free its slot.
 - :class:`SampleRing` keeps the last ``size`` (timestamp, value) samples for windowed
   percentiles computed later, off the hot path.
 - :class:`WindowCounter` counts occurrences in fixed time buckets over a sliding window.
@@ -31,13 +32,15 @@ class LRUDict(OrderedDict, Generic[K, V]):
         self.limit = limit
         self.evicted = 0
 
-    def put(self, key: K, value: V) -> None:
+    def put(self, key: K, value: V) -> V | None:
+        """Insert or replace ``key``; return the value evicted to make room, if any."""
         if key in self:
             self.move_to_end(key)
         self[key] = value
         if len(self) > self.limit:
-            self.popitem(last=False)
             self.evicted += 1
+            return self.popitem(last=False)[1]
+        return None
 
     def touch(self, key: K) -> V | None:
         value = self.get(key)
@@ -66,6 +69,10 @@ class LabelCap:
             return value
         self.overflow += 1
         return OTHER
+
+    def release(self, value: str) -> None:
+        """Forget ``value`` (no series carries it any more), freeing its slot."""
+        self.known.discard(value)
 
 
 class SampleRing:

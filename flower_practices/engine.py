@@ -45,10 +45,12 @@ class Engine:
     ) -> None:
         self.settings = settings or Settings()
         self.lock = threading.RLock()
-        self.metrics = BaseMetrics()
+        self.metrics = BaseMetrics(self.settings.max_series_per_metric)
         self.state = RuntimeState(self.settings, self.metrics)
         if app is not None:
             self.state.default_queue = app.default_queue
+            # declared queues stay tracked even while idle and unconsumed
+            self.state.keep_queues.update(app.queues)
         self.stream_status = stream_status or StreamStatus()
         self.findings = FindingTracker()
         self.ctx = RuleContext(
@@ -100,12 +102,28 @@ class Engine:
             if not isinstance(uuid, str) or not uuid:
                 status.decode_error("missing_uuid")
                 return
+        # label values must be strings: a wrong type becomes "unknown" (None), counted
+        for key in ("hostname", "name", "queue", "routing_key"):
+            value = event.get(key)
+            if value is not None and not isinstance(value, str):
+                event[key] = None
+                status.decode_error("bad_field", key)
+        # a Unix time, finite, before year 5138: else now (counted unless just missing)
+        now = time.time()
         ts = event.get("timestamp")
-        if not isinstance(ts, (int, float)) or isinstance(ts, bool):
-            event["timestamp"] = time.time()
-            if ts is not None:
-                status.decode_error("bad_field", "timestamp")
-        status.last_event_at = time.time()
+        if type(ts) is not float or not 0.0 < ts < 1e11:
+            if type(ts) is int and 0 < ts < 1e11:
+                event["timestamp"] = float(ts)
+            else:
+                event["timestamp"] = now
+                if ts is not None:
+                    status.decode_error("bad_field", "timestamp")
+        received = event.get("local_received")
+        if received is not None and (type(received) is not float
+                                     or not 0.0 < received < 1e11):
+            event["local_received"] = now
+            status.decode_error("bad_field", "local_received")
+        status.last_event_at = now
         with self.lock:
             try:
                 rec = self.state.apply(etype, event)
@@ -169,6 +187,8 @@ class Engine:
                     continue
                 self.findings.update(rule.id, severity, conditions, now, clear_after,
                                      _Labels(self.state))
+            # after the rules (lost_task must see a record before it ages out)
+            self.state.sweep(now)
             self.last_evaluation_at = now
             self.last_evaluation_seconds = time.perf_counter() - started
 

@@ -3,22 +3,65 @@
 :meth:`RuntimeState.apply` is the hot path: one dict lookup and a handful of attribute
 writes per event, no allocation beyond a new task's record. Memory is bounded by the
 caps in :class:`~flower_practices.config.Settings` (documented in the README).
+
+Lifecycle (what leaves the state, and when):
+
+- A task record leaves on its terminal event, when the ``max_tracked_tasks`` LRU evicts
+  it, or in :meth:`RuntimeState.sweep` (periodic, never per event) once it can no longer
+  change: see the ``*_ttl`` attributes of :class:`RuntimeState`. A record a rule declared
+  lost (:meth:`RuntimeState.mark_lost`) stays as ``LOST`` for ``orphan_ttl`` so a late
+  completion or a redelivery still finds its name and queue.
+- Each record remembers what it is counted as on its worker (reserved or running) and in
+  which generation of that worker, so ``reserved``/``running`` are decremented exactly
+  once, and a worker's counts restart from zero when it goes offline or restarts.
+- A worker restart is a worker-online event, a heartbeat after worker-offline, or a
+  heartbeat whose ``processed`` counter went down (a new process counts from zero).
+- At ``max_workers`` a dead worker among the least recently seen makes room for a new
+  one; dead workers are forgotten after ``worker_ttl``. At ``max_queues`` an idle queue
+  makes room; idle queues are forgotten after ``queue_ttl``. When every record is live
+  the newcomer is dropped and counted, as before. A forgotten worker's label is released
+  (only live gauges carry it); a forgotten queue's is kept, since cumulative counters
+  still carry it, so the queue label cap keeps bounding their series.
 """
 
 from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
 
 from .bounded import OTHER, LabelCap, LRUDict, SampleRing
 from .config import Settings
 from .metrics import BaseMetrics
 
 TERMINAL = frozenset(("task-succeeded", "task-failed", "task-revoked", "task-rejected"))
+#: states of a task that waits for a worker to start it
+WAITING = frozenset(("SENT", "RECEIVED", "RETRY", "PENDING"))
+
+#: what a task record is counted as on its worker
+NOT_COUNTED, RESERVED, RUNNING = 0, 1, 2
+
+#: the largest int that converts to a float exactly
+_MAX_EXACT_INT = 2**53
+#: heartbeat frequencies above this are not believed (Celery's default is 2 s)
+_MAX_FREQ = 3600.0
+
+
+def finite_seconds(value: object) -> float | None:
+    """``value`` as a finite, non-negative float; None for anything else (another type,
+    a bool, NaN, infinity, a negative number or an int beyond float precision)."""
+    if type(value) is float:
+        return value if 0.0 <= value < math.inf else None
+    if type(value) is int:
+        return float(value) if 0 <= value <= _MAX_EXACT_INT else None
+    return None
 
 
 class TaskRecord:
     """What we remember about one in-flight task (no argument values)."""
 
     __slots__ = ("uuid", "name", "queue", "sent_at", "received_at", "started_at", "hostname",
-                 "retries", "state", "has_sent")
+                 "retries", "state", "has_sent", "updated_at", "counted", "counted_epoch")
 
     def __init__(self, uuid: str) -> None:
         self.uuid = uuid
@@ -31,6 +74,12 @@ class TaskRecord:
         self.retries = 0
         self.state = "PENDING"
         self.has_sent = False
+        #: timestamp of the record's last event (or of being declared lost)
+        self.updated_at = 0.0
+        #: NOT_COUNTED, RESERVED or RUNNING on worker ``hostname`` ...
+        self.counted = NOT_COUNTED
+        #: ... in that worker's generation (``WorkerRecord.epoch``)
+        self.counted_epoch = 0
 
 
 class WorkerRecord:
@@ -38,7 +87,8 @@ class WorkerRecord:
 
     __slots__ = ("hostname", "online", "last_seen", "freq", "processed", "active",
                  "first_processed", "task_events", "reserved", "running", "active_queues",
-                 "sw_ident", "label", "online_since", "prefetch", "concurrency")
+                 "sw_ident", "label", "online_since", "prefetch", "concurrency", "epoch",
+                 "restarted_at", "offline_at", "created_at")
 
     def __init__(self, hostname: str, label: str) -> None:
         self.hostname = hostname
@@ -57,13 +107,20 @@ class WorkerRecord:
         self.online_since = 0.0
         self.prefetch: int | None = None
         self.concurrency: int | None = None
+        #: generation: changes when the counts are reset (offline, restart)
+        self.epoch = 0
+        #: worker's own timestamp of its last known restart (0: none seen)
+        self.restarted_at = 0.0
+        #: when its worker-offline arrived (0: not offline by event)
+        self.offline_at = 0.0
+        self.created_at = 0.0
 
 
 class QueueRecord:
     """One queue: traffic seen in events plus the latest probe results."""
 
     __slots__ = ("name", "label", "sent", "last_sent_at", "waits", "length", "lengths",
-                 "consumers", "probed_at", "first_unconsumed_at", "started")
+                 "consumers", "probed_at", "first_unconsumed_at", "started", "last_active")
 
     def __init__(self, name: str, label: str) -> None:
         self.name = name
@@ -77,17 +134,39 @@ class QueueRecord:
         self.consumers: int | None = None
         self.probed_at = 0.0
         self.first_unconsumed_at = 0.0
+        #: local time of its creation or its last task-sent/task-started
+        self.last_active = 0.0
 
 
 class RuntimeState:
     """Everything the rules read, updated event by event."""
 
+    #: seconds a waiting record (SENT/RECEIVED/RETRY) may go without an event before the
+    #: sweep drops it: its task-started was missed (or it waits on an eta that long)
+    waiting_ttl = 6 * 3600.0
+    #: seconds a STARTED record on a live worker may go without an event before it is
+    #: dropped: its completion was missed (a run that long was reported long before)
+    running_ttl = 24 * 3600.0
+    #: seconds a LOST record, or a STARTED/RECEIVED one whose worker is dead, unknown or
+    #: restarted since, is kept for a late completion or a redelivery to find it
+    orphan_ttl = 3600.0
+    #: seconds a dead worker (offline, or heartbeats expired) is kept before it is forgotten
+    worker_ttl = 3600.0
+    #: seconds a queue without traffic, messages or consumers is kept before it is forgotten
+    queue_ttl = 3600.0
+    #: :meth:`sweep` does its full pass at most this often
+    sweep_interval = 30.0
+    #: at a cap, how many least recently seen records are examined for one to evict (O(1))
+    evict_scan = 16
+
     def __init__(self, settings: Settings, metrics: BaseMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
         self.tasks: LRUDict[str, TaskRecord] = LRUDict(settings.max_tracked_tasks)
-        self.workers: dict[str, WorkerRecord] = {}
-        self.queues: dict[str, QueueRecord] = {}
+        #: least recently seen first (an event from a worker moves it to the end)
+        self.workers: OrderedDict[str, WorkerRecord] = OrderedDict()
+        #: least recently sent to first (a task-sent moves it to the end)
+        self.queues: OrderedDict[str, QueueRecord] = OrderedDict()
         self.task_label = LabelCap("task", settings.max_task_names)
         self.queue_label = LabelCap("queue", settings.max_queues)
         self.worker_label = LabelCap("worker", settings.max_workers)
@@ -98,24 +177,46 @@ class RuntimeState:
         self.workers_dropped = 0
         self.queues_dropped = 0
         self.default_queue = "celery"
+        #: queues the sweep never forgets (besides the default queue), e.g. the app's own
+        self.keep_queues: set[str] = set()
+        #: records dropped by :meth:`sweep`, workers and queues it forgot or evicted
+        self.tasks_expired = 0
+        self.workers_forgotten = 0
+        self.queues_forgotten = 0
+        self._epoch = 0
+        self._swept_at = -math.inf
 
     # -- lookups -------------------------------------------------------------------------
     def worker(self, hostname: str) -> WorkerRecord | None:
-        rec = self.workers.get(hostname)
-        if rec is None:
-            if len(self.workers) >= self.settings.max_workers:
-                self.workers_dropped += 1
-                return None
-            rec = self.workers[hostname] = WorkerRecord(hostname, self.worker_label(hostname))
+        """The record of ``hostname``, created if new; None when it cannot be tracked
+        (not a non-empty string, or ``max_workers`` live workers already tracked)."""
+        if not isinstance(hostname, str) or not hostname:
+            return None
+        workers = self.workers
+        rec = workers.get(hostname)
+        if rec is not None:
+            workers.move_to_end(hostname)
+            return rec
+        if len(workers) >= self.settings.max_workers and not self._evict_worker():
+            self.workers_dropped += 1
+            return None
+        rec = workers[hostname] = WorkerRecord(hostname, self.worker_label(hostname))
+        rec.created_at = self.last_event_at or time.time()
+        self._new_epoch(rec)
         return rec
 
     def queue(self, name: str) -> QueueRecord | None:
-        rec = self.queues.get(name)
+        """The record of queue ``name``, created if new; None when it cannot be tracked."""
+        if not isinstance(name, str) or not name:
+            return None
+        queues = self.queues
+        rec = queues.get(name)
         if rec is None:
-            if len(self.queues) >= self.settings.max_queues:
+            if len(queues) >= self.settings.max_queues and not self._evict_queue():
                 self.queues_dropped += 1
                 return None
-            rec = self.queues[name] = QueueRecord(name, self.queue_label(name))
+            rec = queues[name] = QueueRecord(name, self.queue_label(name))
+            rec.last_active = self.last_event_at or time.time()
         return rec
 
     def _task(self, uuid: str) -> TaskRecord:
@@ -123,7 +224,9 @@ class RuntimeState:
         rec = tasks.get(uuid)
         if rec is None:
             rec = TaskRecord(uuid)
-            tasks.put(uuid, rec)
+            evicted = tasks.put(uuid, rec)
+            if evicted is not None and evicted.counted:
+                self._release(evicted)
         return rec
 
     def _name(self, rec: TaskRecord, name: object) -> None:
@@ -132,34 +235,56 @@ class RuntimeState:
             if name not in self.task_names and len(self.task_names) < self.settings.max_task_names:
                 self.task_names.add(name)
 
+    # -- worker counts -------------------------------------------------------------------
+    def _new_epoch(self, worker: WorkerRecord) -> None:
+        """Start a new generation of ``worker``: its counts restart from zero, and records
+        counted in an older generation no longer decrement them."""
+        self._epoch += 1
+        worker.epoch = self._epoch
+        worker.reserved = 0
+        worker.running = 0
+
+    def _count(self, rec: TaskRecord, worker: WorkerRecord, kind: int) -> None:
+        rec.counted = kind
+        rec.counted_epoch = worker.epoch
+        if kind == RUNNING:
+            worker.running += 1
+        else:
+            worker.reserved += 1
+
+    def _release(self, rec: TaskRecord) -> None:
+        """Undo what ``rec`` is counted as on its worker (exactly once)."""
+        kind = rec.counted
+        if not kind:
+            return
+        rec.counted = NOT_COUNTED
+        worker = self.workers.get(rec.hostname)
+        if worker is None or worker.epoch != rec.counted_epoch:
+            return
+        if kind == RUNNING:
+            if worker.running > 0:
+                worker.running -= 1
+        elif worker.reserved > 0:
+            worker.reserved -= 1
+
     # -- hot path ------------------------------------------------------------------------
     def apply(self, etype: str, event: dict) -> TaskRecord | None:
         """Update state for one validated event; return the task record for task events."""
         ts = event.get("timestamp") or 0.0
         received = event.get("local_received")
-        self.last_event_at = received if type(received) is float else ts
+        self.last_event_at = received if type(received) is float and \
+            0.0 < received < math.inf else ts
         if etype[0] == "w":  # worker-*
             self._worker_event(etype, event, ts)
             return None
         rec = self._task(event["uuid"])
-        hostname = event.get("hostname") or ""
+        rec.updated_at = ts
+        hostname = event.get("hostname")
+        if not isinstance(hostname, str):  # the engine counted a wrong type already
+            hostname = ""
         metrics = self.metrics
         if etype == "task-sent":
-            self._name(rec, event.get("name"))
-            queue = event.get("queue") or event.get("routing_key") or ""
-            if isinstance(queue, str) and queue:
-                rec.queue = queue
-                q = self.queue(queue)
-                if q is not None:
-                    q.sent += 1
-                    q.last_sent_at = ts
-            rec.sent_at = ts
-            rec.has_sent = True
-            retries = event.get("retries")
-            if isinstance(retries, int):
-                rec.retries = retries
-            rec.state = "SENT"
-            self.sent_events += 1
+            self._sent(rec, event, ts)
         else:
             worker = self.worker(hostname) if hostname else None
             if worker is not None:
@@ -170,45 +295,32 @@ class RuntimeState:
             if etype == "task-received":
                 self._name(rec, event.get("name"))
                 rec.received_at = ts
-                rec.hostname = hostname
                 retries = event.get("retries")
-                if isinstance(retries, int):
+                if type(retries) is int:
                     rec.retries = retries
-                rec.state = "RECEIVED"
                 self.received_events += 1
-                if worker is not None:
-                    worker.reserved += 1
+                # after its own task-started (reordered): nothing to move back
+                if rec.state != "STARTED" or rec.hostname != hostname:
+                    self._release(rec)
+                    rec.hostname = hostname
+                    rec.state = "RECEIVED"
+                    if worker is not None:
+                        self._count(rec, worker, RESERVED)
             elif etype == "task-started":
+                self._started(rec, ts)
+                self._release(rec)
                 rec.started_at = ts
                 rec.hostname = hostname
-                base = rec.sent_at or rec.received_at
-                if base and rec.state in ("SENT", "RECEIVED", "RETRY", "PENDING"):
-                    wait = ts - base
-                    if wait < 0:
-                        wait = 0.0
-                    q = self.queues.get(rec.queue) if rec.queue else None
-                    if q is not None:
-                        q.waits.add(ts, wait)
-                        q.started += 1
-                        metrics.observe_wait(q.label, wait)
-                    else:
-                        metrics.observe_wait(self.queue_label(rec.queue) if rec.queue else "",
-                                             wait)
-                if worker is not None:
-                    if rec.state == "RECEIVED" and worker.reserved > 0:
-                        worker.reserved -= 1
-                    worker.running += 1
                 rec.state = "STARTED"
+                if worker is not None:
+                    self._count(rec, worker, RUNNING)
             elif etype in TERMINAL:
-                if worker is not None and rec.state == "STARTED" and worker.running > 0:
-                    worker.running -= 1
-                elif worker is not None and rec.state == "RECEIVED" and worker.reserved > 0:
-                    worker.reserved -= 1
+                self._release(rec)
                 if etype == "task-succeeded":
-                    runtime = event.get("runtime")
-                    if not isinstance(runtime, (int, float)) and rec.started_at:
-                        runtime = ts - rec.started_at
-                    if isinstance(runtime, (int, float)):
+                    runtime = finite_seconds(event.get("runtime"))
+                    if runtime is None and rec.started_at:
+                        runtime = max(0.0, ts - rec.started_at)
+                    if runtime is not None:
                         metrics.observe_runtime(self._task_label(rec), self._queue_label(rec),
                                                 "succeeded", runtime)
                     rec.state = "SUCCESS"
@@ -220,15 +332,65 @@ class RuntimeState:
                 else:
                     rec.state = "REVOKED" if etype == "task-revoked" else "REJECTED"
             elif etype == "task-retried":
-                if worker is not None and rec.state == "STARTED" and worker.running > 0:
-                    worker.running -= 1
+                self._release(rec)
                 rec.state = "RETRY"
         metrics.count_task_event(etype, self._task_label(rec), self._queue_label(rec))
         return rec
 
+    def _sent(self, rec: TaskRecord, event: dict, ts: float) -> None:
+        self._name(rec, event.get("name"))
+        queue = event.get("queue")
+        if not isinstance(queue, str) or not queue:
+            queue = event.get("routing_key")
+        if isinstance(queue, str) and queue:
+            rec.queue = queue
+            q = self.queue(queue)
+            if q is not None:
+                q.sent += 1
+                q.last_sent_at = ts
+                q.last_active = self.last_event_at
+                self.queues.move_to_end(queue)
+        rec.sent_at = ts
+        rec.has_sent = True
+        retries = event.get("retries")
+        if type(retries) is int:
+            rec.retries = retries
+        # a retry's task-sent comes before its task-retried, and a task-sent may arrive
+        # after task-received: never move a record that got further back to SENT
+        if rec.state == "PENDING" or rec.state == "RETRY":
+            rec.state = "SENT"
+        self.sent_events += 1
+
+    def _started(self, rec: TaskRecord, ts: float) -> None:
+        """Record the queue wait of a task that starts now (before its state changes)."""
+        base = rec.sent_at or rec.received_at
+        if not base or rec.state not in WAITING:
+            return
+        wait = ts - base
+        if not wait > 0.0:
+            wait = 0.0
+        metrics = self.metrics
+        q = self.queues.get(rec.queue) if rec.queue else None
+        if q is not None:
+            q.waits.add(ts, wait)
+            q.started += 1
+            q.last_active = self.last_event_at
+            metrics.observe_wait(q.label, wait)
+        else:
+            metrics.observe_wait(self.queue_label(rec.queue) if rec.queue else "", wait)
+
     def forget(self, rec: TaskRecord) -> None:
         """Drop a finished task's record (called after rules saw the terminal event)."""
+        self._release(rec)
         self.tasks.pop(rec.uuid, None)
+
+    def mark_lost(self, rec: TaskRecord, now: float) -> None:
+        """A rule declared ``rec`` lost: it no longer counts as running anywhere and is not
+        judged again. It stays, as ``LOST``, for ``orphan_ttl`` so that a late completion
+        or a redelivery still finds its name and queue (both are handled as usual)."""
+        self._release(rec)
+        rec.state = "LOST"
+        rec.updated_at = now
 
     def _task_label(self, rec: TaskRecord) -> str:
         return self.task_label(rec.name) if rec.name else ""
@@ -238,32 +400,134 @@ class RuntimeState:
 
     def _worker_event(self, etype: str, event: dict, ts: float) -> None:
         hostname = event.get("hostname")
-        if not isinstance(hostname, str) or not hostname:
-            return
-        worker = self.worker(hostname)
+        worker = self.worker(hostname) if isinstance(hostname, str) else None
         if worker is None:
             return
-        worker.last_seen = self.last_event_at
+        now = worker.last_seen = self.last_event_at
         if etype == "worker-offline":
             worker.online = False
+            worker.offline_at = now
+            self._new_epoch(worker)
             return
-        if not worker.online:
-            worker.online = True
-            worker.online_since = self.last_event_at
-        freq = event.get("freq")
-        if isinstance(freq, (int, float)) and freq > 0:
-            worker.freq = float(freq)
+        restarted = etype == "worker-online" or worker.offline_at > 0.0
         processed = event.get("processed")
-        if isinstance(processed, int):
+        if type(processed) is int:
+            if processed < worker.processed:
+                restarted = True  # a new process counts from zero
             worker.processed = processed
             if worker.first_processed is None:
                 worker.first_processed = processed
+        if restarted:
+            worker.restarted_at = ts
+            worker.offline_at = 0.0
+            self._new_epoch(worker)
+        if not worker.online:
+            worker.online = True
+            worker.online_since = now
+        freq = finite_seconds(event.get("freq"))
+        if freq and freq <= _MAX_FREQ:
+            worker.freq = freq
         active = event.get("active")
-        if isinstance(active, int):
+        if type(active) is int:
             worker.active = active
         sw = event.get("sw_ident")
         if isinstance(sw, str):
             worker.sw_ident = sw
+
+    # -- periodic ------------------------------------------------------------------------
+    def sweep(self, now: float) -> int:
+        """Drop what can no longer change (see the ``*_ttl`` attributes).
+
+        Periodic, under the engine's lock, after the rules' evaluation (so ``lost_task``
+        judges a record before it can age out); the full pass runs at most once per
+        ``sweep_interval``. Returns the number of task records, workers and queues dropped.
+        """
+        if self._swept_at <= now < self._swept_at + self.sweep_interval:
+            return 0
+        self._swept_at = now
+        return self._sweep_tasks(now) + self._sweep_workers(now) + self._sweep_queues(now)
+
+    def _orphaned(self, rec: TaskRecord, since: float, now: float) -> bool:
+        """True when ``rec``'s worker is unknown, dead or restarted after ``since``."""
+        worker = self.workers.get(rec.hostname)
+        return worker is None or worker.restarted_at > since \
+            or not self.worker_alive(worker, now)
+
+    def _sweep_tasks(self, now: float) -> int:
+        drop: list[TaskRecord] = []
+        soonest = min(self.orphan_ttl, self.waiting_ttl, self.running_ttl)
+        for rec in self.tasks.values():
+            idle = now - rec.updated_at
+            if idle <= soonest:
+                continue
+            state = rec.state
+            if state == "STARTED":
+                ttl = self.orphan_ttl if self._orphaned(rec, rec.started_at, now) \
+                    else self.running_ttl
+            elif state == "RECEIVED":
+                ttl = self.orphan_ttl if self._orphaned(rec, rec.received_at, now) \
+                    else self.waiting_ttl
+            elif state in WAITING:
+                ttl = self.waiting_ttl
+            else:  # LOST, or a terminal state a rule did not forget
+                ttl = self.orphan_ttl
+            if idle > ttl:
+                drop.append(rec)
+        for rec in drop:
+            self.forget(rec)
+        self.tasks_expired += len(drop)
+        return len(drop)
+
+    def _sweep_workers(self, now: float) -> int:
+        ttl = self.worker_ttl
+        gone = [host for host, w in self.workers.items()
+                if now - max(w.last_seen, w.created_at) > ttl and not self.worker_alive(w, now)]
+        for host in gone:
+            self._forget_worker(host)
+        return len(gone)
+
+    def _sweep_queues(self, now: float) -> int:
+        consumed = {q for w in self.workers.values() if self.worker_alive(w, now)
+                    for q in w.active_queues or ()}
+        idle = [name for name, q in self.queues.items()
+                if name not in consumed and self._queue_idle(q, now)]
+        for name in idle:
+            del self.queues[name]
+        self.queues_forgotten += len(idle)
+        return len(idle)
+
+    def _queue_idle(self, q: QueueRecord, now: float) -> bool:
+        return (now - q.last_active > self.queue_ttl and not q.length and not q.consumers
+                and q.name != self.default_queue and q.name not in self.keep_queues)
+
+    def _forget_worker(self, host: str) -> None:
+        worker = self.workers.pop(host)
+        if worker.label != OTHER:
+            self.worker_label.release(worker.label)
+        self.workers_forgotten += 1
+
+    def _evict_worker(self) -> bool:
+        """At the cap: forget a dead worker among the least recently seen, if any."""
+        now = self.last_event_at
+        for n, (host, worker) in enumerate(self.workers.items()):
+            if n >= self.evict_scan:
+                return False
+            if not self.worker_alive(worker, now):
+                self._forget_worker(host)
+                return True
+        return False
+
+    def _evict_queue(self) -> bool:
+        """At the cap: forget an idle queue among the least recently sent to, if any."""
+        now = self.last_event_at
+        for n, (name, queue) in enumerate(self.queues.items()):
+            if n >= self.evict_scan:
+                return False
+            if self._queue_idle(queue, now):
+                del self.queues[name]
+                self.queues_forgotten += 1
+                return True
+        return False
 
     # -- evaluation helpers --------------------------------------------------------------
     def worker_alive(self, worker: WorkerRecord, now: float) -> bool:
@@ -279,4 +543,5 @@ class RuntimeState:
         }
 
 
-__all__ = ["OTHER", "QueueRecord", "RuntimeState", "TaskRecord", "WorkerRecord"]
+__all__ = ["OTHER", "QueueRecord", "RuntimeState", "TaskRecord", "WorkerRecord",
+           "finite_seconds"]

@@ -2,9 +2,15 @@
 
 :meth:`evaluate` scans the bounded in-flight task records for STARTED tasks whose worker
 sent worker-offline ``offline_grace_seconds`` ago, whose heartbeats expired (Celery's
-2 x freq rule) more than ``grace_seconds`` ago, or which came back online (worker-online)
-after the task started -- a restart the task did not survive. A lost task that shows up
-again (redelivered with ``acks_late``, or finishing late) is no longer reported.
+2 x freq rule) more than ``grace_seconds`` ago, or which restarted after the task started
+(worker-online, a heartbeat after worker-offline, or ``processed`` going down, as the
+state records them) -- a restart the task did not survive.
+
+Each lost task is counted once: its record is marked ``LOST`` in the state
+(:meth:`~flower_practices.state.RuntimeState.mark_lost`), so it is never judged again,
+even after it left this rule's window. A lost task that shows up again (redelivered with
+``acks_late``, or finishing late) is no longer reported; the state handles its events as
+usual.
 """
 
 from __future__ import annotations
@@ -33,26 +39,11 @@ class LostTask(Rule):
         super().__init__(ctx, options)
         #: uuid -> (detected_at, queue, task, worker, reason)
         self.lost: LRUDict[str, tuple[float, str, str, str, str]] = LRUDict(10_000)
-        self.online_at: dict[str, float] = {}
-        self.offline_at: dict[str, float] = {}
 
     def hooks(self):
-        return {"worker-online": self._on_online, "worker-offline": self._on_offline,
-                "task-received": self._on_task, "task-started": self._on_task,
+        return {"task-received": self._on_task, "task-started": self._on_task,
                 "task-succeeded": self._on_task, "task-failed": self._on_task,
                 "task-revoked": self._on_task, "task-rejected": self._on_task}
-
-    def _on_online(self, event: dict, rec: Any) -> None:
-        host = event.get("hostname")
-        if isinstance(host, str) and (host in self.online_at or len(self.online_at) < 5000):
-            self.online_at[host] = event["timestamp"]
-            self.offline_at.pop(host, None)
-
-    def _on_offline(self, event: dict, rec: Any) -> None:
-        host = event.get("hostname")
-        if isinstance(host, str) and (host in self.offline_at or len(self.offline_at) < 5000):
-            at = event.get("local_received")
-            self.offline_at[host] = at if isinstance(at, float) else event["timestamp"]
 
     def _on_task(self, event: dict, rec: Any) -> None:
         lost = self.lost
@@ -64,13 +55,11 @@ class LostTask(Rule):
         worker = state.workers.get(rec.hostname)
         if worker is None or worker.last_seen == 0.0:
             return None
-        back = self.online_at.get(rec.hostname)
-        if back is not None and back > rec.started_at:
+        if worker.restarted_at > rec.started_at:
             return "worker restarted after the task started"
-        gone = self.offline_at.get(rec.hostname)
-        if gone is not None and not worker.online:
-            return "worker-offline event" if now - gone >= offline_grace else None
-        if worker.online_since == 0.0 and back is None:
+        if worker.offline_at and not worker.online:
+            return "worker-offline event" if now - worker.offline_at >= offline_grace else None
+        if worker.online_since == 0.0:
             return None  # never saw a heartbeat from it: cannot judge
         expiry = max(worker.freq * 2.0, 4.0)
         if now - worker.last_seen > expiry + grace:
@@ -80,14 +69,16 @@ class LostTask(Rule):
     def evaluate(self, now: float) -> Iterable[Condition]:
         grace = float(self.options["grace_seconds"])
         offline_grace = float(self.options["offline_grace_seconds"])
-        for rec in list(self.ctx.state.tasks.values()):
-            if rec.state != "STARTED" or not rec.hostname or rec.uuid in self.lost:
+        state = self.ctx.state
+        for rec in state.tasks.values():  # marking a record does not resize the dict
+            if rec.state != "STARTED" or not rec.hostname:
                 continue
             reason = self._reason(rec, now, grace, offline_grace)
             if reason is None:
                 continue
             self.lost.put(rec.uuid, (now, rec.queue, rec.name, rec.hostname, reason))
             self.count(rec.queue or None, rec.name or None)
+            state.mark_lost(rec, now)
         window = float(self.options["window_seconds"])
         groups: dict[tuple[str, str, str], list[tuple[float, str]]] = {}
         for uuid in [u for u, v in self.lost.items() if now - v[0] > window]:

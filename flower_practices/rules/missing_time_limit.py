@@ -2,9 +2,11 @@
 without a time limit.
 
 Completed runs are seen in the task-succeeded/task-failed hooks (runtime from the event
-or started->finished); running tasks are found in :meth:`evaluate` by scanning the
-bounded in-flight task records. Whether a task has a time limit is known only when the
-app is loaded (``-A proj``); without it the evidence says the limit is unknown.
+-- unless it is not a finite, non-negative number -- or started->finished); running tasks
+are found in :meth:`evaluate` by scanning the bounded in-flight task records, skipping
+those whose worker is dead or restarted since they started (lost, not long: ``lost_task``
+reports them). Whether a task has a time limit is known only when the app is loaded
+(``-A proj``); without it the evidence says the limit is unknown.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from ..bounded import LRUDict
 from ..findings import Condition
+from ..state import finite_seconds
 from .base import Rule
 
 _MAX_KEYS = 2000
@@ -55,11 +58,11 @@ class MissingTimeLimit(Rule):
     def _on_done(self, event: dict, rec: Any) -> None:
         if rec is None:
             return
-        runtime = event.get("runtime")
-        if not isinstance(runtime, (int, float)) or isinstance(runtime, bool):
+        runtime = finite_seconds(event.get("runtime"))
+        if runtime is None:
             if not rec.started_at:
                 return
-            runtime = event["timestamp"] - rec.started_at
+            runtime = max(0.0, event["timestamp"] - rec.started_at)
         if runtime <= self.limit or self._has_limit(rec.name):
             self.counted.pop(rec.uuid, None)
             return
@@ -85,9 +88,10 @@ class MissingTimeLimit(Rule):
             if rec.state != "STARTED" or not rec.started_at:
                 continue
             worker = state.workers.get(rec.hostname)
-            if worker is not None and worker.online_since and not state.worker_alive(worker,
-                                                                                     now):
-                continue  # its worker is gone: lost_task's business, not a long run
+            if worker is not None and (
+                    worker.restarted_at > rec.started_at
+                    or (worker.online_since and not state.worker_alive(worker, now))):
+                continue  # its worker is gone or restarted: lost, not a long run
             age = now - rec.started_at
             if age <= self.limit or self._has_limit(rec.name):
                 continue
