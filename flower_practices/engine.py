@@ -107,7 +107,7 @@ class Engine:
             value = event.get(key)
             if value is not None and not isinstance(value, str):
                 event[key] = None
-                status.decode_error("bad_field", key)
+                status.decode_error("bad_field", key, kept=True)
         # a Unix time, finite, before year 5138: else now (counted unless just missing)
         now = time.time()
         ts = event.get("timestamp")
@@ -117,12 +117,12 @@ class Engine:
             else:
                 event["timestamp"] = now
                 if ts is not None:
-                    status.decode_error("bad_field", "timestamp")
+                    status.decode_error("bad_field", "timestamp", kept=True)
         received = event.get("local_received")
         if received is not None and (type(received) is not float
                                      or not 0.0 < received < 1e11):
             event["local_received"] = now
-            status.decode_error("bad_field", "local_received")
+            status.decode_error("bad_field", "local_received", kept=True)
         status.last_event_at = now
         with self.lock:
             try:

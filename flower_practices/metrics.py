@@ -244,25 +244,41 @@ class PracticesCollector(Collector):
             fam.add_metric([queue], hist.buckets(WAIT_BUCKETS), hist.sum)
         out.append(fam)
 
-        length = _family("celery_queue_length")
-        consumers = _family("celery_queue_consumers")
+        # Records past a label cap share the label "__other__": sum them, so that every
+        # label set is exported once (a duplicate series is invalid exposition).
+        lengths: dict[tuple[str, str], float] = {}
+        consumer_counts: dict[str, float] = {}
         for q in state.queues.values():
-            if q.lengths:
-                for priority, n in q.lengths.items():
-                    length.add_metric([q.label, priority], n)
+            for priority, n in (q.lengths or {}).items():
+                key = (q.label, priority)
+                lengths[key] = lengths.get(key, 0) + n
             if q.consumers is not None:
-                consumers.add_metric([q.label], q.consumers)
+                consumer_counts[q.label] = consumer_counts.get(q.label, 0) + q.consumers
+        length = _family("celery_queue_length")
+        for key, n in lengths.items():
+            length.add_metric(list(key), n)
+        consumers = _family("celery_queue_consumers")
+        for label, n in consumer_counts.items():
+            consumers.add_metric([label], n)
         out += [length, consumers]
 
-        up = _family("celery_worker_up")
-        reserved = _family("celery_worker_tasks_reserved")
-        running = _family("celery_worker_tasks_running")
+        ups: dict[str, float] = {}
+        busy: dict[str, list[int]] = {}
         for w in state.workers.values():
             alive = state.worker_alive(w, now)
-            up.add_metric([w.label], 1.0 if alive else 0.0)
+            ups[w.label] = max(ups.get(w.label, 0.0), 1.0 if alive else 0.0)
             if alive:
-                reserved.add_metric([w.label], w.reserved)
-                running.add_metric([w.label], w.running)
+                counts = busy.setdefault(w.label, [0, 0])
+                counts[0] += w.reserved
+                counts[1] += w.running
+        up = _family("celery_worker_up")
+        for label, value in ups.items():
+            up.add_metric([label], value)
+        reserved = _family("celery_worker_tasks_reserved")
+        running = _family("celery_worker_tasks_running")
+        for label, (n_reserved, n_running) in busy.items():
+            reserved.add_metric([label], n_reserved)
+            running.add_metric([label], n_running)
         out += [up, reserved, running]
 
         fam = _family("flower_practices_events_total")

@@ -8,6 +8,7 @@ Celery events with chosen timestamps; nothing is mocked and nothing is timed.
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -387,3 +388,24 @@ def test_zero_window_is_a_config_error_not_an_error_per_event() -> None:
         settings_from_mapping({"practices": bad})  # at load time, naming the file
     with pytest.raises(ConfigError, match="window_seconds"):
         Engine(Settings(practices=bad), broker_url="redis://x/0")  # Settings built in code
+
+
+def test_records_sharing_the_other_label_export_one_summed_series() -> None:
+    """Queues/workers past a label cap share ``__other__``: one series each, summed."""
+    from flower_practices.state import QueueRecord, WorkerRecord
+
+    e = engine(EventsDisabled)
+    now = time.time()
+    for name, length, consumers in (("q1", 3, 1), ("q2", 4, 2)):
+        q = e.state.queues[name] = QueueRecord(name, OTHER)
+        q.lengths, q.consumers = {"0": length}, consumers
+    for host in ("w1@h", "w2@h"):
+        w = e.state.workers[host] = WorkerRecord(host, OTHER)
+        w.online, w.last_seen, w.freq, w.reserved, w.running = True, now, 2.0, 1, 2
+    lengths = samples(e, "celery_queue_length")
+    assert [(s.labels, s.value) for s in lengths] == [({"queue": OTHER, "priority": "0"}, 7)]
+    assert [s.value for s in samples(e, "celery_queue_consumers")] == [3]
+    assert [(s.labels, s.value) for s in samples(e, "celery_worker_up")] == [
+        ({"worker": OTHER}, 1.0)]
+    assert [s.value for s in samples(e, "celery_worker_tasks_reserved")] == [2]
+    assert [s.value for s in samples(e, "celery_worker_tasks_running")] == [4]

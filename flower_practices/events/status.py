@@ -49,14 +49,17 @@ class StreamStatus:
         self.connected = False
         self.last_error = reason
 
-    def decode_error(self, kind: str, detail: str = "") -> None:
-        """Count a dropped event; log the first of each kind (and each unknown type once)."""
+    def decode_error(self, kind: str, detail: str = "", kept: bool = False) -> None:
+        """Count a dropped event (``kept``: a bad field ignored, the event still used); log
+        the first of each kind (and each unknown type once)."""
         self.decode_errors[kind] = self.decode_errors.get(kind, 0) + 1
         key = f"{kind}:{detail}" if kind == "unknown_type" else kind
         if key not in self._logged and len(self._logged) < _LOGGED_UNKNOWN_TYPES_CAP:
             self._logged.add(key)
+            what = ("bad field in an event (the field is ignored, the event kept)"
+                    if kept else "dropping event")
             log.warning(
-                "dropping event: %s%s (counted in "
+                "%s: %s%s (counted in "
                 "flower_practices_event_decode_errors_total{kind=%r}; logged once per kind)",
-                kind, f" {detail!r}" if detail else "", kind,
+                what, kind, f" {detail!r}" if detail else "", kind,
             )
