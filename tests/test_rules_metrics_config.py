@@ -409,3 +409,20 @@ def test_records_sharing_the_other_label_export_one_summed_series() -> None:
         ({"worker": OTHER}, 1.0)]
     assert [s.value for s in samples(e, "celery_worker_tasks_reserved")] == [2]
     assert [s.value for s in samples(e, "celery_worker_tasks_running")] == [4]
+
+
+def test_prefetch_starvation_forgets_workers_the_state_forgot() -> None:
+    from flower_practices.rules.prefetch_starvation import PrefetchStarvation
+
+    e = engine(PrefetchStarvation)
+    for n in range(3):
+        host = f"pod-{n}@h"
+        e.observe(heartbeat(host, T0, 0))
+        e.observe(ev("task-started", T0, uuid=f"u{n}", hostname=host))
+        e.observe(ev("task-succeeded", T0, uuid=f"u{n}", hostname=host, runtime=0.1))
+    [rule] = e.rules
+    assert set(rule.last_active) == {"pod-0@h", "pod-1@h", "pod-2@h"}
+    e.evaluate(T0 + 3 * 3600)  # the pods are long gone: the sweep forgets them
+    assert e.state.workers == {}
+    e.evaluate(T0 + 3 * 3600 + 5)
+    assert rule.last_active == {}

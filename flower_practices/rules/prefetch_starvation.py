@@ -58,6 +58,9 @@ class PrefetchStarvation(Rule):
     def evaluate(self, now: float) -> Iterable[Condition]:
         state = self.ctx.state
         min_wait = float(self.options["min_wait_seconds"])
+        # forget workers the state forgot, so churning hostnames never fill the table
+        for host in [h for h in self.last_active if h not in state.workers]:
+            del self.last_active[host]
         workers = {w.hostname: w for w in live_workers(state, now)}
         if len(workers) < 2:
             return
