@@ -75,7 +75,7 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "flower_practices_last_event_timestamp_seconds": (
         "gauge", "Unix time the last event was received", ()),
     "flower_practices_probe_errors_total": (
-        "counter", "Failed broker probes, by probe", ("probe",)),
+        "counter", "Failed probes of the broker and the result backend, by probe", ("probe",)),
     "flower_practices_rule_errors_total": (
         "counter", "Rule evaluations that raised, by practice", ("practice",)),
     "flower_practices_label_overflow_total": (
