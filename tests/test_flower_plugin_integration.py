@@ -104,6 +104,11 @@ def running(tmp_path_factory):
     try:
         flower = FlowerProcess(broker, ["flower-practices", f"--practices_config={config}"],
                                workdir)
+        # Events are pub/sub: send the workload only once Flower's receiver is subscribed,
+        # i.e. once it has seen the worker's heartbeat.
+        worker_up = f'celery_worker_up{{worker="{worker.name}"}} 1.0'
+        wait_for(lambda: worker_up in flower.get("/metrics")[1], timeout=40,
+                 message=f"Flower to receive the worker's heartbeats\n{flower.output()}")
         for i in range(3):
             producer.send_task("bad.compute", args=(i,))
         producer.send_task("bad.fetch", args=(7,))
