@@ -124,7 +124,7 @@ def bench_cardinality(workers: int = 500, names: int = 200, queues: int = 50,
     t1 = time.perf_counter()
     text = render_text(registry)
     render_ms = (time.perf_counter() - t1) * 1000
-    overflow = engine.state.label_overflow()
+    overflow = {**engine.state.label_overflow(), "series": engine.metrics.series_overflow}
     labels = {"worker": set(), "task": set(), "queue": set()}
     for line in text.decode().splitlines():
         if line.startswith("#"):

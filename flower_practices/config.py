@@ -52,9 +52,10 @@ class Settings:
     max_queues: int = 200
     #: distinct worker hostnames tracked and used as label values
     max_workers: int = 1000
-    #: series per (task, queue) metric family (task events, runtime histogram,
-    #: violations_total); past it, new label sets fold into task and queue "__other__",
-    #: counted in `flower_practices_label_overflow_total{label="series"}`
+    #: series per (task, queue) metric family (task events, runtime histogram -- each of
+    #: its label sets is 21 series: buckets, sum, count -- and violations_total); past it,
+    #: new label sets fold into task and queue "__other__", counted in
+    #: `flower_practices_label_overflow_total{label="series"}`
     max_series_per_metric: int = DEFAULT_MAX_SERIES_PER_METRIC
     #: ask workers to enable task events (off: we want to detect when they are off)
     enable_events: bool = False

@@ -102,15 +102,24 @@ class Engine:
             if not isinstance(uuid, str) or not uuid:
                 status.decode_error("missing_uuid")
                 return
-        # label values must be strings: a wrong type becomes "unknown" (None), counted
-        for key in ("hostname", "name", "queue", "routing_key"):
-            value = event.get(key)
-            if value is not None and not isinstance(value, str):
-                event[key] = None
-                status.decode_error("bad_field", key, kept=True)
+        # label values must be strings: a wrong type becomes "unknown" (None), counted.
+        # (unrolled: this runs for every event)
+        get = event.get
+        value = get("hostname")
+        if value is not None and type(value) is not str:
+            self._bad_label(event, "hostname")
+        value = get("name")
+        if value is not None and type(value) is not str:
+            self._bad_label(event, "name")
+        value = get("queue")
+        if value is not None and type(value) is not str:
+            self._bad_label(event, "queue")
+        value = get("routing_key")
+        if value is not None and type(value) is not str:
+            self._bad_label(event, "routing_key")
         # a Unix time, finite, before year 5138: else now (counted unless just missing)
         now = time.time()
-        ts = event.get("timestamp")
+        ts = get("timestamp")
         if type(ts) is not float or not 0.0 < ts < 1e11:
             if type(ts) is int and 0 < ts < 1e11:
                 event["timestamp"] = float(ts)
@@ -118,7 +127,7 @@ class Engine:
                 event["timestamp"] = now
                 if ts is not None:
                     status.decode_error("bad_field", "timestamp", kept=True)
-        received = event.get("local_received")
+        received = get("local_received")
         if received is not None and (type(received) is not float
                                      or not 0.0 < received < 1e11):
             event["local_received"] = now
@@ -138,6 +147,14 @@ class Engine:
                     self._rule_failed(rule_id)
             if rec is not None and etype in TERMINAL:
                 self.state.forget(rec)
+
+    def _bad_label(self, event: dict, key: str) -> None:
+        """A label field that is not a string: treat it as unknown, count it."""
+        if isinstance(event[key], str):  # a str subclass: keep its text
+            event[key] = str(event[key])
+            return
+        event[key] = None
+        self.stream_status.decode_error("bad_field", key, kept=True)
 
     def _rule_failed(self, rule_id: str) -> None:
         """Count a hook that raised (logged once per rule); called from ``except``."""

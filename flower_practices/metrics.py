@@ -116,16 +116,21 @@ class BaseMetrics:
     """Accumulators fed by :class:`~flower_practices.state.RuntimeState` per event.
 
     The per-(task, queue) families -- task events, runtime histogram, violations_total --
-    hold at most ``max_series_per_metric`` keys each (checked only when a key is new, so
-    O(1)); past it a new key is folded into the same key with task and queue
-    ``"__other__"`` (``type``/``state``/``practice`` kept, so a family can exceed the cap
-    by at most that label's few fixed values) and counted in ``series_overflow``.
+    export at most ``max_series_per_metric`` series each (checked only when a key is new,
+    so O(1)): a counter key is one series, a runtime-histogram key is
+    ``len(RUNTIME_BUCKETS) + 3`` (its buckets, ``+Inf``, ``_sum`` and ``_count``), so the
+    histogram holds ``max_series_per_metric // 21`` keys. Past it a new key is folded into
+    the same key with task and queue ``"__other__"`` (``type``/``state``/``practice``
+    kept, so a family can exceed the cap by at most that label's few fixed values) and
+    counted in ``series_overflow``.
     """
 
     def __init__(self, max_series_per_metric: int = DEFAULT_MAX_SERIES_PER_METRIC) -> None:
         if max_series_per_metric < 1:
             raise ValueError("max_series_per_metric must be >= 1")
         self.max_series = max_series_per_metric
+        #: runtime-histogram keys allowed: each exports its buckets, +Inf, _sum and _count
+        self.max_runtime_keys = max(1, max_series_per_metric // (len(RUNTIME_BUCKETS) + 3))
         #: observations folded into a task="__other__", queue="__other__" series
         self.series_overflow = 0
         self.task_events: dict[tuple[str, str, str], int] = {}
@@ -150,7 +155,7 @@ class BaseMetrics:
         key = (task, queue, state)
         hist = runtime.get(key)
         if hist is None:
-            if len(runtime) >= self.max_series:
+            if len(runtime) >= self.max_runtime_keys:
                 self.series_overflow += 1
                 key = (OTHER, OTHER, state)
                 hist = runtime.get(key)

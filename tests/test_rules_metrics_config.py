@@ -283,13 +283,25 @@ def test_base_metrics_fold_new_series_past_the_cap() -> None:
     assert m.task_events[("sent", OTHER, OTHER)] == 15
     assert m.task_events[("failed", OTHER, OTHER)] == 1
     assert m.task_events[("sent", "t0", "q0")] == 1
-    assert set(m.runtime) >= {(OTHER, OTHER, "succeeded")}
-    assert m.runtime[(OTHER, OTHER, "succeeded")].count == 15 and len(m.runtime) == 6
+    # a histogram label set is 21 series: 5 // 21 rounds up to one label set
+    assert m.runtime[(OTHER, OTHER, "succeeded")].count == 19 and len(m.runtime) == 2
     assert m.violations_total[("retry_storm", OTHER, OTHER)] == 15
-    assert m.series_overflow == 15 + 1 + 15 + 15
+    assert m.series_overflow == 15 + 1 + 19 + 15
     # existing series keep counting past the cap
     m.count_task_event("task-sent", "t0", "q0")
-    assert m.task_events[("sent", "t0", "q0")] == 2 and m.series_overflow == 46
+    assert m.task_events[("sent", "t0", "q0")] == 2 and m.series_overflow == 50
+
+
+def test_runtime_histogram_cap_counts_exported_series() -> None:
+    e = Engine(Settings(max_series_per_metric=63), broker_url="redis://x/0", rule_classes=[])
+    for i in range(10):
+        e.metrics.observe_runtime(f"t{i}", "q", "succeeded", 0.5)
+    exported = samples(e, "celery_task_runtime_seconds_bucket") + \
+        samples(e, "celery_task_runtime_seconds_sum") + \
+        samples(e, "celery_task_runtime_seconds_count")
+    # 3 label sets of 21 series fit in 63; the rest folds into one more label set
+    assert len(exported) == 4 * 21
+    assert {s.labels["task"] for s in exported} == {"t0", "t1", "t2", OTHER}
 
 
 def test_default_series_cap_bounds_the_engine_and_is_exported() -> None:
