@@ -14,7 +14,7 @@ import yaml
 from deploy.prometheus import generate
 from deploy.prometheus.rules import FOR_BY_SEVERITY, alert_name
 from flower_practices.catalogue import DEFAULT_RUNBOOK_BASE_URL, PRACTICES
-from tests.support.brokers import in_ci
+from tests.support.binaries import require_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = generate.HERE / generate.RULES_FILE
@@ -24,19 +24,11 @@ EXPORTER_ALERTS = {"FlowerPracticesExporterDown": "exporter_down",
                    "FlowerPracticesEventStreamStalled": "event_stream_stalled"}
 
 
-def binary(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists()
-                                  else None)
-    if path is None:
-        if in_ci():
-            pytest.fail(f"{name} not found (CI=true): install Debian's prometheus package")
-        pytest.skip(f"{name} not found (Debian package prometheus)")
-    return path
 
 
 def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([binary("promtool"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run([require_binary("promtool", "prometheus"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
 
 
 def rules() -> list[dict]:

@@ -10,10 +10,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
-from tests.support.brokers import in_ci
+from tests.support.binaries import require_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -30,14 +29,6 @@ def services() -> dict:
     return compose()["services"]
 
 
-def tool(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists()
-                                  else None)
-    if path is None:
-        if in_ci():
-            pytest.fail(f"{name} not found (CI=true)")
-        pytest.skip(f"{name} not found")
-    return path
 
 
 def mounts(service: dict) -> dict[str, Path]:
@@ -124,7 +115,7 @@ def test_prometheus_config_loads_our_rules_and_scrapes_the_exporter(tmp_path):
     # the same layout as in the container, checked by promtool
     for target, host in files.items():
         shutil.copy(host, tmp_path / Path(target).name)
-    result = subprocess.run([tool("promtool"), "check", "config",
+    result = subprocess.run([require_binary("promtool", "prometheus"), "check", "config",
                              str(tmp_path / "prometheus.yml")],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -133,7 +124,7 @@ def test_prometheus_config_loads_our_rules_and_scrapes_the_exporter(tmp_path):
 
 def test_alertmanager_config_is_valid():
     files = mounts(services()["alertmanager"])
-    result = subprocess.run([tool("amtool"), "check-config",
+    result = subprocess.run([require_binary("amtool", "prometheus-alertmanager"), "check-config",
                              str(files["/etc/alertmanager/alertmanager.yml"])],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

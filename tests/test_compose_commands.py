@@ -16,14 +16,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.exporter import free_port
+from tests.support.http import get
 
 ROOT = Path(__file__).resolve().parents[1]
 #: findings the demo traffic produces within its first phase on a real broker
@@ -31,14 +30,6 @@ EXPECTED = {"retryless_failure", "orm_object_argument", "retry_storm", "events_d
             "single_default_queue", "unread_results"}
 
 
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except OSError:
-        return 0, b""
 
 
 def executable(name: str) -> list[str]:

@@ -9,14 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from flower_practices.rules import ALL_RULES
 from tests.support.exporter import free_port
+from tests.support.http import get
 
 #: the practices the demo's traffic is designed to break (see flower_practices/demo/traffic.py)
 DEMO_PRACTICES = {
@@ -30,12 +29,6 @@ def demo_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "flower_practices"]
 
 
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 class Demo:
@@ -55,11 +48,8 @@ class Demo:
         end = time.monotonic() + deadline
         while time.monotonic() < end:
             assert self.proc.poll() is None, self.proc.communicate()
-            try:
-                if get(self.url("/api/practices"))[0] == 200:
-                    return
-            except OSError:
-                pass
+            if get(self.url("/api/practices"))[0] == 200:
+                return
             time.sleep(0.3)
         pytest.fail("the demo did not start serving /api/practices")
 

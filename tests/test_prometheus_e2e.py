@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import time
 import urllib.error
@@ -28,6 +27,7 @@ from flower_practices.catalogue import BY_ID, DEFAULT_RUNBOOK_BASE_URL
 from flower_practices.config import Settings
 from flower_practices.rules import ALL_RULES
 from tests.conftest import make_producer
+from tests.support.binaries import require_binary
 from tests.support.brokers import in_ci, reachable
 from tests.support.exporter import RunningExporter, free_port, wait_for
 from tests.support.worker import WorkerProcess
@@ -46,21 +46,13 @@ DB_BACKEND = "db+postgresql://postgres@127.0.0.1:5432/test"
 GRAFANA_VARS = {"$__rate_interval": "15s", "$__range": "5m"}
 
 
-def binary(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists()
-                                  else None)
-    if path is None:
-        if in_ci():
-            pytest.fail(f"{name} not found (CI=true): install Debian's prometheus package")
-        pytest.skip(f"{name} not found (Debian package prometheus)")
-    return path
 
 
 class Prometheus:
     """``prometheus`` on a free port with a temp config, TSDB and the given rules."""
 
     def __init__(self, workdir: Path, target: str, rules: list[dict]) -> None:
-        self.binary = binary("prometheus")
+        self.binary = require_binary("prometheus", "prometheus")
         self.port = free_port()
         self.workdir = workdir
         (workdir / "rules.yml").write_text(yaml.safe_dump({"groups": rules}, sort_keys=False))
