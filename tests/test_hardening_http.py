@@ -67,7 +67,9 @@ def _label_values(text: str, label: str) -> set[str]:
 
 def test_slow_scrape_client_blocks_nothing(redis_url: str) -> None:
     app, _ = load_app(None, redis_url)
-    settings = Settings(evaluation_interval=1.0, probe_interval=1.0, max_task_names=2000)
+    # caps raised so the exposition is large (1,500 task names with runtime histograms)
+    settings = Settings(evaluation_interval=1.0, probe_interval=1.0, max_task_names=2000,
+                        max_series_per_metric=100_000)
     with RunningExporter(app, settings) as exporter:
         wait_for(lambda: exporter.get("/healthz")[0] == 200, message="healthz 200")
         events = []
