@@ -273,3 +273,18 @@ def test_findings_of_a_failing_rule_clear_after_clear_after(phase: str) -> None:
     rule.fail_in = None
     engine.evaluate(now=150)
     assert len(engine.findings.active()) == 1
+
+
+def test_tasks_first_seen_after_the_sampling_table_filled_are_sampled(redis_url: str) -> None:
+    from flower_practices.rules.unread_results import _MAX_TASKS
+
+    engine = make_engine(redis_url)
+    rule = rule_of(engine)
+    now = time.time()
+    for i in range(_MAX_TASKS):
+        succeed(engine, f"old-{i}", now, name=f"proj.old{i}")
+    succeed(engine, "new-1", now, name="proj.new")
+    assert "new-1" not in [p[0] for p in rule.pending]  # the table is full
+    engine.evaluate(now)
+    succeed(engine, "new-2", now, name="proj.new")
+    assert "new-2" in [p[0] for p in rule.pending]

@@ -206,6 +206,10 @@ class UnreadResults(Rule):
         for checked_at, due, idle in fetched:
             self._judge(checked_at, due, idle)
         self._age(now)
+        if len(self.seen) >= _MAX_TASKS:
+            # the per-task counters only pace sample_every: restarting them is harmless,
+            # and it lets tasks first seen after the table filled up be sampled too
+            self.seen.clear()
         yield from self._conditions()
 
     def _judge(self, now: float, due: list[Sample], idle: dict[str, int | None]) -> None:
