@@ -7,6 +7,8 @@ settings. Built once at start-up, off the hot path.
 
 from __future__ import annotations
 
+import inspect
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,8 @@ class TaskInfo:
     acks_late: bool
     retry_backoff: bool | int = False
     default_retry_delay: float | None = None
+    #: the task body calls ``self.retry(..., countdown=0)`` (read from its source)
+    retries_without_delay: bool = False
 
     @property
     def has_retry_policy(self) -> bool:
@@ -76,6 +80,24 @@ def _calls_retry(task: Any) -> bool:
     return "retry" in names
 
 
+#: a ``.retry(...)`` call whose arguments include ``countdown=0`` (or 0.0)
+_ZERO_COUNTDOWN = re.compile(r"\.retry\([^)]*\bcountdown\s*=\s*0(?:\.0*)?\s*[,)]")
+
+
+def _retries_without_delay(task: Any) -> bool:
+    """True when the task's source calls ``retry`` with a literal zero countdown.
+
+    Source-level and best effort: a task without readable source, or a countdown computed
+    at runtime, is not judged here (``retry_storm`` sees those at runtime)."""
+    run = getattr(task, "run", None)
+    func = getattr(run, "__func__", run)
+    try:
+        source = inspect.getsource(func)
+    except (OSError, TypeError):
+        return False
+    return _ZERO_COUNTDOWN.search(source) is not None
+
+
 def _route_queue(app: Celery, name: str) -> str | None:
     try:
         route = app.amqp.router.route({}, name)
@@ -105,6 +127,7 @@ def snapshot_app(app: Celery) -> AppInfo:
             acks_late=bool(getattr(task, "acks_late", False)),
             retry_backoff=getattr(task, "retry_backoff", False) or False,
             default_retry_delay=getattr(task, "default_retry_delay", None),
+            retries_without_delay=_retries_without_delay(task),
         )
     queues = tuple(q.name for q in (conf.task_queues or ()))
     return AppInfo(

@@ -12,7 +12,8 @@ Static checks (practice id: what is flagged):
   (no ``task_routes``, no per-task ``queue``).
 - ``retryless_failure``: a task with no retry policy (no ``autoretry_for``, no
   ``self.retry()`` call in its body).
-- ``retry_storm``: a task that retries with no back-off and a zero ``default_retry_delay``.
+- ``retry_storm``: a task that retries with no back-off and a zero ``default_retry_delay``,
+  or whose body calls ``self.retry(..., countdown=0)`` (read from its source).
 - ``missing_time_limit``: a task with no ``time_limit``/``soft_time_limit`` (task or
   ``task_time_limit``/``task_soft_time_limit``).
 - ``unread_results``: a result backend is configured and no task ignores its result
@@ -91,6 +92,10 @@ def _task_findings(info: AppInfo) -> list[tuple[str, str | None, str]]:
             out.append(("retryless_failure", name,
                         "no retry policy (no autoretry_for, no self.retry() call): a "
                         "transient error fails the task for good"))
+        elif task.retries_without_delay:
+            out.append(("retry_storm", name,
+                        "calls self.retry(countdown=0): retries hammer the failing "
+                        "dependency; use a countdown with back-off (or retry_backoff)"))
         elif not task.retry_backoff and task.default_retry_delay is not None \
                 and task.default_retry_delay <= 0:
             out.append(("retry_storm", name,

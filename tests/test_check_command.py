@@ -34,8 +34,9 @@ def test_bad_app_fails_the_check() -> None:
         ("single_default_queue", None), ("unread_results", None),
         ("orm_object_argument", None), ("events_disabled", None),
         *{("missing_time_limit", t) for t in BAD_TASKS},
-        # bad.hammer calls self.retry(): it has a retry policy
+        # bad.hammer calls self.retry(): it has a retry policy, but with countdown=0
         *{("retryless_failure", t) for t in BAD_TASKS if t != "bad.hammer"},
+        ("retry_storm", "bad.hammer"),
     }
     assert found == expected
     doc = json.loads(proc.stdout)
@@ -58,7 +59,7 @@ def test_text_output_names_practices_and_tasks() -> None:
     proc = run_check("tests.apps.bad_tasks", FP_TEST_BROKER="redis://127.0.0.1:6379/0")
     assert proc.returncode == 1
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("flower-practices check: app 'bad_tasks', 6 task(s): 15 ")
+    assert lines[0].startswith("flower-practices check: app 'bad_tasks', 6 task(s): 16 ")
     assert any(line.split()[:3] == ["warning", "missing_time_limit", "bad.slow:"]
                for line in lines)
 
