@@ -438,3 +438,29 @@ def test_prefetch_starvation_forgets_workers_the_state_forgot() -> None:
     assert e.state.workers == {}
     e.evaluate(T0 + 3 * 3600 + 5)
     assert rule.last_active == {}
+
+
+@pytest.mark.parametrize("received_first", [False, True])
+def test_retry_storm_counts_each_offending_retry_exactly_once(received_first: bool) -> None:
+    """A retry counts once whether it is seen over the limit, without delay, or both,
+    whatever the order of its task-retried and task-received events."""
+    from flower_practices.rules.retry_storm import RetryStorm
+
+    e = engine(RetryStorm, max_retries_per_window=2, window_seconds=300.0)
+    ids = ("u1", "u2", "u3", "u4")
+    for n, uuid in enumerate(ids):
+        ts = T0 + n
+        e.observe(ev("task-sent", ts, uuid=uuid, name="t.flaky", queue="q"))
+        e.observe(ev("task-received", ts, uuid=uuid, name="t.flaky", hostname="w@h"))
+        e.observe(ev("task-started", ts + 0.1, uuid=uuid, hostname="w@h"))
+    # each task retries once with no delay; the retries' messages come back late
+    # (or, with received_first, before their task-retried events)
+    retried = [ev("task-retried", T0 + 10 + n, uuid=u, hostname="w@h")
+               for n, u in enumerate(ids)]
+    received = [ev("task-received", T0 + 10.2 + n, uuid=u, name="t.flaky", hostname="w@h",
+                   retries=1) for n, u in enumerate(ids)]
+    for event in (received + retried if received_first else retried + received):
+        e.observe(event)
+    e.evaluate(T0 + 20)
+    # 4 zero-delay retries (two of them also over the limit of 2): 4 offending retries
+    assert e.metrics.violations_total == {("retry_storm", "q", "t.flaky"): 4}

@@ -155,9 +155,16 @@ def test_retry_storm_found(bad: Env) -> None:
         bad.app.send_task("bad.hammer")
     f = bad.finding("retry_storm", "bad.hammer")
     bad.wait_events("failed", "bad.hammer", 2)
-    wait_for(lambda: (ev := bad.finding("retry_storm", "bad.hammer")["evidence"])
-             ["zero_delay_retries"] == 16 and ev["retries_in_window"] == 16,
-             message="16 retries, all with zero delay")
+    seen: list[dict] = []
+
+    def all_retries_in() -> bool:
+        seen.append(bad.finding("retry_storm", "bad.hammer")["evidence"])
+        return seen[-1]["zero_delay_retries"] == 16 and seen[-1]["retries_in_window"] == 16
+
+    try:
+        wait_for(all_retries_in, timeout=60, message="16 retries, all with zero delay")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last evidence: {seen[-1] if seen else None}") from None
     f = bad.finding("retry_storm", "bad.hammer")
     assert f["evidence"]["retries_in_window"] == 16
     assert f["evidence"]["delayed_retries"] == 0

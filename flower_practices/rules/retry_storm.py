@@ -63,6 +63,10 @@ class RetryStorm(Rule):
         self.zero = float(options["zero_delay_seconds"])
         #: uuid -> (task-retried time, retry number), awaiting the retry's task-received
         self.pending: LRUDict[str, tuple[float, int]] = LRUDict(20_000)
+        #: (task id, retry number) already in violations_total: a retry is counted once,
+        #: whether it is first seen over the limit (task-retried) or without delay
+        #: (its task-received), in whichever order those events arrive
+        self.counted: LRUDict[tuple[str, int], bool] = LRUDict(20_000)
         self.stats: dict[tuple[str, str], _Stats] = {}
 
     def hooks(self):
@@ -86,11 +90,16 @@ class RetryStorm(Rule):
             return
         st.retries.add(ts)
         st.last_seen = ts
-        if rec is not None and rec.received_at <= rec.started_at:
-            # the retry's message is still to come (else it raced ahead of this event)
-            self.pending.put(event["uuid"], (ts, rec.retries + 1))
+        number = None
+        if rec is not None:
+            if rec.received_at <= rec.started_at:
+                # the retry's message is still to come (else it raced ahead of this event)
+                number = rec.retries + 1
+                self.pending.put(event["uuid"], (ts, number))
+            else:
+                number = rec.retries
         if st.retries.total(ts) > self.options["max_retries_per_window"]:
-            self.count(queue or None, task or None)
+            self._count_once(event["uuid"], number, queue, task)
 
     def _on_received(self, event: dict, rec: Any) -> None:
         retries = event.get("retries")
@@ -108,11 +117,19 @@ class RetryStorm(Rule):
         st.min_delay = delay if st.min_delay is None else min(st.min_delay, delay)
         if delay < self.zero:
             st.zero_delay.add(ts)
-            if st.retries.total(ts) <= self.options["max_retries_per_window"]:
-                # (over the limit, _on_retried counted this retry already)
-                self.count(rec.queue or None, rec.name or None)
+            self._count_once(event["uuid"], retries, rec.queue, rec.name)
         else:
             st.delayed.add(ts)
+
+    def _count_once(self, uuid: str, number: int | None, queue: str | None,
+                    task: str | None) -> None:
+        """Count one offending retry in violations_total, once per (task id, retry)."""
+        if number is not None:
+            key = (uuid, number)
+            if key in self.counted:
+                return
+            self.counted.put(key, True)
+        self.count(queue or None, task or None)
 
     def evaluate(self, now: float) -> Iterable[Condition]:
         limit = self.options["max_retries_per_window"]
