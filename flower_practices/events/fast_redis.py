@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from binascii import a2b_base64 as b64decode
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from celery.utils.time import utcoffset
 from kombu.serialization import loads as kombu_loads
 from kombu.utils.json import loads as kombu_json_loads
 
+from .reconnect import ReconnectingStream
 from .resp import PubSubSocket, RespError
 from .status import StreamStatus
 
@@ -186,78 +186,42 @@ class EventDecoder:
             log.debug("event handler raised", exc_info=True)
 
 
-class RedisEventStream(threading.Thread):
+class RedisEventStream(ReconnectingStream):
     """Consume ``app``'s events from Redis pub/sub until :meth:`stop`; reconnect on failure."""
 
-    def __init__(
-        self,
-        app: Celery,
-        handler: Callable[[dict], None],
-        status: StreamStatus,
-        *,
-        max_backoff: float = 30.0,
-        wakeup: bool = True,
-    ) -> None:
-        super().__init__(name="flower-practices-events-redis", daemon=True)
-        self.app = app
-        self.status = status
-        self.max_backoff = max_backoff
-        self.wakeup = wakeup
+    path = " (direct Redis pub/sub)"
+
+    def __init__(self, app: Celery, handler: Callable[[dict], None], status: StreamStatus,
+                 **kwargs: Any) -> None:
+        super().__init__(app, handler, status, name="flower-practices-events-redis",
+                         **kwargs)
         self.decoder = EventDecoder(app, handler, status)
-        self._stop_event = threading.Event()
-        self._ever_connected = False
         with app.connection_for_read() as conn:
             self.db = redis_db(conn.virtual_host)
             self._address = (conn.hostname, int(conn.port or 6379))
             self._auth = (conn.userid or None, conn.password or None)
         self.pattern = subscribe_pattern(app, self.db)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop_event.set()
-        if self.is_alive():
-            self.join(timeout)
-
     def _ready(self) -> None:
-        if self._ever_connected:
-            self.status.reconnects += 1
-            log.warning("event stream reconnected to the broker")
-        else:
-            log.info("event stream connected to the broker (direct Redis pub/sub)")
-        self._ever_connected = True
-        self.status.mark_connected()
+        super()._ready()
         if self.wakeup:
             try:
                 self.app.control.broadcast("heartbeat")
             except Exception as exc:  # waking workers is a nicety, not a requirement
                 log.info("could not ask workers for a heartbeat: %s", exc)
 
-    def run(self) -> None:
-        backoff = 1.0
-        while not self._stop_event.is_set():
-            conn = None
-            try:
-                conn = PubSubSocket(*self._address, username=self._auth[0],
-                                    password=self._auth[1])
-                conn.send("PSUBSCRIBE", self.pattern)
-                reply = conn.reply(10.0)
-                if not (isinstance(reply, list) and reply and reply[0] == b"psubscribe"):
-                    raise RespError(f"unexpected reply to PSUBSCRIBE: {reply!r:.100}")
-                backoff = 1.0
-                self._ready()
-                self._consume(conn)
-            except Exception as exc:  # broker gone, auth, DNS...: all retried
-                reason = f"{type(exc).__name__}: {exc}"
-                self.status.mark_disconnected(reason)
-                if self._stop_event.is_set():
-                    break
-                log.warning("event stream lost the broker (%s); retrying in %.0fs",
-                            reason, backoff)
-                self._stop_event.wait(backoff)
-                backoff = min(backoff * 2.0, self.max_backoff)
-            finally:
-                if conn is not None:
-                    conn.close()
-        self.status.mark_disconnected("stopped")
+    def _session(self) -> None:
+        conn = PubSubSocket(*self._address, username=self._auth[0], password=self._auth[1])
+        try:
+            conn.send("PSUBSCRIBE", self.pattern)
+            reply = conn.reply(10.0)
+            if not (isinstance(reply, list) and reply and reply[0] == b"psubscribe"):
+                raise RespError(f"unexpected reply to PSUBSCRIBE: {reply!r:.100}")
+            self._connected()
+            self._ready()
+            self._consume(conn)
+        finally:
+            conn.close()
 
     def _consume(self, conn: PubSubSocket) -> None:
         fill, frames = conn.fill, conn.frames

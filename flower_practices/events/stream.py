@@ -19,6 +19,7 @@ from celery.events.receiver import EventReceiver
 from kombu.message import Message as KombuMessage
 from kombu.transport.virtual import Channel as VirtualChannel
 
+from .reconnect import ReconnectingStream
 from .status import StreamStatus
 
 log = logging.getLogger("flower_practices.events")
@@ -108,74 +109,36 @@ class GuardedReceiver(EventReceiver):
         self.handlers["*"](event)
 
 
-class EventStream(threading.Thread):
-    """Consume events from ``app``'s broker until :meth:`stop`; reconnect on failure."""
+class EventStream(ReconnectingStream):
+    """Consume events from ``app``'s broker with Celery's receiver until :meth:`stop`;
+    reconnect on failure."""
 
-    def __init__(
-        self,
-        app: Celery,
-        handler: Callable[[dict], None],
-        status: StreamStatus,
-        *,
-        max_backoff: float = 30.0,
-        wakeup: bool = True,
-    ) -> None:
-        super().__init__(name="flower-practices-events", daemon=True)
-        self.app = app
-        self.handler = handler
-        self.status = status
-        self.max_backoff = max_backoff
-        self.wakeup = wakeup
-        self._stop_event = threading.Event()
+    def __init__(self, app: Celery, handler: Callable[[dict], None], status: StreamStatus,
+                 **kwargs: Any) -> None:
+        super().__init__(app, handler, status, name="flower-practices-events", **kwargs)
         self._receiver: GuardedReceiver | None = None
-        self._ever_connected = False
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop_event.set()
         receiver = self._receiver
         if receiver is not None:
             receiver.should_stop = True
-        if self.is_alive():
-            self.join(timeout)
+        super().stop(timeout)
 
-    def _ready(self) -> None:
-        if self._ever_connected:
-            self.status.reconnects += 1
-            log.warning("event stream reconnected to the broker")
-        else:
-            log.info("event stream connected to the broker")
-        self._ever_connected = True
-        self.status.mark_connected()
-
-    def run(self) -> None:
-        backoff = 1.0
-        while not self._stop_event.is_set():
-            try:
-                with self.app.connection_for_read() as conn:
-                    conn.ensure_connection(max_retries=1)
-                    receiver = GuardedReceiver(
-                        conn, handlers={"*": self.handler}, app=self.app,
-                        status=self.status, on_ready=self._ready,
-                    )
-                    self._receiver = receiver
-                    if self._stop_event.is_set():
-                        return
-                    backoff = 1.0
-                    receiver.capture(limit=None, timeout=None, wakeup=self.wakeup)
-                    if self._stop_event.is_set():
-                        return
-            except Exception as exc:  # broker gone, auth, DNS...: all retried
-                reason = f"{type(exc).__name__}: {exc}"
-                self.status.mark_disconnected(reason)
+    def _session(self) -> None:
+        try:
+            with self.app.connection_for_read() as conn:
+                conn.ensure_connection(max_retries=1)
+                receiver = GuardedReceiver(
+                    conn, handlers={"*": self.handler}, app=self.app,
+                    status=self.status, on_ready=self._ready,
+                )
+                self._receiver = receiver
                 if self._stop_event.is_set():
                     return
-                log.warning("event stream lost the broker (%s); retrying in %.0fs",
-                            reason, backoff)
-                self._stop_event.wait(backoff)
-                backoff = min(backoff * 2.0, self.max_backoff)
-            finally:
-                self._receiver = None
-        self.status.mark_disconnected("stopped")
+                self._connected()
+                receiver.capture(limit=None, timeout=None, wakeup=self.wakeup)
+        finally:
+            self._receiver = None
 
 
 #: accepted values of the ``event_consumer`` setting
