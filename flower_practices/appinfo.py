@@ -67,10 +67,14 @@ def _class_names(classes: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _calls_retry(task: Any) -> bool:
+def _task_function(task: Any) -> Any:
+    """The plain function behind a task's ``run`` (None if it has none)."""
     run = getattr(task, "run", None)
-    func = getattr(run, "__func__", run)
-    code = getattr(func, "__code__", None)
+    return getattr(run, "__func__", run)
+
+
+def _calls_retry(task: Any) -> bool:
+    code = getattr(_task_function(task), "__code__", None)
     if code is None:
         return False
     names = set(code.co_names)
@@ -89,10 +93,8 @@ def _retries_without_delay(task: Any) -> bool:
 
     Source-level and best effort: a task without readable source, or a countdown computed
     at runtime, is not judged here (``retry_storm`` sees those at runtime)."""
-    run = getattr(task, "run", None)
-    func = getattr(run, "__func__", run)
     try:
-        source = inspect.getsource(func)
+        source = inspect.getsource(_task_function(task))
     except (OSError, TypeError):
         return False
     return _ZERO_COUNTDOWN.search(source) is not None

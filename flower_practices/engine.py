@@ -27,6 +27,9 @@ from .state import TERMINAL, RuntimeState
 
 log = logging.getLogger("flower_practices.engine")
 
+#: event fields used as label values: must be strings
+_LABEL_FIELDS = ("hostname", "name", "queue", "routing_key")
+
 
 class Engine:
     """Owns the runtime state, the rules and the findings."""
@@ -102,21 +105,13 @@ class Engine:
             if not isinstance(uuid, str) or not uuid:
                 status.decode_error("missing_uuid")
                 return
-        # label values must be strings: a wrong type becomes "unknown" (None), counted.
-        # (unrolled: this runs for every event)
+        # label values must be strings: a wrong type becomes "unknown" (None), counted
         get = event.get
-        value = get("hostname")
-        if value is not None and type(value) is not str:
-            self._bad_label(event, "hostname")
-        value = get("name")
-        if value is not None and type(value) is not str:
-            self._bad_label(event, "name")
-        value = get("queue")
-        if value is not None and type(value) is not str:
-            self._bad_label(event, "queue")
-        value = get("routing_key")
-        if value is not None and type(value) is not str:
-            self._bad_label(event, "routing_key")
+        for key in _LABEL_FIELDS:
+            value = get(key)
+            if value is not None and not isinstance(value, str):
+                event[key] = None
+                status.decode_error("bad_field", key, kept=True)
         # a Unix time, finite, before year 5138: else now (counted unless just missing)
         now = time.time()
         ts = get("timestamp")
@@ -147,14 +142,6 @@ class Engine:
                     self._rule_failed(rule_id)
             if rec is not None and etype in TERMINAL:
                 self.state.forget(rec)
-
-    def _bad_label(self, event: dict, key: str) -> None:
-        """A label field that is not a string: treat it as unknown, count it."""
-        if isinstance(event[key], str):  # a str subclass: keep its text
-            event[key] = str(event[key])
-            return
-        event[key] = None
-        self.stream_status.decode_error("bad_field", key, kept=True)
 
     def _rule_failed(self, rule_id: str) -> None:
         """Count a hook that raised (logged once per rule); called from ``except``."""
