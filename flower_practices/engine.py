@@ -140,7 +140,7 @@ class Engine:
                     hook(event, rec)
                 except Exception:
                     self._rule_failed(rule_id)
-            if rec is not None and etype in TERMINAL:
+            if rec is not None and (etype in TERMINAL or rec.straggler):
                 self.state.forget(rec)
 
     def _rule_failed(self, rule_id: str) -> None:

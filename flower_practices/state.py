@@ -37,6 +37,8 @@ from .metrics import BaseMetrics
 TERMINAL = frozenset(("task-succeeded", "task-failed", "task-revoked", "task-rejected"))
 #: states of a task that waits for a worker to start it
 WAITING = frozenset(("SENT", "RECEIVED", "RETRY", "PENDING"))
+#: finished tasks whose name and queue are kept for late events (see ``finished``)
+FINISHED_KEPT = 10_000
 
 #: what a task record is counted as on its worker
 NOT_COUNTED, RESERVED, RUNNING = 0, 1, 2
@@ -61,7 +63,8 @@ class TaskRecord:
     """What we remember about one in-flight task (no argument values)."""
 
     __slots__ = ("uuid", "name", "queue", "sent_at", "received_at", "started_at", "hostname",
-                 "retries", "state", "has_sent", "updated_at", "counted", "counted_epoch")
+                 "retries", "state", "has_sent", "updated_at", "counted", "counted_epoch",
+                 "straggler")
 
     def __init__(self, uuid: str) -> None:
         self.uuid = uuid
@@ -80,6 +83,8 @@ class TaskRecord:
         self.counted = NOT_COUNTED
         #: ... in that worker's generation (``WorkerRecord.epoch``)
         self.counted_epoch = 0
+        #: created by a late event of a task that had already finished (see ``finished``)
+        self.straggler = False
 
 
 class WorkerRecord:
@@ -163,6 +168,11 @@ class RuntimeState:
         self.settings = settings
         self.metrics = metrics
         self.tasks: LRUDict[str, TaskRecord] = LRUDict(settings.max_tracked_tasks)
+        #: name and queue of recently finished tasks. Events of one task can arrive out of
+        #: order (a threads/prefork worker may report a retry's task-retried after the
+        #: retried run already failed): a late event still counts under its task's name
+        #: and queue, and its record is dropped again at once.
+        self.finished: LRUDict[str, tuple[str, str]] = LRUDict(FINISHED_KEPT)
         #: least recently seen first (an event from a worker moves it to the end)
         self.workers: OrderedDict[str, WorkerRecord] = OrderedDict()
         #: least recently sent to first (a task-sent moves it to the end)
@@ -219,11 +229,16 @@ class RuntimeState:
             rec.last_active = self.last_event_at or time.time()
         return rec
 
-    def _task(self, uuid: str) -> TaskRecord:
+    def _task(self, uuid: str, etype: str) -> TaskRecord:
         tasks = self.tasks
         rec = tasks.get(uuid)
         if rec is None:
             rec = TaskRecord(uuid)
+            done = self.finished.pop(uuid, None)
+            if done is not None:
+                rec.name, rec.queue = done
+                # a new message (a redelivery) starts a new life; anything else is late
+                rec.straggler = etype != "task-sent" and etype != "task-received"
             evicted = tasks.put(uuid, rec)
             if evicted is not None and evicted.counted:
                 self._release(evicted)
@@ -277,7 +292,7 @@ class RuntimeState:
         if etype[0] == "w":  # worker-*
             self._worker_event(etype, event, ts)
             return None
-        rec = self._task(event["uuid"])
+        rec = self._task(event["uuid"], etype)
         rec.updated_at = ts
         hostname = event.get("hostname")
         if not isinstance(hostname, str):  # the engine counted a wrong type already
@@ -383,6 +398,7 @@ class RuntimeState:
         """Drop a finished task's record (called after rules saw the terminal event)."""
         self._release(rec)
         self.tasks.pop(rec.uuid, None)
+        self.finished.put(rec.uuid, (rec.name, rec.queue))
 
     def mark_lost(self, rec: TaskRecord, now: float) -> None:
         """A rule declared ``rec`` lost: it no longer counts as running anywhere and is not

@@ -518,3 +518,34 @@ def test_worker_counts_always_match_the_records(events: list[dict], cap: int) ->
     eng.evaluate(T0 + 200)
     eng.state.sweep(T0 + 200)
     assert eng.rule_errors == {}
+
+
+# -- late events of a finished task -------------------------------------------------------------
+def test_task_retried_after_the_retried_run_failed_counts_under_its_task() -> None:
+    """With -P threads, the retried run can fail before the first run's task-retried."""
+    eng = engine()
+    feed(eng, beat(H, T0),
+         ev("task-sent", T0, uuid="u1", name="proj.flaky", queue="q"),
+         ev("task-received", T0, uuid="u1", name="proj.flaky", hostname=H),
+         ev("task-started", T0 + 1, uuid="u1", hostname=H),
+         ev("task-received", T0 + 2, uuid="u1", name="proj.flaky", hostname=H, retries=1),
+         ev("task-started", T0 + 2, uuid="u1", hostname=H),
+         ev("task-failed", T0 + 3, uuid="u1", hostname=H, exception="ValueError()"),
+         ev("task-retried", T0 + 3.1, uuid="u1", hostname=H))
+    assert eng.metrics.task_events[("retried", "proj.flaky", "q")] == 1
+    assert ("retried", "", "") not in eng.metrics.task_events
+    assert "u1" not in eng.state.tasks  # no in-flight record is left behind
+    worker = eng.state.workers[H]
+    assert (worker.reserved, worker.running) == (0, 0)
+
+
+def test_a_redelivered_task_starts_a_new_life() -> None:
+    eng = engine()
+    feed(eng, beat(H, T0),
+         ev("task-sent", T0, uuid="u1", name="proj.job", queue="q"),
+         ev("task-received", T0, uuid="u1", name="proj.job", hostname=H),
+         ev("task-rejected", T0 + 1, uuid="u1", hostname=H),
+         ev("task-received", T0 + 2, uuid="u1", hostname=H))
+    rec = eng.state.tasks["u1"]
+    assert (rec.name, rec.queue, rec.state) == ("proj.job", "q", "RECEIVED")
+    assert eng.state.workers[H].reserved == 1

@@ -164,7 +164,11 @@ def test_retry_storm_found(bad: Env) -> None:
     try:
         wait_for(all_retries_in, timeout=60, message="16 retries, all with zero delay")
     except AssertionError as exc:
-        raise AssertionError(f"{exc}; last evidence: {seen[-1] if seen else None}") from None
+        others = [(f["task"], f["queue"], f["evidence"]["retries_in_window"])
+                  for f in bad.exporter.findings("retry_storm")]
+        raise AssertionError(
+            f"{exc}; last evidence: {seen[-1] if seen else None}; all retry_storm findings:"
+            f" {others}; retried events: {bad.events('retried', 'bad.hammer')}") from None
     f = bad.finding("retry_storm", "bad.hammer")
     assert f["evidence"]["retries_in_window"] == 16
     assert f["evidence"]["delayed_retries"] == 0
