@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 
 def succeeded(exporter: RunningExporter) -> float:
-    return exporter.value("celery_task_events_total", type="succeeded", task="basic.add")
+    return exporter.total("celery_task_events_total", type="succeeded", task="basic.add")
 
 
 def test_redis_killed_and_restarted(private_redis: dict) -> None:
@@ -40,14 +40,14 @@ def test_redis_killed_and_restarted(private_redis: dict) -> None:
             lambda: (lambda r: r if r[0] == 503 else None)(exporter.get("/healthz")),
             timeout=30, message="healthz 503 after Redis died")
         assert "not connected" in body
-        assert exporter.value("flower_practices_event_stream_connected") == 0
+        assert exporter.total("flower_practices_event_stream_connected") == 0
         time.sleep(2)  # down for a while: several reconnect attempts fail
         assert exporter.get("/metrics")[0] == 200  # still serving
 
         private_redis["start"]()
         wait_for(lambda: exporter.get("/healthz")[0] == 200, timeout=60,
                  message="healthz 200 after Redis came back")
-        assert exporter.value("flower_practices_broker_reconnects_total") >= 1
+        assert exporter.total("flower_practices_broker_reconnects_total") >= 1
         # State survived: the old counts are still there.
         assert succeeded(exporter) == 3
 

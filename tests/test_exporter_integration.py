@@ -32,12 +32,12 @@ def run_workload(producer) -> None:
 
 def assert_counts(exporter: RunningExporter, expected: dict[tuple[str, str], int]) -> None:
     def counts_match() -> bool:
-        return all(exporter.value("celery_task_events_total", type=t, task=name) == n
+        return all(exporter.total("celery_task_events_total", type=t, task=name) == n
                    for (t, name), n in expected.items())
 
     wait_for(counts_match, timeout=40, message="task event counts to match the workload")
     for (t, name), n in expected.items():
-        assert exporter.value("celery_task_events_total", type=t, task=name,
+        assert exporter.total("celery_task_events_total", type=t, task=name,
                               queue="celery") == n, (t, name)
 
 
@@ -49,16 +49,16 @@ def exercise(broker: str) -> None:
         # Messages waiting before any worker exists: length 4, nobody consuming.
         for i in range(4):
             producer.send_task("basic.add", args=(i, 0), queue="celery")
-        wait_for(lambda: exporter.value("celery_queue_length", queue="celery") == 4,
+        wait_for(lambda: exporter.total("celery_queue_length", queue="celery") == 4,
                  message="queue length 4")
         with WorkerProcess("tests.apps.basic", broker, queues="celery").start(producer) as w:
-            wait_for(lambda: exporter.value("celery_queue_length", queue="celery") == 0,
+            wait_for(lambda: exporter.total("celery_queue_length", queue="celery") == 0,
                      message="queue drained")
-            wait_for(lambda: exporter.value("celery_queue_consumers", queue="celery") == 1,
+            wait_for(lambda: exporter.total("celery_queue_consumers", queue="celery") == 1,
                      message="one consumer")
-            wait_for(lambda: exporter.value("celery_worker_up", worker=w.name) == 1,
+            wait_for(lambda: exporter.total("celery_worker_up", worker=w.name) == 1,
                      message="worker up")
-            wait_for(lambda: exporter.value("celery_task_events_total", type="succeeded",
+            wait_for(lambda: exporter.total("celery_task_events_total", type="succeeded",
                                             task="basic.add") == 4, message="backlog done")
             run_workload(producer)
             # The 4 backlog tasks add to basic.add's counts.
@@ -67,13 +67,13 @@ def exercise(broker: str) -> None:
                 expected[(state, "basic.add")] += 4
             assert_counts(exporter, expected)
             # Runtime histogram counts successes and failures separately.
-            assert exporter.value("celery_task_runtime_seconds_count", task="basic.boom",
+            assert exporter.total("celery_task_runtime_seconds_count", task="basic.boom",
                                   state="failed") == 3
-            assert exporter.value("celery_task_runtime_seconds_count", task="basic.add",
+            assert exporter.total("celery_task_runtime_seconds_count", task="basic.add",
                                   state="succeeded") == 9
-            assert exporter.value("celery_task_queue_wait_seconds_count", queue="celery") == 15
-            assert exporter.value("flower_practices_event_decode_errors_total") == 0
-            assert exporter.value("flower_practices_last_event_timestamp_seconds") > 0
+            assert exporter.total("celery_task_queue_wait_seconds_count", queue="celery") == 15
+            assert exporter.total("flower_practices_event_decode_errors_total") == 0
+            assert exporter.total("flower_practices_last_event_timestamp_seconds") > 0
 
 
 def test_exporter_counts_on_redis(redis_url: str) -> None:

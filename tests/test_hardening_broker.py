@@ -76,11 +76,11 @@ class EventPump(threading.Thread):
 
 
 def pumped(exporter: RunningExporter) -> float:
-    return exporter.value("celery_task_events_total", type="succeeded", task="pump.task")
+    return exporter.total("celery_task_events_total", type="succeeded", task="pump.task")
 
 
 def _basic_succeeded(exporter: RunningExporter) -> float:
-    return exporter.value("celery_task_events_total", type="succeeded", task="basic.add")
+    return exporter.total("celery_task_events_total", type="succeeded", task="basic.add")
 
 
 def test_redis_unreachable_for_30s(private_redis: dict) -> None:
@@ -112,15 +112,15 @@ def test_redis_unreachable_for_30s(private_redis: dict) -> None:
                 assert exporter.get("/api/practices")[0] == 200
                 time.sleep(2.0)
             assert statuses == {503}
-            assert exporter.value("flower_practices_event_stream_connected") == 0
+            assert exporter.total("flower_practices_event_stream_connected") == 0
             assert pumped(exporter) == frozen  # nothing arrived, nothing invented
             assert pump.failed > 0  # the pump really hit a dead broker
 
             private_redis["start"]()
             wait_for(lambda: exporter.get("/healthz")[0] == 200, timeout=60,
                      message="healthz 200 after Redis came back")
-            assert exporter.value("flower_practices_broker_reconnects_total") >= 1
-            assert exporter.value("flower_practices_event_stream_connected") == 1
+            assert exporter.total("flower_practices_broker_reconnects_total") >= 1
+            assert exporter.total("flower_practices_event_stream_connected") == 1
             wait_for(lambda: pumped(exporter) >= frozen + 5, timeout=30,
                      message="pumped events counted again")
 
@@ -152,7 +152,7 @@ def test_redis_restart_on_generic_kombu_path(private_redis: dict) -> None:
             private_redis["start"]()
             wait_for(lambda: exporter.get("/healthz")[0] == 200, timeout=60,
                      message="healthz 200 again")
-            assert exporter.value("flower_practices_broker_reconnects_total") >= 1
+            assert exporter.total("flower_practices_broker_reconnects_total") >= 1
             wait_for(lambda: pumped(exporter) >= frozen + 5, timeout=30,
                      message="counting again on the kombu path")
         finally:
@@ -264,11 +264,11 @@ def test_rabbitmq_restart_mid_stream(rabbit_broker: dict) -> None:
             # the broker is gone: the exporter says so and keeps serving its state
             wait_for(lambda: exporter.get("/healthz")[0] == 503, timeout=60,
                      message="healthz 503 while RabbitMQ is down")
-            assert exporter.value("flower_practices_event_stream_connected") == 0
+            assert exporter.total("flower_practices_event_stream_connected") == 0
             assert exporter.get("/metrics")[0] == 200
             assert _basic_succeeded(exporter) == 3
         rabbit_broker["restore"]()
-        wait_for(lambda: exporter.value("flower_practices_broker_reconnects_total") >= 1,
+        wait_for(lambda: exporter.total("flower_practices_broker_reconnects_total") >= 1,
                  timeout=60, message="reconnect counted")
         wait_for(lambda: exporter.get("/healthz")[0] == 200, timeout=60,
                  message="healthz 200 after the drop")

@@ -76,7 +76,7 @@ def test_slow_scrape_client_blocks_nothing(redis_url: str) -> None:
         for i in range(1500):
             events += task_events(f"bulk.task_{i}", "bulk", "w1@h")
         publish_events(redis_url, events)
-        wait_for(lambda: exporter.value("flower_practices_events_total") >= len(events),
+        wait_for(lambda: exporter.total("flower_practices_events_total") >= len(events),
                  message="bulk events counted")
         status, body = exporter.get("/metrics")
         size = len(body)
@@ -88,7 +88,7 @@ def test_slow_scrape_client_blocks_nothing(redis_url: str) -> None:
             wait_for(lambda: slow.received > 100, message="the slow client started reading")
             # events are still processed and other scrapes still complete
             publish_events(redis_url, task_events("after.slow", "bulk", "w1@h"))
-            wait_for(lambda: exporter.value("celery_task_events_total", type="succeeded",
+            wait_for(lambda: exporter.total("celery_task_events_total", type="succeeded",
                                             task="after.slow") == 1,
                      message="events processed while a scrape is stuck")
             for _ in range(3):
@@ -114,7 +114,7 @@ def test_label_caps_are_enforced_and_counted(redis_url: str) -> None:
         for i in range(24):
             events += task_events(f"caps.task_{i % 8}", f"q{i % 4}", f"w{i % 5}@caps")
         publish_events(redis_url, events)
-        wait_for(lambda: exporter.value("flower_practices_events_total") >= len(events),
+        wait_for(lambda: exporter.total("flower_practices_events_total") >= len(events),
                  message="all events counted")
         _, text = exporter.get("/metrics")
         tasks = _label_values(text, "task") - {""}
@@ -124,9 +124,9 @@ def test_label_caps_are_enforced_and_counted(redis_url: str) -> None:
         assert OTHER in queues and len(queues - {OTHER}) <= 2, queues
         assert len(workers - {OTHER}) <= 2, workers
         for label in ("task", "queue", "worker"):
-            assert exporter.value("flower_practices_label_overflow_total", label=label) > 0
+            assert exporter.total("flower_practices_label_overflow_total", label=label) > 0
         # every event is still counted, folded into __other__ where over the caps
-        assert exporter.value("celery_task_events_total", type="succeeded") == 24
+        assert exporter.total("celery_task_events_total", type="succeeded") == 24
 
 
 def test_no_argument_values_leak(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -151,17 +151,17 @@ def test_no_argument_values_leak(redis_url: str, caplog: pytest.LogCaptureFixtur
         producer.send_task("leaky.retrying", args=(secret,))
 
         def done() -> bool:
-            return (exporter.value("celery_task_events_total", type="succeeded",
+            return (exporter.total("celery_task_events_total", type="succeeded",
                                    task="leaky.echo") == 3
-                    and exporter.value("celery_task_events_total", type="failed") == 4
-                    and exporter.value("celery_task_events_total", type="retried") == 1)
+                    and exporter.total("celery_task_events_total", type="failed") == 4
+                    and exporter.total("celery_task_events_total", type="retried") == 1)
 
         wait_for(done, timeout=60, message="all leaky tasks processed")
         coverage = exporter.practices()["coverage"]
         if coverage.get("retryless_failure") == "active":
             wait_for(lambda: exporter.findings("retryless_failure"), timeout=30,
                      message="a retryless_failure finding (its evidence is checked too)")
-        wait_for(lambda: exporter.value("flower_practices_evaluation_duration_seconds") > 0,
+        wait_for(lambda: exporter.total("flower_practices_evaluation_duration_seconds") > 0,
                  message="an evaluation ran")
         documents = {
             "/metrics": exporter.get("/metrics")[1],

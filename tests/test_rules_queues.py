@@ -82,15 +82,15 @@ def finding(exporter: RunningExporter, practice: str, timeout: float = 45,
 
 
 def gauge(exporter: RunningExporter, practice: str, **labels: str) -> float:
-    return exporter.value("celery_practice_violation", practice=practice, **labels)
+    return exporter.total("celery_practice_violation", practice=practice, **labels)
 
 
 def total(exporter: RunningExporter, practice: str, **labels: str) -> float:
-    return exporter.value("celery_practice_violations_total", practice=practice, **labels)
+    return exporter.total("celery_practice_violations_total", practice=practice, **labels)
 
 
 def done(exporter: RunningExporter, task: str, n: int, timeout: float = 45) -> None:
-    wait_for(lambda: exporter.value("celery_task_events_total", type="succeeded",
+    wait_for(lambda: exporter.total("celery_task_events_total", type="succeeded",
                                     task=task) >= n, timeout=timeout,
              message=f"{n} {task} succeeded")
 
@@ -180,7 +180,7 @@ def test_worker_without_task_events(redis_url: str) -> None:
     producer = make_app(redis_url)
     blind = worker(redis_url, "celery", "blind", events=False)
     with running(producer) as exporter, workers(producer, blind):
-        wait_for(lambda: exporter.value("celery_worker_up", worker=blind.name) == 1,
+        wait_for(lambda: exporter.total("celery_worker_up", worker=blind.name) == 1,
                  message="heartbeats from the worker")
         for i in range(5):
             producer.send_task("queues.quick", args=(i,))
@@ -190,7 +190,7 @@ def test_worker_without_task_events(redis_url: str) -> None:
         assert "-E" in f["summary"]
         assert gauge(exporter, "events_disabled", worker=blind.name) == 1
         assert total(exporter, "events_disabled") >= 3
-        assert exporter.value("celery_task_events_total", type="started") == 0
+        assert exporter.total("celery_task_events_total", type="started") == 0
 
 
 # -- queue_without_consumer (Redis: workers' active_queues), and clearing ---------------------
@@ -264,7 +264,7 @@ def test_prefetch_starvation_reserved_on_busy_worker(redis_url: str) -> None:
     with running(producer) as exporter, workers(producer, greedy):
         for _ in range(4):
             producer.send_task("queues.slow", args=(3.0,), queue="work")
-        wait_for(lambda: exporter.value("celery_worker_tasks_reserved",
+        wait_for(lambda: exporter.total("celery_worker_tasks_reserved",
                                         worker=greedy.name) == 3,
                  message="3 tasks reserved on the greedy worker")
         idle = worker(redis_url, "work", "idle")
@@ -296,7 +296,7 @@ def test_well_behaved_queues_raise_no_queue_findings(redis_url: str) -> None:
         done(exporter, "queues.slow", 4)
         done(exporter, "queues.report", 4)
         time.sleep(3.0)  # past every short threshold: a wrong finding would show now
-        assert exporter.value("celery_task_events_total", type="sent") == 12
+        assert exporter.total("celery_task_events_total", type="sent") == 12
         payload = exporter.practices()
         assert all(payload["coverage"][rid] == "active" for rid in QUEUE_RULES)
         wrong = [f for f in payload["findings"] if f["practice"] in QUEUE_RULES]

@@ -60,14 +60,14 @@ class Env:
         return wait_for(find, timeout=45, message=f"{practice} finding for {task}")
 
     def gauge(self, practice: str, task: str) -> float:
-        return self.exporter.value("celery_practice_violation", practice=practice, task=task)
+        return self.exporter.total("celery_practice_violation", practice=practice, task=task)
 
     def total(self, practice: str, task: str) -> float:
-        return self.exporter.value("celery_practice_violations_total", practice=practice,
+        return self.exporter.total("celery_practice_violations_total", practice=practice,
                                    task=task)
 
     def events(self, etype: str, task: str) -> float:
-        return self.exporter.value("celery_task_events_total", type=etype, task=task)
+        return self.exporter.total("celery_task_events_total", type=etype, task=task)
 
     def wait_events(self, etype: str, task: str, n: int) -> None:
         wait_for(lambda: self.events(etype, task) >= n, timeout=45,
@@ -112,7 +112,7 @@ def good() -> Iterator[Env]:
 def no_finding(env: Env, practice: str, prefix: str = "good.") -> None:
     found = [f for f in env.exporter.findings(practice) if (f["task"] or "").startswith(prefix)]
     assert found == [], found
-    assert env.exporter.value("celery_practice_violations_total", practice=practice) == 0
+    assert env.exporter.total("celery_practice_violations_total", practice=practice) == 0
 
 
 # -- retryless_failure ------------------------------------------------------------------------
@@ -273,7 +273,7 @@ def test_lost_task_found_when_worker_killed(bad: Env) -> None:
     doomed.start(bad.app)
     try:
         bad.app.send_task("bad.slow", args=(60,), queue="doomed")
-        wait_for(lambda: bad.exporter.value("celery_task_events_total", type="started",
+        wait_for(lambda: bad.exporter.total("celery_task_events_total", type="started",
                                             task="bad.slow", queue="doomed") == 1,
                  message="task started on the doomed worker")
         doomed.kill()  # SIGKILL mid-task: no worker-offline, no task result
@@ -284,7 +284,7 @@ def test_lost_task_found_when_worker_killed(bad: Env) -> None:
     assert f["evidence"]["lost_tasks"] == 1
     assert f["evidence"]["reasons"] == ["heartbeats expired"]
     assert f["evidence"]["acks_late"] is False
-    assert bad.exporter.value("celery_practice_violation", practice="lost_task",
+    assert bad.exporter.total("celery_practice_violation", practice="lost_task",
                               worker=doomed.name) == 1
     assert bad.total("lost_task", "bad.slow") == 1
 
@@ -295,13 +295,13 @@ def test_graceful_shutdown_loses_no_task(good: Env) -> None:
     leaving.start(good.app)
     try:
         good.app.send_task("good.crunch", args=(2,), queue="batch")
-        wait_for(lambda: good.exporter.value("celery_task_events_total", type="started",
+        wait_for(lambda: good.exporter.total("celery_task_events_total", type="started",
                                              task="good.crunch", queue="batch") == 1,
                  message="task started on the leaving worker")
         leaving.stop()  # warm shutdown: finishes the task, then worker-offline
     finally:
         leaving.kill()
-    wait_for(lambda: good.exporter.value("celery_task_events_total", type="succeeded",
+    wait_for(lambda: good.exporter.total("celery_task_events_total", type="succeeded",
                                          task="good.crunch", queue="batch") == 1,
              message="task finished during warm shutdown")
     good.settle(6)  # past heartbeat expiry

@@ -64,7 +64,7 @@ def test_well_behaved_workload_has_zero_findings(broker_kind: str, redis_url: st
             reports = [app.send_task("good.report", args=(i,)) for i in range(6)]
 
             def done(task: str, n: int) -> bool:
-                return exporter.value("celery_task_events_total", type="succeeded",
+                return exporter.total("celery_task_events_total", type="succeeded",
                                       task=task) >= n
 
             wait_for(lambda: done("good.report", 6), timeout=60, message="reports done")
@@ -76,11 +76,11 @@ def test_well_behaved_workload_has_zero_findings(broker_kind: str, redis_url: st
             # Let every rule evaluate well past the short thresholds (unread_results' grace).
             time.sleep(OPTIONS["unread_results"]["grace_seconds"] + 4)
             payload = exporter.practices()
-            assert exporter.value("celery_task_events_total", type="retried",
+            assert exporter.total("celery_task_events_total", type="retried",
                                   task="good.fetch") == 6
             assert payload["findings"] == []
-            assert exporter.value("celery_practice_violation") == 0
-            assert exporter.value("celery_practice_violations_total") == 0
+            assert exporter.total("celery_practice_violation") == 0
+            assert exporter.total("celery_practice_violations_total") == 0
         finally:
             for w in workers:
                 w.stop()

@@ -86,21 +86,38 @@ class RunningExporter:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
 
-    def samples(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    def families(self) -> dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
+        """Every declared metric family (even one with no series) and its samples."""
         _, text = self.get("/metrics")
-        out = {}
+        out: dict[str, dict] = {}
         for family in text_string_to_metric_families(text):
+            samples = out.setdefault(family.name, {})
             for s in family.samples:
-                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+                samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
         return out
 
-    def value(self, name: str, **labels: str) -> float:
-        """Sum of samples named ``name`` whose labels include ``labels``."""
-        total = 0.0
-        for (n, lbls), v in self.samples().items():
-            if n == name and all(dict(lbls).get(k) == val for k, val in labels.items()):
-                total += v
-        return total
+    def samples(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        out = {}
+        for samples in self.families().values():
+            out.update(samples)
+        return out
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """Sum of samples named ``name`` whose labels include ``labels``; None if none."""
+        found = [v for (n, lbls), v in self.samples().items()
+                 if n == name and all(dict(lbls).get(k) == val for k, val in labels.items())]
+        return sum(found) if found else None
+
+    def total(self, name: str, **labels: str) -> float:
+        """Like :meth:`value`, but 0.0 when no series matches, provided the family that
+        ``name`` belongs to is declared in the exposition: a renamed or missing metric
+        raises AssertionError instead of reading as zero."""
+        families = self.families()
+        family = next((f for f in (name, _family_of(name)) if f in families), None)
+        if family is None:
+            raise AssertionError(f"metric family of {name!r} is not exposed at all")
+        return sum(v for (n, lbls), v in families[family].items()
+                   if n == name and all(dict(lbls).get(k) == val for k, val in labels.items()))
 
     def practices(self) -> dict:
         return json.loads(self.get("/api/practices")[1])
@@ -108,6 +125,14 @@ class RunningExporter:
     def findings(self, practice: str | None = None) -> list[dict]:
         found = self.practices()["findings"]
         return [f for f in found if practice is None or f["practice"] == practice]
+
+
+def _family_of(sample: str) -> str:
+    """The family name a sample name belongs to (histogram/counter suffixes removed)."""
+    for suffix in ("_bucket", "_count", "_sum", "_total", "_created"):
+        if sample.endswith(suffix):
+            return sample[: -len(suffix)]
+    return sample
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 30.0,
