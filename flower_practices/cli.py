@@ -37,10 +37,15 @@ def main() -> None:
               help="TOML file with [exporter] and [practices.<id>] settings.")
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
 @click.option("--port", default=9808, show_default=True, type=int, help="Port to listen on.")
+@click.option("--state-dir", envvar="FLOWER_PRACTICES_STATE_DIR", default=None,
+              help="Directory of the state file keeping findings across restarts "
+                   "(default: $XDG_STATE_HOME/flower-practices or "
+                   "~/.local/state/flower-practices; '' or 'none' disables).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def exporter(broker: str | None, app_path: str | None, result_backend: str | None,
-             config_path: str | None, host: str, port: int, log_level: str) -> None:
+             config_path: str | None, host: str, port: int, state_dir: str | None,
+             log_level: str) -> None:
     """Standalone Prometheus exporter: /metrics, /api/practices, /healthz."""
     setup_logging(log_level)
     try:
@@ -49,9 +54,11 @@ def exporter(broker: str | None, app_path: str | None, result_backend: str | Non
     except (ConfigError, AppLoadError) as exc:
         raise click.ClickException(str(exc)) from exc
     from .exporter.server import serve
+    from .store import default_state_dir
 
     try:
-        asyncio.run(serve(app, settings, app_loaded=loaded, host=host, port=port))
+        asyncio.run(serve(app, settings, app_loaded=loaded, host=host, port=port,
+                          state_dir=default_state_dir() if state_dir is None else state_dir))
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     except ConfigError as exc:

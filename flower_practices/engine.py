@@ -24,6 +24,7 @@ from .metrics import BaseMetrics
 from .rules import ALL_RULES
 from .rules.base import Hook, ProbeFailed, Rule, RuleContext
 from .state import TERMINAL, RuntimeState
+from .store import Snapshot, StateStore
 
 log = logging.getLogger("flower_practices.engine")
 
@@ -45,8 +46,11 @@ class Engine:
         events_supported: bool = True,
         stream_status: StreamStatus | None = None,
         rule_classes: list[type[Rule]] | None = None,
+        store: StateStore | None = None,
     ) -> None:
         self.settings = settings or Settings()
+        #: Unix time the engine started (flower_practices_start_time_seconds)
+        self.started_at = time.time()
         self.lock = threading.RLock()
         self.metrics = BaseMetrics(self.settings.max_series_per_metric)
         self.state = RuntimeState(self.settings, self.metrics)
@@ -83,6 +87,9 @@ class Engine:
             for etype, hook in rule.hooks().items():
                 per_type[etype].append((rule.id, hook))
         self._hooks = {t: tuple(h) for t, h in per_type.items()}
+        self.store = store
+        if store is not None:
+            self.restore_state(store.load())
 
     # -- hot path ------------------------------------------------------------------------
     def observe(self, event: Any) -> None:
@@ -177,7 +184,7 @@ class Engine:
         with self.lock:
             for rule in self.rules:
                 options = self._rule_options[rule.id]
-                severity = options.get("severity") or practice(rule.id).severity
+                severity = self._severity(rule.id)
                 clear_after = options.get("clear_after_seconds",
                                           self.settings.clear_after_seconds)
                 if rule.id in failed:
@@ -191,10 +198,68 @@ class Engine:
                     continue
                 self.findings.update(rule.id, severity, conditions, now, clear_after,
                                      _Labels(self.state))
+                self._refute_restored(rule, now)
             # after the rules (lost_task must see a record before it ages out)
             self.state.sweep(now)
             self.last_evaluation_at = now
-            self.last_evaluation_seconds = time.perf_counter() - started
+            snapshot = self._snapshot(now) if self.store is not None else None
+        if snapshot is not None:  # the file I/O outside the lock
+            self.store.save(snapshot)
+        self.last_evaluation_seconds = time.perf_counter() - started
+
+    # -- persistence (flower_practices.store) --------------------------------------------
+    def restore_state(self, snapshot: Snapshot, now: float | None = None) -> None:
+        """Bring back findings and rule memory saved before a restart (at start-up)."""
+        now = time.time() if now is None else now
+        with self.lock:
+            for rule in self.rules:
+                data = snapshot.memory.get(rule.id)
+                if data is None:
+                    continue
+                try:
+                    rule.restore_memory(data, now)
+                except Exception:
+                    log.warning("could not restore the saved memory of rule %s; it starts "
+                                "empty", rule.id, exc_info=True)
+            severities = {rule.id: self._severity(rule.id) for rule in self.rules}
+            n = self.findings.restore(snapshot.findings, now, _Labels(self.state), severities)
+            by_id = {rule.id: rule for rule in self.rules}
+            for finding in self.findings.active():
+                if finding.restored_until:
+                    try:
+                        finding.restored_until = by_id[finding.practice].restore_hold(
+                            finding, now)
+                    except Exception:
+                        log.warning("rule %s failed to judge a restored finding",
+                                    finding.practice, exc_info=True)
+        if n:
+            log.info("restored %d finding(s) saved at %s", n,
+                     time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snapshot.saved_at)))
+
+    def _snapshot(self, now: float) -> Snapshot:
+        """What to save, taken under the lock (cheap: findings are bounded)."""
+        memory: dict[str, Any] = {}
+        for rule in self.rules:
+            try:
+                data = rule.memory()
+            except Exception:
+                self._evaluation_failed(rule.id, "save its memory")
+                continue
+            if data is not None:
+                memory[rule.id] = data
+        return Snapshot(findings=self.findings.snapshot(), memory=memory, saved_at=now)
+
+    def _refute_restored(self, rule: Rule, now: float) -> None:
+        """Drop restored findings of ``rule`` that its fresh data positively refutes."""
+        for finding in self.findings.restored(rule.id):
+            try:
+                if rule.refutes(finding, now):
+                    self.findings.drop(finding.key)
+            except Exception:
+                self._evaluation_failed(rule.id, "judge a restored finding")
+
+    def _severity(self, rule_id: str) -> str:
+        return self._rule_options.get(rule_id, {}).get("severity") or practice(rule_id).severity
 
     def _prepare_rule(self, rule: Rule, now: float) -> bool:
         """Run ``rule.prepare`` without the lock; False if the rule itself failed."""

@@ -44,6 +44,9 @@ class Finding:
     queue_label: str = ""
     task_label: str = ""
     worker_label: str = ""
+    #: restored from the state file and not reported again since: it is kept until
+    #: ``clear_after`` after this time (0: found or confirmed in this process)
+    restored_until: float = 0.0
 
     @property
     def key(self) -> tuple[str, str | None, str | None, str | None]:
@@ -62,6 +65,10 @@ class Finding:
             "last_seen": self.last_seen,
             "count": self.count,
         }
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 class FindingTracker:
@@ -102,6 +109,7 @@ class FindingTracker:
                 )
             else:
                 finding.last_seen = now
+                finding.restored_until = 0.0
                 finding.summary = cond.summary
                 finding.evidence = cond.evidence
                 finding.severity = severity
@@ -116,8 +124,61 @@ class FindingTracker:
         nothing is refreshed, but findings still clear on schedule.
         """
         for key in [k for k, f in self._findings.items()
-                    if k[0] == practice and k not in keep and now - f.last_seen >= clear_after]:
+                    if k[0] == practice and k not in keep
+            and now - max(f.last_seen, f.restored_until) >= clear_after]:
             del self._findings[key]
+
+    # -- persistence hooks (flower_practices.store keeps the file) -----------------------
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The active findings as plain dicts, for the state file."""
+        return [f.as_dict() for f in self._findings.values()]
+
+    def restore(self, items: Iterable[dict[str, Any]], now: float, labels: Any,
+                severities: dict[str, str]) -> int:
+        """Bring back findings saved by :meth:`snapshot`; returns how many.
+
+        Only practices in ``severities`` (the rules running now, with their current
+        severity) come back. A restored finding keeps its ``first_seen``, ``last_seen``,
+        ``count``, summary and evidence, and ``restored_until`` is ``now`` (the engine may
+        push it later, see :meth:`~flower_practices.rules.base.Rule.restore_hold`): it
+        clears ``clear_after`` after that, unless its rule reports it again (then it
+        lives on as any other finding) or positively refutes it. Malformed items are
+        skipped.
+        """
+        restored = 0
+        for item in items:
+            try:
+                practice = str(item["practice"])
+                if practice not in severities:
+                    continue
+                queue, task, worker = (_opt_str(item.get(k)) for k in ("queue", "task", "worker"))
+                key = (practice, queue, task, worker)
+                if key in self._findings or len(self._findings) >= self.limit:
+                    continue
+                evidence = item.get("evidence")
+                self._findings[key] = Finding(
+                    practice=practice, severity=severities[practice], queue=queue, task=task,
+                    worker=worker, summary=str(item.get("summary", "")),
+                    evidence=evidence if isinstance(evidence, dict) else {},
+                    first_seen=float(item["first_seen"]), last_seen=float(item["last_seen"]),
+                    count=int(item.get("count", 1)),
+                    queue_label=labels.queue_label(queue) if queue else "",
+                    task_label=labels.task_label(task) if task else "",
+                    worker_label=labels.worker_label(worker) if worker else "",
+                    restored_until=now,
+                )
+                restored += 1
+            except (KeyError, TypeError, ValueError):
+                continue
+        return restored
+
+    def restored(self, practice: str) -> list[Finding]:
+        """``practice``'s restored findings its rule has not reported since the restore."""
+        return [f for f in self._findings.values()
+                if f.practice == practice and f.restored_until]
+
+    def drop(self, key: tuple) -> None:
+        self._findings.pop(key, None)
 
     def clear_practice(self, practice: str) -> None:
         for key in [k for k in self._findings if k[0] == practice]:

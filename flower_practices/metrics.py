@@ -86,6 +86,10 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "flower_practices_evaluation_duration_seconds": (
         "gauge", "Duration of the last rules evaluation", ()),
     "flower_practices_tracked_tasks": ("gauge", "In-flight task records held", ()),
+    "flower_practices_start_time_seconds": (
+        "gauge", "Unix time this exporter (or the Flower plugin's engine) started", ()),
+    "flower_practices_state_errors_total": (
+        "counter", "State file failures: load (unreadable, moved aside) or save", ("kind",)),
 }
 
 
@@ -323,6 +327,14 @@ class PracticesCollector(Collector):
         out.append(fam)
         fam = _family("flower_practices_tracked_tasks")
         fam.add_metric([], len(state.tasks))
+        out.append(fam)
+        fam = _family("flower_practices_start_time_seconds")
+        fam.add_metric([], engine.started_at)
+        out.append(fam)
+        fam = _family("flower_practices_state_errors_total")
+        store = engine.store
+        for kind in ("load", "save"):
+            fam.add_metric([kind], store.errors.get(kind, 0) if store is not None else 0)
         out.append(fam)
         return out
 

@@ -19,13 +19,19 @@ from .events.status import StreamStatus
 from .events.stream import make_event_stream
 from .probes.poller import ProbePoller
 from .probes.results import ResultStore
+from .store import open_store
 
 log = logging.getLogger("flower_practices")
 
 
 def build_engine(app: Celery, settings: Settings, *, app_loaded: bool,
-                 stream_status: StreamStatus | None = None) -> Engine:
-    """An engine configured from ``app``'s broker, result backend and (if loaded) tasks."""
+                 stream_status: StreamStatus | None = None,
+                 state_dir: str | None = None) -> Engine:
+    """An engine configured from ``app``'s broker, result backend and (if loaded) tasks.
+
+    With ``state_dir`` (see :mod:`flower_practices.store`), findings are restored from the
+    broker's state file there and saved after each evaluation; None: kept in memory only.
+    """
     broker_url = str(app.conf.broker_url or "")
     backend = str(app.conf.result_backend) if app.conf.result_backend else None
     info: AppInfo | None = None
@@ -49,6 +55,7 @@ def build_engine(app: Celery, settings: Settings, *, app_loaded: bool,
         results=results,
         events_supported=not is_database_broker(broker_url),
         stream_status=stream_status,
+        store=open_store(state_dir, broker_url),
     )
 
 

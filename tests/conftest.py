@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -20,6 +21,13 @@ from tests.support.brokers import (
     release_redis_dbs,
 )
 from tests.support.exporter import free_port
+
+
+def pytest_configure(config) -> None:
+    # Exporters and Flowers started by tests keep no state file unless a test passes
+    # --state-dir / --practices_state_dir itself: no test restores another's findings or
+    # writes into ~/.local/state.
+    os.environ["FLOWER_PRACTICES_STATE_DIR"] = "none"
 
 
 @pytest.fixture

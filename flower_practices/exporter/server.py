@@ -31,9 +31,12 @@ def make_registry(engine) -> CollectorRegistry:
 
 async def serve(app: Celery, settings: Settings, *, app_loaded: bool, host: str, port: int,
                 ready: asyncio.Event | None = None,
-                stop: asyncio.Event | None = None) -> None:
-    """Serve until ``stop`` is set (or SIGINT/SIGTERM when ``stop`` is None)."""
-    engine = build_engine(app, settings, app_loaded=app_loaded)
+                stop: asyncio.Event | None = None, state_dir: str | None = None) -> None:
+    """Serve until ``stop`` is set (or SIGINT/SIGTERM when ``stop`` is None).
+
+    ``state_dir``: where findings are kept across restarts (None: not kept).
+    """
+    engine = build_engine(app, settings, app_loaded=app_loaded, state_dir=state_dir)
     runner = EngineRunner(app, engine)
     registry = make_registry(engine)
     application = make_application(engine, registry)
@@ -57,3 +60,5 @@ async def serve(app: Celery, settings: Settings, *, app_loaded: bool, host: str,
         log.info("stopping exporter")
         server.stop()
         runner.stop()
+        if engine.store is not None:
+            engine.store.close()

@@ -13,7 +13,7 @@ DEFAULT_PLUGINS = ("flower_practices",)
 
 
 def define_options() -> None:
-    """Define ``plugins`` and ``practices_config`` (idempotent)."""
+    """Define ``plugins``, ``practices_config`` and ``practices_state_dir`` (idempotent)."""
     if "plugins" not in options:
         options.define("plugins", type=str, multiple=True, default=[],
                        group="flower-practices",
@@ -22,6 +22,12 @@ def define_options() -> None:
     if "practices_config" not in options:
         options.define("practices_config", type=str, default=None, group="flower-practices",
                        help="TOML settings file of the flower_practices plugin")
+    if "practices_state_dir" not in options:
+        options.define("practices_state_dir", type=str, default=None,
+                       group="flower-practices",
+                       help="directory of the flower_practices state file keeping findings "
+                            "across restarts (default: $XDG_STATE_HOME/flower-practices or "
+                            "~/.local/state/flower-practices; 'none' disables)")
 
 
 def requested_plugins(opts) -> list[str]:

@@ -22,6 +22,7 @@ from ..events.status import StreamStatus
 from ..metrics import PracticesCollector
 from ..probes.poller import ProbePoller
 from ..runtime import build_engine
+from ..store import default_state_dir
 from .handlers import handlers
 from .hooks import tap_state, watch_connection
 from .templates import APP_ATTR, install_loader
@@ -54,6 +55,12 @@ def load_plugin_settings(options: Any) -> Settings:
     return load_settings(path) if path else Settings()
 
 
+def plugin_state_dir(options: Any) -> str:
+    """``--practices_state_dir`` (FLOWER_PRACTICES_STATE_DIR), else the default directory."""
+    value = getattr(options, "practices_state_dir", None)
+    return default_state_dir() if value is None else str(value)
+
+
 def app_has_user_tasks(capp: Any) -> bool:
     """Whether ``-A proj`` loaded user code (tasks other than Celery's built-ins)."""
     try:
@@ -74,7 +81,7 @@ class PracticesPlugin:
     """The plugin attached to one Flower application (``flower_app.flower_practices``)."""
 
     def __init__(self, flower_app: Any, settings: Settings, *,
-                 app_loaded: bool | None = None) -> None:
+                 app_loaded: bool | None = None, state_dir: str | None = None) -> None:
         self.flower_app = flower_app
         self.settings = settings
         capp = flower_app.capp
@@ -82,7 +89,7 @@ class PracticesPlugin:
             app_loaded = app_has_user_tasks(capp)
         self.status = StreamStatus()
         self.engine = build_engine(capp, settings, app_loaded=app_loaded,
-                                   stream_status=self.status)
+                                   stream_status=self.status, state_dir=state_dir)
         broker_url = str(capp.conf.broker_url or "")
         self.events_supported = not is_database_broker(broker_url)
         self.poller = ProbePoller(capp, self.engine) if self.events_supported else None
@@ -149,6 +156,7 @@ def install(flower_app: Any, settings: Settings | None = None) -> PracticesPlugi
     """Install the plugin into a constructed (not yet started) Flower application."""
     if settings is None:
         settings = load_plugin_settings(flower_app.options)
-    plugin = PracticesPlugin(flower_app, settings)
+    plugin = PracticesPlugin(flower_app, settings,
+                             state_dir=plugin_state_dir(flower_app.options))
     plugin.attach()
     return plugin

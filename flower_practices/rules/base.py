@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..findings import Condition
+from ..findings import Condition, Finding
 
 if TYPE_CHECKING:
     from ..appinfo import AppInfo
@@ -87,6 +87,40 @@ class Rule:
         """Yield the conditions that hold now (periodic, off the hot path, under the
         engine lock: no I/O here, see :meth:`prepare`)."""
         return ()
+
+    # -- persistence (see flower_practices.store) ---------------------------------------
+    def memory(self) -> Any:
+        """What this rule must remember across a restart to keep its findings (JSON-able:
+        dicts, lists, strings, numbers); None when it needs nothing. Taken under the lock."""
+        return None
+
+    def restore_memory(self, data: Any, now: float) -> None:
+        """Take back what :meth:`memory` returned before the restart (at start-up)."""
+
+    def restore_hold(self, finding: Finding, now: float) -> float:
+        """Until when a restored ``finding`` is kept (then ``clear_after_seconds`` more)
+        unless this rule reports it again or :meth:`refutes` it.
+
+        Default: the later of the restart and the end of the rule's evidence window
+        (``window_seconds``) counted from when the finding was last seen -- the longest the
+        rule could have kept reporting it on the evidence it had before the restart,
+        which it lost. A rule that restores that evidence itself (:meth:`memory`)
+        returns ``now``: its own evaluation then decides.
+        """
+        window = self.options.get("window_seconds")
+        if isinstance(window, (int, float)) and not isinstance(window, bool):
+            return max(now, finding.last_seen + float(window))
+        return now
+
+    def refutes(self, finding: Finding, now: float) -> bool:
+        """Whether fresh data positively shows a restored ``finding`` no longer holds.
+
+        Called under the lock for restored findings this rule has not reported again
+        since the restart. Default False: the finding is kept until
+        ``clear_after_seconds`` after the restart, long enough for the rule to rebuild
+        what it needs (probes, windows) and report it again with the same ``first_seen``.
+        """
+        return False
 
     def coverage(self) -> str:
         """``"active"`` or ``"unsupported: <why>"`` for this deployment."""

@@ -11,6 +11,10 @@ Each lost task is counted once: its record is marked ``LOST`` in the state
 even after it left this rule's window. A lost task that shows up again (redelivered with
 ``acks_late``, or finishing late) is no longer reported; the state handles its events as
 usual.
+
+The lost tasks in the window are this rule's memory across restarts (the state file,
+:mod:`flower_practices.store`): after a restart the finding is rebuilt from them with the
+same tasks, neither forgotten nor counted twice.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ from typing import Any
 from ..bounded import LRUDict
 from ..findings import Condition
 from .base import Rule
+
+
+def _s(value: Any) -> str:
+    return "" if value is None else str(value)
 
 
 class LostTask(Rule):
@@ -39,6 +47,22 @@ class LostTask(Rule):
         super().__init__(ctx, options)
         #: uuid -> (detected_at, queue, task, worker, reason)
         self.lost: LRUDict[str, tuple[float, str, str, str, str]] = LRUDict(10_000)
+
+    def memory(self) -> Any:
+        """The lost tasks still in the window: a restart neither forgets nor recounts them."""
+        return [[uuid, *value] for uuid, value in self.lost.items()]
+
+    def restore_memory(self, data: Any, now: float) -> None:
+        for item in data if isinstance(data, list) else ():
+            try:
+                uuid, detected, queue, task, worker, reason = item
+                self.lost.put(str(uuid), (float(detected), _s(queue), _s(task), _s(worker),
+                                          _s(reason)))
+            except (TypeError, ValueError):
+                continue
+
+    def restore_hold(self, finding, now: float) -> float:
+        return now  # the lost tasks themselves are restored: evaluate() decides
 
     def hooks(self):
         return {"task-received": self._on_task, "task-started": self._on_task,
