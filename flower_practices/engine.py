@@ -225,6 +225,10 @@ class Engine:
             n = self.findings.restore(snapshot.findings, now, _Labels(self.state), severities)
             by_id = {rule.id: rule for rule in self.rules}
             for finding in self.findings.active():
+                if finding.restored_until and finding.queue:
+                    # the queue is known again at once, so the probes measure it and its
+                    # rule can confirm the finding (it may never see a task-sent to it)
+                    self.state.queue(finding.queue)
                 if finding.restored_until:
                     try:
                         finding.restored_until = by_id[finding.practice].restore_hold(
