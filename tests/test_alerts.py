@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from deploy.prometheus import generate
-from deploy.prometheus.rules import FOR_BY_SEVERITY, alert_name
+from deploy.prometheus.rules import CONFIG, FOR_BY_SEVERITY, Options, alert_name
 from flower_practices.catalogue import DEFAULT_RUNBOOK_BASE_URL, PRACTICES
 from tests.support.binaries import require_binary
 
@@ -22,6 +22,10 @@ MANIFEST = generate.HERE / generate.MANIFEST_FILE
 UNIT_TESTS = generate.HERE / generate.TESTS_FILE
 EXPORTER_ALERTS = {"FlowerPracticesExporterDown": "exporter_down",
                    "FlowerPracticesEventStreamStalled": "event_stream_stalled"}
+OPERATIONS_ALERTS = {"CeleryTaskFailureRatioHigh": "task_failure_ratio",
+                     "CeleryQueueBacklog": "queue_backlog",
+                     "CeleryQueueWaitHigh": "queue_wait_high",
+                     "CeleryWorkerDown": "worker_down"}
 
 
 
@@ -68,26 +72,50 @@ def test_one_alert_per_practice_with_labels_annotations_and_runbook() -> None:
         (rule,) = by_name.pop(alert_name(p.id))
         assert rule["expr"] == f'celery_practice_violation{{practice="{p.id}"}} > 0'
         assert rule["for"] == FOR_BY_SEVERITY[p.severity]
+        assert rule["keep_firing_for"] == "15m"
+        assert "{{ $labels.instance }}" in rule["annotations"]["description"]
+        assert rule["annotations"]["dashboard_url"].startswith(
+            "http://localhost:3000/d/celery-practices/")
         assert rule["labels"]["severity"] == "{{ $labels.severity }}"
         assert p.title in rule["annotations"]["summary"]
         assert p.description in rule["annotations"]["description"]
         assert rule["annotations"]["runbook_url"] == DEFAULT_RUNBOOK_BASE_URL + f"{p.id}.md"
-    assert set(by_name) == set(EXPORTER_ALERTS)
+    assert set(by_name) == set(EXPORTER_ALERTS) | set(OPERATIONS_ALERTS)
+    runbooks = {**EXPORTER_ALERTS, **OPERATIONS_ALERTS}
     for name, group in by_name.items():
         for rule in group:
-            assert rule["labels"]["severity"] == "warning"
+            expected = "critical" if name == "FlowerPracticesExporterDown" else "warning"
+            assert rule["labels"]["severity"] == expected
             assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+            assert rule["annotations"]["dashboard_url"].startswith("http://localhost:3000/d/")
             assert rule["annotations"]["runbook_url"] == (
-                DEFAULT_RUNBOOK_BASE_URL + EXPORTER_ALERTS[name] + ".md")
+                DEFAULT_RUNBOOK_BASE_URL + runbooks[name] + ".md")
+    (down,) = by_name["FlowerPracticesExporterDown"]
+    assert down["for"] == "2m"
+    for name in OPERATIONS_ALERTS:
+        assert "$value" in by_name[name][0]["annotations"]["description"] \
+            or name == "CeleryWorkerDown"
     stalled = {r["labels"]["reason"]: r["expr"]
                for r in by_name["FlowerPracticesEventStreamStalled"]}
     assert set(stalled) == {"disconnected", "no_events"}
     assert "absent(up{" in by_name["FlowerPracticesExporterDown"][0]["expr"]
 
 
+def test_thresholds_live_in_one_place() -> None:
+    """Options defaults are CONFIG; a changed threshold reaches the rules."""
+    from deploy.prometheus.rules import groups
+
+    assert {k: getattr(Options(), k) for k in CONFIG} == CONFIG
+    doc = groups(Options(queue_length=5, keep_firing_for="20m", for_warning="7m"))
+    flat = {r["alert"]: r for g in doc for r in g["rules"]}
+    assert flat["CeleryQueueBacklog"]["expr"].endswith("> 5")
+    assert flat[alert_name("lost_task")]["keep_firing_for"] == "20m"
+    assert flat[alert_name("retry_storm")]["for"] == "7m"
+
+
 def test_the_exporter_runbooks_exist() -> None:
     runbooks = ROOT / "flower_practices" / "runbooks"
-    for name in EXPORTER_ALERTS.values():
+    for name in [*EXPORTER_ALERTS.values(), *OPERATIONS_ALERTS.values()]:
         text = (runbooks / f"{name}.md").read_text()
         assert text.startswith("# ") and "## " in text
 
@@ -147,6 +175,15 @@ def test_promtool_unit_tests_pass() -> None:
     # the stall alert firing while disconnected too
     ("and flower_practices_event_stream_connected == 1",
      "and flower_practices_event_stream_connected >= 0"),
+    # practice alerts resolving as soon as the exporter restarts
+    ("keep_firing_for: 15m", "keep_firing_for: 1m"),
+    # the no-events alert counting from 1970 before the first event
+    ("flower_practices_last_event_timestamp_seconds > 0 or",
+     "flower_practices_last_event_timestamp_seconds >= 0 or"),
+    # operational thresholds
+    ("> 0.1 and", "> 0.5 and"),
+    ("celery_worker_up{job=\"flower-practices\"} == 0",
+     "celery_worker_up{job=\"flower-practices\"} < 0"),
 ])
 def test_promtool_unit_tests_catch_a_broken_rule(tmp_path: Path,
                                                  mutation: tuple[str, str]) -> None:

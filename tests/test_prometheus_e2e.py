@@ -188,7 +188,7 @@ def test_prometheus_fires_the_practice_alerts(redis_url: str, tmp_path: Path) ->
             exporter = None
             (down,) = wait_for(lambda: prom.firing("FlowerPracticesExporterDown"), timeout=60,
                                message="FlowerPracticesExporterDown firing")
-            assert down["labels"]["severity"] == "warning"
+            assert down["labels"]["severity"] == "critical"
     except BaseException:
         if prom is not None:
             print(prom.log.read_text()[-3000:])

@@ -5,7 +5,12 @@ Usage::
     python -m deploy.prometheus.generate           # rewrite the committed files
     python -m deploy.prometheus.generate --check   # exit 1 if a committed file is stale
     python -m deploy.prometheus.generate --job celery-exporter \\
-        --runbook-base-url https://git.example.com/runbooks/ --output-dir out/
+        --runbook-base-url https://git.example.com/runbooks/ \\
+        --dashboard-base-url https://grafana.example.com \\
+        --set queue_length=5000 --set keep_firing_for=30m --output-dir out/
+
+Every threshold and duration (``--set key=value``) is listed in
+:data:`deploy.prometheus.rules.CONFIG`.
 
 All three come from :mod:`deploy.prometheus.rules` (itself built from the practice
 catalogue), so the rules file and the manifest cannot drift apart.
@@ -20,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from .rules import DEFAULT_JOB, Options, groups
+from .rules import CONFIG, DEFAULT_JOB, Options, groups
 from .unit_tests import test_document
 
 HERE = Path(__file__).resolve().parent
@@ -81,8 +86,23 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"scrape job of the exporter (default {DEFAULT_JOB})")
     parser.add_argument("--runbook-base-url", default=Options().runbook_base_url,
                         help="base URL of the runbooks (<base>/<id>.md)")
+    parser.add_argument("--dashboard-base-url", default=Options().dashboard_base_url,
+                        help="Grafana base URL of the dashboard_url annotations")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a threshold or duration of CONFIG "
+                             f"({', '.join(sorted(CONFIG))})")
     parser.add_argument("--output-dir", type=Path, default=HERE)
     args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or key not in CONFIG:
+            parser.error(f"--set {item!r}: expected KEY=VALUE with KEY one of "
+                         f"{sorted(CONFIG)}")
+        try:
+            overrides[key] = type(CONFIG[key])(value)
+        except ValueError:
+            parser.error(f"--set {item!r}: not a {type(CONFIG[key]).__name__}")
     if args.check:
         bad = stale()
         if bad:
@@ -91,10 +111,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print("rules, manifest and promtool tests up to date")
         return 0
-    options = Options(job=args.job, runbook_base_url=args.runbook_base_url)
+    options = Options(**{"job": args.job, "runbook_base_url": args.runbook_base_url,
+                         "dashboard_base_url": args.dashboard_base_url, **overrides})
     if args.output_dir.resolve() == HERE and options != Options():
-        parser.error("non-default --job/--runbook-base-url need --output-dir "
-                     "(the committed files use the defaults)")
+        parser.error("non-default --job/--runbook-base-url/--dashboard-base-url/--set need "
+                     "--output-dir (the committed files use the defaults)")
     args.output_dir.mkdir(parents=True, exist_ok=True)
     for name, text in render(options).items():
         path = args.output_dir / name

@@ -14,8 +14,10 @@ from flower_practices.catalogue import PRACTICES, Practice
 
 from .rules import (
     DEFAULT_JOB,
-    FOR_BY_SEVERITY,
-    STALL_SECONDS,
+    PRACTICES_DASHBOARD,
+    QUEUES_DASHBOARD,
+    TASKS_DASHBOARD,
+    WORKERS_DASHBOARD,
     Options,
     alert_name,
 )
@@ -31,9 +33,15 @@ def _minutes(duration: str) -> int:
     return int(duration[:-1])
 
 
-def _series(labels: dict[str, str]) -> str:
+def _series(labels: dict[str, str], metric: str = "celery_practice_violation") -> str:
     inner = ", ".join(f'{k}="{v}"' for k, v in labels.items())
-    return f"celery_practice_violation{{{inner}, {JOB_LABELS}}}"
+    return f"{metric}{{{inner}, {JOB_LABELS}}}"
+
+
+def _counter(labels: dict[str, str]) -> str:
+    """The finding's celery_practice_violations_total series (no severity, no worker)."""
+    return _series({k: v for k, v in labels.items() if k in ("practice", "queue", "task")},
+                   "celery_practice_violations_total")
 
 
 def _expected_summary(p: Practice, queue: str, task: str, worker: str) -> str:
@@ -48,13 +56,17 @@ def _expected_summary(p: Practice, queue: str, task: str, worker: str) -> str:
 
 
 def _expected_annotations(p: Practice, queue: str, task: str, worker: str,
-                          options: Options) -> dict[str, str]:
+                          options: Options, occurrences: int = 0) -> dict[str, str]:
+    dashboard = (f"{options.dashboard_base_url}/{PRACTICES_DASHBOARD}?var-job={DEFAULT_JOB}"
+                 f"&var-practice={p.id}" + (f"&var-queue={queue}" if queue else ""))
     return {
         "summary": _expected_summary(p, queue, task, worker),
-        "description": (f"{p.description} Reported by the flower-practices exporter "
-                        f"{INSTANCE}; the evidence is on its /api/practices (or Flower's "
-                        "Practices page)."),
+        "description": (f"{p.description} {occurrences} offending occurrence(s) counted in "
+                        "the last hour. Reported by the flower-practices exporter "
+                        f"{INSTANCE}; the evidence (summary, counts, first seen) is on its "
+                        "/api/practices (or Flower's Practices page)."),
         "runbook_url": options.runbook(p.id),
+        "dashboard_url": dashboard,
     }
 
 
@@ -69,7 +81,7 @@ def practice_case(index: int, p: Practice, options: Options) -> dict[str, Any]:
     other = _other(p)
     other_labels = {"practice": other.id, "severity": other.severity, "queue": "other",
                     "task": "", "worker": ""}
-    fire_at = _minutes(FOR_BY_SEVERITY[p.severity]) + 1
+    fire_at = _minutes(options.for_severity(p.severity)) + 1
     exp_labels = {"alertname": alert_name(p.id), "practice": p.id, "severity": p.severity,
                   "job": DEFAULT_JOB, "instance": INSTANCE}
     exp_labels.update({k: v for k, v in (("queue", queue), ("task", task),
@@ -79,6 +91,8 @@ def practice_case(index: int, p: Practice, options: Options) -> dict[str, Any]:
         "interval": "1m",
         "input_series": [
             {"series": _series(labels), "values": "1x40"},
+            # one offending occurrence a minute
+            {"series": _counter(labels), "values": "0+1x40"},
             {"series": _series(other_labels), "values": "1x40"},
         ],
         "alert_rule_test": [
@@ -86,8 +100,34 @@ def practice_case(index: int, p: Practice, options: Options) -> dict[str, Any]:
             {"eval_time": "0m", "alertname": name, "exp_alerts": []},
             {"eval_time": f"{fire_at}m", "alertname": name, "exp_alerts": [{
                 "exp_labels": exp_labels,
-                "exp_annotations": _expected_annotations(p, queue, task, worker, options),
+                "exp_annotations": _expected_annotations(p, queue, task, worker, options,
+                                                         occurrences=fire_at),
             }]},
+        ],
+    }
+
+
+def keep_firing_case(options: Options) -> dict[str, Any]:
+    """The exporter dies at minute 10 (the series goes stale): the practice alert keeps
+    firing for keep_firing_for, then resolves."""
+    p = next(p for p in PRACTICES if p.id == "lost_task")
+    labels = {"practice": p.id, "severity": p.severity, "queue": "q1", "task": "t",
+              "worker": "w1@host"}
+    keep = _minutes(options.keep_firing_for)
+    exp = {"exp_labels": {"alertname": alert_name(p.id), "practice": p.id,
+                          "severity": p.severity, "queue": "q1", "task": "t",
+                          "worker": "w1@host", "job": DEFAULT_JOB, "instance": INSTANCE},
+           "exp_annotations": _expected_annotations(p, "q1", "t", "w1@host", options)}
+    return {
+        "interval": "1m",
+        "input_series": [{"series": _series(labels), "values": "1x10 stale"}],
+        "alert_rule_test": [
+            {"eval_time": "9m", "alertname": alert_name(p.id), "exp_alerts": [exp]},
+            # series gone since minute 11: still firing within keep_firing_for
+            {"eval_time": f"{10 + keep - 1}m", "alertname": alert_name(p.id),
+             "exp_alerts": [exp]},
+            {"eval_time": f"{10 + keep + 2}m", "alertname": alert_name(p.id),
+             "exp_alerts": []},
         ],
     }
 
@@ -130,21 +170,35 @@ def exporter_cases(options: Options) -> list[dict[str, Any]]:
     last = f'flower_practices_last_event_timestamp_seconds{{{JOB_LABELS}}}'
     down = "FlowerPracticesExporterDown"
     stalled = "FlowerPracticesEventStreamStalled"
+    start = f'flower_practices_start_time_seconds{{{JOB_LABELS}}}'
+    workers_dashboard = (f"{options.dashboard_base_url}/{WORKERS_DASHBOARD}"
+                         f"?var-job={DEFAULT_JOB}")
+    down_for = _minutes(options.exporter_down_for)
     down_annotations = {
-        "description": (f'Prometheus has not scraped job "{DEFAULT_JOB}" for 5m: no practice '
-                        "alert can fire while the exporter is down."),
+        "description": (f'Prometheus has not scraped job "{DEFAULT_JOB}" for '
+                        f"{options.exporter_down_for} (or the target vanished from service "
+                        "discovery): no new practice alert can fire while the exporter is "
+                        f"down. Firing practice alerts keep firing for "
+                        f"{options.keep_firing_for}; a restarted exporter restores its "
+                        "findings from its state file."),
         "runbook_url": options.runbook("exporter_down"),
+        "dashboard_url": workers_dashboard,
     }
     stalled_runbook = options.runbook("event_stream_stalled")
+    stalled_description = (
+        "The exporter is connected to the broker but has received no event (not even a "
+        "worker heartbeat) for {lag} (limit " f"{options.stall_seconds}s, counted from its "
+        "start until the first event): no worker is running, or the workers use another "
+        "broker/vhost, or their events go elsewhere.")
     return [
         {   # scrape fails: up == 0
             "interval": "1m",
             "input_series": [{"series": up, "values": "0x20"}],
             "alert_rule_test": [
-                {"eval_time": "2m", "alertname": down, "exp_alerts": []},
-                {"eval_time": "10m", "alertname": down, "exp_alerts": [{
-                    "exp_labels": {"severity": "warning", "job": DEFAULT_JOB,
-                                   "instance": INSTANCE},
+                {"eval_time": f"{down_for - 1}m", "alertname": down, "exp_alerts": []},
+                {"eval_time": f"{down_for + 1}m", "alertname": down, "exp_alerts": [{
+                    "exp_labels": {"severity": options.exporter_down_severity,
+                                   "job": DEFAULT_JOB, "instance": INSTANCE},
                     "exp_annotations": {
                         "summary": f"flower-practices exporter {INSTANCE} is down or not "
                                    "scraped",
@@ -154,8 +208,9 @@ def exporter_cases(options: Options) -> list[dict[str, Any]]:
         {   # the job is not scraped at all: absent(up)
             "interval": "1m",
             "input_series": [{"series": 'up{job="other", instance="x:1"}', "values": "1x20"}],
-            "alert_rule_test": [{"eval_time": "10m", "alertname": down, "exp_alerts": [{
-                "exp_labels": {"severity": "warning", "job": DEFAULT_JOB},
+            "alert_rule_test": [{"eval_time": f"{down_for + 1}m", "alertname": down,
+                                 "exp_alerts": [{
+                "exp_labels": {"severity": options.exporter_down_severity, "job": DEFAULT_JOB},
                 "exp_annotations": {
                     "summary": "flower-practices exporter is down or not scraped",
                     **down_annotations}}]}],
@@ -166,6 +221,7 @@ def exporter_cases(options: Options) -> list[dict[str, Any]]:
                 {"series": up, "values": "1x20"},
                 {"series": connected, "values": "1x20"},
                 {"series": last, "values": "0+60x20"},
+                {"series": start, "values": "0x20"},
             ],
             "alert_rule_test": [
                 {"eval_time": "15m", "alertname": down, "exp_alerts": []},
@@ -178,6 +234,7 @@ def exporter_cases(options: Options) -> list[dict[str, Any]]:
                 {"series": up, "values": "1x20"},
                 {"series": connected, "values": "0x20"},
                 {"series": last, "values": "0x20"},
+                {"series": start, "values": "0x20"},
             ],
             "alert_rule_test": [
                 {"eval_time": "3m", "alertname": stalled, "exp_alerts": []},
@@ -187,9 +244,11 @@ def exporter_cases(options: Options) -> list[dict[str, Any]]:
                     "exp_annotations": {
                         "summary": f"flower-practices exporter {INSTANCE} lost the broker",
                         "description": "The exporter's event stream has been disconnected "
-                                       "from the broker for 5m; findings and task metrics "
-                                       "are frozen until it reconnects.",
-                        "runbook_url": stalled_runbook}}]},
+                                       f"from the broker for {options.disconnected_for}; "
+                                       "findings and task metrics are frozen until it "
+                                       "reconnects.",
+                        "runbook_url": stalled_runbook,
+                        "dashboard_url": workers_dashboard}}]},
             ],
         },
         {   # connected, events stop at minute 5: stalled once the lag passes the limit
@@ -198,6 +257,7 @@ def exporter_cases(options: Options) -> list[dict[str, Any]]:
                 {"series": up, "values": "1x30"},
                 {"series": connected, "values": "1x30"},
                 {"series": last, "values": "0+60x5 300x25"},
+                {"series": start, "values": "0x30"},
             ],
             "alert_rule_test": [
                 # lag 300s at minute 10: not above the limit yet
@@ -207,12 +267,158 @@ def exporter_cases(options: Options) -> list[dict[str, Any]]:
                                    "job": DEFAULT_JOB, "instance": INSTANCE},
                     "exp_annotations": {
                         "summary": f"flower-practices exporter {INSTANCE} receives no events",
-                        "description": "The exporter is connected to the broker but has "
-                                       "received no event (not even a worker heartbeat) for "
-                                       f"more than {STALL_SECONDS}s: no worker is running, or "
-                                       "the workers use another broker/vhost, or their "
-                                       "events go elsewhere.",
-                        "runbook_url": stalled_runbook}}]},
+                        "description": stalled_description.format(lag="15m 0s"),
+                        "runbook_url": stalled_runbook,
+                        "dashboard_url": workers_dashboard}}]},
+            ],
+        },
+        {   # a fresh start with no event yet (timestamp 0): counted from the start, so
+            # quiet for stall_seconds, not a minute after the start
+            "interval": "1m",
+            "input_series": [
+                {"series": up, "values": "_x9 1x30"},
+                {"series": connected, "values": "_x9 1x30"},
+                {"series": last, "values": "_x9 0x30"},
+                {"series": start, "values": "_x9 600x30"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "12m", "alertname": stalled, "exp_alerts": []},
+                {"eval_time": "15m", "alertname": stalled, "exp_alerts": []},
+                {"eval_time": "18m", "alertname": stalled, "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "reason": "no_events",
+                                   "job": DEFAULT_JOB, "instance": INSTANCE},
+                    "exp_annotations": {
+                        "summary": f"flower-practices exporter {INSTANCE} receives no events",
+                        "description": stalled_description.format(lag="8m 0s"),
+                        "runbook_url": stalled_runbook,
+                        "dashboard_url": workers_dashboard}}]},
+            ],
+        },
+    ]
+
+
+def operations_cases(options: Options) -> list[dict[str, Any]]:
+    """Each operational alert: fires past its threshold, quiet below it."""
+    events = "celery_task_events_total"
+    sev = options.operations_severity
+    base = f"{options.dashboard_base_url}/{{}}?var-job={DEFAULT_JOB}&{{}}"
+
+    def ev(task: str, typ: str) -> str:
+        return f'{events}{{type="{typ}", task="{task}", queue="celery", {JOB_LABELS}}}'
+
+    wait = "celery_task_queue_wait_seconds_bucket"
+
+    def bucket(queue: str, le: str) -> str:
+        return f'{wait}{{queue="{queue}", le="{le}", {JOB_LABELS}}}'
+
+    ratio_for = _minutes(options.failure_ratio_for)
+    return [
+        {   # t.flaky: 3 of 10 fail; t.ok: 1 of 100; t.rare: 1 of 2 (too few tasks)
+            "interval": "1m",
+            "input_series": [
+                {"series": ev("t.flaky", "failed"), "values": "0+3x40"},
+                {"series": ev("t.flaky", "succeeded"), "values": "0+7x40"},
+                {"series": ev("t.ok", "failed"), "values": "0+1x40"},
+                {"series": ev("t.ok", "succeeded"), "values": "0+99x40"},
+                {"series": ev("t.rare", "failed"), "values": "0+0.1x40"},
+                {"series": ev("t.rare", "succeeded"), "values": "0+0.1x40"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": f"{ratio_for - 1}m", "alertname": "CeleryTaskFailureRatioHigh",
+                 "exp_alerts": []},
+                {"eval_time": f"{ratio_for + 12}m", "alertname": "CeleryTaskFailureRatioHigh",
+                 "exp_alerts": [{
+                     "exp_labels": {"severity": sev, "task": "t.flaky", "job": DEFAULT_JOB,
+                                    "instance": INSTANCE},
+                     "exp_annotations": {
+                         "summary": "Celery task t.flaky fails often",
+                         "description": (
+                             "30% of the finished t.flaky tasks failed over the last "
+                             f"{options.failure_ratio_window} (limit "
+                             f"{options.failure_ratio:.0%}, from at least "
+                             f"{options.failure_ratio_min_tasks} finished tasks)."),
+                         "runbook_url": options.runbook("task_failure_ratio"),
+                         "dashboard_url": base.format(TASKS_DASHBOARD, "var-task=t.flaky"),
+                     }}]},
+            ],
+        },
+        {   # queue "big": 5000 waiting; queue "small": 10
+            "interval": "1m",
+            "input_series": [
+                {"series": f'celery_queue_length{{queue="big", priority="", {JOB_LABELS}}}',
+                 "values": "5000x30"},
+                {"series": f'celery_queue_length{{queue="small", priority="", {JOB_LABELS}}}',
+                 "values": "10x30"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "5m", "alertname": "CeleryQueueBacklog", "exp_alerts": []},
+                {"eval_time": f"{_minutes(options.queue_length_for) + 1}m",
+                 "alertname": "CeleryQueueBacklog", "exp_alerts": [{
+                     "exp_labels": {"severity": sev, "queue": "big", "job": DEFAULT_JOB,
+                                    "instance": INSTANCE},
+                     "exp_annotations": {
+                         "summary": "Celery queue big has a backlog",
+                         "description": (f"5k messages wait in queue big (limit "
+                                         f"{options.queue_length}, for "
+                                         f"{options.queue_length_for})."),
+                         "runbook_url": options.runbook("queue_backlog"),
+                         "dashboard_url": base.format(QUEUES_DASHBOARD, "var-queue=big"),
+                     }}]},
+            ],
+        },
+        {   # queue "slow": tasks wait 300-600 s; queue "fast": under 1 s
+            "interval": "1m",
+            "input_series": [
+                {"series": bucket("slow", "1"), "values": "0x40"},
+                {"series": bucket("slow", "300"), "values": "0x40"},
+                {"series": bucket("slow", "600"), "values": "0+10x40"},
+                {"series": bucket("slow", "+Inf"), "values": "0+10x40"},
+                {"series": bucket("fast", "1"), "values": "0+10x40"},
+                {"series": bucket("fast", "300"), "values": "0+10x40"},
+                {"series": bucket("fast", "600"), "values": "0+10x40"},
+                {"series": bucket("fast", "+Inf"), "values": "0+10x40"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "5m", "alertname": "CeleryQueueWaitHigh", "exp_alerts": []},
+                {"eval_time": f"{_minutes(options.queue_wait_for) + 2}m",
+                 "alertname": "CeleryQueueWaitHigh", "exp_alerts": [{
+                     "exp_labels": {"severity": sev, "queue": "slow", "job": DEFAULT_JOB,
+                                    "instance": INSTANCE},
+                     "exp_annotations": {
+                         "summary": "Tasks wait long in Celery queue slow",
+                         "description": (
+                             "95 % of the tasks that started from queue slow over the last "
+                             f"{options.queue_wait_window} waited up to 9m 45s (target "
+                             f"{options.queue_wait_p95_seconds}s)."),
+                         "runbook_url": options.runbook("queue_wait_high"),
+                         "dashboard_url": base.format(QUEUES_DASHBOARD, "var-queue=slow"),
+                     }}]},
+            ],
+        },
+        {   # w2 stopped sending heartbeats; w1 is up
+            "interval": "1m",
+            "input_series": [
+                {"series": f'celery_worker_up{{worker="w1@host", {JOB_LABELS}}}',
+                 "values": "1x20"},
+                {"series": f'celery_worker_up{{worker="w2@host", {JOB_LABELS}}}',
+                 "values": "1x3 0x17"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "4m", "alertname": "CeleryWorkerDown", "exp_alerts": []},
+                {"eval_time": f"{4 + _minutes(options.worker_down_for) + 1}m",
+                 "alertname": "CeleryWorkerDown", "exp_alerts": [{
+                     "exp_labels": {"severity": sev, "worker": "w2@host", "job": DEFAULT_JOB,
+                                    "instance": INSTANCE},
+                     "exp_annotations": {
+                         "summary": "Celery worker w2@host is down",
+                         "description": (
+                             "Worker w2@host sent no heartbeat for "
+                             f"{options.worker_down_for} (it went offline or died); its "
+                             "queues are consumed by fewer workers, and tasks it was running "
+                             "may be lost."),
+                         "runbook_url": options.runbook("worker_down"),
+                         "dashboard_url": base.format(WORKERS_DASHBOARD, "var-worker=w2@host"),
+                     }}]},
             ],
         },
     ]
@@ -221,5 +427,6 @@ def exporter_cases(options: Options) -> list[dict[str, Any]]:
 def test_document(rule_file: str, options: Options | None = None) -> dict[str, Any]:
     options = options or Options()
     cases = [practice_case(i, p, options) for i, p in enumerate(PRACTICES)]
-    cases += [practice_quiet_case(), severity_override_case(options), *exporter_cases(options)]
+    cases += [practice_quiet_case(), severity_override_case(options), keep_firing_case(options),
+              *exporter_cases(options), *operations_cases(options)]
     return {"rule_files": [rule_file], "evaluation_interval": "1m", "tests": cases}
