@@ -37,19 +37,36 @@ def datasource_variable() -> db.DatasourceVariable:
             .current(dm.VariableOption(selected=True, text="default", value="default")))
 
 
-def label_variable(name: str, label: str, query: str, *, multi: bool = True
-                   ) -> db.QueryVariable:
-    """A ``label_values`` query variable with an All option matching empty labels too."""
-    return (db.QueryVariable(name).label(label)
-            .query({"query": query, "refId": f"{name}-var"})
-            .datasource(DATASOURCE)
-            .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
-            .sort(dm.VariableSort.ALPHABETICAL_CASE_INSENSITIVE_ASC)
-            .multi(multi).include_all(True).all_value(".*").current(_all_option()))
+def label_variable(name: str, label: str, query: str, *, multi: bool = True,
+                   all_value: str | None = ".*") -> db.QueryVariable:
+    """A ``label_values`` query variable with an All option; ``all_value`` ``.*`` matches
+    empty labels too, None makes All the list of the variable's values."""
+    variable = (db.QueryVariable(name).label(label)
+                .query({"query": query, "refId": f"{name}-var"})
+                .datasource(DATASOURCE)
+                .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+                .sort(dm.VariableSort.ALPHABETICAL_CASE_INSENSITIVE_ASC)
+                .multi(multi).include_all(True).current(_all_option()))
+    return variable.all_value(all_value) if all_value is not None else variable
 
 
 def job_variable() -> db.QueryVariable:
-    return label_variable("job", "Job", "label_values(flower_practices_events_total, job)")
+    """The exporter's jobs only: its values are the jobs exposing flower_practices
+    metrics, and All is exactly those (no ``.*``), so ``up{job=~"$job"}`` never reaches an
+    unrelated job."""
+    return label_variable("job", "Job", "label_values(flower_practices_events_total, job)",
+                          all_value=None)
+
+
+#: what a stat panel shows without a value: the exporter is down or not scraped (counts
+#: that are legitimately zero are made explicit with :func:`zero_while_up`)
+NO_VALUE = "No data"
+
+
+def zero_while_up(expr: str) -> str:
+    """``expr``, or 0 while the exporter is scraped; no value (shown as "No data") when it
+    is down -- unlike ``or vector(0)``, which shows a green 0 for a dead exporter."""
+    return f"({expr}) or (0 * max({series('up')} == 1))"
 
 
 def dashboard(uid: str, title: str, description: str,
@@ -115,6 +132,7 @@ def single(title: str, description: str, unit: str, expr: str, *,
              .graph_mode(cm.BigValueGraphMode.AREA)
              .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
              .thresholds(_thresholds(steps or [(None, "green")]))
+             .no_value(NO_VALUE)
              .with_target(query(expr, instant=True)))
     if mappings:
         panel = panel.mappings(mappings)

@@ -18,6 +18,7 @@ from .common import (
     row,
     series,
     single,
+    zero_while_up,
 )
 
 UID = "celery-practices"
@@ -72,11 +73,11 @@ def build() -> db.Dashboard:
     board.with_row(row("Active findings"))
     board.with_panel(single(
         "Active findings", "Findings active now (1 per celery_practice_violation series).",
-        "short", f"sum({findings()}) or vector(0)", steps=[(None, "green"), (1, "orange")]))
+        "short", zero_while_up(f"sum({findings()})"), steps=[(None, "green"), (1, "orange")]))
     for severity, steps in SEVERITY_STEPS.items():
         board.with_panel(single(
             f"{severity.capitalize()} findings", f"Active findings of severity {severity}.",
-            "short", "sum(" + findings(f'severity="{severity}"') + ") or vector(0)",
+            "short", zero_while_up("sum(" + findings(f'severity="{severity}"') + ")"),
             steps=steps))
     board.with_panel(graph(
         "Active findings by practice and severity",

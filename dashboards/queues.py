@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as db
 
-from .common import dashboard, graph, instant_table, label_variable, query, row, series, single
+from .common import (
+    dashboard,
+    graph,
+    instant_table,
+    label_variable,
+    query,
+    row,
+    series,
+    single,
+    zero_while_up,
+)
 
 UID = "celery-queues"
 Q = 'queue=~"$queue"'
@@ -30,17 +40,17 @@ def build() -> db.Dashboard:
     board.with_row(row("Backlog and consumers"))
     board.with_panel(single(
         "Messages waiting", "Messages in the selected queues, all priorities.", "short",
-        f"sum({length}) or vector(0)", steps=[(None, "green"), (1000, "orange")]))
+        zero_while_up(f"sum({length})"), steps=[(None, "green"), (1000, "orange")]))
     board.with_panel(single(
         "Queues with backlog and no consumer",
         "Queues holding messages that no worker consumes.", "short",
-        f"count((sum by (queue) ({length}) > 0) unless on (queue) "
-        f"(sum by (queue) ({consumers}) > 0)) or vector(0)",
+        zero_while_up(f"count((sum by (queue) ({length}) > 0) unless on (queue) "
+                      f"(sum by (queue) ({consumers}) > 0))"),
         steps=[(None, "green"), (1, "red")]))
     board.with_panel(single(
         "Starvation findings", "Active queue_starvation, queue_without_consumer and "
         "prefetch_starvation findings.", "short",
-        f"sum({series('celery_practice_violation', STARVATION, Q)}) or vector(0)",
+        zero_while_up(f"sum({series('celery_practice_violation', STARVATION, Q)})"),
         steps=[(None, "green"), (1, "orange")]))
     board.with_panel(single(
         "Longest p95 wait", "Highest p95 queue wait over the selected queues.", "s",

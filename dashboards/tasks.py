@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as db
 
-from .common import dashboard, graph, label_variable, query, row, series, single
+from .common import dashboard, graph, label_variable, query, row, series, single, zero_while_up
 
 UID = "celery-tasks"
 QT = ('queue=~"$queue"', 'task=~"$task"')
@@ -39,10 +39,10 @@ def build() -> db.Dashboard:
     board.with_row(row("Throughput"))
     board.with_panel(single(
         "Succeeded / s", "Task-succeeded events per second.", "ops",
-        f"sum(rate({events(SUCCEEDED)}{RATE}))"))
+        zero_while_up(f"sum(rate({events(SUCCEEDED)}{RATE}))")))
     board.with_panel(single(
         "Failed / s", "Task-failed events per second.", "ops",
-        f"sum(rate({events(FAILED)}{RATE}))",
+        zero_while_up(f"sum(rate({events(FAILED)}{RATE}))"),
         steps=[(None, "green"), (0.01, "orange")]))
     board.with_panel(single(
         "Failure ratio", "Failed / (succeeded + failed) over the selection.", "percentunit",

@@ -13,12 +13,15 @@ from .common import (
     series,
     single,
     up_down_mappings,
+    zero_while_up,
 )
 
 UID = "celery-workers-exporter"
 W = 'worker=~"$worker"'
 RATE = "[$__rate_interval]"
-LAG = f"time() - max by (instance) ({series('flower_practices_last_event_timestamp_seconds')})"
+#: a zero timestamp (no event since the exporter started) is no lag of 56 years: dropped
+LAG = (f"time() - max by (instance) "
+       f"({series('flower_practices_last_event_timestamp_seconds')} > 0)")
 
 
 def build() -> db.Dashboard:
@@ -31,18 +34,19 @@ def build() -> db.Dashboard:
     board.with_row(row("Workers"))
     board.with_panel(single(
         "Workers up", "Workers whose heartbeats are fresh.", "short",
-        f"sum({series('celery_worker_up', W)}) or vector(0)",
+        zero_while_up(f"sum({series('celery_worker_up', W)})"),
         steps=[(None, "red"), (1, "green")]))
     board.with_panel(single(
         "Workers down", "Workers known to the exporter whose heartbeats stopped.", "short",
-        f"count({series('celery_worker_up', W)} == 0) or vector(0)",
+        zero_while_up(f"count({series('celery_worker_up', W)} == 0)"),
         steps=[(None, "green"), (1, "red")]))
     board.with_panel(single(
         "Tasks running", "Tasks started but not finished, all selected workers.", "short",
-        f"sum({series('celery_worker_tasks_running', W)}) or vector(0)"))
+        zero_while_up(f"sum({series('celery_worker_tasks_running', W)})")))
     board.with_panel(single(
         "Tasks reserved", "Tasks received but not started (prefetched), all selected "
-        "workers.", "short", f"sum({series('celery_worker_tasks_reserved', W)}) or vector(0)"))
+        "workers.", "short",
+        zero_while_up(f"sum({series('celery_worker_tasks_reserved', W)})")))
     board.with_panel(graph(
         "Worker up", "1 while a worker's heartbeats are fresh.", "bool_on_off",
         [query(f"max by (worker) ({series('celery_worker_up', W)})", "{{worker}}")],

@@ -113,6 +113,30 @@ def test_thresholds_live_in_one_place() -> None:
     assert flat[alert_name("retry_storm")]["for"] == "7m"
 
 
+def _seconds(duration: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    return float(duration[:-1]) * units[duration[-1]]
+
+
+def test_every_compose_demo_alert_can_fire() -> None:
+    """In the compose demo each finding, once raised, stays active (clear_after) longer
+    than its alert's ``for`` plus two scrapes and an evaluation: an alert whose finding
+    clears before ``for`` elapses never fires."""
+    from flower_practices.config import load_settings
+
+    settings = load_settings(ROOT / "deploy" / "compose" / "flower-practices.toml")
+    prometheus = yaml.safe_load((ROOT / "deploy" / "compose" / "prometheus.yml").read_text())
+    scrape = _seconds(prometheus["global"]["scrape_interval"])
+    evaluation = _seconds(prometheus["global"]["evaluation_interval"])
+    for p in PRACTICES:
+        options = settings.practice_options(p.id)
+        severity = options.get("severity", p.severity)
+        clear = options.get("clear_after_seconds", settings.clear_after_seconds)
+        needed = _seconds(FOR_BY_SEVERITY[severity]) + 2 * scrape + evaluation \
+            + settings.evaluation_interval
+        assert clear > needed, (p.id, clear, needed)
+
+
 def test_the_exporter_runbooks_exist() -> None:
     runbooks = ROOT / "flower_practices" / "runbooks"
     for name in [*EXPORTER_ALERTS.values(), *OPERATIONS_ALERTS.values()]:

@@ -76,10 +76,15 @@ def test_datasource_and_template_variables() -> None:
         assert var["datasource"]["type"] == "datasource"
         assert var["datasource"]["query"] == "prometheus"
         assert var["job"]["type"] == "query"
+        # The job variable lists only jobs exposing the exporter's metrics, and its All is
+        # exactly those jobs (no ".*"): up{job=~"$job"} never reaches an unrelated job.
+        assert "flower_practices_" in var["job"]["query"]["query"]
+        assert var["job"]["includeAll"] and "allValue" not in var["job"]
         for v in var.values():
-            if v["type"] == "query":
+            if v["type"] == "query" and v["name"] != "job":
                 # "All" must also match findings whose queue/task label is empty.
                 assert v["includeAll"] and v["allValue"] == ".*", v["name"]
+            if v["type"] == "query":
                 assert v["datasource"]["uid"] == "${datasource}"
     by_title = {b["title"]: b for b in boards.values()}
     assert {"queue", "task"} <= set(variables(by_title["Celery / Tasks"]))
@@ -112,6 +117,31 @@ def test_every_panel_uses_the_variables_rate_interval_and_a_unit() -> None:
                     assert 'job=~"$job"' in matchers, (where, expr)
                 for used in re.findall(r"\$(\w+)", expr):
                     assert used in var_names or used.startswith("__"), (where, used)
+
+
+def test_stat_panels_show_no_data_when_the_exporter_is_down() -> None:
+    """No ``or vector(0)`` (a green 0 while the exporter is dead): a count that may be 0
+    falls back to 0 only while ``up`` is 1, and every stat panel says "No data"."""
+    for board in load_all().values():
+        for panel in panels(board):
+            where = f"{board['title']} / {panel['title']}"
+            for target in panel["targets"]:
+                assert "vector(0)" not in target["expr"], where
+                if " or (0 * " in target["expr"]:
+                    assert target["expr"].endswith('(0 * max(up{job=~"$job"} == 1))'), where
+            if panel["type"] == "stat":
+                assert panel["fieldConfig"]["defaults"]["noValue"] == "No data", where
+
+
+def test_event_lag_ignores_a_zero_timestamp() -> None:
+    """Before the first event the timestamp is 0: no lag of 56 years."""
+    for board in load_all().values():
+        for panel in panels(board):
+            for target in panel["targets"]:
+                expr = target["expr"]
+                if "flower_practices_last_event_timestamp_seconds" in expr:
+                    assert re.search(r'flower_practices_last_event_timestamp_seconds\{[^}]*\}'
+                                     r" > 0\)", expr), (panel["title"], expr)
 
 
 def test_requested_panels_are_there() -> None:
