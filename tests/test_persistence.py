@@ -388,3 +388,47 @@ def test_flower_plugin_kill9_and_restart_brings_back_findings(redis_url: str,
         assert confirmed["first_seen"] == before["first_seen"]
     finally:
         flower.stop()
+
+
+def test_restored_finding_holds_for_the_rules_window_or_until_refuted(tmp_path: Path) -> None:
+    """A finding last seen just before the restart is kept for what is left of its rule's
+    window (the rule lost that evidence), plus clear_after; a rule whose fresh data
+    positively refutes it drops it at the first evaluation."""
+    from flower_practices.config import Settings
+    from flower_practices.engine import Engine
+    from flower_practices.rules.base import Rule
+
+    class Windowed(Rule):
+        id = "retry_storm"
+        defaults = {"window_seconds": 600.0}
+        refute = False
+
+        def evaluate(self, now):
+            return ()
+
+        def refutes(self, finding, now):
+            return Windowed.refute
+
+    now = time.time()
+    item = {"practice": "retry_storm", "queue": "q", "task": "t", "worker": None,
+            "severity": "warning", "summary": "s", "evidence": {}, "first_seen": now - 100,
+            "last_seen": now - 10, "count": 4}
+    StateStore(tmp_path, "redis://h/0").save(Snapshot(findings=[item], saved_at=now - 10))
+    settings = Settings(clear_after_seconds=120.0)
+    engine = Engine(settings, broker_url="redis://h/0", rule_classes=[Windowed],
+                    store=StateStore(tmp_path, "redis://h/0"))
+    (finding,) = engine.findings.active()
+    assert finding.restored_until == pytest.approx(now - 10 + 600)
+    engine.evaluate(now=now + 500)
+    assert len(engine.findings.active()) == 1, "within the rule's window"
+    engine.evaluate(now=now - 10 + 600 + 121)
+    assert engine.findings.active() == []
+
+    Windowed.refute = True
+    engine = Engine(settings, broker_url="redis://h/0", rule_classes=[Windowed],
+                    store=StateStore(tmp_path / "other", "redis://h/0"))
+    assert engine.findings.active() == []  # other directory: nothing saved there
+    engine.restore_state(Snapshot(findings=[item]), now=now)
+    assert len(engine.findings.active()) == 1
+    engine.evaluate(now=now + 1)
+    assert engine.findings.active() == [], "refuted by fresh data"

@@ -60,10 +60,14 @@ CONFIG: dict[str, Any] = {
     "operations_severity": "warning",
 }
 
-#: kept for readers of the defaults
+#: the defaults under their former names (the rules themselves read :class:`Options`)
 DEFAULT_JOB = CONFIG["job"]
 FOR_BY_SEVERITY = {s: CONFIG[f"for_{s}"] for s in ("critical", "warning", "info")}
+EXPORTER_DOWN_FOR = CONFIG["exporter_down_for"]
+DISCONNECTED_FOR = CONFIG["disconnected_for"]
 STALL_SECONDS = CONFIG["stall_seconds"]
+STALL_FOR = CONFIG["stall_for"]
+EXPORTER_SEVERITY = CONFIG["exporter_severity"]
 
 PRACTICE_GROUP = "flower-practices.practices"
 EXPORTER_GROUP = "flower-practices.exporter"
