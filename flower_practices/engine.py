@@ -169,7 +169,10 @@ class Engine:
            I/O there, taking the lock only briefly); :class:`ProbeFailed` is counted in
            ``probe_errors`` and the rule is still evaluated on what it already has;
         2. under the lock, each rule's :meth:`~Rule.evaluate` yields what holds now and
-           the findings are updated.
+           the findings are updated; with a state store, a snapshot of the findings and
+           the rules' memory is taken;
+        3. without the lock, the snapshot is written to the state file if it changed
+           (:mod:`flower_practices.store`).
 
         A rule that raises in either phase is counted in ``rule_errors`` (logged once)
         and its conditions are *unknown* this round, not false: its findings are kept
@@ -203,9 +206,9 @@ class Engine:
             self.state.sweep(now)
             self.last_evaluation_at = now
             snapshot = self._snapshot(now) if self.store is not None else None
-        if snapshot is not None:  # the file I/O outside the lock
+            self.last_evaluation_seconds = time.perf_counter() - started
+        if snapshot is not None:  # the file I/O outside the lock (written if changed)
             self.store.save(snapshot)
-        self.last_evaluation_seconds = time.perf_counter() - started
 
     # -- persistence (flower_practices.store) --------------------------------------------
     def restore_state(self, snapshot: Snapshot, now: float | None = None) -> None:
