@@ -1,23 +1,96 @@
-"""Run the standalone exporter: engine threads plus the HTTP server on the main IOLoop."""
+"""Run the standalone exporter: engine threads plus the HTTP server on the main IOLoop.
+
+HTTP limits (every endpoint is GET-only):
+
+- request bodies: at most :data:`MAX_BODY_SIZE` bytes; a larger ``Content-Length`` (or a
+  chunked body growing past it) is answered ``400`` and the connection closed before any of
+  the body is read, so a 30 MB POST costs nothing;
+- headers: at most :data:`MAX_HEADER_SIZE` bytes, and they must arrive within
+  ``http_idle_timeout_seconds``, which is also how long an idle keep-alive connection is kept;
+- connections: at most ``max_connections`` open at once; one more is answered an immediate
+  ``503`` with ``Retry-After: 1`` and closed. Connections not yet accepted wait in the listen
+  backlog (:data:`LISTEN_BACKLOG`, capped by the kernel's ``net.core.somaxconn``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
+import socket
 
 from celery import Celery
 from prometheus_client import CollectorRegistry
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from tornado.httpserver import HTTPServer
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.netutil import bind_sockets
 
 from ..config import Settings
 from ..metrics import PracticesCollector
 from ..runtime import EngineRunner, build_engine
 from .handlers import make_application
+from .webconfig import BasicAuth, WebConfig
 
 log = logging.getLogger("flower_practices.exporter")
+
+#: request body bytes accepted (the endpoints are GET-only: nothing needs a body)
+MAX_BODY_SIZE = 1024
+#: request line + header bytes accepted
+MAX_HEADER_SIZE = 16 * 1024
+#: listen(2) backlog: connections the kernel queues while the server is busy
+LISTEN_BACKLOG = 1024
+#: file descriptors kept free for the broker connections, probes and logs
+RESERVED_FDS = 64
+
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+         b"Retry-After: 1\r\nConnection: close\r\nContent-Length: 28\r\n\r\n"
+         b"too many open connections\r\n\r\n")
+
+
+class BoundedHTTPServer(HTTPServer):
+    """Tornado's HTTPServer with a cap on open connections: one more gets a fast 503."""
+
+    def initialize(self, *args, max_connections: int = 1024, **kwargs) -> None:  # type: ignore[override]
+        super().initialize(*args, **kwargs)
+        self.max_connections = max_connections
+        #: connections refused with 503 since start
+        self.refused = 0
+
+    def handle_stream(self, stream: IOStream, address: tuple) -> None:
+        if len(self._connections) >= self.max_connections:
+            self.refused += 1
+            asyncio.ensure_future(_refuse(stream))
+            return
+        super().handle_stream(stream, address)
+
+
+async def _refuse(stream: IOStream) -> None:
+    try:
+        await asyncio.wait_for(stream.write(_BUSY), 2.0)
+    except (TimeoutError, StreamClosedError, OSError):
+        pass
+    finally:
+        stream.close()
+
+
+def connection_limit(wanted: int) -> int:
+    """``wanted``, lowered to what the open-files limit allows (with a warning)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or wanted + RESERVED_FDS <= soft:
+        return wanted
+    allowed = max(1, soft - RESERVED_FDS)
+    log.warning("max_connections %d lowered to %d: the open-files limit (ulimit -n) is %d",
+                wanted, allowed, soft)
+    return allowed
+
+
+def _shown(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def make_registry(engine) -> CollectorRegistry:
@@ -31,13 +104,23 @@ def make_registry(engine) -> CollectorRegistry:
 
 async def serve(app: Celery, settings: Settings, *, app_loaded: bool, host: str, port: int,
                 ready: asyncio.Event | None = None,
-                stop: asyncio.Event | None = None) -> None:
+                stop: asyncio.Event | None = None,
+                web_config: WebConfig | None = None) -> None:
     """Serve until ``stop`` is set (or SIGINT/SIGTERM when ``stop`` is None)."""
+    web_config = web_config or WebConfig()
     engine = build_engine(app, settings, app_loaded=app_loaded)
     runner = EngineRunner(app, engine)
     registry = make_registry(engine)
-    application = make_application(engine, registry)
-    server = application.listen(port, address=host, xheaders=True)
+    auth = BasicAuth(web_config.users) if web_config.auth_required else None
+    application = make_application(engine, registry, auth=auth)
+    server = BoundedHTTPServer(
+        application, xheaders=True, ssl_options=web_config.ssl_context,
+        max_connections=connection_limit(settings.max_connections),
+        max_body_size=MAX_BODY_SIZE, max_header_size=MAX_HEADER_SIZE,
+        idle_connection_timeout=settings.http_idle_timeout_seconds,
+        body_timeout=settings.http_idle_timeout_seconds)
+    sockets = bind_sockets(port, address=host or None, backlog=LISTEN_BACKLOG)
+    server.add_sockets(sockets)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     try:
@@ -46,9 +129,9 @@ async def serve(app: Celery, settings: Settings, *, app_loaded: bool, host: str,
     except (RuntimeError, ValueError):  # not the main thread (tests)
         pass
     runner.start()
-    shown_host = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    log.info("exporter listening on http://%s:%d (/metrics, /api/practices, /healthz)",
-             shown_host, port)
+    log.info("exporter listening on %s (%s; /metrics, /api/practices, /healthz)",
+             ", ".join(f"{web_config.scheme}://{_shown(s)}" for s in sockets),
+             "basic auth on all but /healthz" if auth else "no authentication")
     if ready is not None:
         ready.set()
     try:
@@ -57,3 +140,6 @@ async def serve(app: Celery, settings: Settings, *, app_loaded: bool, host: str,
         log.info("stopping exporter")
         server.stop()
         runner.stop()
+        application.metrics_cache.close()
+        if auth is not None:
+            auth.close()
