@@ -39,11 +39,16 @@ class _EngineHandler(tornado.web.RequestHandler):
             return
         ok = await self.auth.check(self.request.headers.get("Authorization", ""))
         if ok is None:  # a flood of bcrypt checks: refuse rather than queue
-            self.set_header("Retry-After", "1")
             raise tornado.web.HTTPError(503)
         if not ok:
-            self.set_header("WWW-Authenticate", 'Basic realm="flower-practices"')
             raise tornado.web.HTTPError(401)
+
+    def write_error(self, status_code: int, **kwargs: object) -> None:
+        if status_code == 401:
+            self.set_header("WWW-Authenticate", 'Basic realm="flower-practices"')
+        elif status_code == 503:
+            self.set_header("Retry-After", "1")
+        super().write_error(status_code, **kwargs)
 
     def compute_etag(self) -> str | None:
         return None  # a SHA-1 of every response body, on the event loop, for nobody
