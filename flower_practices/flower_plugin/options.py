@@ -13,7 +13,7 @@ DEFAULT_PLUGINS = ("flower_practices",)
 
 
 def define_options() -> None:
-    """Define ``plugins`` and ``practices_config`` (idempotent)."""
+    """Define ``plugins``, ``practices_config`` and ``practices_metrics_auth`` (idempotent)."""
     if "plugins" not in options:
         options.define("plugins", type=str, multiple=True, default=[],
                        group="flower-practices",
@@ -22,6 +22,11 @@ def define_options() -> None:
     if "practices_config" not in options:
         options.define("practices_config", type=str, default=None, group="flower-practices",
                        help="TOML settings file of the flower_practices plugin")
+    if "practices_metrics_auth" not in options:
+        options.define("practices_metrics_auth", type=bool, default=False,
+                       group="flower-practices",
+                       help="put Flower's /metrics behind Flower's --basic_auth/--auth "
+                            "(Flower serves it unauthenticated by default)")
 
 
 def requested_plugins(opts) -> list[str]:
