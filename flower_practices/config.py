@@ -67,7 +67,7 @@ class Settings:
     #: every scrape that does not find one in flight)
     metrics_cache_seconds: float = 1.0
     #: standalone exporter: open HTTP connections served at once; more get an immediate 503
-    max_connections: int = 1024
+    max_connections: int = 2048
     #: standalone exporter: a connection is closed when a request's headers take longer
     #: than this, or when it stays idle between requests this long
     http_idle_timeout_seconds: float = 30.0

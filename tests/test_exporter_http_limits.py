@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import os
 import re
@@ -286,6 +287,17 @@ def test_basic_auth_and_tls_from_the_web_config_file(redis_url: str, tls_files: 
             names = {f.name for f in text_string_to_metric_families(body.decode())}
             assert "flower_practices_events" in names
         assert exp.get("/api/practices", auth=("prometheus", "scrape-me"))[0] == 200
+        # what Prometheus sends: OpenMetrics, gzip -- a rendering cached per format
+        token = base64.b64encode(b"prometheus:scrape-me").decode()
+        request = urllib.request.Request(
+            f"https://127.0.0.1:{exp.port}/metrics",
+            headers={"Authorization": f"Basic {token}", "Accept-Encoding": "gzip",
+                     "Accept": "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"})
+        with urllib.request.urlopen(request, timeout=30, context=context) as resp:
+            assert resp.headers["Content-Encoding"] == "gzip"
+            assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
+            text = gzip.decompress(resp.read()).decode()
+        assert text.endswith("# EOF\n") and "flower_practices_events_total" in text
         assert exp.get("/healthz")[0] == 200  # open by design (documented)
         # plain HTTP on the TLS port gets no page
         plain = _raw(exp.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

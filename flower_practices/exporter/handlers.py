@@ -9,6 +9,7 @@ is connected, and why not).
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Callable
 
@@ -24,6 +25,8 @@ from .webconfig import BasicAuth
 #: distinct negotiated formats (content type + version + escaping) rendered and cached;
 #: clients asking for yet another one get the plain text format
 MAX_FORMATS = 8
+#: zlib level for gzip responses: 6 (zlib's default) is ~2x faster than 9 for 1-2 % more bytes
+GZIP_LEVEL = 6
 
 
 class _EngineHandler(tornado.web.RequestHandler):
@@ -70,8 +73,12 @@ class MetricsHandler(_EngineHandler):
                 content_type = CONTENT_TYPE_PLAIN_0_0_4
             else:
                 self.formats[content_type] = encoder
-        body = await self.cache.get(content_type)
+        gzipped = accepts_gzip(self.request.headers.get("Accept-Encoding", ""))
+        body = await self.cache.get((content_type, gzipped))
         self.set_header("Content-Type", content_type)
+        self.set_header("Vary", "Accept-Encoding")
+        if gzipped:
+            self.set_header("Content-Encoding", "gzip")
         self.set_header("Content-Length", str(len(body)))
         # headers first: written together, tornado would copy the body into the header
         # buffer once per response; written alone, every scraper shares the one bytes object
@@ -107,13 +114,30 @@ class IndexHandler(_EngineHandler):
         )
 
 
+def accepts_gzip(header: str) -> bool:
+    """Whether an ``Accept-Encoding`` header accepts gzip (Prometheus always sends it)."""
+    for item in header.split(","):
+        coding, _, params = item.partition(";")
+        if coding.strip().lower() in ("gzip", "x-gzip"):
+            return params.replace(" ", "").lower() not in ("q=0", "q=0.0", "q=0.00",
+                                                           "q=0.000")
+    return False
+
+
 def metrics_cache(registry: CollectorRegistry, max_age: float
                   ) -> tuple[RenderCache, dict[str, Callable]]:
-    """A render cache for ``registry`` and the format table it renders from."""
+    """A render cache keyed by (content type, gzip) and the format table it renders from.
+
+    Compression runs in the render thread, once per rendering: a 2.5 MB page becomes
+    ~0.2 MB, so hundreds of Prometheus scrapers (which all ask for gzip) cost the event
+    loop a tenth of the bytes to send.
+    """
     formats: dict[str, Callable] = {CONTENT_TYPE_PLAIN_0_0_4: render_text}
 
-    def render(content_type: object) -> bytes:
-        return formats[str(content_type)](registry)
+    def render(key: object) -> bytes:
+        content_type, gzipped = key  # type: ignore[misc]
+        body = formats[content_type](registry)
+        return gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0) if gzipped else body
 
     return RenderCache(render, max_age), formats
 

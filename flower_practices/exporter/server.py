@@ -15,10 +15,12 @@ HTTP limits (every endpoint is GET-only):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import resource
 import signal
 import socket
+import sys
 
 from celery import Celery
 from prometheus_client import CollectorRegistry
@@ -43,6 +45,16 @@ MAX_BODY_SIZE = 1024
 MAX_HEADER_SIZE = 16 * 1024
 #: listen(2) backlog: connections the kernel queues while the server is busy
 LISTEN_BACKLOG = 1024
+#: refused connections being answered 503 at once; past it, excess ones are just closed
+MAX_REFUSING = 64
+#: socket send buffer per connection (the kernel doubles it). Without a cap, loopback
+#: autotuning lets one send() copy a whole multi-megabyte page, and with hundreds of
+#: scrapers one loop iteration copies gigabytes while /healthz waits
+SEND_BUFFER = 64 * 1024
+#: GIL switch interval of the exporter process (CPython's default: 5 ms). While the render
+#: thread runs, the event loop gives up the GIL at every send() and waits up to this long to
+#: get it back; at 5 ms a render made /healthz wait seconds under 1000 scrapers (bench/)
+SWITCH_INTERVAL = 0.001
 #: file descriptors kept free for the broker connections, probes and logs
 RESERVED_FDS = 64
 
@@ -54,23 +66,37 @@ _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
 class BoundedHTTPServer(HTTPServer):
     """Tornado's HTTPServer with a cap on open connections: one more gets a fast 503."""
 
-    def initialize(self, *args, max_connections: int = 1024, **kwargs) -> None:  # type: ignore[override]
+    def initialize(self, *args, max_connections: int = 2048,  # type: ignore[override]
+                   **kwargs) -> None:
         super().initialize(*args, **kwargs)
         self.max_connections = max_connections
         #: connections refused with 503 since start
         self.refused = 0
+        self._refusing = 0
+
+    def _refused(self, _: object) -> None:
+        self._refusing -= 1
 
     def handle_stream(self, stream: IOStream, address: tuple) -> None:
         if len(self._connections) >= self.max_connections:
             self.refused += 1
-            asyncio.ensure_future(_refuse(stream))
+            if self._refusing >= MAX_REFUSING:  # a flood: no polite answer, close at once
+                stream.close()
+                return
+            self._refusing += 1
+            asyncio.ensure_future(_refuse(stream)).add_done_callback(self._refused)
             return
+        with contextlib.suppress(OSError):  # bounded sends (see SEND_BUFFER)
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         super().handle_stream(stream, address)
 
 
 async def _refuse(stream: IOStream) -> None:
+    """Answer 503 and close; the request is read (up to 16 KiB, 1 s) so that closing does
+    not reset the connection before the client has read the answer."""
     try:
         await asyncio.wait_for(stream.write(_BUSY), 2.0)
+        await asyncio.wait_for(stream.read_bytes(MAX_HEADER_SIZE, partial=True), 1.0)
     except (TimeoutError, StreamClosedError, OSError):
         pass
     finally:
@@ -108,6 +134,7 @@ async def serve(app: Celery, settings: Settings, *, app_loaded: bool, host: str,
                 web_config: WebConfig | None = None) -> None:
     """Serve until ``stop`` is set (or SIGINT/SIGTERM when ``stop`` is None)."""
     web_config = web_config or WebConfig()
+    sys.setswitchinterval(SWITCH_INTERVAL)
     engine = build_engine(app, settings, app_loaded=app_loaded)
     runner = EngineRunner(app, engine)
     registry = make_registry(engine)
