@@ -58,9 +58,10 @@ SWITCH_INTERVAL = 0.001
 #: file descriptors kept free for the broker connections, probes and logs
 RESERVED_FDS = 64
 
+_BUSY_BODY = b"503: too many open connections\n"
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-         b"Retry-After: 1\r\nConnection: close\r\nContent-Length: 28\r\n\r\n"
-         b"too many open connections\r\n\r\n")
+         b"Retry-After: 1\r\nConnection: close\r\n"
+         b"Content-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
 
 
 class BoundedHTTPServer(HTTPServer):
