@@ -3,6 +3,7 @@
     python bench/run.py                      # everything, ~2-3 minutes on 2 cores
     python bench/run.py --only stream --events 200000 --rate 5000
     python bench/run.py --only memory,render,cardinality --json results.json
+    python bench/run.py --only http          # /metrics and /healthz under 1/10/1000 scrapers
 
 Stream subjects (``--subjects``): a = bare celery Receiver, b = exporter (direct Redis
 path), b_kombu = exporter on Celery's generic receiver, c = Flower, d = Flower + plugin.
@@ -19,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import inproc  # noqa: E402
+from bench.http_bench import bench_http, print_http  # noqa: E402
 from bench.stream_bench import bench_stream  # noqa: E402
 
 
@@ -48,7 +50,7 @@ def print_stream(result: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="stream,memory,render,cardinality",
+    parser.add_argument("--only", default="stream,memory,render,cardinality,http",
                         help="comma-separated benchmarks to run (default: all)")
     parser.add_argument("--subjects", default="a,b,b_kombu,c,d",
                         help="stream subjects (default: a,b,b_kombu,c,d)")
@@ -67,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="tasks fed in the memory benchmark (default 1000000)")
     parser.add_argument("--series", type=int, default=10_000,
                         help="series in the render benchmark (default 10000)")
+    parser.add_argument("--scrapers", default="1,10,1000",
+                        help="concurrent scrapers per level of the http benchmark")
+    parser.add_argument("--scrape-seconds", type=float, default=5.0,
+                        help="seconds each http level lasts (default 5)")
     parser.add_argument("--json", default=None, help="also write the raw results here")
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
@@ -102,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"caps {c['caps']}: {c['series']} series, /metrics {c['render_ms']:.0f} ms; "
                   f"distinct label values {c['distinct_label_values']}; "
                   f"flower_practices_label_overflow_total {c['overflow_counted']}")
+    if "http" in only:
+        print("http benchmark...", file=sys.stderr)
+        results["http"] = bench_http([int(n) for n in args.scrapers.split(",")],
+                                     ["identity", "prometheus"], args.scrape_seconds,
+                                     redis_url=args.redis_url)
+        print_http(results["http"])
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

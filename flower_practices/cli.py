@@ -43,11 +43,23 @@ def main() -> None:
                    "~/.local/state/flower-practices; '' or 'none' disables).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--web-config-file", "web_config_path", envvar="FLOWER_PRACTICES_WEB_CONFIG",
+              default=None, help="Prometheus exporter web config (YAML): basic_auth_users "
+                                 "(bcrypt) and tls_server_config.")
 def exporter(broker: str | None, app_path: str | None, result_backend: str | None,
              config_path: str | None, host: str, port: int, state_dir: str | None,
-             log_level: str) -> None:
+             log_level: str, web_config_path: str | None) -> None:
     """Standalone Prometheus exporter: /metrics, /api/practices, /healthz."""
     setup_logging(log_level)
+    web_config = None
+    if web_config_path is not None:
+        from .exporter.webconfig import WebConfigError, load_web_config
+
+        try:
+            web_config = load_web_config(web_config_path)
+        except WebConfigError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
     try:
         settings = load_settings(config_path)
         app, loaded = load_app(app_path, broker, result_backend)
@@ -58,7 +70,8 @@ def exporter(broker: str | None, app_path: str | None, result_backend: str | Non
 
     try:
         asyncio.run(serve(app, settings, app_loaded=loaded, host=host, port=port,
-                          state_dir=default_state_dir() if state_dir is None else state_dir))
+                          state_dir=default_state_dir() if state_dir is None else state_dir,
+                          web_config=web_config))
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     except ConfigError as exc:

@@ -62,6 +62,15 @@ class Settings:
     #: event ingestion: "auto" (direct Redis pub/sub when the broker is plain Redis, else
     #: Celery's receiver) or "kombu" (always Celery's generic receiver)
     event_consumer: str = "auto"
+    #: standalone exporter: `/metrics` is rendered at most once per this many seconds per
+    #: format, off the event loop; concurrent scrapers share one rendering (0: render for
+    #: every scrape that does not find one in flight)
+    metrics_cache_seconds: float = 1.0
+    #: standalone exporter: open HTTP connections served at once; more get an immediate 503
+    max_connections: int = 2048
+    #: standalone exporter: a connection is closed when a request's headers take longer
+    #: than this, or when it stays idle between requests this long
+    http_idle_timeout_seconds: float = 30.0
     #: per-practice overrides, ``{practice_id: {key: value}}``
     practices: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -87,7 +96,7 @@ def _check_type(where: str, value: Any, expected: Any) -> None:
 #: period or a threshold and must be > 0 (a zero window divides by zero on the hot path).
 ZERO_ALLOWED_SECONDS = frozenset({
     "clear_after_seconds", "grace_seconds", "offline_grace_seconds", "tolerance_seconds",
-    "warmup_seconds", "zero_delay_seconds", "min_wait_seconds",
+    "warmup_seconds", "zero_delay_seconds", "min_wait_seconds", "metrics_cache_seconds",
 })
 
 

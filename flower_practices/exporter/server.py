@@ -1,23 +1,123 @@
-"""Run the standalone exporter: engine threads plus the HTTP server on the main IOLoop."""
+"""Run the standalone exporter: engine threads plus the HTTP server on the main IOLoop.
+
+HTTP limits (every endpoint is GET-only):
+
+- request bodies: at most :data:`MAX_BODY_SIZE` bytes; a larger ``Content-Length`` (or a
+  chunked body growing past it) is answered ``400`` and the connection closed before any of
+  the body is read, so a 30 MB POST costs nothing;
+- headers: at most :data:`MAX_HEADER_SIZE` bytes, and they must arrive within
+  ``http_idle_timeout_seconds``, which is also how long an idle keep-alive connection is kept;
+- connections: at most ``max_connections`` open at once; one more is answered an immediate
+  ``503`` with ``Retry-After: 1`` and closed. Connections not yet accepted wait in the listen
+  backlog (:data:`LISTEN_BACKLOG`, capped by the kernel's ``net.core.somaxconn``).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import resource
 import signal
+import socket
+import sys
 
 from celery import Celery
 from prometheus_client import CollectorRegistry
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from tornado.httpserver import HTTPServer
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.netutil import bind_sockets
 
 from ..config import Settings
 from ..metrics import PracticesCollector
 from ..runtime import EngineRunner, build_engine
 from .handlers import make_application
+from .webconfig import BasicAuth, WebConfig
 
 log = logging.getLogger("flower_practices.exporter")
+
+#: request body bytes accepted (the endpoints are GET-only: nothing needs a body)
+MAX_BODY_SIZE = 1024
+#: request line + header bytes accepted
+MAX_HEADER_SIZE = 16 * 1024
+#: listen(2) backlog: connections the kernel queues while the server is busy
+LISTEN_BACKLOG = 1024
+#: refused connections being answered 503 at once; past it, excess ones are just closed
+MAX_REFUSING = 64
+#: socket send buffer per connection (the kernel doubles it). Without a cap, loopback
+#: autotuning lets one send() copy a whole multi-megabyte page, and with hundreds of
+#: scrapers one loop iteration copies gigabytes while /healthz waits
+SEND_BUFFER = 64 * 1024
+#: GIL switch interval of the exporter process (CPython's default: 5 ms). While the render
+#: thread runs, the event loop gives up the GIL at every send() and waits up to this long to
+#: get it back; at 5 ms a render made /healthz wait seconds under 1000 scrapers (bench/)
+SWITCH_INTERVAL = 0.001
+#: file descriptors kept free for the broker connections, probes and logs
+RESERVED_FDS = 64
+
+_BUSY_BODY = b"503: too many open connections\n"
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+         b"Retry-After: 1\r\nConnection: close\r\n"
+         b"Content-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
+
+
+class BoundedHTTPServer(HTTPServer):
+    """Tornado's HTTPServer with a cap on open connections: one more gets a fast 503."""
+
+    def initialize(self, *args, max_connections: int = 2048,  # type: ignore[override]
+                   **kwargs) -> None:
+        super().initialize(*args, **kwargs)
+        self.max_connections = max_connections
+        #: connections refused with 503 since start
+        self.refused = 0
+        self._refusing = 0
+
+    def _refused(self, _: object) -> None:
+        self._refusing -= 1
+
+    def handle_stream(self, stream: IOStream, address: tuple) -> None:
+        if len(self._connections) >= self.max_connections:
+            self.refused += 1
+            if self._refusing >= MAX_REFUSING:  # a flood: no polite answer, close at once
+                stream.close()
+                return
+            self._refusing += 1
+            asyncio.ensure_future(_refuse(stream)).add_done_callback(self._refused)
+            return
+        with contextlib.suppress(OSError):  # bounded sends (see SEND_BUFFER)
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        super().handle_stream(stream, address)
+
+
+async def _refuse(stream: IOStream) -> None:
+    """Answer 503 and close; the request is read (up to 16 KiB, 1 s) so that closing does
+    not reset the connection before the client has read the answer."""
+    try:
+        await asyncio.wait_for(stream.write(_BUSY), 2.0)
+        await asyncio.wait_for(stream.read_bytes(MAX_HEADER_SIZE, partial=True), 1.0)
+    except (TimeoutError, StreamClosedError, OSError):
+        pass
+    finally:
+        stream.close()
+
+
+def connection_limit(wanted: int) -> int:
+    """``wanted``, lowered to what the open-files limit allows (with a warning)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or wanted + RESERVED_FDS <= soft:
+        return wanted
+    allowed = max(1, soft - RESERVED_FDS)
+    log.warning("max_connections %d lowered to %d: the open-files limit (ulimit -n) is %d",
+                wanted, allowed, soft)
+    return allowed
+
+
+def _shown(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def make_registry(engine) -> CollectorRegistry:
@@ -31,16 +131,27 @@ def make_registry(engine) -> CollectorRegistry:
 
 async def serve(app: Celery, settings: Settings, *, app_loaded: bool, host: str, port: int,
                 ready: asyncio.Event | None = None,
-                stop: asyncio.Event | None = None, state_dir: str | None = None) -> None:
+                stop: asyncio.Event | None = None, state_dir: str | None = None,
+                web_config: WebConfig | None = None) -> None:
     """Serve until ``stop`` is set (or SIGINT/SIGTERM when ``stop`` is None).
 
     ``state_dir``: where findings are kept across restarts (None: not kept).
     """
+    web_config = web_config or WebConfig()
+    sys.setswitchinterval(SWITCH_INTERVAL)
     engine = build_engine(app, settings, app_loaded=app_loaded, state_dir=state_dir)
     runner = EngineRunner(app, engine)
     registry = make_registry(engine)
-    application = make_application(engine, registry)
-    server = application.listen(port, address=host, xheaders=True)
+    auth = BasicAuth(web_config.users) if web_config.auth_required else None
+    application = make_application(engine, registry, auth=auth)
+    server = BoundedHTTPServer(
+        application, xheaders=True, ssl_options=web_config.ssl_context,
+        max_connections=connection_limit(settings.max_connections),
+        max_body_size=MAX_BODY_SIZE, max_header_size=MAX_HEADER_SIZE,
+        idle_connection_timeout=settings.http_idle_timeout_seconds,
+        body_timeout=settings.http_idle_timeout_seconds)
+    sockets = bind_sockets(port, address=host or None, backlog=LISTEN_BACKLOG)
+    server.add_sockets(sockets)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     try:
@@ -49,9 +160,9 @@ async def serve(app: Celery, settings: Settings, *, app_loaded: bool, host: str,
     except (RuntimeError, ValueError):  # not the main thread (tests)
         pass
     runner.start()
-    shown_host = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    log.info("exporter listening on http://%s:%d (/metrics, /api/practices, /healthz)",
-             shown_host, port)
+    log.info("exporter listening on %s (%s; /metrics, /api/practices, /healthz)",
+             ", ".join(f"{web_config.scheme}://{_shown(s)}" for s in sockets),
+             "basic auth on all but /healthz" if auth else "no authentication")
     if ready is not None:
         ready.set()
     try:
@@ -62,3 +173,6 @@ async def serve(app: Celery, settings: Settings, *, app_loaded: bool, host: str,
         runner.stop()
         if engine.store is not None:
             engine.store.close()
+        application.metrics_cache.close()
+        if auth is not None:
+            auth.close()

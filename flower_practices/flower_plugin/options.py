@@ -13,7 +13,8 @@ DEFAULT_PLUGINS = ("flower_practices",)
 
 
 def define_options() -> None:
-    """Define ``plugins``, ``practices_config`` and ``practices_state_dir`` (idempotent)."""
+    """Define ``plugins``, ``practices_config``, ``practices_state_dir`` and
+    ``practices_metrics_auth`` (idempotent)."""
     if "plugins" not in options:
         options.define("plugins", type=str, multiple=True, default=[],
                        group="flower-practices",
@@ -28,6 +29,11 @@ def define_options() -> None:
                        help="directory of the flower_practices state file keeping findings "
                             "across restarts (default: $XDG_STATE_HOME/flower-practices or "
                             "~/.local/state/flower-practices; 'none' disables)")
+    if "practices_metrics_auth" not in options:
+        options.define("practices_metrics_auth", type=bool, default=False,
+                       group="flower-practices",
+                       help="put Flower's /metrics behind Flower's --basic_auth/--auth "
+                            "(Flower serves it unauthenticated by default)")
 
 
 def requested_plugins(opts) -> list[str]:

@@ -25,6 +25,7 @@ from ..runtime import build_engine
 from ..store import default_state_dir
 from .handlers import handlers
 from .hooks import tap_state, watch_connection
+from .metrics_auth import metrics_handlers
 from .templates import APP_ATTR, install_loader
 
 log = logging.getLogger("flower_practices.flower_plugin")
@@ -103,6 +104,9 @@ class PracticesPlugin:
         setattr(app, APP_ATTR, self)
         install_loader(app.settings)
         app.add_handlers(r".*$", _prefixed(handlers(), app.options.url_prefix))
+        protected = metrics_handlers(app.options)  # [] unless --practices_metrics_auth
+        if protected:
+            app.add_handlers(r".*$", _prefixed(protected, app.options.url_prefix))
         tap_state(app.events, self.engine.observe)
         watch_connection(app.events, self.status)
         if not self.events_supported:

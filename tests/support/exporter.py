@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 import threading
@@ -25,10 +26,18 @@ def free_port() -> int:
 
 
 class RunningExporter:
+    """``metrics_cache_seconds`` defaults to 0 here (whatever ``settings`` says): a test that
+    reads ``/metrics`` right after seeing a change in ``/healthz`` or ``/api/practices`` must
+    not get the rendering of up to a second ago. Requests still go through the render
+    cache's thread and single flight; the cache window itself is tested in
+    tests/test_exporter_http_*.py."""
+
     def __init__(self, app: Celery, settings: Settings | None = None, *,
-                 app_loaded: bool = False) -> None:
+                 app_loaded: bool = False, metrics_cache_seconds: float = 0.0) -> None:
         self.app = app
-        self.settings = settings or Settings(evaluation_interval=1.0, probe_interval=1.0)
+        self.settings = dataclasses.replace(
+            settings or Settings(evaluation_interval=1.0, probe_interval=1.0),
+            metrics_cache_seconds=metrics_cache_seconds)
         self.app_loaded = app_loaded
         self.port = free_port()
         self._loop: asyncio.AbstractEventLoop | None = None
