@@ -6,10 +6,10 @@ import json
 
 import tornado.web
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder, generate_latest
 
 from ..engine import Engine
-from ..metrics import render_text
+from ..events.sanitize import json_bytes
+from ..metrics import render_metrics
 
 
 class _EngineHandler(tornado.web.RequestHandler):
@@ -20,18 +20,18 @@ class _EngineHandler(tornado.web.RequestHandler):
 
 class MetricsHandler(_EngineHandler):
     def get(self) -> None:
-        encoder, content_type = choose_encoder(self.request.headers.get("Accept", ""))
         assert self.registry is not None
+        body, content_type = render_metrics(self.registry,
+                                            self.request.headers.get("Accept", ""),
+                                            self.engine.metrics.render_errors)
         self.set_header("Content-Type", content_type)
-        if encoder is generate_latest:  # plain text 0.0.4: same bytes, rendered faster
-            encoder = render_text
-        self.write(encoder(self.registry))
+        self.write(body)
 
 
 class PracticesApiHandler(_EngineHandler):
     def get(self) -> None:
         self.set_header("Content-Type", "application/json")
-        self.write(json.dumps(self.engine.practices_payload()))
+        self.write(json_bytes(self.engine.practices_payload()))
 
 
 class HealthHandler(_EngineHandler):

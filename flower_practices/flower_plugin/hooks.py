@@ -16,6 +16,7 @@ from typing import Any
 import flower.events
 from celery.events import EventReceiver
 
+from ..events.sanitize import clean_event, clean_text
 from ..events.status import StreamStatus
 
 log = logging.getLogger("flower_practices.flower_plugin")
@@ -23,12 +24,24 @@ log = logging.getLogger("flower_practices.flower_plugin")
 STATUS_ATTR = "flower_practices_status"
 
 
-def tap_state(events: Any, observe: Callable[[Any], None]) -> None:
-    """Feed every event Flower's state handles to ``observe``, after Flower's handling."""
+def tap_state(events: Any, observe: Callable[[Any], None],
+              status: StreamStatus | None = None) -> None:
+    """Feed every event Flower's state handles to ``observe``, after Flower's handling.
+
+    With ``status``, the event's text fields are sanitised (:mod:`..events.sanitize`,
+    counted there) *before* Flower's state sees them: Flower labels its own metrics with
+    the raw task name, hostname and event type, and one lone surrogate would otherwise
+    make Flower's ``/metrics`` fail for the rest of the process's life.
+    """
     state = events.state
     original = getattr(state, "_flower_practices_original_event", None) or state.event
 
     def event(ev: Any) -> Any:
+        if status is not None and type(ev) is dict:
+            clean_event(ev, status)
+            etype = ev.get("type")
+            if type(etype) is str and not etype.isprintable():
+                ev["type"] = clean_text(etype, 64)[0]
         try:
             return original(ev)
         finally:
