@@ -28,6 +28,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
@@ -489,3 +491,16 @@ def test_a_family_that_cannot_render_is_skipped_and_counted() -> None:
 def test_practices_json_is_strict() -> None:
     raw = json_bytes({"s": "a\ud800", "n": float("nan"), "l": [float("inf")]})
     assert orjson.loads(raw) == {"s": "a?", "n": None, "l": [None]}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(exclude_categories=()), max_size=400))
+def test_clean_text_always_yields_a_valid_bounded_label(value: str) -> None:
+    cleaned, cut, bad = clean_text(value)
+    cleaned.encode("utf-8")  # never a lone surrogate
+    assert len(cleaned) <= MAX_LABEL_LENGTH and cut == (len(value) > MAX_LABEL_LENGTH)
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in cleaned)
+    if not cut and not bad:
+        assert cleaned == value  # valid text is never changed
+    if len(value) <= MAX_LABEL_LENGTH and value.isprintable():
+        assert (cleaned, cut, bad) == (value, False, False)

@@ -53,7 +53,8 @@ def clean_text(value: str, cap: int = MAX_LABEL_LENGTH) -> tuple[str, bool, bool
     return value, truncated, bad > 0
 
 
-def clean_event(event: dict, status: StreamStatus) -> None:
+def clean_event(event: dict, status: StreamStatus, _fields: tuple = TEXT_FIELDS,
+                _cap: int = MAX_LABEL_LENGTH) -> None:
     """Sanitise ``event``'s text fields in place (see the module docstring); never raises.
 
     A field of another type than ``str`` becomes None ("unknown"), counted as
@@ -61,15 +62,17 @@ def clean_event(event: dict, status: StreamStatus) -> None:
     checked by the caller, which drops the event.
     """
     get = event.get
-    for key in TEXT_FIELDS:
+    for key in _fields:
         value = get(key)
+        if type(value) is str and len(value) <= _cap and value.isprintable():
+            continue  # the common case
         if value is None:
             continue
         if not isinstance(value, str):
             event[key] = None
             status.decode_error("bad_field", key, kept=True)
             continue
-        if len(value) <= MAX_LABEL_LENGTH and value.isprintable():
+        if len(value) <= _cap and value.isprintable():  # a str subclass
             continue
         cleaned, truncated, bad = clean_text(value)
         event[key] = cleaned
@@ -78,7 +81,7 @@ def clean_event(event: dict, status: StreamStatus) -> None:
         if bad:
             status.decode_error("bad_text", key, kept=True)
     uuid = get("uuid")
-    if type(uuid) is str and len(uuid) <= MAX_UUID_LENGTH and not uuid.isprintable():
+    if type(uuid) is str and not uuid.isprintable() and len(uuid) <= MAX_UUID_LENGTH:
         cleaned, _, bad = clean_text(uuid, MAX_UUID_LENGTH)
         if bad:
             event["uuid"] = cleaned
