@@ -482,6 +482,11 @@ def test_a_family_that_cannot_render_is_skipped_and_counted() -> None:
     body, _ = render_metrics(registry, "", errors)
     assert 'flower_practices_render_errors_total{family="broken"} 2.0' in body.decode()
     # under Flower (validate=True) our collector never yields a family that cannot render
+    engine.stream_status.decode_errors["\ud800"] = 1
+    names = {f.name for f in PracticesCollector(engine, validate=True).collect()}
+    assert "flower_practices_event_decode_errors" not in names
+    assert "flower_practices_events" in names and "celery_task_events" in names
+    assert errors["flower_practices_event_decode_errors"] == 1
     engine.findings.active = lambda: [object()]  # type: ignore[method-assign]
     collector = PracticesCollector(engine, validate=True)
     assert list(collector.collect()) == []  # the collection itself fails: nothing, counted
