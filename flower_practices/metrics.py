@@ -5,6 +5,8 @@ lookups or locks per event); :class:`PracticesCollector` turns the accumulators 
 families only when ``/metrics`` is scraped. Every label value passes a cardinality cap,
 and the per-(task, queue) families are also capped in series (``max_series_per_metric``):
 per-label caps alone still allow types x tasks x queues combinations.
+:func:`render_metrics` renders family by family: one family that cannot be rendered is
+left out and counted (``flower_practices_render_errors_total``), never the whole page.
 
 Metric names are a public contract (dashboards and alert rules use them): see
 ``METRICS`` below and the README's metrics reference.
