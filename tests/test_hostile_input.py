@@ -509,3 +509,20 @@ def test_clean_text_always_yields_a_valid_bounded_label(value: str) -> None:
         assert cleaned == value  # valid text is never changed
     if len(value) <= MAX_LABEL_LENGTH and value.isprintable():
         assert (cleaned, cut, bad) == (value, False, False)
+
+
+def test_render_metrics_matches_prometheus_client_when_nothing_fails() -> None:
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+
+    engine = Engine(Settings())
+    for i, name in enumerate(("a", "tâche ☃", 'q"\\')):
+        engine.observe({"type": "task-sent", "uuid": f"u{i}", "name": name, "queue": name,
+                        "timestamp": 1.7e9})
+        engine.observe({"type": "task-succeeded", "uuid": f"u{i}", "runtime": 0.5,
+                        "hostname": "w@h", "timestamp": 1.7e9 + 1})
+    registry = CollectorRegistry()
+    registry.register(PracticesCollector(engine))
+    assert render_metrics(registry, "")[0] == generate_latest(registry)
+    assert render_metrics(registry, OPENMETRICS)[0] == openmetrics(registry)
+    assert engine.metrics.render_errors == {}
