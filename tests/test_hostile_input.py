@@ -526,3 +526,28 @@ def test_render_metrics_matches_prometheus_client_when_nothing_fails() -> None:
     assert render_metrics(registry, "")[0] == generate_latest(registry)
     assert render_metrics(registry, OPENMETRICS)[0] == openmetrics(registry)
     assert engine.metrics.render_errors == {}
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_worker_replies_are_cleaned_like_events(redis_url: str) -> None:
+    """Queue names from a real worker's remote-control reply become labels too: cleaned
+    exactly as the same names in events are, so both sides still match."""
+    from flower_practices.probes.workers import probe_workers
+    from tests.conftest import make_producer
+    from tests.support.worker import WorkerProcess
+
+    long_queue, bell_queue = "L" * 300, "bell\x07queue"
+    producer = make_producer(redis_url)
+    worker = WorkerProcess("tests.apps.basic", redis_url,
+                           queues=f"celery,{long_queue},{bell_queue}").start(producer)
+    try:
+        samples = wait_for(lambda: probe_workers(producer), timeout=30,
+                           message="an active_queues reply")
+        sample = samples[worker.name]
+        expected = {clean_text(long_queue)[0], clean_text(bell_queue)[0], "celery"}
+        assert set(sample.queues) == expected
+        assert "L" * (MAX_LABEL_LENGTH - 1) + TRUNCATION_MARKER in sample.queues
+        assert "bell\ufffdqueue" in sample.queues
+    finally:
+        worker.stop()

@@ -88,6 +88,17 @@ def clean_event(event: dict, status: StreamStatus, _fields: tuple = TEXT_FIELDS,
             status.decode_error("bad_text", "uuid", kept=True)
 
 
+def label_text(value: object) -> str | None:
+    """``value`` cleaned as :func:`clean_event` cleans an event field (so that the names
+    match), None if it is not a string: for names read from other sources than events,
+    such as workers' remote-control replies."""
+    if not isinstance(value, str):
+        return None
+    if len(value) <= MAX_LABEL_LENGTH and value.isprintable():
+        return value
+    return clean_text(value)[0]
+
+
 def json_bytes(payload: Any) -> bytes:
     """``payload`` as UTF-8 JSON that any strict parser accepts (defence in depth): a lone
     surrogate that reached a string anyway becomes ``?`` instead of failing or producing
