@@ -18,7 +18,7 @@ from typing import Any
 from .appinfo import AppInfo
 from .catalogue import BY_ID, PRACTICES, practice
 from .config import Settings, resolve_practice_options
-from .events.sanitize import MAX_UUID_LENGTH, clean_event
+from .events.sanitize import MAX_UUID_LENGTH, TASK_FIELDS, WORKER_FIELDS, clean_event
 from .events.status import KNOWN_EVENTS, TASK_EVENTS, StreamStatus
 from .findings import FindingTracker
 from .metrics import BaseMetrics
@@ -99,6 +99,7 @@ class Engine:
             status.decode_error("unknown_type", etype[:64])
             return
         if etype in TASK_EVENTS:
+            fields = TASK_FIELDS
             uuid = event.get("uuid")
             if not isinstance(uuid, str) or not uuid:
                 status.decode_error("missing_uuid")
@@ -106,8 +107,10 @@ class Engine:
             if len(uuid) > MAX_UUID_LENGTH:
                 status.decode_error("bad_uuid")
                 return
+        else:
+            fields = WORKER_FIELDS
         # label values and keys: strings, encodable, no control characters, length capped
-        clean_event(event, status)
+        clean_event(event, status, fields)
         get = event.get
         # a Unix time, finite, before year 5138: else now (counted unless just missing)
         now = time.time()

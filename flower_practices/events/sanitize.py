@@ -1,9 +1,11 @@
 """Wire strings in, safe strings out: the one place event text is made fit to be a label.
 
 Every string field of an event that the state, the rules or the metrics use as a label
-value or a dict key (:data:`TEXT_FIELDS`) passes :func:`clean_event` before anything reads
-it, on every consumer path (direct Redis, kombu, Flower's tap): ``Engine.observe`` calls
-it, and the Flower plugin calls it before Flower's own state sees the event too.
+value or a dict key passes :func:`clean_event` before anything reads it, on every consumer
+path (direct Redis, kombu, Flower's tap): ``Engine.observe`` calls it on the fields of the
+event's kind (:data:`TASK_FIELDS`, :data:`WORKER_FIELDS`), and the Flower plugin calls it
+on all of them (:data:`TEXT_FIELDS`, which Flower's own state and metrics read too) before
+Flower's state sees the event.
 
 - Text that cannot be encoded (lone UTF-16 surrogates such as the JSON ``"\\ud800"``) and
   control characters (C0, DEL, C1) are replaced by U+FFFD, counted as the decode-error
@@ -31,7 +33,10 @@ MAX_LABEL_LENGTH = 200
 TRUNCATION_MARKER = "\u2026"  # "…"
 #: longest task id accepted; an event with a longer one is dropped
 MAX_UUID_LENGTH = 128
-#: string fields used as label values or keys (state, rules, metrics, Flower's state)
+#: string fields of task events and of worker events the engine uses as labels or keys
+TASK_FIELDS = ("hostname", "name", "queue", "routing_key")
+WORKER_FIELDS = ("hostname", "sw_ident")
+#: every string field used as a label or key, by us or by Flower's own state and metrics
 TEXT_FIELDS = ("hostname", "name", "queue", "routing_key", "exchange", "sw_ident")
 #: what replaces a lone surrogate or a control character
 REPLACEMENT = "\ufffd"
@@ -55,7 +60,8 @@ def clean_text(value: str, cap: int = MAX_LABEL_LENGTH) -> tuple[str, bool, bool
 
 def clean_event(event: dict, status: StreamStatus, _fields: tuple = TEXT_FIELDS,
                 _cap: int = MAX_LABEL_LENGTH) -> None:
-    """Sanitise ``event``'s text fields in place (see the module docstring); never raises.
+    """Sanitise ``event``'s text fields (``_fields``: all of them, unless the caller knows
+    the event type) and task id in place (see the module docstring); never raises.
 
     A field of another type than ``str`` becomes None ("unknown"), counted as
     ``bad_field``. The task id is only cleaned of bad characters here; its length is
