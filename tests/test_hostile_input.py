@@ -388,7 +388,8 @@ def test_memory_bounded_under_huge_names_and_concurrent_scrapes() -> None:
 @pytest.mark.redis
 def test_flower_plugin_survives_a_surrogate_name(tmp_path: Path) -> None:
     """Flower labels its own metrics with the raw task name and hostname: the plugin
-    sanitises the event before Flower's state sees it, so Flower's /metrics stays 200."""
+    sanitises the event before Flower's state sees it, so Flower's /metrics stays 200.
+    Flower's own event consumer gets the same message caps (bombs, groups) as ours."""
     from tests.test_flower_plugin_integration import FlowerProcess
 
     broker = fresh_redis_url()
@@ -399,13 +400,19 @@ def test_flower_plugin_survives_a_surrogate_name(tmp_path: Path) -> None:
     try:
         reader = _FlowerReader(flower)
         until_counted(reader, broker, "normal.before")
-        publish_raw(broker, surrogates() + control_characters() + long_names(3, 100_000))
+        publish_raw(broker, surrogates() + control_characters() + long_names(3, 100_000)
+                    + compressed() + grouped())
         until_counted(reader, broker, "normal.after")
         # Flower serves text format only; its /api/practices is the plugin's
         families = assert_serving(reader, openmetrics=False)
         assert families["flower_events"].samples  # Flower's own family, labels sanitised
         assert reader.total("flower_practices_event_decode_errors_total", kind="bad_text") > 0
         assert reader.total("flower_practices_label_overflow_total", label="length") >= 9
+        kinds = counters(reader)
+        assert kinds["oversized_message"] >= 3 and kinds["unsupported_compression"] >= 2
+        assert kinds["too_many_events"] == 500
+        assert reader.total("celery_task_events_total", task="compressed.ok") == 1
+        assert reader.total("flower_practices_broker_reconnects_total") == 0
     finally:
         flower.stop()
         release_redis_dbs(broker)

@@ -80,6 +80,38 @@ def _guarded_message_class(base: type) -> type:
     return GuardedMessage
 
 
+def guard_consumers(channel: Any, consumers: list,
+                    on_decode_error: Callable[[Any, Exception], None]) -> None:
+    """Make an event receiver's ``consumers`` on ``channel`` count, not raise, what they
+    cannot decode, and enforce :mod:`.limits` on each message's body."""
+    if isinstance(channel, VirtualChannel) or hasattr(channel, "message_to_python"):
+        # Redis & co. build the Message (base64 body, properties) before any consumer
+        # callback; a malformed envelope would raise out of drain_events there too.
+        # Both virtual and AMQP messages inflate a compressed body there, unbounded.
+        channel.Message = _guarded_message_class(channel.Message)
+    for consumer in consumers:
+        # Without this a body that fails to decode (bad JSON/base64, a content type
+        # not accepted) raises out of drain_events and tears the connection down.
+        consumer.on_decode_error = on_decode_error
+
+
+def count_decode_error(status: StreamStatus, exc: Exception) -> None:
+    """Count a message the consumer could not decode, under its :mod:`.limits` kind."""
+    status.events += 1
+    status.decode_error(exc.kind if isinstance(exc, MessageRefused) else "undecodable_body")
+
+
+def cap_events(status: StreamStatus, body: list) -> list:
+    """``body`` (a grouped message) cut to MAX_EVENTS_PER_MESSAGE events, the rest
+    counted as ``too_many_events``."""
+    if len(body) <= MAX_EVENTS_PER_MESSAGE:
+        return body
+    extra = len(body) - MAX_EVENTS_PER_MESSAGE
+    status.events += extra
+    status.decode_error("too_many_events", n=extra)
+    return body[:MAX_EVENTS_PER_MESSAGE]
+
+
 class GuardedReceiver(EventReceiver):
     """An EventReceiver whose per-message path cannot raise into the consumer loop."""
 
@@ -100,31 +132,16 @@ class GuardedReceiver(EventReceiver):
 
     def get_consumers(self, Consumer: Any, channel: Any) -> list:  # noqa: N803 - Celery's
         consumers = super().get_consumers(Consumer, channel)
-        if isinstance(channel, VirtualChannel) or hasattr(channel, "message_to_python"):
-            # Redis & co. build the Message (base64 body, properties) before any consumer
-            # callback; a malformed envelope would raise out of drain_events there too.
-            # Both virtual and AMQP messages inflate a compressed body there, unbounded.
-            channel.Message = _guarded_message_class(channel.Message)
-        for consumer in consumers:
-            # Without this a body that fails to decode (bad JSON/base64, a content type
-            # not accepted) raises out of drain_events and tears the connection down.
-            consumer.on_decode_error = self._decode_error
+        guard_consumers(channel, consumers, self._decode_error)
         return consumers
 
     def _decode_error(self, message: Any, exc: Exception) -> None:
-        self._status.events += 1
-        self._status.decode_error(exc.kind if isinstance(exc, MessageRefused)
-                                  else "undecodable_body")
+        count_decode_error(self._status, exc)
 
     def _receive(self, body: Any, message: Any, list: Any = list,
                  isinstance: Any = isinstance) -> None:
         if isinstance(body, list):
-            if len(body) > MAX_EVENTS_PER_MESSAGE:
-                extra = len(body) - MAX_EVENTS_PER_MESSAGE
-                self._status.events += extra
-                self._status.decode_error("too_many_events", n=extra)
-                body = body[:MAX_EVENTS_PER_MESSAGE]
-            for event in body:
+            for event in cap_events(self._status, body):
                 self._one(event)
         else:
             self._one(body)
