@@ -16,6 +16,9 @@ Flower's state sees the event.
 - A task id longer than :data:`MAX_UUID_LENGTH` is not truncated (two ids would merge):
   ``Engine.observe`` drops the event (decode-error kind ``bad_uuid``).
 
+Free text is never used as a label: of ``exception`` only the leading class name is read
+(``rules/retryless_failure.py``: word characters, at most 200), never the message.
+
 The common case costs a length check and ``str.isprintable`` on a short string; only
 values that fail it take the slow path.
 """
