@@ -18,6 +18,7 @@ from typing import Any
 from .appinfo import AppInfo
 from .catalogue import BY_ID, PRACTICES, practice
 from .config import Settings, resolve_practice_options
+from .events.sanitize import MAX_UUID_LENGTH, TASK_FIELDS, WORKER_FIELDS, clean_event
 from .events.status import KNOWN_EVENTS, TASK_EVENTS, StreamStatus
 from .findings import FindingTracker
 from .metrics import BaseMetrics
@@ -27,9 +28,6 @@ from .state import TERMINAL, RuntimeState
 from .store import Snapshot, StateStore
 
 log = logging.getLogger("flower_practices.engine")
-
-#: event fields used as label values: must be strings
-_LABEL_FIELDS = ("hostname", "name", "queue", "routing_key")
 
 
 class Engine:
@@ -108,17 +106,19 @@ class Engine:
             status.decode_error("unknown_type", etype[:64])
             return
         if etype in TASK_EVENTS:
+            fields = TASK_FIELDS
             uuid = event.get("uuid")
             if not isinstance(uuid, str) or not uuid:
                 status.decode_error("missing_uuid")
                 return
-        # label values must be strings: a wrong type becomes "unknown" (None), counted
+            if len(uuid) > MAX_UUID_LENGTH:
+                status.decode_error("bad_uuid")
+                return
+        else:
+            fields = WORKER_FIELDS
+        # label values and keys: strings, encodable, no control characters, length capped
+        clean_event(event, status, fields)
         get = event.get
-        for key in _LABEL_FIELDS:
-            value = get(key)
-            if value is not None and not isinstance(value, str):
-                event[key] = None
-                status.decode_error("bad_field", key, kept=True)
         # a Unix time, finite, before year 5138: else now (counted unless just missing)
         now = time.time()
         ts = get("timestamp")

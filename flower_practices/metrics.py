@@ -5,6 +5,8 @@ lookups or locks per event); :class:`PracticesCollector` turns the accumulators 
 families only when ``/metrics`` is scraped. Every label value passes a cardinality cap,
 and the per-(task, queue) families are also capped in series (``max_series_per_metric``):
 per-label caps alone still allow types x tasks x queues combinations.
+:func:`render_metrics` renders family by family: one family that cannot be rendered is
+left out and counted (``flower_practices_render_errors_total``), never the whole page.
 
 Metric names are a public contract (dashboards and alert rules use them): see
 ``METRICS`` below and the README's metrics reference.
@@ -67,7 +69,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "flower_practices_events_total": (
         "counter", "Events received from the broker, valid or not", ()),
     "flower_practices_event_decode_errors_total": (
-        "counter", "Events dropped as malformed or of unknown type, by kind", ("kind",)),
+        "counter", "Events dropped as malformed, of unknown type or over a message cap, and "
+        "bad fields cleaned (kinds bad_field, bad_text: the event kept), by kind", ("kind",)),
     "flower_practices_broker_reconnects_total": (
         "counter", "Reconnections of the event stream after losing the broker", ()),
     "flower_practices_event_stream_connected": (
@@ -80,7 +83,11 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "counter", "Rule evaluations that raised, by practice", ("practice",)),
     "flower_practices_label_overflow_total": (
         "counter", "Label values replaced by __other__ because of a cardinality cap "
-        "(label series: task and queue folded by the per-family series cap)", ("label",)),
+        "(label series: task and queue folded by the per-family series cap; label length: "
+        "values cut to 200 characters, ending in the marker U+2026)", ("label",)),
+    "flower_practices_render_errors_total": (
+        "counter", "Metric families left out of a /metrics page because they could not be "
+        "rendered, by family (the rest of the page is served)", ("family",)),
     "flower_practices_tasks_evicted_total": (
         "counter", "In-flight task records evicted because of the max_tracked_tasks cap", ()),
     "flower_practices_evaluation_duration_seconds": (
@@ -141,6 +148,8 @@ class BaseMetrics:
         self.runtime: dict[tuple[str, str, str], Histogram] = {}
         self.wait: dict[str, Histogram] = {}
         self.violations_total: dict[tuple[str, str, str], int] = {}
+        #: family name -> /metrics renderings that left it out (see render_metrics)
+        self.render_errors: dict[str, int] = {}
 
     def count_task_event(self, etype: str, task: str, queue: str) -> None:
         counts = self.task_events
@@ -201,10 +210,17 @@ def _family(name: str) -> Metric:
 
 
 class PracticesCollector(Collector):
-    """Reads the engine's state under its lock and yields every metric family."""
+    """Reads the engine's state under its lock and yields every metric family.
 
-    def __init__(self, engine: Engine) -> None:
+    ``validate``: yield only families that render (each is rendered once to check), the
+    others counted in ``render_errors``; for registries rendered by code that fails the
+    whole page on one bad family (Flower's ``/metrics`` calls ``generate_latest``).
+    A collection that raises yields nothing of ours (counted), never an exception.
+    """
+
+    def __init__(self, engine: Engine, *, validate: bool = False) -> None:
         self.engine = engine
+        self.validate = validate
 
     def describe(self) -> Iterator[Metric]:
         # Describing lets the registry detect name clashes at registration time
@@ -214,8 +230,15 @@ class PracticesCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         engine = self.engine
-        with engine.lock:
-            families = self._collect_locked(engine)
+        errors = engine.metrics.render_errors
+        try:
+            with engine.lock:
+                families = self._collect_locked(engine)
+        except Exception:
+            _count_render_error(errors, "flower_practices_collector")
+            return
+        if self.validate:
+            families = [f for f in families if _renders(f, errors)]
         yield from families
 
     def _collect_locked(self, engine: Engine) -> list[Metric]:
@@ -318,6 +341,11 @@ class PracticesCollector(Collector):
         for label, n in state.label_overflow().items():
             fam.add_metric([label], n)
         fam.add_metric(["series"], base.series_overflow)
+        fam.add_metric(["length"], stream.labels_truncated)
+        out.append(fam)
+        fam = _family("flower_practices_render_errors_total")
+        for family, n in base.render_errors.items():
+            fam.add_metric([family], n)
         out.append(fam)
         fam = _family("flower_practices_tasks_evicted_total")
         fam.add_metric([], state.tasks.evicted)
@@ -343,10 +371,13 @@ def finite(value: float) -> bool:
     return not (math.isnan(value) or math.isinf(value))
 
 
-def render_text(registry: Collector) -> bytes:
+def render_text(registry: Collector, errors: dict[str, int] | None = None) -> bytes:
     """Byte-for-byte what ``prometheus_client.generate_latest(registry)`` returns (text
     format 0.0.4, default escaping), about twice as fast on large expositions: label names,
     label values and metric names are escaped once per render instead of once per sample.
+
+    Unlike ``generate_latest``, a family that cannot be rendered (a value that is not
+    text, or not encodable) is left out and counted in ``errors``; the rest is served.
     """
     from prometheus_client.openmetrics.exposition import (
         UNDERSCORES,
@@ -388,33 +419,120 @@ def render_text(registry: Collector) -> bytes:
         ts = "" if s.timestamp is None else f" {int(float(s.timestamp) * 1000):d}"
         return f"{mname(s.name)}{labelstr} {floatToGoString(s.value)}{ts}\n"
 
+    chunks: list[bytes] = []
+    for metric in _collect(registry, errors):
+        try:
+            chunks.append(_text_family(metric, mname, line))
+        except Exception:
+            _count_render_error(errors, metric.name)
+    return b"".join(chunks)
+
+
+def _text_family(metric: Metric, mname: Any, line: Any) -> bytes:
+    """One family in text format 0.0.4 (``generate_latest``'s rules)."""
     output: list[str] = []
-    for metric in registry.collect():
-        name, mtype = metric.name, metric.type
-        if mtype == "counter":
-            name += "_total"
-        elif mtype == "info":
-            name += "_info"
-            mtype = "gauge"
-        elif mtype == "stateset":
-            mtype = "gauge"
-        elif mtype == "gaugehistogram":
-            mtype = "histogram"
-        elif mtype == "unknown":
-            mtype = "untyped"
-        doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
-        output.append(f"# HELP {mname(name)} {doc}\n")
-        output.append(f"# TYPE {mname(name)} {mtype}\n")
-        extra: dict[str, list[str]] = {}
-        special = {metric.name + suffix: suffix for suffix in ("_created", "_gsum", "_gcount")}
-        for s in metric.samples:
-            suffix = special.get(s.name)
-            if suffix is None:
-                output.append(line(s))
-            else:
-                extra.setdefault(suffix, []).append(line(s))
-        for suffix, lines in sorted(extra.items()):
-            output.append(f"# HELP {mname(metric.name + suffix)} {doc}\n")
-            output.append(f"# TYPE {mname(metric.name + suffix)} gauge\n")
-            output.extend(lines)
+    name, mtype = metric.name, metric.type
+    if mtype == "counter":
+        name += "_total"
+    elif mtype == "info":
+        name += "_info"
+        mtype = "gauge"
+    elif mtype == "stateset":
+        mtype = "gauge"
+    elif mtype == "gaugehistogram":
+        mtype = "histogram"
+    elif mtype == "unknown":
+        mtype = "untyped"
+    doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
+    output.append(f"# HELP {mname(name)} {doc}\n")
+    output.append(f"# TYPE {mname(name)} {mtype}\n")
+    extra: dict[str, list[str]] = {}
+    special = {metric.name + suffix: suffix for suffix in ("_created", "_gsum", "_gcount")}
+    for s in metric.samples:
+        suffix = special.get(s.name)
+        if suffix is None:
+            output.append(line(s))
+        else:
+            extra.setdefault(suffix, []).append(line(s))
+    for suffix, lines in sorted(extra.items()):
+        output.append(f"# HELP {mname(metric.name + suffix)} {doc}\n")
+        output.append(f"# TYPE {mname(metric.name + suffix)} gauge\n")
+        output.extend(lines)
     return "".join(output).encode("utf-8")
+
+
+#: most distinct family names counted in render_errors (beyond: "__other__")
+_MAX_RENDER_ERROR_FAMILIES = 100
+
+
+def _count_render_error(errors: dict[str, int] | None, family: str) -> None:
+    if errors is None:
+        return
+    if family not in errors and len(errors) >= _MAX_RENDER_ERROR_FAMILIES:
+        family = OTHER
+    errors[family] = errors.get(family, 0) + 1
+
+
+def _collect(registry: Collector, errors: dict[str, int] | None) -> Iterator[Metric]:
+    """``registry.collect()``, stopping (counted) instead of raising if a collector fails."""
+    try:
+        yield from registry.collect()
+    except Exception:
+        _count_render_error(errors, "__collector__")
+
+
+class _Single:
+    """A registry holding one family, to render it alone."""
+
+    __slots__ = ("metric",)
+
+    def __init__(self, metric: Metric) -> None:
+        self.metric = metric
+
+    def collect(self) -> Iterator[Metric]:
+        yield self.metric
+
+
+def _renders(metric: Metric, errors: dict[str, int]) -> bool:
+    """Whether ``metric`` renders in both exposition formats (counted when not)."""
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+
+    failed: dict[str, int] = {}
+    render_text(_Single(metric), failed)
+    if not failed:
+        try:
+            openmetrics(_Single(metric))
+        except Exception:
+            failed[metric.name] = 1
+    if failed:
+        _count_render_error(errors, metric.name)
+        return False
+    return True
+
+
+OPENMETRICS_EOF = b"# EOF\n"
+
+
+def render_metrics(registry: Collector, accept: str = "",
+                   errors: dict[str, int] | None = None) -> tuple[bytes, str]:
+    """The ``/metrics`` body and its content type for an ``Accept`` header: text format
+    0.0.4 (:func:`render_text`) or OpenMetrics. A family that cannot be rendered is left
+    out and counted in ``errors`` (``flower_practices_render_errors_total``); the rest of
+    the page is always served."""
+    from prometheus_client.exposition import choose_encoder, generate_latest
+
+    encoder, content_type = choose_encoder(accept)
+    if encoder is generate_latest:  # plain text 0.0.4: same bytes, rendered faster
+        return render_text(registry, errors), content_type
+    chunks: list[bytes] = []
+    for metric in _collect(registry, errors):
+        try:
+            body = encoder(_Single(metric))
+        except Exception:
+            _count_render_error(errors, metric.name)
+            continue
+        if body.endswith(OPENMETRICS_EOF):
+            body = body[: -len(OPENMETRICS_EOF)]
+        chunks.append(body)
+    chunks.append(OPENMETRICS_EOF)
+    return b"".join(chunks), content_type

@@ -12,15 +12,20 @@ from __future__ import annotations
 import base64
 import json
 
+import orjson
 import pytest
 from celery import Celery
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from flower_practices.config import Settings
 from flower_practices.engine import Engine
 from flower_practices.events.fast_redis import EventDecoder
+from flower_practices.events.sanitize import json_bytes
 from flower_practices.events.status import KNOWN_EVENTS
+from flower_practices.metrics import PracticesCollector, render_metrics
 from flower_practices.rules import ALL_RULES
 
 FIELDS = ["type", "uuid", "name", "hostname", "timestamp", "queue", "routing_key", "retries",
@@ -28,9 +33,15 @@ FIELDS = ["type", "uuid", "name", "hostname", "timestamp", "queue", "routing_key
           "processed", "local_received", "clock", "utcoffset", "eta", "expires", "result",
           "exchange", "sw_ident", "loadavg", "root_id", "parent_id", "pid"]
 
+# hostile text: lone surrogates, control characters, over the 200-character label cap
+hostile = st.one_of(
+    st.text(alphabet=st.sampled_from(["a", "\ud800", "\udfff", "\x00", "\n", "\x85", "é"]),
+            max_size=30),
+    st.text(alphabet="ab\ud800", min_size=190, max_size=260))
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=30),
+    hostile,
     st.binary(max_size=10),
 )
 values = st.recursive(scalars, lambda inner: st.one_of(
@@ -41,10 +52,10 @@ types = st.one_of(st.sampled_from(sorted(KNOWN_EVENTS)), st.text(max_size=20), v
 plausible = {
     "type": types,
     "uuid": st.one_of(st.sampled_from(["u1", "u2", "u3", ""]), values),
-    "name": st.one_of(st.sampled_from(["t.a", "t.b", ""]), values),
-    "hostname": st.one_of(st.sampled_from(["w1@h", "w2@h", ""]), values),
+    "name": st.one_of(st.sampled_from(["t.a", "t.b", ""]), hostile, values),
+    "hostname": st.one_of(st.sampled_from(["w1@h", "w2@h", ""]), hostile, values),
     "timestamp": st.one_of(st.floats(1.6e9, 1.8e9), values),
-    "queue": st.one_of(st.sampled_from(["q1", "q2", ""]), values),
+    "queue": st.one_of(st.sampled_from(["q1", "q2", ""]), hostile, values),
     "retries": st.one_of(st.integers(-3, 5), values),
     "runtime": st.one_of(st.floats(-1, 1e4), values),
     "exception": st.one_of(st.sampled_from(["ConnectionError('x')", "ValueError()", ""]),
@@ -80,7 +91,12 @@ def _check(engine: Engine, batch: list) -> None:
     for now in (1.7e9, 1.8e9):
         engine.evaluate(now)
     assert not engine.rule_errors, f"rules raised on malformed events: {engine.rule_errors}"
-    engine.practices_payload()  # the API document still renders
+    orjson.loads(json_bytes(engine.practices_payload()))  # strict JSON still
+    registry = CollectorRegistry()
+    registry.register(PracticesCollector(engine))
+    text = render_metrics(registry, "", engine.metrics.render_errors)[0].decode()
+    assert list(text_string_to_metric_families(text))
+    assert not engine.metrics.render_errors, engine.metrics.render_errors  # all rendered
 
 
 @FUZZ

@@ -29,6 +29,13 @@ from celery.utils.time import utcoffset
 from kombu.serialization import loads as kombu_loads
 from kombu.utils.json import loads as kombu_json_loads
 
+from .limits import (
+    MAX_ENVELOPE_BYTES,
+    MAX_EVENTS_PER_MESSAGE,
+    MAX_MESSAGE_BYTES,
+    MessageRefused,
+    inflate,
+)
 from .reconnect import ReconnectingStream
 from .resp import PubSubSocket, RespError
 from .status import StreamStatus
@@ -122,8 +129,11 @@ class EventDecoder:
         self._accept = {"json", "application/json"}
 
     def feed(self, data: bytes) -> None:
-        """Decode one published envelope and deliver the event(s) it carries."""
+        """Decode one published envelope and deliver the event(s) it carries, within the
+        caps of :mod:`.limits` (as the kombu path does)."""
         try:
+            if len(data) > MAX_ENVELOPE_BYTES:
+                raise MessageRefused("oversized_message", "envelope over the cap")
             envelope = _json_decode(data.decode())
             body = envelope["body"]
             props = envelope.get("properties")
@@ -131,18 +141,33 @@ class EventDecoder:
                 body = b64decode(body)
             elif isinstance(body, str):
                 body = body.encode()
+            headers = envelope.get("headers")
+            compression = headers.get("compression") if type(headers) is dict else None
+            if compression:
+                body = inflate(body, compression)
+            elif len(body) > MAX_MESSAGE_BYTES:
+                raise MessageRefused("oversized_message", "body over the cap")
             ctype = envelope.get("content-type")
             if ctype == "application/json":
                 payload = _loads_body(body)
             else:
                 payload = kombu_loads(body, ctype, envelope.get("content-encoding"),
                                       accept=self._accept)
+        except MessageRefused as exc:
+            self.status.events += 1
+            self.status.decode_error(exc.kind)
+            return
         except Exception:
             self.status.events += 1
             self.status.decode_error("undecodable_body")
             return
         here = utcoffset()
         if type(payload) is list:
+            if len(payload) > MAX_EVENTS_PER_MESSAGE:
+                extra = len(payload) - MAX_EVENTS_PER_MESSAGE
+                self.status.events += extra
+                self.status.decode_error("too_many_events", n=extra)
+                payload = payload[:MAX_EVENTS_PER_MESSAGE]
             for event in payload:
                 self.one(event, here)
         else:

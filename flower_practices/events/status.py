@@ -23,6 +23,9 @@ KNOWN_EVENTS = TASK_EVENTS | WORKER_EVENTS
 DECODE_ERROR_KINDS = (
     "not_a_mapping", "missing_type", "unknown_type", "missing_uuid", "bad_field",
     "undecodable_body", "handler_error",
+    # hostile input (events/sanitize.py, events/limits.py)
+    "bad_text", "bad_uuid", "oversized_message", "unsupported_compression",
+    "too_many_events",
 )
 _LOGGED_UNKNOWN_TYPES_CAP = 100
 
@@ -34,6 +37,8 @@ class StreamStatus:
         self.events = 0
         self.decode_errors: dict[str, int] = dict.fromkeys(DECODE_ERROR_KINDS, 0)
         self.reconnects = 0
+        #: label values cut to MAX_LABEL_LENGTH (events/sanitize.py)
+        self.labels_truncated = 0
         self.connected = False
         self.last_event_at = 0.0
         self.last_error = "not connected yet"
@@ -49,14 +54,15 @@ class StreamStatus:
         self.connected = False
         self.last_error = reason
 
-    def decode_error(self, kind: str, detail: str = "", kept: bool = False) -> None:
-        """Count a dropped event (``kept``: a bad field ignored, the event still used); log
-        the first of each kind (and each unknown type once)."""
-        self.decode_errors[kind] = self.decode_errors.get(kind, 0) + 1
+    def decode_error(self, kind: str, detail: str = "", kept: bool = False,
+                     n: int = 1) -> None:
+        """Count ``n`` dropped events (``kept``: a bad field ignored, the event still
+        used); log the first of each kind (and each unknown type once)."""
+        self.decode_errors[kind] = self.decode_errors.get(kind, 0) + n
         key = f"{kind}:{detail}" if kind == "unknown_type" else kind
         if key not in self._logged and len(self._logged) < _LOGGED_UNKNOWN_TYPES_CAP:
             self._logged.add(key)
-            what = ("bad field in an event (the field is ignored, the event kept)"
+            what = ("bad field in an event (the field is ignored or cleaned, the event kept)"
                     if kept else "dropping event")
             log.warning(
                 "%s: %s%s (counted in "

@@ -1,8 +1,10 @@
 """The broker consumer thread: Celery events in, ``Engine.observe`` out.
 
 Uses Celery's :class:`~celery.events.receiver.EventReceiver` with a guarded message
-callback (a malformed message is counted, never fatal), and reconnects with exponential
-back-off (capped) whenever the broker goes away, counting each reconnect.
+callback (a malformed message is counted, never fatal) and the caps of :mod:`.limits`
+(message size, bounded inflating of compressed messages, events per message), and
+reconnects with exponential back-off (capped) whenever the broker goes away, counting
+each reconnect.
 """
 
 from __future__ import annotations
@@ -19,14 +21,31 @@ from celery.events.receiver import EventReceiver
 from kombu.message import Message as KombuMessage
 from kombu.transport.virtual import Channel as VirtualChannel
 
+from .limits import MAX_EVENTS_PER_MESSAGE, MAX_MESSAGE_BYTES, MessageRefused, inflate
 from .reconnect import ReconnectingStream
 from .status import StreamStatus
 
 log = logging.getLogger("flower_practices.events")
 
 
+def _pop_compression(payload: Any) -> Any:
+    """Remove and return the ``compression`` header of a raw message (a virtual
+    transport's envelope dict, or a py-amqp message), so that kombu does not inflate it
+    without limit; None when there is none."""
+    if isinstance(payload, dict):
+        headers = payload.get("headers")
+    else:
+        properties = getattr(payload, "properties", None)
+        headers = properties.get("application_headers") if isinstance(properties, dict) \
+            else None
+    if isinstance(headers, dict):
+        return headers.pop("compression", None)
+    return None
+
+
 def _guarded_message_class(base: type) -> type:
-    """``base`` (a virtual transport's Message) made to record, not raise, a bad envelope."""
+    """``base`` (a transport's Message) made to record, not raise, a bad envelope, and to
+    enforce :mod:`.limits` on the body (recorded as :class:`MessageRefused`)."""
     if getattr(base, "_fp_guarded", False):
         return base
 
@@ -34,14 +53,63 @@ def _guarded_message_class(base: type) -> type:
         _fp_guarded = True
 
         def __init__(self, payload: Any, channel: Any = None, **kwargs: Any) -> None:
+            # Consumer hands recorded errors to on_decode_error (counted there)
             try:
+                compression = _pop_compression(payload)
                 super().__init__(payload, channel=channel, **kwargs)
             except Exception:
                 KombuMessage.__init__(self, body=b"", channel=channel)
-                # Consumer hands recorded errors to on_decode_error (counted there)
+                self.errors.append(sys.exc_info())
+                return
+            if self.errors:
+                return
+            body = self.body
+            try:
+                if compression:
+                    self.body = inflate(body, compression)
+                elif body is not None and len(body) > MAX_MESSAGE_BYTES:
+                    raise MessageRefused("oversized_message",
+                                         f"message body over {MAX_MESSAGE_BYTES} bytes")
+            except MessageRefused as exc:
+                self.body = b""
+                self.errors.append((type(exc), exc, None))
+            except Exception:  # pragma: no cover - a body without len()
+                self.body = b""
                 self.errors.append(sys.exc_info())
 
     return GuardedMessage
+
+
+def guard_consumers(channel: Any, consumers: list,
+                    on_decode_error: Callable[[Any, Exception], None]) -> None:
+    """Make an event receiver's ``consumers`` on ``channel`` count, not raise, what they
+    cannot decode, and enforce :mod:`.limits` on each message's body."""
+    if isinstance(channel, VirtualChannel) or hasattr(channel, "message_to_python"):
+        # Redis & co. build the Message (base64 body, properties) before any consumer
+        # callback; a malformed envelope would raise out of drain_events there too.
+        # Both virtual and AMQP messages inflate a compressed body there, unbounded.
+        channel.Message = _guarded_message_class(channel.Message)
+    for consumer in consumers:
+        # Without this a body that fails to decode (bad JSON/base64, a content type
+        # not accepted) raises out of drain_events and tears the connection down.
+        consumer.on_decode_error = on_decode_error
+
+
+def count_decode_error(status: StreamStatus, exc: Exception) -> None:
+    """Count a message the consumer could not decode, under its :mod:`.limits` kind."""
+    status.events += 1
+    status.decode_error(exc.kind if isinstance(exc, MessageRefused) else "undecodable_body")
+
+
+def cap_events(status: StreamStatus, body: list) -> list:
+    """``body`` (a grouped message) cut to MAX_EVENTS_PER_MESSAGE events, the rest
+    counted as ``too_many_events``."""
+    if len(body) <= MAX_EVENTS_PER_MESSAGE:
+        return body
+    extra = len(body) - MAX_EVENTS_PER_MESSAGE
+    status.events += extra
+    status.decode_error("too_many_events", n=extra)
+    return body[:MAX_EVENTS_PER_MESSAGE]
 
 
 class GuardedReceiver(EventReceiver):
@@ -64,24 +132,16 @@ class GuardedReceiver(EventReceiver):
 
     def get_consumers(self, Consumer: Any, channel: Any) -> list:  # noqa: N803 - Celery's
         consumers = super().get_consumers(Consumer, channel)
-        if isinstance(channel, VirtualChannel):
-            # Redis & co. build the Message (base64 body, properties) before any consumer
-            # callback; a malformed envelope would raise out of drain_events there too.
-            channel.Message = _guarded_message_class(channel.Message)
-        for consumer in consumers:
-            # Without this a body that fails to decode (bad JSON/base64, a content type
-            # not accepted) raises out of drain_events and tears the connection down.
-            consumer.on_decode_error = self._decode_error
+        guard_consumers(channel, consumers, self._decode_error)
         return consumers
 
     def _decode_error(self, message: Any, exc: Exception) -> None:
-        self._status.events += 1
-        self._status.decode_error("undecodable_body")
+        count_decode_error(self._status, exc)
 
     def _receive(self, body: Any, message: Any, list: Any = list,
                  isinstance: Any = isinstance) -> None:
         if isinstance(body, list):
-            for event in body:
+            for event in cap_events(self._status, body):
                 self._one(event)
         else:
             self._one(body)

@@ -15,10 +15,15 @@ from collections.abc import Callable
 
 import tornado.web
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
+from prometheus_client.exposition import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    choose_encoder,
+    generate_latest,
+)
 
 from ..engine import Engine
-from ..metrics import render_text
+from ..events.sanitize import json_bytes
+from ..metrics import render_metrics
 from .cache import RenderCache
 from .webconfig import BasicAuth
 
@@ -89,7 +94,7 @@ class MetricsHandler(_EngineHandler):
 class PracticesApiHandler(_EngineHandler):
     def get(self) -> None:
         self.set_header("Content-Type", "application/json")
-        self.write(json.dumps(self.engine.practices_payload()))
+        self.write(json_bytes(self.engine.practices_payload()))
 
 
 class HealthHandler(_EngineHandler):
@@ -124,7 +129,8 @@ def accepts_gzip(header: str) -> bool:
     return False
 
 
-def metrics_cache(registry: CollectorRegistry, max_age: float
+def metrics_cache(registry: CollectorRegistry, max_age: float,
+                  errors: dict[str, int] | None = None
                   ) -> tuple[RenderCache, dict[str, Callable]]:
     """A render cache keyed by (content type, gzip) and the format table it renders from.
 
@@ -132,11 +138,12 @@ def metrics_cache(registry: CollectorRegistry, max_age: float
     ~0.2 MB, so hundreds of Prometheus scrapers (which all ask for gzip) cost the event
     loop a tenth of the bytes to send.
     """
-    formats: dict[str, Callable] = {CONTENT_TYPE_PLAIN_0_0_4: render_text}
+    formats: dict[str, Callable] = {CONTENT_TYPE_PLAIN_0_0_4: generate_latest}
 
     def render(key: object) -> bytes:
         content_type, gzipped = key  # type: ignore[misc]
-        body = formats[content_type](registry)
+        # family by family: one that cannot render is left out and counted in ``errors``
+        body, _ = render_metrics(registry, content_type, errors)
         return gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0) if gzipped else body
 
     return RenderCache(render, max_age), formats
@@ -145,7 +152,8 @@ def metrics_cache(registry: CollectorRegistry, max_age: float
 def make_application(engine: Engine, registry: CollectorRegistry, *,
                      auth: BasicAuth | None = None) -> tornado.web.Application:
     """The exporter's application; its render cache is ``application.metrics_cache``."""
-    cache, formats = metrics_cache(registry, engine.settings.metrics_cache_seconds)
+    cache, formats = metrics_cache(registry, engine.settings.metrics_cache_seconds,
+                                   engine.metrics.render_errors)
     kwargs = {"engine": engine, "auth": auth}
     application = tornado.web.Application([
         (r"/", IndexHandler, kwargs),

@@ -20,6 +20,7 @@ from tornado.escape import xhtml_escape
 from tornado.web import url
 
 from ..catalogue import BY_ID
+from ..events.sanitize import json_bytes
 from ..findings import SEVERITY_ORDER
 from .runbook import render_markdown
 
@@ -68,7 +69,7 @@ class PracticesApi(BaseApiHandler):
     @web.authenticated
     def get(self) -> None:
         self.set_header("Content-Type", "application/json")
-        self.write(json.dumps(_plugin(self).engine.practices_payload()))
+        self.write(json_bytes(_plugin(self).engine.practices_payload()))
 
 
 class PracticesHealth(BaseHandler):

@@ -43,7 +43,8 @@ def register_metrics(engine: Engine) -> PracticesCollector:
     global _collector
     with _collector_lock:
         if _collector is None:
-            collector = PracticesCollector(engine)
+            # Flower renders with generate_latest: one bad family would fail the page
+            collector = PracticesCollector(engine, validate=True)
             REGISTRY.register(collector)
             _collector = collector
         else:
@@ -107,7 +108,7 @@ class PracticesPlugin:
         protected = metrics_handlers(app.options)  # [] unless --practices_metrics_auth
         if protected:
             app.add_handlers(r".*$", _prefixed(protected, app.options.url_prefix))
-        tap_state(app.events, self.engine.observe)
+        tap_state(app.events, self.engine.observe, self.status)
         watch_connection(app.events, self.status)
         if not self.events_supported:
             self.status.mark_disconnected(

@@ -7,6 +7,8 @@ from typing import Any
 
 from celery import Celery
 
+from ..events.sanitize import label_text
+
 
 @dataclass(slots=True)
 class WorkerSample:
@@ -16,17 +18,29 @@ class WorkerSample:
 
 
 def probe_workers(app: Celery, timeout: float = 1.0) -> dict[str, WorkerSample]:
-    """``inspect active_queues`` + ``stats`` (prefetch, pool size); {} when nobody answers."""
+    """``inspect active_queues`` + ``stats`` (prefetch, pool size); {} when nobody answers.
+
+    Hostnames and queue names are cleaned as event fields are (they are labels and keys,
+    and must match the names seen in events); entries that are not strings are skipped.
+    """
     inspector = app.control.inspect(timeout=timeout)
     active: dict[str, Any] = inspector.active_queues() or {}
     stats: dict[str, Any] = {}
     if active:
         stats = inspector.stats() or {}
     out: dict[str, WorkerSample] = {}
-    for hostname, queues in active.items():
-        names = tuple(sorted(q.get("name", "") for q in queues or () if isinstance(q, dict)))
+    for raw_hostname, queues in active.items():
+        hostname = label_text(raw_hostname)
+        if not hostname:
+            continue
+        if not isinstance(queues, list | tuple):
+            queues = ()
+        names = tuple(sorted(name for q in queues if isinstance(q, dict)
+                             if (name := label_text(q.get("name", ""))) is not None))
         sample = WorkerSample(queues=names)
-        info = stats.get(hostname) or {}
+        info = stats.get(raw_hostname) or {}
+        if not isinstance(info, dict):
+            info = {}
         prefetch = info.get("prefetch_count")
         if isinstance(prefetch, int):
             sample.prefetch = prefetch

@@ -13,15 +13,52 @@ import redis
 
 def envelope(event: dict) -> bytes:
     """The bytes kombu PUBLISHes on ``/{db}.celeryev/<routing key>`` for one event."""
+    return raw_envelope(json.dumps(event).encode(), event["type"].replace("-", "."),
+                        {"hostname": event.get("hostname", "")})
+
+
+def raw_envelope(body: bytes, routing_key: str, headers: dict | None = None) -> bytes:
+    """kombu's Redis envelope around any message ``body`` (bytes as sent: JSON text,
+    compressed bytes...), with ``headers`` (e.g. ``{"compression": "zlib"}``)."""
     return json.dumps({
-        "body": base64.b64encode(json.dumps(event).encode()).decode(),
+        "body": base64.b64encode(body).decode(),
         "content-encoding": "utf-8", "content-type": "application/json",
-        "headers": {"hostname": event.get("hostname", "")},
+        "headers": headers or {},
         "properties": {"delivery_mode": 1, "priority": 0, "body_encoding": "base64",
-                       "delivery_info": {"exchange": "celeryev",
-                                         "routing_key": event["type"].replace("-", ".")},
+                       "delivery_info": {"exchange": "celeryev", "routing_key": routing_key},
                        "delivery_tag": str(uuid.uuid4())},
     }).encode()
+
+
+#: one raw message: (routing key, body bytes, headers)
+RawMessage = tuple[str, bytes, dict]
+
+
+def publish_raw(url: str, messages: Iterable[RawMessage]) -> int:
+    """Publish raw event messages to the broker at ``url`` as Celery's event dispatcher
+    would (Redis: kombu's pub/sub envelope; AMQP: the ``celeryev`` topic exchange), but
+    with any body and headers; returns the count."""
+    if url.startswith("redis"):
+        client = redis.Redis.from_url(url)
+        db = client.connection_pool.connection_kwargs.get("db", 0)
+        n = 0
+        for routing_key, body, headers in messages:
+            client.publish(f"/{db}.celeryev/{routing_key}",
+                           raw_envelope(body, routing_key, headers))
+            n += 1
+        return n
+    from celery.events.event import get_exchange
+    from kombu import Connection
+
+    with Connection(url) as conn:
+        producer = conn.Producer(exchange=get_exchange(conn))
+        n = 0
+        for routing_key, body, headers in messages:
+            producer.publish(body, routing_key=routing_key, content_type="application/json",
+                             content_encoding="utf-8", headers=dict(headers),
+                             delivery_mode=1)
+            n += 1
+        return n
 
 
 def publish_events(url: str, events: Iterable[dict]) -> int:

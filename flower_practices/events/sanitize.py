@@ -1,0 +1,133 @@
+"""Wire strings in, safe strings out: the one place event text is made fit to be a label.
+
+Every string field of an event that the state, the rules or the metrics use as a label
+value or a dict key passes :func:`clean_event` before anything reads it, on every consumer
+path (direct Redis, kombu, Flower's tap): ``Engine.observe`` calls it on the fields of the
+event's kind (:data:`TASK_FIELDS`, :data:`WORKER_FIELDS`), and the Flower plugin calls it
+on all of them (:data:`TEXT_FIELDS`, which Flower's own state and metrics read too) before
+Flower's state sees the event.
+
+- Text that cannot be encoded (lone UTF-16 surrogates such as the JSON ``"\\ud800"``) and
+  control characters (C0, DEL, C1) are replaced by U+FFFD, counted as the decode-error
+  kind ``bad_text`` (the event is kept).
+- A value longer than :data:`MAX_LABEL_LENGTH` characters is cut to that length, its last
+  character being :data:`TRUNCATION_MARKER`, counted in ``StreamStatus.labels_truncated``
+  (``flower_practices_label_overflow_total{label="length"}``).
+- A task id longer than :data:`MAX_UUID_LENGTH` is not truncated (two ids would merge):
+  ``Engine.observe`` drops the event (decode-error kind ``bad_uuid``).
+
+Free text is never used as a label: of ``exception`` only the leading class name is read
+(``rules/retryless_failure.py``: word characters, at most 200), never the message.
+
+The common case costs a length check and ``str.isprintable`` on a short string; only
+values that fail it take the slow path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from .status import StreamStatus
+
+#: longest label value kept as is (characters); longer ones end in TRUNCATION_MARKER
+MAX_LABEL_LENGTH = 200
+TRUNCATION_MARKER = "\u2026"  # "…"
+#: longest task id accepted; an event with a longer one is dropped
+MAX_UUID_LENGTH = 128
+#: string fields of task events and of worker events the engine uses as labels or keys
+TASK_FIELDS = ("hostname", "name", "queue", "routing_key")
+WORKER_FIELDS = ("hostname", "sw_ident")
+#: every string field used as a label or key, by us or by Flower's own state and metrics
+TEXT_FIELDS = ("hostname", "name", "queue", "routing_key", "exchange", "sw_ident")
+#: what replaces a lone surrogate or a control character
+REPLACEMENT = "\ufffd"
+
+_BAD_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def clean_text(value: str, cap: int = MAX_LABEL_LENGTH) -> tuple[str, bool, bool]:
+    """``(clean value, truncated, had bad characters)`` for any ``str``.
+
+    Truncation comes first, so the replacement scans at most ``cap`` characters.
+    """
+    truncated = len(value) > cap
+    if truncated:
+        value = value[:cap - 1]
+    value, bad = _BAD_CHARS.subn(REPLACEMENT, value)
+    if truncated:
+        value += TRUNCATION_MARKER
+    return value, truncated, bad > 0
+
+
+def clean_event(event: dict, status: StreamStatus, _fields: tuple = TEXT_FIELDS,
+                _cap: int = MAX_LABEL_LENGTH) -> None:
+    """Sanitise ``event``'s text fields (``_fields``: all of them, unless the caller knows
+    the event type) and task id in place (see the module docstring); never raises.
+
+    A field of another type than ``str`` becomes None ("unknown"), counted as
+    ``bad_field``. The task id is only cleaned of bad characters here; its length is
+    checked by the caller, which drops the event.
+    """
+    get = event.get
+    for key in _fields:
+        value = get(key)
+        if type(value) is str and len(value) <= _cap and value.isprintable():
+            continue  # the common case
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            event[key] = None
+            status.decode_error("bad_field", key, kept=True)
+            continue
+        if len(value) <= _cap and value.isprintable():  # a str subclass
+            continue
+        cleaned, truncated, bad = clean_text(value)
+        event[key] = cleaned
+        if truncated:
+            status.labels_truncated += 1
+        if bad:
+            status.decode_error("bad_text", key, kept=True)
+    uuid = get("uuid")
+    if type(uuid) is str and not uuid.isprintable() and len(uuid) <= MAX_UUID_LENGTH:
+        cleaned, _, bad = clean_text(uuid, MAX_UUID_LENGTH)
+        if bad:
+            event["uuid"] = cleaned
+            status.decode_error("bad_text", "uuid", kept=True)
+
+
+def label_text(value: object) -> str | None:
+    """``value`` cleaned as :func:`clean_event` cleans an event field (so that the names
+    match), None if it is not a string: for names read from other sources than events,
+    such as workers' remote-control replies."""
+    if not isinstance(value, str):
+        return None
+    if len(value) <= MAX_LABEL_LENGTH and value.isprintable():
+        return value
+    return clean_text(value)[0]
+
+
+def json_bytes(payload: Any) -> bytes:
+    """``payload`` as UTF-8 JSON that any strict parser accepts (defence in depth): a lone
+    surrogate that reached a string anyway becomes ``?`` instead of failing or producing
+    an escape strict parsers reject, and a NaN or infinite number becomes ``null``."""
+    try:
+        text = json.dumps(payload, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        text = json.dumps(_finite(payload), ensure_ascii=False, allow_nan=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinite floats replaced by None (containers copied)."""
+    if isinstance(value, float):
+        return value if value - value == 0.0 else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
