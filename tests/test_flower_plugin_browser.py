@@ -1,0 +1,191 @@
+"""The Practices page in headless Chromium (tests/support/browser.py: DevTools protocol)
+against stock ``celery flower --plugins=flower_practices``, a real worker and a private
+redis-server: a new finding appears without a reload, the filter narrows the rows, every
+link from a finding into Flower answers 200, and the stale banner shows when the broker
+stops. ``FP_SAVE_SCREENSHOT=1`` also writes docs/img/practices-page.png."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from urllib.parse import urljoin
+
+import pytest
+
+from tests.apps.models import User
+from tests.conftest import make_producer
+from tests.support.brokers import in_ci
+from tests.support.exporter import wait_for
+from tests.support.worker import ROOT, WorkerProcess
+from tests.test_flower_plugin_integration import FlowerProcess
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+
+PRACTICES_TOML = """
+[exporter]
+evaluation_interval = 0.5
+probe_interval = 1.0
+
+[practices.lost_task]
+grace_seconds = 1
+"""
+PICKLE_AS_ROOT = {"C_FORCE_ROOT": "1"}
+NO_RELOAD = "window.fpNoReload === true"
+
+
+def groups(browser) -> list[str]:
+    return browser.evaluate(
+        "Array.from(document.querySelectorAll('#fp-groups details.fp-group'))"
+        ".map(d => d.dataset.practice)")
+
+
+@pytest.fixture(scope="module")
+def env(private_redis_module, tmp_path_factory):
+    try:
+        from tests.support.browser import CHROMIUM, Browser
+    except ImportError as exc:  # pragma: no cover - tornado is a dependency
+        pytest.fail(str(exc))
+    if CHROMIUM is None:
+        if in_ci():
+            pytest.fail("chromium is not installed (CI=true: the page tests must run)")
+        pytest.skip("chromium is not installed")
+    broker = private_redis_module["url"]
+    workdir = tmp_path_factory.mktemp("browser")
+    config = workdir / "practices.toml"
+    config.write_text(PRACTICES_TOML)
+    producer = make_producer(broker)
+    worker = WorkerProcess("tests.apps.bad_tasks", broker, queues="celery",
+                           env=PICKLE_AS_ROOT).start(producer)
+    doomed_name = f"doomed{os.getpid()}@fp-test"
+    workers = [worker]
+    flower = browser = None
+    try:
+        flower = FlowerProcess(broker, ["flower", "--plugins=flower_practices",
+                                        f"--practices_config={config}"], workdir)
+        worker_up = f'celery_worker_up{{worker="{worker.name}"}} 1.0'
+        wait_for(lambda: worker_up in flower.get("/metrics")[1], timeout=40,
+                 message=f"Flower to receive the worker's heartbeats\n{flower.output()}")
+        browser = Browser()
+        yield {"flower": flower, "browser": browser, "producer": producer, "broker": broker,
+               "worker": worker, "workers": workers, "doomed": doomed_name,
+               "redis": private_redis_module}
+    finally:
+        if browser is not None:
+            browser.close()
+        if flower is not None:
+            flower.stop()
+        for w in workers:
+            w.kill()
+
+
+def test_a_new_finding_appears_without_a_reload(env):
+    flower, browser = env["flower"], env["browser"]
+    browser.goto(flower.url("/practices"))
+    browser.evaluate("window.fpNoReload = true")
+    assert "retryless_failure" not in groups(browser)
+    for i in range(2):
+        env["producer"].send_task("bad.fetch", args=(i,))
+    browser.wait(f"{NO_RELOAD} && !!document.querySelector("
+                 "'details.fp-group[data-practice=\"retryless_failure\"]')", timeout=40,
+                 message="retryless_failure on the open page")
+    assert re.fullmatch(r"updated \d\d:\d\d:\d\d",
+                        browser.evaluate("document.getElementById('fp-updated').textContent"))
+    row = browser.evaluate("document.querySelector("
+                           "'tr.fp-row[data-practice=\"retryless_failure\"]').textContent")
+    assert "bad.fetch" in row and "upstream refused" not in row  # never exception messages
+    assert browser.evaluate("document.getElementById('fp-stale').hidden") is True
+
+
+def test_the_filter_narrows_the_rows(env):
+    browser = env["browser"]
+    env["producer"].send_task("bad.process", args=(User(1, "alice"),), serializer="pickle")
+    env["producer"].send_task("bad.compute", args=(1,))
+    browser.wait(f"{NO_RELOAD} && !!document.querySelector("
+                 "'details.fp-group[data-practice=\"orm_object_argument\"]')", timeout=40,
+                 message="orm_object_argument on the open page")
+    before = groups(browser)
+    assert len(before) >= 2
+    browser.evaluate("(() => { const f = document.getElementById('fp-filter');"
+                     " f.value = 'bad.fetch'; f.dispatchEvent(new Event('input')); })()")
+    after = groups(browser)
+    rows = browser.evaluate("Array.from(document.querySelectorAll('tr.fp-row'))"
+                            ".map(r => r.textContent)")
+    assert "retryless_failure" in after and len(after) < len(before)
+    assert rows and all("bad.fetch" in r for r in rows)
+    assert "1 finding of" in browser.evaluate("document.getElementById('fp-shown').textContent")
+    # severity toggles: warnings off hides the (warning) retryless_failure group
+    browser.evaluate("document.getElementById('fp-sev-warning').click()")
+    assert "retryless_failure" not in groups(browser)
+    browser.evaluate("(() => { document.getElementById('fp-sev-warning').click();"
+                     " const f = document.getElementById('fp-filter');"
+                     " f.value = ''; f.dispatchEvent(new Event('input')); })()")
+    assert groups(browser) == before
+    assert "alice" not in browser.evaluate("document.body.textContent")
+
+
+def test_every_link_from_a_finding_answers_200(env):
+    """Including lost_task's task ids: a task killed with its worker, which then restarts."""
+    flower, browser, producer = env["flower"], env["browser"], env["producer"]
+    doomed = WorkerProcess("tests.apps.bad_tasks", env["broker"], queues="doomed",
+                           name=env["doomed"], concurrency=1, env=PICKLE_AS_ROOT)
+    env["workers"].append(doomed)
+    doomed.start(producer)
+    producer.send_task("bad.slow", args=(60,), queue="doomed")
+    started = 'celery_task_events_total{queue="doomed",task="bad.slow",type="started"} 1.0'
+    wait_for(lambda: started in flower.get("/metrics")[1],
+        timeout=40, message="bad.slow started on the doomed worker")
+    doomed.kill()  # SIGKILL mid-task, then the same worker comes back
+    again = WorkerProcess("tests.apps.bad_tasks", env["broker"], queues="doomed",
+                          name=env["doomed"], concurrency=1, env=PICKLE_AS_ROOT)
+    env["workers"].append(again)
+    again.start(producer)
+    browser.wait(f"{NO_RELOAD} && !!document.querySelector("
+                 "'details.fp-group[data-practice=\"lost_task\"]')", timeout=60,
+                 message="lost_task on the open page")
+    # open every group (rows are built when a group opens), then collect the links
+    browser.evaluate("document.querySelectorAll('details.fp-group').forEach(d => d.open = true)")
+    browser.wait("Array.from(document.querySelectorAll('details.fp-group'))"
+                 ".every(d => d.dataset.filled === '1')", message="every group filled")
+    hrefs = browser.evaluate("Array.from(document.querySelectorAll('#fp-groups tr.fp-row a'))"
+                             ".map(a => a.getAttribute('href'))")
+    kinds = {re.sub(r"^/([a-z]+)(/practices)?.*$", r"\1", h) for h in hrefs}
+    assert {"task", "tasks", "worker", "broker", "practices"} <= kinds, hrefs
+    lost = json.loads(flower.get("/api/practices")[1])
+    [finding] = [f for f in lost["findings"] if f["practice"] == "lost_task"]
+    [task_id] = finding["evidence"]["task_ids"]
+    assert f"/task/{task_id}" in hrefs
+    assert any(h.startswith("/practices/runbooks/lost_task?queue=doomed&task=bad.slow&worker=")
+               for h in hrefs)
+    for href in sorted(set(hrefs)):
+        url = urljoin(flower.url("/practices"), href)
+        try:
+            with urllib.request.urlopen(url, timeout=20) as resp:
+                status = resp.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        assert status == 200, f"{href} answered {status}"
+    save = os.environ.get("FP_SAVE_SCREENSHOT")
+    if save:
+        from tests.support.browser import Browser
+        with Browser(1400, 1000) as shot:
+            shot.goto(flower.url("/practices"))
+            shot.screenshot(ROOT / "docs" / "img" / "practices-live.png")
+
+
+def test_the_stale_banner_shows_when_the_broker_stops(env):
+    flower, browser = env["flower"], env["browser"]
+    browser.goto(flower.url("/practices"))
+    assert browser.evaluate("document.getElementById('fp-stale').hidden") is True
+    stopped = time.time()
+    env["redis"]["kill"]()
+    text = browser.wait("(() => { const b = document.getElementById('fp-stale');"
+                        " return b.hidden ? '' : b.textContent; })()", timeout=60,
+                        message="the stale banner")
+    assert text.startswith("Stale \u2014 event stream disconnected since ")
+    since = json.loads(flower.get("/api/practices")[1])["stream"]["disconnected_since"]
+    assert since >= stopped - 1
+    assert browser.evaluate("document.getElementById('fp-stream').textContent") == "not connected"
