@@ -38,7 +38,7 @@ class Browser:
         if CHROMIUM is None:
             raise BrowserError("chromium is not installed")
         self.timeout = timeout
-        self._profile = tempfile.TemporaryDirectory(prefix="fp-cdp-")
+        self._profile = tempfile.TemporaryDirectory(prefix="fp-cdp-", ignore_cleanup_errors=True)
         self.proc = subprocess.Popen(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
              "--no-first-run", "--disable-background-networking", "--disable-component-update",

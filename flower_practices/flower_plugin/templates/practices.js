@@ -61,14 +61,19 @@
       return items.join(", ");
     }
     if (typeof value === "object") {
-      var parts = Object.keys(value).map(function (k) { return k.replace(/_/g, " ") + " " + formatValue(k, value[k]); });
+      // {"ConnectionError": 3} reads "ConnectionError × 3"; {"max_retries": 3} "max retries 3"
+      var parts = Object.keys(value).map(function (k) {
+        return /^[a-z_]+$/.test(k) ? label(k) + " " + formatValue(k, value[k])
+          : k + (typeof value[k] === "number" ? " \u00d7 " : " ") + formatValue(k, value[k]);
+      });
       return parts.length ? parts.join(", ") : "none";
     }
     return String(value);
   }
-  function label(key) {
+  function label(key) {  // the unit moves into the value: "unread_share" reads "unread 97 %"
     var noun = NOUNS.filter(function (n) { return key.slice(-n.length - 1) === "_" + n; })[0];
-    return (noun ? key.slice(0, -noun.length - 1) : key).replace(/_/g, " ");
+    var base = noun ? key.slice(0, -noun.length - 1) : key.replace(/_(seconds|share|ratio)$/, "");
+    return base.replace(/_/g, " ");
   }
   function evidence(ev) {
     var box = el("p", {"class": "evidence"});
@@ -183,7 +188,8 @@
     var box = document.createDocumentFragment();
     groups.forEach(function (g) {
       var p = practices[g.id] || {title: g.id};
-      var open = g.id in opened ? opened[g.id] : (filtering || g.rows.length <= OPEN_LIMIT);
+      // a filter opens what it matched; otherwise the reader's choice, else small groups open
+      var open = filtering || (g.id in opened ? opened[g.id] : g.rows.length <= OPEN_LIMIT);
       var det = el("details", {"class": "broker-table-card fp-group", "data-practice": g.id, "data-severity": g.severity});
       if (open) det.open = true;
       var sum = el("summary");
@@ -195,7 +201,10 @@
       det.appendChild(sum);
       var fill = function () { if (!det.dataset.filled) { det.dataset.filled = "1"; det.appendChild(table(g.rows)); } };
       if (open) fill();
-      det.addEventListener("toggle", function () { opened[g.id] = det.open; if (det.open) fill(); });
+      det.addEventListener("toggle", function () {
+        if (!filtering) opened[g.id] = det.open;
+        if (det.open) fill();
+      });
       box.appendChild(det);
     });
     var target = $("fp-groups");
