@@ -2,7 +2,7 @@
 against stock ``celery flower --plugins=flower_practices``, a real worker and a private
 redis-server: a new finding appears without a reload, the filter narrows the rows, every
 link from a finding into Flower answers 200, and the stale banner shows when the broker
-stops. ``FP_SAVE_SCREENSHOT=1`` also writes docs/img/practices-page.png."""
+stops. ``FP_SAVE_SCREENSHOT=1`` also writes docs/img/practices-live.png."""
 
 from __future__ import annotations
 
