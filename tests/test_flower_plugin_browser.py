@@ -173,6 +173,10 @@ def test_every_link_from_a_finding_answers_200(env):
         # and answer 404 until the reply is cached (Flower's own worker links do the same)
         wait_for(lambda h=href: status_of(urljoin(flower.url("/practices"), h)) == 200,
                  timeout=30, message=f"{href} to answer 200")
+    # the runbook's commands name the finding's worker
+    runbook = next(h for h in hrefs if h.startswith("/practices/runbooks/lost_task?"))
+    body = urllib.request.urlopen(urljoin(flower.url("/"), runbook), timeout=20).read().decode()
+    assert f'celery_worker_up{{worker="{env["doomed"]}"}}' in body
     save = os.environ.get("FP_SAVE_SCREENSHOT")
     if save:
         from tests.support.browser import Browser
