@@ -42,7 +42,6 @@ log = logging.getLogger("flower_practices.flower_plugin")
 STATUS_ATTR = "flower_practices_status"
 
 
-
 def tap_state(events: Any, observe: Callable[[Any], None]) -> None:
     """Feed every event Flower's state handles to ``observe``, after Flower's handling."""
     state = events.state
