@@ -132,6 +132,13 @@ def test_the_filter_narrows_the_rows(env):
                      " const f = document.getElementById('fp-filter');"
                      " f.value = ''; f.dispatchEvent(new Event('input')); })()")
     assert groups(browser) == before
+    # sort by count: the practice with the most occurrences first
+    browser.evaluate("(() => { const s = document.getElementById('fp-sort');"
+                     " s.value = 'count'; s.dispatchEvent(new Event('change')); })()")
+    counts = browser.evaluate(
+        "Array.from(document.querySelectorAll('tr.fp-row td.text-end')).map(td => td.textContent)")
+    counts = [int(c.replace(",", "")) for c in counts]
+    assert counts == sorted(counts, reverse=True) and len(counts) >= 2
     assert "alice" not in browser.evaluate("document.body.textContent")
 
 
@@ -162,6 +169,9 @@ def test_every_link_from_a_finding_answers_200(env):
                              ".map(a => a.getAttribute('href'))")
     kinds = {re.sub(r"^/([a-z]+)(/practices)?.*$", r"\1", h) for h in hrefs}
     assert {"task", "tasks", "worker", "broker", "practices"} <= kinds, hrefs
+    lost_row = browser.evaluate("document.querySelector("
+                                "'tr.fp-row[data-practice=\"lost_task\"]').textContent")
+    assert "lost 1 task" in lost_row and "acks late no" in lost_row  # evidence in words
     lost = json.loads(flower.get("/api/practices")[1])
     [finding] = [f for f in lost["findings"] if f["practice"] == "lost_task"]
     [task_id] = finding["evidence"]["task_ids"]
@@ -183,6 +193,35 @@ def test_every_link_from_a_finding_answers_200(env):
         with Browser(1400, 1000) as shot:
             shot.goto(flower.url("/practices"))
             shot.screenshot(ROOT / "docs" / "img" / "practices-live.png")
+
+
+def test_refreshes_pause_while_the_tab_is_hidden(env):
+    flower, browser = env["flower"], env["browser"]
+    browser.goto(flower.url("/practices"))
+    # count the page's requests, then hide the tab (as the browser reports it to the page)
+    browser.evaluate("""(() => {
+        window.fpFetches = 0;
+        const original = window.fetch;
+        window.fetch = function () { window.fpFetches++; return original.apply(this, arguments); };
+        window.fpHidden = false;
+        Object.defineProperty(document, 'visibilityState', {
+            configurable: true, get: () => window.fpHidden ? 'hidden' : 'visible'});
+    })()""")
+    browser.wait("window.fpFetches >= 1", timeout=20, message="a refresh while visible")
+    browser.evaluate("window.fpHidden = true;"
+                     " document.dispatchEvent(new Event('visibilitychange'));"
+                     " window.fpFetchesHidden = window.fpFetches")
+    # two refresh periods pass hidden (the page's own timer, measured in the page)
+    hidden_for = browser.evaluate(
+        "new Promise(r => { const t = performance.now();"
+        " setTimeout(() => r(performance.now() - t), 2.2 * 5000); })")
+    assert hidden_for >= 11000
+    assert browser.evaluate("window.fpFetches - window.fpFetchesHidden") <= 1  # one in flight
+    stale_before = browser.evaluate("window.fpFetches")
+    browser.evaluate("window.fpHidden = false;"
+                     " document.dispatchEvent(new Event('visibilitychange'))")
+    browser.wait(f"window.fpFetches > {stale_before}", timeout=5,
+                 message="an immediate refresh when the tab is shown again")
 
 
 def test_the_stale_banner_shows_when_the_broker_stops(env):
