@@ -63,7 +63,7 @@ def practices_document(plugin: Any) -> dict[str, Any]:
         "connected": ok, "reason": reason if ok else (status.last_error or reason),
         "events": status.events,
         "last_event_at": status.last_event_at or None,
-        "connected_since": status.connected_since or None if ok else None,
+        "connected_since": (status.connected_since or None) if ok else None,
         "disconnected_since": None if ok else (status.disconnected_since or None),
     }
     return payload
