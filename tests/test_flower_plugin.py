@@ -364,17 +364,21 @@ def test_cli_unknown_plugin_from_environment(tmp_path):
     assert "unknown Flower plugin 'typo'" in result.stderr
 
 
-@pytest.mark.parametrize("form", ["celery", "python -m flower", "env"])
-def test_stock_flower_unknown_plugin_is_an_error(form):
+@pytest.mark.parametrize("form", ["celery", "python -m flower", "env", "flowerconfig"])
+def test_stock_flower_unknown_plugin_is_an_error(form, tmp_path):
     import os
     if form == "python -m flower":
         cmd = [sys.executable, "-m", "flower", "-b", "memory://", "flower", "--plugins=nope"]
     else:
         cmd = [sys.executable, "-m", "celery", "-b", "memory://", "flower"]
-        cmd += [] if form == "env" else ["--plugins=nope"]
-    env = {**os.environ, **({"FLOWER_PLUGINS": "nope"} if form == "env" else {})}
+        cmd += ["--plugins=nope"] if form == "celery" else []
+    (tmp_path / "flowerconfig.py").write_text('plugins = ["nope"]\n' if form == "flowerconfig"
+                                              else "")
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": pythonpath,
+           **({"FLOWER_PLUGINS": "nope"} if form == "env" else {})}
     result = subprocess.run([*cmd, "--port=0"], capture_output=True, text=True, timeout=60,
-                            cwd=str(ROOT), env=env)
+                            cwd=str(tmp_path), env=env)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "unknown Flower plugin 'nope'; known plugins: flower_practices" in result.stderr
 
