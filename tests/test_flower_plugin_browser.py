@@ -2,24 +2,34 @@
 against stock ``celery flower --plugins=flower_practices``, a real worker and a private
 redis-server: a new finding appears without a reload, the filter narrows the rows, every
 link from a finding into Flower answers 200, and the stale banner shows when the broker
-stops. ``FP_SAVE_SCREENSHOT=1`` also writes docs/img/practices-live.png."""
+stops; and, in-process, that hostile names render as text. ``FP_SAVE_SCREENSHOT=1`` also
+writes docs/img/practices-live.png."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
+import threading
 import time
+import types
 import urllib.error
 import urllib.request
 from urllib.parse import urljoin
 
 import pytest
+from celery import Celery
+from flower.urls import settings as flower_settings
+from tornado.ioloop import IOLoop
+from tornado.options import options as tornado_options
 
+from flower_practices.findings import Condition
+from flower_practices.flower_plugin.host import PluginFlower, enable
 from tests.apps.models import User
 from tests.conftest import make_producer
 from tests.support.brokers import in_ci
-from tests.support.exporter import wait_for
+from tests.support.exporter import free_port, wait_for
 from tests.support.worker import ROOT, WorkerProcess
 from tests.test_flower_plugin_integration import FlowerProcess
 
@@ -237,3 +247,62 @@ def test_the_stale_banner_shows_when_the_broker_stops(env):
     since = json.loads(flower.get("/api/practices")[1])["stream"]["disconnected_since"]
     assert since >= stopped - 1
     assert browser.evaluate("document.getElementById('fp-stream').textContent") == "not connected"
+
+
+HOSTILE_TASK = '<img src=x onerror="window.fpXss=1">'
+HOSTILE_QUEUE = '"><script>window.fpXss=2</script>'
+HOSTILE_WORKER = "javascript:window.fpXss=3"
+
+
+def _serve_hostile(port: int, ready: threading.Event, stop: list) -> None:
+    """An in-process Flower with the plugin holding one finding made of hostile names."""
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    loop = IOLoop.current()
+    opts = types.SimpleNamespace(**{**tornado_options.as_dict(), "enable_events": False,
+                                    "basic_auth": [], "auth": "", "url_prefix": ""})
+    app = PluginFlower(capp=Celery("hostile", broker="memory://", set_as_current=False),
+                       options=opts, io_loop=loop, plugins=["flower_practices"],
+                       **{**flower_settings, "cookie_secret": "x"})
+    labels = types.SimpleNamespace(queue_label=str, task_label=str, worker_label=str)
+    cond = Condition(summary="</script><b>bold?</b>", queue=HOSTILE_QUEUE, task=HOSTILE_TASK,
+                     worker=HOSTILE_WORKER,
+                     evidence={"<b>key</b>": "<i>value</i>", "task_ids": ['"><img src=x>']})
+    app.flower_practices.engine.findings.update("lost_task", "critical", [cond], time.time(),
+                                                600.0, labels)
+    app.listen(port, address="127.0.0.1")
+    stop.append(lambda: loop.add_callback(loop.stop))
+    ready.set()
+    loop.start()
+    app.executor.shutdown(wait=False)
+
+
+def test_hostile_names_render_as_text():
+    """Names from the wire are text on the page and in its links, never markup or script."""
+    from tests.support.browser import CHROMIUM, Browser
+    if CHROMIUM is None:
+        if in_ci():
+            pytest.fail("chromium is not installed (CI=true: the page tests must run)")
+        pytest.skip("chromium is not installed")
+    enable()
+    port, ready, stop = free_port(), threading.Event(), []
+    threading.Thread(target=_serve_hostile, args=(port, ready, stop), daemon=True).start()
+    assert ready.wait(30)
+    try:
+        with Browser() as browser:
+            browser.goto(f"http://127.0.0.1:{port}/practices")
+            browser.wait("document.querySelectorAll('tr.fp-row').length === 1",
+                         message="the hostile finding's row")
+            assert browser.evaluate("typeof window.fpXss") == "undefined"
+            assert browser.evaluate("document.querySelectorAll('#fp-groups img, "
+                                    "#fp-groups script, #fp-groups b, #fp-groups i').length") == 0
+            text = browser.evaluate("document.querySelector('tr.fp-row').textContent")
+            for literal in (HOSTILE_TASK, HOSTILE_QUEUE, HOSTILE_WORKER, "</script><b>bold?</b>",
+                            "<b>key</b>", "<i>value</i>"):
+                assert literal in text
+            hrefs = browser.evaluate("Array.from(document.querySelectorAll('tr.fp-row a'))"
+                                     ".map(a => a.getAttribute('href'))")
+            assert hrefs and all(h.startswith("/") for h in hrefs), hrefs
+            assert "/worker/javascript%3Awindow.fpXss%3D3" in hrefs
+    finally:
+        for fn in stop:
+            fn()
