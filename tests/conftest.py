@@ -56,6 +56,16 @@ def make_producer(broker: str, *, sent_events: bool = True, backend: str | None 
 @pytest.fixture
 def private_redis() -> Iterator[dict]:
     """A redis-server of our own on a free port, so a test may kill and restart it."""
+    yield from _private_redis()
+
+
+@pytest.fixture(scope="module")
+def private_redis_module() -> Iterator[dict]:
+    """:func:`private_redis` shared by the tests of one module."""
+    yield from _private_redis()
+
+
+def _private_redis() -> Iterator[dict]:
     binary = shutil.which("redis-server")
     if binary is None:
         if in_ci():

@@ -1,5 +1,6 @@
 """The Flower plugin in-process: auth (basic, OAuth), url_prefix, navbar tab, event tap,
-metrics registration, plugin option parsing and errors. Real Flower app, real handlers."""
+metrics registration, runbook placeholders, plugin option parsing and errors (stock
+``celery flower --plugins`` included). Real Flower app, real handlers."""
 
 from __future__ import annotations
 
@@ -22,11 +23,16 @@ from tornado.testing import AsyncHTTPTestCase
 
 from flower_practices.config import Settings
 from flower_practices.flower_plugin import plugin as plugin_module
-from flower_practices.flower_plugin.app import PluginFlower, enable
-from flower_practices.flower_plugin.options import define_options, requested_plugins
-from flower_practices.flower_plugin.registry import PluginError, resolve_all
-from flower_practices.flower_plugin.runbook import render_markdown
-from flower_practices.flower_plugin.templates import inject_nav_item
+from flower_practices.flower_plugin.host import (
+    DEFAULT_PLUGINS,
+    PluginError,
+    PluginFlower,
+    define_options,
+    enable,
+    requested_plugins,
+    resolve_all,
+)
+from flower_practices.flower_plugin.web import inject_nav_item, render_markdown
 from tests.support.worker import ROOT
 
 enable()
@@ -83,6 +89,13 @@ def feed_failure(app: PluginFlower, uuid: str = "00000000-0000-0000-0000-0000000
     app.flower_practices.engine.evaluate()
 
 
+def initial(body: str) -> dict:
+    """The findings document the page ships for its script to render."""
+    start = body.index('<script type="application/json" id="fp-initial">')
+    start = body.index(">", start) + 1
+    return json.loads(body[start:body.index("</script>", start)])
+
+
 class _PluginCase(AsyncHTTPTestCase):
     url_prefix: str | None = None
     oauth = False
@@ -119,22 +132,33 @@ class TestBasicAuth(_PluginCase):
         response = self.fetch("/practices", headers=basic("admin", "s3cret"))
         assert response.code == 200
         body = response.body.decode()
-        assert 'data-practice="retryless_failure"' in body
-        assert "ConnectionError" in body
+        doc = initial(body)
+        [finding] = [f for f in doc["findings"] if f["practice"] == "retryless_failure"]
+        assert finding["evidence"]["exception_classes"] == {"ConnectionError": 1}
         assert "secret-host" not in body  # exception messages never shown
-        assert 'href="/practices/runbooks/retryless_failure"' in body
         assert 'aria-current="page">Practices</a>' in body  # our tab, active
         assert "/static/css/bootstrap.min.css" in body  # Flower's base template
-        assert "practices-coverage" in body and "queue_starvation" in body
-        warning = body.index("text-bg-warning")
-        assert warning < body.index('data-practice="retryless_failure"')
+        assert "practices-coverage" in body and 'id="fp-filter"' in body
+        assert "innerHTML" not in body  # wire data only ever goes through textContent
+
+    def test_page_data_cannot_close_its_script_element(self):
+        feed_failure(self.flower)
+        engine = self.flower.flower_practices.engine
+        with engine.lock:
+            for f in engine.findings.sorted():
+                f.summary = "</script><script>alert(1)</script>"
+        body = self.fetch("/practices", headers=basic("admin", "s3cret")).body.decode()
+        assert "<script>alert(1)" not in body
+        assert initial(body)["findings"][0]["summary"] == "</script><script>alert(1)</script>"
 
     def test_api_returns_the_contract_document(self):
         feed_failure(self.flower)
         response = self.fetch("/api/practices", headers=basic("admin", "s3cret"))
         assert response.code == 200
         payload = json.loads(response.body)
-        assert set(payload) == {"findings", "practices", "coverage"}
+        assert set(payload) == {"findings", "practices", "coverage", "stream"}
+        assert payload["stream"]["connected"] is False
+        assert payload["stream"]["disconnected_since"] > 0
         finding = next(f for f in payload["findings"] if f["practice"] == "retryless_failure")
         assert finding["task"] == "shop.charge" and finding["queue"] == "celery"
         assert finding["severity"] == "warning"
@@ -153,6 +177,15 @@ class TestBasicAuth(_PluginCase):
         assert b"<h" in response.body and b"retry_storm" in response.body
         assert self.fetch("/practices/runbooks/no_such_practice", headers=auth).code == 404
         assert self.fetch("/practices/runbooks/..%2Fengine", headers=auth).code == 404
+
+    def test_runbook_fills_in_the_findings_queue_escaped(self):
+        auth = basic("admin", "s3cret")
+        plain = self.fetch("/practices/runbooks/queue_without_consumer", headers=auth)
+        assert b"&lt;queue&gt;" in plain.body  # placeholders stay without a finding
+        filled = self.fetch("/practices/runbooks/queue_without_consumer?queue=%3Cb%3Epay",
+                            headers=auth).body.decode()
+        assert "&lt;queue&gt;" not in filled and "-Q &lt;b&gt;pay" in filled
+        assert "<b>pay" not in filled
 
     def test_metrics_next_to_flowers_own(self):
         feed_failure(self.flower)
@@ -182,6 +215,12 @@ class TestOAuth(_PluginCase):
                               follow_redirects=False)
         assert response.code == 302
 
+    def test_api_uses_the_browser_session(self):
+        assert self.fetch("/api/practices", follow_redirects=False).code == 401  # no redirect
+        cookie = tornado.web.create_signed_value(COOKIE_SECRET, "user", "ops@example.com")
+        response = self.fetch("/api/practices", headers={"Cookie": f"user={cookie.decode()}"})
+        assert response.code == 200 and "coverage" in json.loads(response.body)
+
 
 class TestUrlPrefix(_PluginCase):
     url_prefix = "flower"
@@ -194,6 +233,11 @@ class TestUrlPrefix(_PluginCase):
         body = response.body.decode()
         assert 'href="/flower/practices"' in body
         assert 'href="/flower/api/practices"' in body
+        config = json.loads(body.split('id="fp-config">', 1)[1].split("</script>", 1)[0])
+        assert config["api"] == "/flower/api/practices"
+        assert config["links"] == {"worker": "/flower/worker/", "task": "/flower/task/",
+                                   "tasks": "/flower/tasks", "broker": "/flower/broker",
+                                   "runbook": "/flower/practices/runbooks/"}
         assert "/flower/static/css/bootstrap.min.css" in body
         assert self.fetch("/flower/api/practices", headers=auth).code == 200
         assert self.fetch("/practices", headers=auth).code == 404
@@ -217,10 +261,13 @@ class TestHealth(_PluginCase):
         status.mark_disconnected("event capture failed: ConnectionError")
         assert b"ConnectionError" in self.fetch("/healthz").body
 
-    def test_api_follows_flowers_policy_without_auth(self):
-        # Flower's own API refuses unauthenticated use unless FLOWER_UNAUTHENTICATED_API is set
-        assert self.fetch("/api/practices").code == 401
-        assert self.fetch("/practices").code == 200  # pages are open when no auth is set
+    def test_api_follows_the_pages_auth(self):
+        # the page's data: open when the page is (no auth set), no FLOWER_UNAUTHENTICATED_API
+        assert self.fetch("/practices").code == 200
+        response = self.fetch("/api/practices")
+        assert response.code == 200 and "findings" in json.loads(response.body)
+        since = json.loads(self.fetch("/healthz").body)["since"]
+        assert since > 0  # down since start-up
 
 
 class TestEventTap(_PluginCase):
@@ -257,7 +304,9 @@ def test_navbar_injection_adds_one_guarded_tab():
 
 
 def test_plugin_names_from_options_and_unknown_names():
-    assert requested_plugins(types.SimpleNamespace(plugins=[])) == ["flower_practices"]
+    assert requested_plugins(types.SimpleNamespace(plugins=[])) == []
+    assert requested_plugins(types.SimpleNamespace(plugins=[]), DEFAULT_PLUGINS) == \
+        ["flower_practices"]
     assert requested_plugins(types.SimpleNamespace(plugins=["a,b", " a", ""])) == ["a", "b"]
     with pytest.raises(PluginError, match="unknown Flower plugin 'nope'.*flower_practices"):
         resolve_all(["flower_practices", "nope"])
@@ -272,6 +321,15 @@ def test_flowerconfig_accepts_list_or_string(tmp_path):
         conf.write_text(text)
         parser.parse_config_file(str(conf))
         assert requested_plugins(parser) == expected
+
+
+def test_stock_flower_without_plugins_is_unchanged():
+    opts = make_options(plugins=[], enable_events=False)
+    app = PluginFlower(capp=make_capp(), options=opts, **make_settings())
+    try:
+        assert app.plugins == {} and not hasattr(app, "flower_practices")
+    finally:
+        app.executor.shutdown(wait=False)
 
 
 def test_global_options_define_is_idempotent():
@@ -304,6 +362,26 @@ def test_cli_unknown_plugin_from_environment(tmp_path):
     result = _run_cli("flower-practices", "--port=0", env={"FLOWER_PLUGINS": "typo"})
     assert result.returncode != 0
     assert "unknown Flower plugin 'typo'" in result.stderr
+
+
+@pytest.mark.parametrize("form", ["celery", "python -m flower", "env", "flowerconfig"])
+def test_stock_flower_unknown_plugin_is_an_error(form, tmp_path):
+    import os
+    if form == "python -m flower":
+        cmd = [sys.executable, "-m", "flower", "-b", "memory://", "flower", "--plugins=nope"]
+    else:
+        cmd = [sys.executable, "-m", "celery", "-b", "memory://", "flower"]
+        cmd += ["--plugins=nope"] if form == "celery" else []
+    (tmp_path / "flowerconfig.py").write_text('plugins = ["nope"]\n' if form == "flowerconfig"
+                                              else "")
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": pythonpath,
+           **({"FLOWER_PLUGINS": "nope"} if form == "env" else {})}
+    result = subprocess.run([*cmd, "--port=0"], capture_output=True, text=True, timeout=60,
+                            cwd=str(tmp_path), env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "unknown Flower plugin 'nope'; known plugins: flower_practices" in result.stderr
+
 
 
 def test_cli_bad_practices_config_is_an_error(tmp_path):

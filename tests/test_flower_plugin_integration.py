@@ -1,6 +1,7 @@
-"""The real ``celery flower-practices`` (and stock ``celery flower`` + flowerconfig.py)
-against real Redis with a real worker: findings on /practices, in /api/practices and in
-Flower's /metrics; a headless Chromium screenshot of /practices."""
+"""The real ``celery flower-practices`` and stock ``celery flower --plugins=flower_practices``
+(command line, ``FLOWER_PLUGINS``, ``flowerconfig.py``, ``python -m flower``) against real
+Redis with a real worker: findings on /practices, in /api/practices (without
+``FLOWER_UNAUTHENTICATED_API``) and in Flower's /metrics; a headless Chromium screenshot."""
 
 from __future__ import annotations
 
@@ -41,16 +42,17 @@ probe_interval = 1.0
 class FlowerProcess:
     """A Flower subprocess (``celery -A tests.apps.bad_tasks --broker URL <args>``)."""
 
-    def __init__(self, broker: str, args: list[str], cwd: Path, prefix: str = "") -> None:
+    def __init__(self, broker: str, args: list[str], cwd: Path, prefix: str = "",
+                 module: str = "celery", env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.prefix = prefix
         self.log = Path(tempfile.mkstemp(prefix="fp-flower-", suffix=".log")[1])
-        cmd = [sys.executable, "-m", "celery", "-A", "tests.apps.bad_tasks", "--broker", broker,
+        cmd = [sys.executable, "-m", module, "-A", "tests.apps.bad_tasks", "--broker", broker,
                *args, f"--port={self.port}", "--address=127.0.0.1"]
         # keep PYTHONPATH: tests/test_flower_versions.py puts another Flower release first
         pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        env = {**os.environ, "FP_TEST_BROKER": broker, "PYTHONPATH": pythonpath,
-               "FLOWER_UNAUTHENTICATED_API": "true"}
+        env = {**os.environ, "FP_TEST_BROKER": broker, "PYTHONPATH": pythonpath, **(env or {})}
+        env.pop("FLOWER_UNAUTHENTICATED_API", None)  # /api/practices must not need it
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                          cwd=str(cwd))
@@ -122,17 +124,23 @@ def running(tmp_path_factory):
         release_redis_dbs(broker)
 
 
+def practices_found(flower: FlowerProcess) -> set[str]:
+    """Practice ids of the active findings in /api/practices (empty when it does not answer)."""
+    status, body = flower.get("/api/practices")
+    return {f["practice"] for f in json.loads(body)["findings"]} if status == 200 else set()
+
+
 def test_finding_on_the_page_api_and_metrics(running):
     flower, worker, _, _ = running
     for practice in ("retryless_failure", "single_default_queue"):
-        wait_for(lambda p=practice: f'data-practice="{p}"' in flower.get("/practices")[1],
+        wait_for(lambda p=practice: p in practices_found(flower),
                  timeout=40, message=f"{practice} on /practices\n{flower.output()}")
     status, body = flower.get("/practices")
     assert status == 200
     assert "bad.fetch" in body and "ConnectionError" in body  # evidence: names and classes
     assert "upstream refused" not in body  # never exception messages
     assert 'aria-current="page">Practices</a>' in body
-    assert 'href="/practices/runbooks/' in body
+    assert '"runbook": "/practices/runbooks/"' in body  # the script's link base
 
     payload = json.loads(flower.get("/api/practices")[1])
     found = [f for f in payload["findings"] if f["practice"] == "retryless_failure"]
@@ -146,7 +154,7 @@ def test_finding_on_the_page_api_and_metrics(running):
                       'type="succeeded"} 3.0') in flower.get("/metrics")[1],
              message="three bad.compute successes counted")
     # the model instance in bad.process's arguments: class and position, never the values
-    wait_for(lambda: 'data-practice="orm_object_argument"' in flower.get("/practices")[1],
+    wait_for(lambda: "orm_object_argument" in practices_found(flower),
              timeout=40, message="orm_object_argument on /practices")
     orm = [f for f in json.loads(flower.get("/api/practices")[1])["findings"]
            if f["practice"] == "orm_object_argument"]
@@ -199,7 +207,7 @@ def test_screenshot_of_the_practices_page(running, tmp_path):
             pytest.fail("chromium is not installed (CI=true: the screenshot test must run)")
         pytest.skip("chromium is not installed")
     flower = running[0]
-    wait_for(lambda: 'data-practice="retryless_failure"' in flower.get("/practices")[1],
+    wait_for(lambda: "retryless_failure" in practices_found(flower),
              timeout=40, message="a finding to show")
     out = tmp_path / "practices.png"
     screenshot(flower.url("/practices"), out)
@@ -221,19 +229,50 @@ def test_screenshot_of_the_practices_page(running, tmp_path):
         shutil.copyfile(out, target)
 
 
-def test_flowerconfig_one_liner_activates_stock_flower(running, tmp_path):
-    _, _, _, broker = running
-    (tmp_path / "flowerconfig.py").write_text(
-        "import flower_practices.flower_plugin.activate  # noqa: F401\n"
-        'plugins = "flower_practices"\n')
-    flower = FlowerProcess(broker, ["flower"], tmp_path)
+STOCK_FORMS = {
+    "command line": dict(args=["flower", "--plugins=flower_practices"]),
+    "environment": dict(args=["flower"], env={"FLOWER_PLUGINS": "flower_practices"}),
+    "flowerconfig list": dict(args=["flower"], conf='plugins = ["flower_practices"]\n'),
+    "flowerconfig string": dict(args=["flower"], conf='plugins = "flower_practices"\n'),
+    "python -m flower": dict(args=["flower", "--plugins=flower_practices"], module="flower"),
+    # flowerconfig.py files written for earlier releases keep working
+    "flowerconfig import": dict(args=["flower"], conf=(
+        "import flower_practices.flower_plugin.activate  # noqa: F401\n")),
+}
+
+
+@pytest.mark.parametrize("form", list(STOCK_FORMS))
+def test_stock_flower_with_plugins(running, tmp_path, form):
+    """Stock Flower started the ways Flower users start it gets the plugin."""
+    _, worker, _, broker = running
+    spec = STOCK_FORMS[form]
+    if "conf" in spec:
+        (tmp_path / "flowerconfig.py").write_text(spec["conf"])
+    flower = FlowerProcess(broker, spec["args"], tmp_path, module=spec.get("module", "celery"),
+                           env=spec.get("env"))
     try:
         status, body = flower.get("/practices")
-        assert status == 200 and "practices-coverage" in body
+        assert status == 200 and "practices-coverage" in body, flower.output()
         assert ">Practices</a>" in flower.get("/workers")[1]
-        worker_up = f'celery_worker_up{{worker="{running[1].name}"}} 1.0'
+        status, body = flower.get("/api/practices")
+        assert status == 200, body  # no FLOWER_UNAUTHENTICATED_API needed
+        assert json.loads(body)["coverage"]["retryless_failure"] == "active"
+        worker_up = f'celery_worker_up{{worker="{worker.name}"}} 1.0'
         wait_for(lambda: worker_up in flower.get("/metrics")[1],
                  message="our metrics, fed by stock Flower's events, in its /metrics")
-        assert "Flower plugins active: flower_practices" in flower.output()
+        expected = os.environ.get("FP_EXPECT_FLOWER_VERSION", flower_version)
+        assert f"Flower plugins active: flower_practices (Flower {expected})" in flower.output()
+    finally:
+        flower.stop()
+
+
+def test_stock_flower_without_plugins_is_plain_flower(running, tmp_path):
+    _, _, _, broker = running
+    flower = FlowerProcess(broker, ["flower"], tmp_path)
+    try:
+        assert flower.get("/practices")[0] == 404
+        assert ">Practices</a>" not in flower.get("/workers")[1]
+        assert "celery_practice" not in flower.get("/metrics")[1]
+        assert "Flower plugins active" not in flower.output()
     finally:
         flower.stop()

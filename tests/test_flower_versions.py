@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 #: the supported Flower releases (the last patch of each minor); keep in step with the pin
 SUPPORTED = ("2.0.1", "2.1.0", "2.2.0")
 
-PLUGIN_TESTS = ["tests/test_flower_plugin.py", "tests/test_flower_plugin_integration.py"]
+PLUGIN_TESTS = ["tests/test_flower_plugin.py", "tests/test_flower_plugin_integration.py",
+                "tests/test_flower_plugin_browser.py"]
 
 pytestmark = pytest.mark.slow
 

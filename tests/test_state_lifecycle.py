@@ -71,6 +71,20 @@ def counts(eng: Engine, host: str = H) -> tuple[int, int]:
     return worker.reserved, worker.running
 
 
+def test_lost_task_evidence_names_at_most_ten_task_ids() -> None:
+    eng = engine({"lost_task": {"offline_grace_seconds": 30, "window_seconds": 600}})
+    feed(eng, ev("worker-online", T0, hostname=H))
+    for i in range(25):
+        feed(eng, *started(f"id{i:02d}", T0 + 1))
+    feed(eng, ev("worker-offline", T0 + 5, hostname=H))
+    eng.evaluate(T0 + 60)
+    [f] = findings(eng, "lost_task")
+    assert f["evidence"]["lost_tasks"] == 25
+    ids = f["evidence"]["task_ids"]
+    assert len(ids) == 10 and len(set(ids)) == 10
+    assert set(ids) <= {f"id{i:02d}" for i in range(25)}
+
+
 # -- 1. lost tasks: reported once, restarts, late completion, ageing ---------------------------
 def test_lost_task_is_counted_once_and_not_rediscovered_after_its_window() -> None:
     eng = engine({"lost_task": {"offline_grace_seconds": 30, "window_seconds": 600}},
@@ -80,6 +94,7 @@ def test_lost_task_is_counted_once_and_not_rediscovered_after_its_window() -> No
     eng.evaluate(T0 + 60)
     [f] = findings(eng, "lost_task")
     assert f["worker"] == H and f["evidence"]["lost_tasks"] == 1
+    assert f["evidence"]["task_ids"] == ["u1"]
     assert violations(eng, "lost_task") == 1
     assert eng.state.tasks["u1"].state == "LOST"
     for k in range(1, 8):  # seven windows later

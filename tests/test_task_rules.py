@@ -282,6 +282,7 @@ def test_lost_task_found_when_worker_killed(bad: Env) -> None:
         doomed.kill()
     assert f["severity"] == "critical" and f["queue"] == "doomed"
     assert f["evidence"]["lost_tasks"] == 1
+    assert len(f["evidence"]["task_ids"]) == 1  # the id to look up in Flower, no arguments
     assert f["evidence"]["reasons"] == ["heartbeats expired"]
     assert f["evidence"]["acks_late"] is False
     assert bad.exporter.total("celery_practice_violation", practice="lost_task",

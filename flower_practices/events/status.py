@@ -43,14 +43,19 @@ class StreamStatus:
         self.last_event_at = 0.0
         self.last_error = "not connected yet"
         self.connected_since = 0.0
+        #: when the stream was last seen to go down (creation time until the first connect)
+        self.disconnected_since = time.time()
         self._logged: set[str] = set()
 
     def mark_connected(self) -> None:
         self.connected = True
         self.connected_since = time.time()
+        self.disconnected_since = 0.0
         self.last_error = ""
 
     def mark_disconnected(self, reason: str) -> None:
+        if self.connected or not self.disconnected_since:
+            self.disconnected_since = time.time()
         self.connected = False
         self.last_error = reason
 

@@ -1,11 +1,11 @@
-"""One-line activation for stock ``celery flower``: put this in ``flowerconfig.py``::
+"""Kept for ``flowerconfig.py`` files written for earlier releases::
 
     import flower_practices.flower_plugin.activate  # noqa: F401
 
-Flower reads ``flowerconfig.py`` before it builds its application, so importing this module
-there is enough: the plugins named by ``plugins`` (default ``flower_practices``) are installed.
+Not needed any more: ``plugins = ["flower_practices"]`` in ``flowerconfig.py`` is enough
+(see :mod:`.host`). Importing this module also makes ``flower_practices`` the default plugin.
 """
 
-from .app import enable
+from .host import DEFAULT_PLUGINS, enable
 
-enable()
+enable(default=DEFAULT_PLUGINS)

@@ -1,15 +1,23 @@
-"""``celery [-A proj] flower-practices [flower options] [--plugins=a,b] [--practices_config=F]``.
+"""The ``celery.commands`` entry point: ``--plugins`` for stock ``celery flower``, and
+``celery [-A proj] flower-practices [flower options] [--plugins=a,b] [--practices_config=F]``.
 
-A thin wrapper around Flower's own ``flower`` command: the same option parsing (command line,
-``FLOWER_*`` environment, ``flowerconfig.py``), plus ``--plugins`` (default
-``flower_practices``) and ``--practices_config``. Imported by every ``celery`` invocation
-(Celery loads all ``celery.commands`` entry points), so this module stays light.
+Celery imports this module whenever its CLI starts (every ``celery`` command, and
+``python -m flower``, which runs Celery's CLI). Importing it calls :func:`.host.enable`, so
+Flower's own ``flower`` command accepts ``--plugins`` and installs the named plugins; without
+``--plugins`` Flower is unchanged. Kept light: bench/plugin_import.py measures its cost.
+
+``flower-practices`` is Flower's ``flower`` command with ``--plugins`` defaulting to
+``flower_practices``.
 """
 
 from __future__ import annotations
 
 import click
 from celery.bin.base import CeleryCommand
+
+from .host import DEFAULT_PLUGINS, enable
+
+enable()
 
 
 @click.command(cls=CeleryCommand, context_settings={"ignore_unknown_options": True})
@@ -19,7 +27,5 @@ def flower_practices(ctx: click.Context, tornado_argv: tuple[str, ...]) -> None:
     """Flower with plugins: --plugins=flower_practices[,...] plus every Flower option."""
     from flower.command import flower
 
-    from .app import enable
-
-    enable()
+    enable(default=DEFAULT_PLUGINS)
     flower.invoke(ctx)

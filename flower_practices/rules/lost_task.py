@@ -8,7 +8,9 @@ state records them) -- a restart the task did not survive.
 
 Each lost task is counted once: its record is marked ``LOST`` in the state
 (:meth:`~flower_practices.state.RuntimeState.mark_lost`), so it is never judged again,
-even after it left this rule's window. A lost task that shows up again (redelivered with
+even after it left this rule's window. The finding's evidence names up to
+:data:`MAX_TASK_IDS` lost task ids (``task_ids``, most recent first), never arguments.
+A lost task that shows up again (redelivered with
 ``acks_late``, or finishing late) is no longer reported; the state handles its events as
 usual.
 
@@ -25,6 +27,9 @@ from typing import Any
 from ..bounded import LRUDict
 from ..findings import Condition
 from .base import Rule
+
+#: at most this many task ids in a finding's evidence (the most recently detected)
+MAX_TASK_IDS = 10
 
 
 def _s(value: Any) -> str:
@@ -104,16 +109,19 @@ class LostTask(Rule):
             self.count(rec.queue or None, rec.name or None)
             state.mark_lost(rec, now)
         window = float(self.options["window_seconds"])
-        groups: dict[tuple[str, str, str], list[tuple[float, str]]] = {}
+        groups: dict[tuple[str, str, str], list[tuple[float, str, str]]] = {}
         for uuid in [u for u, v in self.lost.items() if now - v[0] > window]:
             del self.lost[uuid]
-        for detected, queue, task, worker, reason in self.lost.values():
-            groups.setdefault((queue, task, worker), []).append((detected, reason))
+        for uuid, (detected, queue, task, worker, reason) in self.lost.items():
+            groups.setdefault((queue, task, worker), []).append((detected, reason, uuid))
         app = self.ctx.app
         for (queue, task, worker), items in groups.items():
             reasons = sorted({r if not r.startswith("heartbeats") else "heartbeats expired"
-                              for _, r in items})
-            evidence: dict[str, Any] = {"lost_tasks": len(items), "reasons": reasons}
+                              for _, r, _ in items})
+            # the most recent ids (ids only: never arguments), to look up or re-run in Flower
+            recent = sorted(items, key=lambda item: item[0], reverse=True)[:MAX_TASK_IDS]
+            evidence: dict[str, Any] = {"lost_tasks": len(items), "reasons": reasons,
+                                        "task_ids": [uuid for _, _, uuid in recent]}
             summary = (f"{len(items)} {task or 'task'} task(s) started on {worker} were lost: "
                        f"{'; '.join(reasons)}")
             info = app.task(task) if app is not None else None
