@@ -190,7 +190,7 @@ class Engine:
                     self.findings.expire(rule.id, now, clear_after)
                     continue
                 self.findings.update(rule.id, severity, conditions, now, clear_after,
-                                     _Labels(self.state))
+                                     _Labels(self.state), rule.occurrences)
             # after the rules (lost_task must see a record before it ages out)
             self.state.sweep(now)
             self.last_evaluation_at = now

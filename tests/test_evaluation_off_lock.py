@@ -251,6 +251,7 @@ class Flaky(Rule):
     def evaluate(self, now: float) -> Iterable[Condition]:
         if self.fail_in == "evaluate":
             raise RuntimeError("bug")
+        self.count(None, "t", worker="w@h")
         yield Condition(summary="lost", task="t", worker="w@h")
 
 

@@ -282,4 +282,4 @@ class UnreadResults(Rule):
                 if not info.ignore_result:
                     summary += " (ignore_result is not set on this task)"
             yield Condition(summary=summary, queue=queue or None, task=task,
-                            evidence=evidence, count=unread)
+                            evidence=evidence)
