@@ -39,6 +39,7 @@ class Engine:
         settings: Settings | None = None,
         *,
         broker_url: str = "",
+        broker_source: str = "app configuration (broker_url)",
         result_backend: str | None = None,
         app: AppInfo | None = None,
         results: Any = None,
@@ -58,7 +59,7 @@ class Engine:
         self.findings = FindingTracker()
         self.ctx = RuleContext(
             settings=self.settings, state=self.state, metrics=self.metrics,
-            broker_url=broker_url, result_backend=result_backend, app=app, results=results,
+            broker_url=broker_url, broker_source=broker_source, result_backend=result_backend, app=app, results=results,
             events_supported=events_supported,
         )
         self.rules: list[Rule] = []

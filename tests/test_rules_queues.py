@@ -108,6 +108,8 @@ def test_database_broker_and_backend_reported_at_startup() -> None:
         assert f["evidence"]["transport"] == "sqla"
         assert f["evidence"]["events_can_flow"] is False
         assert f["evidence"]["exporter_receives_events"] is False
+        # -A proj without --broker: the URL is the app's, not an exporter option
+        assert f["evidence"]["source"] == "app configuration (broker_url)"
         assert "cannot carry Celery events" in f["summary"]
         r = finding(exporter, "result_backend_database")
         assert r["severity"] == "info" and r["evidence"]["backend"] == "db"
@@ -122,7 +124,9 @@ def test_database_broker_and_backend_reported_at_startup() -> None:
         assert coverage["database_broker"] == "active"
         assert coverage["result_backend_database"] == "active"
         for rid in ("queue_without_consumer", "queue_starvation", "events_disabled",
-                    "prefetch_starvation"):
+                    "prefetch_starvation", "retryless_failure", "retry_storm",
+                    "orm_object_argument", "missing_time_limit", "lost_task",
+                    "single_default_queue"):
             assert coverage[rid].startswith("unsupported: the broker is a database"), rid
         assert "127.0.0.1:5432" not in json.dumps(exporter.practices())
 

@@ -46,6 +46,8 @@ class RuleContext:
     results: ResultStore | None = None
     #: the ingestion path can see events at all (False on database brokers)
     events_supported: bool = True
+    #: where ``broker_url`` came from (the exporter's option or the app's configuration)
+    broker_source: str = "app configuration (broker_url)"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -68,6 +70,8 @@ class Rule:
     id: ClassVar[str] = ""
     #: documented default thresholds; every key may be overridden in [practices.<id>]
     defaults: ClassVar[dict[str, Any]] = {}
+    #: the rule works from Celery events: ``unsupported`` where none can flow
+    needs_events: ClassVar[bool] = True
 
     def __init__(self, ctx: RuleContext, options: dict[str, Any]) -> None:
         self.ctx = ctx
@@ -94,7 +98,11 @@ class Rule:
         return ()
 
     def coverage(self) -> str:
-        """``"active"`` or ``"unsupported: <why>"`` for this deployment."""
+        """``"active"`` or ``"unsupported: <why>"`` for this deployment.
+
+        Rules that override this call ``super().coverage()`` first."""
+        if self.needs_events and not self.ctx.events_supported:
+            return "unsupported: the broker is a database; no Celery events can flow"
         return "active"
 
     def count(self, queue: str | None, task: str | None, n: int = 1,

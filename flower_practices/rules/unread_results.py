@@ -103,6 +103,9 @@ class UnreadResults(Rule):
 
     # -- coverage ---------------------------------------------------------------------------
     def coverage(self) -> str:
+        events = super().coverage()
+        if events != "active":
+            return events
         backend = self.ctx.result_backend
         if not backend:
             return "unsupported: no result backend configured (give --result-backend or -A)"
