@@ -59,7 +59,8 @@ class Engine:
         self.findings = FindingTracker()
         self.ctx = RuleContext(
             settings=self.settings, state=self.state, metrics=self.metrics,
-            broker_url=broker_url, broker_source=broker_source, result_backend=result_backend, app=app, results=results,
+            broker_url=broker_url, broker_source=broker_source,
+            result_backend=result_backend, app=app, results=results,
             events_supported=events_supported,
         )
         self.rules: list[Rule] = []
