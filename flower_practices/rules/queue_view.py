@@ -3,7 +3,10 @@
 - :func:`queue_consumers` gives a queue's consumers: RabbitMQ's own count when the broker
   is AMQP (from the probes), else per worker: a present worker consumes the queue when
   its last known ``active_queues`` (kept while it is present) include it, or when it took
-  a task from it (task-received/started: knowledge that needs no remote control). A worker
+  a task from it (task-received/started: knowledge that needs no remote control). A
+  worker is present while its heartbeats are fresh, and for ``silent_grace`` seconds
+  after they stopped without a worker-offline (a busy solo pool sends nothing until its
+  task is done; a worker killed with -9 looks the same, and ``lost_task`` reports it). A worker
   whose queues are unknown (just started, a busy solo pool that cannot answer, remote
   control off) is *unanswered*: it leaves only the queues it might consume undecided, and
   only for ``unanswered_grace`` seconds after it came online (an idle worker consuming a
@@ -42,14 +45,19 @@ def live_workers(state: RuntimeState, now: float) -> list[WorkerRecord]:
     return [w for w in state.workers.values() if state.worker_alive(w, now)]
 
 
-def present(state: RuntimeState, worker: WorkerRecord, now: float) -> bool:
-    """Alive by its heartbeats, or online and busy: a solo pool running a long task
-    sends no heartbeats, yet it still consumes its queues."""
-    return state.worker_alive(worker, now) or (worker.online and worker.running > 0)
+def present(state: RuntimeState, worker: WorkerRecord, now: float,
+            silent_grace: float = 0.0) -> bool:
+    """Alive by its heartbeats, or silent for less than ``silent_grace`` seconds without
+    having said goodbye (no worker-offline): a solo pool running a long task sends no
+    heartbeat and no event until it is done, yet it still consumes its queues."""
+    return state.worker_alive(worker, now) or (
+        worker.online and now - worker.last_seen <= silent_grace)
 
 
 #: default seconds an unanswered worker may still turn out to consume a queue
 UNANSWERED_GRACE = 60.0
+#: default seconds a silent worker (heartbeats stopped, no worker-offline) keeps its queues
+SILENT_GRACE = 300.0
 
 
 @dataclass(slots=True)
@@ -73,7 +81,8 @@ class Consumers:
 
 
 def queue_consumers(state: RuntimeState, queue: QueueRecord, now: float, amqp: bool,
-                    unanswered_grace: float = UNANSWERED_GRACE) -> Consumers:
+                    unanswered_grace: float = UNANSWERED_GRACE,
+                    silent_grace: float = SILENT_GRACE) -> Consumers:
     """The queue's consumers, per worker (see the module docstring)."""
     if amqp:
         return Consumers(queue.consumers, "rabbitmq consumer count",
@@ -81,7 +90,7 @@ def queue_consumers(state: RuntimeState, queue: QueueRecord, now: float, amqp: b
     name = queue.name
     out = Consumers(0, "workers' active_queues and the tasks they took")
     for worker in state.workers.values():
-        if not present(state, worker, now):
+        if not present(state, worker, now, silent_grace):
             continue
         if (worker.active_queues is not None and name in worker.active_queues) \
                 or name in worker.queues_seen:
@@ -97,11 +106,10 @@ def queue_consumers(state: RuntimeState, queue: QueueRecord, now: float, amqp: b
     return out
 
 
-def no_consumer(state: RuntimeState, queue: QueueRecord, now: float, amqp: bool,
-                unanswered_grace: float = UNANSWERED_GRACE) -> bool:
+def no_consumer(state: RuntimeState, queue: QueueRecord, now: float, amqp: bool) -> bool:
     """True while no consumer of the queue is known (none, or only unanswered workers
     that might consume it): ``queue_without_consumer``'s case, never starvation."""
-    return queue_consumers(state, queue, now, amqp, unanswered_grace).count == 0
+    return queue_consumers(state, queue, now, amqp).count == 0
 
 
 def routed_tasks(app: AppInfo | None, queue: str, limit: int = 10) -> list[str] | None:

@@ -43,6 +43,9 @@ class QueueWithoutConsumer(Rule):
         #: consume any queue for this long after it came online; later, not having taken
         #: a single task from a queue with messages waiting, it is taken not to consume it
         "unanswered_worker_grace_seconds": 60.0,
+        #: a worker whose heartbeats stopped without a worker-offline (a busy solo pool,
+        #: or a worker killed with -9) keeps its last known queues this long
+        "silent_worker_grace_seconds": 300.0,
     }
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
@@ -73,6 +76,7 @@ class QueueWithoutConsumer(Rule):
         grace = float(self.options["grace_seconds"])
         window = float(self.options["window_seconds"])
         unanswered_grace = float(self.options["unanswered_worker_grace_seconds"])
+        silent_grace = float(self.options["silent_worker_grace_seconds"])
         flagged: set[str] = set()
         for name, queue in state.queues.items():
             waiting = queue.length or 0
@@ -83,7 +87,8 @@ class QueueWithoutConsumer(Rule):
             if not (waiting > 0 or recent):
                 self._reset(queue)
                 continue
-            consumers = queue_consumers(state, queue, now, self.amqp, unanswered_grace)
+            consumers = queue_consumers(state, queue, now, self.amqp, unanswered_grace,
+                                        silent_grace)
             if consumers.count != 0:  # a known consumer (or RabbitMQ's count unknown)
                 if consumers.count:
                     self._reset(queue)
