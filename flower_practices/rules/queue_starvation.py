@@ -21,7 +21,7 @@ from typing import Any
 from ..bounded import SampleRing, WindowCounter, percentile
 from ..findings import Condition
 from .base import Rule
-from .queue_view import EtaTasks, counts_consumers, live_workers, no_consumer, routed_tasks
+from .queue_view import EtaTasks, live_workers, no_consumer, routed_tasks
 
 _MAX_PAIRS = 5000
 
@@ -44,7 +44,6 @@ class QueueStarvation(Rule):
         self.window = float(options["window_seconds"])
         self.max_wait = float(options["max_wait_seconds"])
         self.eta = EtaTasks()
-        self.amqp = counts_consumers(ctx.broker_url)
         self.waits: dict[str, SampleRing] = {}
         self.from_received: dict[str, int] = {}
         #: (worker, queue) -> (tasks started, busy milliseconds) in the window
@@ -147,7 +146,7 @@ class QueueStarvation(Rule):
         """The queue has no consumer: queue_without_consumer's finding, not this one's."""
         state = self.ctx.state
         rec = state.queues.get(queue)
-        return rec is not None and no_consumer(state, rec, now, self.amqp)
+        return rec is not None and no_consumer(rec)
 
     def _inversion(self, queue: str, now: float) -> dict[str, Any]:
         """Which queues' tasks occupied the workers that consume ``queue``."""

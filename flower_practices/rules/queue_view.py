@@ -12,11 +12,12 @@
   only for ``unanswered_grace`` seconds after it came online (an idle worker consuming a
   queue with messages waiting would have received one by then). It never makes every
   queue unknown.
-- :func:`no_consumer` is the one place that says "no consumer of this queue is known":
-  ``queue_without_consumer`` reports such a queue (once it is decided, see above) and
-  ``queue_starvation`` leaves it alone: one cause, one finding. The condition's start is
-  kept on the queue record (``QueueRecord.first_unconsumed_at``) and survives probe gaps
-  and undecided rounds; only a known consumer (or no demand) resets it.
+- :func:`no_consumer` reads the one fact "no consumer of this queue is known":
+  ``QueueRecord.first_unconsumed_at``, set and reset by ``queue_without_consumer`` only
+  (with its options), which reports such a queue once it is decided (see above), while
+  ``queue_starvation`` leaves it alone: one cause, one finding. The condition's start
+  survives probe gaps and undecided rounds; only a known consumer (or no demand) resets
+  it.
 - :class:`EtaTasks` remembers (bounded) which task ids carry an ``eta``/``countdown``:
   they wait on purpose and must not count as waiting for a consumer.
 """
@@ -74,11 +75,6 @@ class Consumers:
     #: True when an unanswered worker came online too recently to rule it out
     undecided: bool = False
 
-    @property
-    def none(self) -> bool:
-        """Known to have no consumer."""
-        return self.count == 0 and not self.undecided
-
 
 def queue_consumers(state: RuntimeState, queue: QueueRecord, now: float, amqp: bool,
                     unanswered_grace: float = UNANSWERED_GRACE,
@@ -106,10 +102,11 @@ def queue_consumers(state: RuntimeState, queue: QueueRecord, now: float, amqp: b
     return out
 
 
-def no_consumer(state: RuntimeState, queue: QueueRecord, now: float, amqp: bool) -> bool:
-    """True while no consumer of the queue is known (none, or only unanswered workers
-    that might consume it): ``queue_without_consumer``'s case, never starvation."""
-    return queue_consumers(state, queue, now, amqp).count == 0
+def no_consumer(queue: QueueRecord) -> bool:
+    """The fact "no consumer of this queue is known" (none, or only unanswered workers
+    that might consume it) while it has demand, as ``queue_without_consumer`` last
+    established it (it runs first; with that rule disabled the fact is never set)."""
+    return queue.first_unconsumed_at > 0.0
 
 
 def routed_tasks(app: AppInfo | None, queue: str, limit: int = 10) -> list[str] | None:
