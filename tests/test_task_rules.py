@@ -308,6 +308,37 @@ def test_graceful_shutdown_loses_no_task(good: Env) -> None:
     no_finding(good, "lost_task")
 
 
+# -- count is the violations series, for every practice found above ---------------------------
+def _series_sum(exporter: RunningExporter, f: dict) -> float:
+    """The celery_practice_violations_total series a finding stands for (a field the
+    finding leaves unset matches any value; the counter has no worker label)."""
+    match = {"practice": f["practice"]}
+    for field in ("queue", "task"):
+        if f[field] is not None:
+            match[field] = f[field]
+    return exporter.total("celery_practice_violations_total", **match)
+
+
+def test_every_finding_count_equals_its_violations_series(bad: Env) -> None:
+    """Runs after the bad-app tests above: each finding they raised is checked."""
+    practices = {f["practice"] for f in bad.exporter.findings()}
+    assert {"retryless_failure", "retry_storm", "unread_results",
+            "orm_object_argument", "missing_time_limit", "lost_task"} <= practices
+
+    def mismatches() -> list:
+        # the counter moves on the hot path, the finding at the next evaluation: compare
+        # once both have settled
+        return [(f["practice"], f["task"], f["count"], _series_sum(bad.exporter, f))
+                for f in bad.exporter.findings()
+                if f["count"] != _series_sum(bad.exporter, f)]
+
+    wait_for(lambda: not mismatches(), timeout=15,
+             message="every finding's count equal to its violations series")
+    for f in bad.exporter.findings():
+        assert f["count"] >= 1, f
+        assert "active_seconds" in f
+
+
 # -- the same signals over RabbitMQ -----------------------------------------------------------
 def test_task_findings_over_rabbitmq(amqp_url: str) -> None:
     """Events travel the same way over AMQP: retry-less failures and model arguments show."""

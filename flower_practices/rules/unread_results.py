@@ -184,7 +184,8 @@ class UnreadResults(Rule):
 
     # -- I/O, outside the engine lock ---------------------------------------------------------
     def prepare(self, now: float, lock: AbstractContextManager[Any]) -> None:
-        """Check the eviction policy once, then the idle times of the due ids."""
+        """Check the eviction policy once; then snapshot the clients' subscriptions to
+        result channels, and check the idle times of the due ids."""
         results = self.ctx.results
         if results is None:
             return
@@ -215,6 +216,7 @@ class UnreadResults(Rule):
         taken = time.time()
         with lock:
             self._snapshots.append((taken, held, complete))
+            self._recovered()
             due = self._due(now)
         if not due:
             return
@@ -224,9 +226,12 @@ class UnreadResults(Rule):
             self._failed(exc, due, lock)
         with lock:
             self._fetched.append((now, due, idle))
-            if self._failing:
-                self._failing = False
-                log.info("unread_results: result backend reachable again")
+            self._recovered()
+
+    def _recovered(self) -> None:
+        if self._failing:
+            self._failing = False
+            log.info("unread_results: result backend reachable again")
 
     def _failed(self, exc: Exception, due: list[Sample],
                 lock: AbstractContextManager[Any]) -> NoReturn:
