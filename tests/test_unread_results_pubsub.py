@@ -4,7 +4,8 @@ Real worker, real Redis as broker and result backend, the exporter as deployed. 
 waiting in ``AsyncResult.get()`` receives the result over pub/sub and never reads the key
 (its idle time looks unread): the rule sees the client's subscription instead. Results
 consumed with ``.get()`` (at once, or seconds after the success) raise no finding;
-fire-and-forget results that nobody reads do, and the finding's ``count`` equals its
+fire-and-forget results that nobody reads do, as do unread results of tasks sent from a
+worker (never subscribed), and the finding's ``count`` equals its
 ``celery_practice_violations_total`` series.
 """
 
@@ -55,17 +56,24 @@ def test_pubsub_reads_are_reads_and_dropped_results_are_unread() -> None:
             # 3. fire-and-forget: the AsyncResult is dropped at once, nobody reads
             for i in range(8):
                 dropped.delay(i)
+            # 4. sent from a worker (as beat or a chain would): nobody ever subscribes
+            app.tasks["results.fanout"].delay(8)
             f = wait_for(lambda: next((x for x in exporter.findings("unread_results")
                                        if x["task"] == "results.dropped"), None),
                          timeout=60, message="unread_results for results.dropped")
             ev = f["evidence"]
             assert ev["unread_results"] >= 5 and ev["read_over_pubsub"] == 0
             assert ev["read_by_key"] == 0 and ev["pubsub_readers_seen"] is False
+            f = wait_for(lambda: next((x for x in exporter.findings("unread_results")
+                                       if x["task"] == "results.from_worker"), None),
+                         timeout=60, message="unread_results for results.from_worker")
+            assert f["evidence"]["read_over_pubsub"] == 0
             # the waited and the later-read results were judged (all past their grace)
             # and none is reported
             time.sleep(OPTIONS["grace_seconds"] + 2)
             reported = {x["task"] for x in exporter.findings("unread_results")}
-            assert reported == {"results.dropped"}, exporter.findings("unread_results")
+            assert reported == {"results.dropped", "results.from_worker"}, \
+                exporter.findings("unread_results")
             for task in ("results.waited", "results.later"):
                 assert exporter.total("celery_practice_violations_total",
                                       practice="unread_results", task=task) == 0
