@@ -45,10 +45,13 @@ def rule_of(engine: Engine) -> UnreadResults:
 
 
 def succeed(engine: Engine, task_id: str, at: float, name: str = TASK) -> None:
-    """The events of one task that ran on queue q and succeeded at ``at``."""
-    for etype in ("task-sent", "task-received", "task-started", "task-succeeded"):
+    """The events of one task sent 10 s before it succeeded at ``at``, on queue q (long
+    enough pending for a caller waiting on it to have been seen: with none seen, its
+    result counts as unread, see unread_results' min_unread_evidence)."""
+    for etype, ts in (("task-sent", at - 10), ("task-received", at - 10),
+                      ("task-started", at - 1), ("task-succeeded", at)):
         engine.observe({"type": etype, "uuid": task_id, "name": name, "queue": "q",
-                        "hostname": "w1@h", "timestamp": at, "retries": 0})
+                        "hostname": "w1@h", "timestamp": ts, "retries": 0})
 
 
 def store_unread(client: redis.Redis, task_id: str, idle: int) -> None:

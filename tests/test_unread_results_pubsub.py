@@ -54,16 +54,17 @@ def test_pubsub_reads_are_reads_and_dropped_results_are_unread() -> None:
             assert [r.get(timeout=10) for r in kept] == list(range(1, 9))
             del kept
             # 3. fire-and-forget: the AsyncResult is dropped at once, nobody reads
-            for i in range(8):
+            for i in range(30):
                 dropped.delay(i)
             # 4. sent from a worker (as beat or a chain would): nobody ever subscribes
-            app.tasks["results.fanout"].delay(8)
+            app.tasks["results.fanout"].delay(30)
             f = wait_for(lambda: next((x for x in exporter.findings("unread_results")
                                        if x["task"] == "results.dropped"), None),
                          timeout=60, message="unread_results for results.dropped")
             ev = f["evidence"]
             assert ev["unread_results"] >= 5 and ev["read_over_pubsub"] == 0
             assert ev["read_by_key"] == 0 and ev["pubsub_readers_seen"] is False
+            assert ev["unread_evidence"] >= ev["min_unread_evidence"] == 3.0
             f = wait_for(lambda: next((x for x in exporter.findings("unread_results")
                                        if x["task"] == "results.from_worker"), None),
                          timeout=60, message="unread_results for results.from_worker")

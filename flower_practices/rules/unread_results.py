@@ -22,13 +22,19 @@ verdicts, each saying how it was decided:
 - ``unread_unobserved``: neither, but no snapshot fell while it was pending (fast tasks):
   a ``.get()`` caller may have received it over pub/sub unseen.
 
-Per task, if any of its results were seen read over pub/sub within ``window_seconds``,
-its callers wait on results over pub/sub: only ``unread`` verdicts count, and
-``unread_unobserved`` ones are left out (reported as such). Otherwise (fire-and-forget
-callers, tasks sent from workers or beat, which never subscribe or drop the AsyncResult at
-once) both count as unread. So a task whose results are consumed with ``.get()`` is not
-reported once any of its waiting callers was seen; a fast task called rarely may need a
-while for that (evaluation snapshots are samples): ``ignore_tasks`` silences it.
+Snapshots are samples, one per evaluation: a fast task waited on with ``.get()`` is
+mostly finished between two of them. So ``unread_unobserved`` verdicts count as unread
+only when the task's callers are known not to wait: no result of it was seen read over
+pub/sub within ``window_seconds``, *and* enough snapshots fell while its results were
+pending that a waiting caller would have been caught. Each unobserved result adds the
+chance a snapshot fell while it was pending (its task-sent to task-succeeded time over the
+snapshots' spacing, at most 1; an ``unread`` verdict adds 1); once the sum reaches
+``min_unread_evidence`` (3: a caller waiting on every one of them goes unseen with a
+chance of about e^-3 = 5 %), they count. Until then only ``unread`` verdicts count. So a
+task whose results are consumed with ``.get()`` is not reported (its callers are either
+seen, or not enough was observed to tell), while fire-and-forget results (callers, beat or
+workers that never keep the AsyncResult) are reported once enough of them went by: the
+faster the task, the more calls that takes (about 3 × evaluation interval / task time).
 
 Verdicts are kept per (queue, task), at most ``max_samples`` of them and none older than
 ``window_seconds``; the unread share is taken over the *judged* ones (read or unread) and
@@ -78,8 +84,8 @@ PROBE = "result_backend"
 
 #: (task id, task-succeeded local time, queue, task name, pending from, pending to)
 Sample = tuple[str, float, str, str, float, float]
-#: (checked at, verdict): one of VERDICTS
-Verdict = tuple[float, str]
+#: (checked at, verdict, chance that a snapshot caught a caller waiting on it)
+Verdict = tuple[float, str, float]
 READ_PUBSUB, READ_KEY, UNREAD, UNOBSERVED, MISSING = (
     "read_over_pubsub", "read_by_key", "unread", "unread_unobserved", "missing")
 #: ids seen subscribed, remembered at most
@@ -115,6 +121,11 @@ class UnreadResults(Rule):
         "ignore_tasks": [],
         #: result channels read per snapshot of the clients' subscriptions
         "max_subscribed_per_evaluation": 10_000,
+        #: results never seen subscribed count as unread only once this many snapshots
+        #: would have caught a caller waiting on them (expected catches, summed over
+        #: the task's results: a caller waiting on all of them goes unseen with a chance
+        #: of about e^-N); before that, only results seen unsubscribed while pending count
+        "min_unread_evidence": 3.0,
     }
 
     def __init__(self, ctx: RuleContext, options: dict[str, Any]) -> None:
@@ -305,7 +316,7 @@ class UnreadResults(Rule):
             ring = self.verdicts.get(key)
             if seconds is None:  # missing: see the module docstring
                 if ring is not None:
-                    ring.append((now, MISSING))
+                    ring.append((now, MISSING, 0.0))
                 continue
             if uuid in self.subscribed:
                 verdict = READ_PUBSUB
@@ -320,11 +331,20 @@ class UnreadResults(Rule):
                 if len(self.verdicts) >= _MAX_TASKS:
                     continue
                 ring = self.verdicts[key] = deque(maxlen=keep)
-            ring.append((now, verdict))
+            ring.append((now, verdict, self._chance(since, until)))
             self.checked += 1
-            if verdict == UNREAD or (verdict == UNOBSERVED and not self._pubsub(key, now)):
+            if verdict in (UNREAD, UNOBSERVED):
                 tally = self.unread_total.setdefault(key, [0, 0, False])
                 tally[0] += 1
+
+    def _chance(self, since: float, until: float) -> float:
+        """Chance that a snapshot fell while this result was pending: its pending time
+        over the snapshots' spacing (at most 1)."""
+        times = self.snapshot_times[-20:]
+        period = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 0.0
+        if period <= 0.0:
+            period = float(self.ctx.settings.evaluation_interval) or 1.0
+        return min(1.0, max(0.0, until - since) / period)
 
     def _pubsub(self, key: tuple[str, str], now: float) -> bool:
         """Results of this task were seen read over pub/sub within the window."""
@@ -352,7 +372,7 @@ class UnreadResults(Rule):
         """Current verdicts of one task: ``{"unread": n, "read": n, "missing": n}``
         (unread includes unobserved ones, read both ways of reading)."""
         ring = self.verdicts.get((queue, task), ())
-        values = [v for _, v in ring]
+        values = [v for _, v, _ in ring]
         return {"unread": values.count(UNREAD) + values.count(UNOBSERVED),
                 "read": values.count(READ_KEY) + values.count(READ_PUBSUB),
                 "missing": values.count(MISSING)}
@@ -360,14 +380,18 @@ class UnreadResults(Rule):
     def _conditions(self, now: float) -> Iterable[Condition]:
         min_samples = int(self.options["min_samples"])
         min_share = float(self.options["min_share"])
+        min_evidence = float(self.options["min_unread_evidence"])
         app = self.ctx.app
         for key, ring in self.verdicts.items():
             queue, task = key
-            values = [v for _, v in ring]
+            values = [v for _, v, _ in ring]
             by_key, by_pubsub = values.count(READ_KEY), values.count(READ_PUBSUB)
             confirmed, unobserved = values.count(UNREAD), values.count(UNOBSERVED)
             pubsub = self._pubsub(key, now)
-            unread = confirmed if pubsub else confirmed + unobserved
+            # snapshots that would have caught a caller waiting, had there been one
+            weight = confirmed + sum(c for _, v, c in ring if v == UNOBSERVED)
+            decided = not pubsub and weight >= min_evidence
+            unread = confirmed + unobserved if decided else confirmed
             n = unread + by_key + by_pubsub
             tally = self.unread_total.get(key)
             share = unread / n if n else 0.0
@@ -388,6 +412,8 @@ class UnreadResults(Rule):
                 "unread_seen_unsubscribed_while_pending": confirmed,
                 "unread_unobserved": unobserved,
                 "pubsub_readers_seen": pubsub,
+                "unread_evidence": round(weight, 1),
+                "min_unread_evidence": min_evidence,
                 "method": ("OBJECT IDLETIME of the result key, and snapshots of the "
                            "clients' subscriptions to its pub/sub channel"),
                 "missing_results": values.count(MISSING),
