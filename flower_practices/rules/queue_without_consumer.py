@@ -92,6 +92,8 @@ class QueueWithoutConsumer(Rule):
             if consumers.count != 0:  # a known consumer (or RabbitMQ's count unknown)
                 if consumers.count:
                     self._reset(queue)
+                elif name in self.flagged:
+                    flagged.add(name)  # not probed this round: keep what was reported
                 continue
             if not queue.first_unconsumed_at:
                 queue.first_unconsumed_at = now
