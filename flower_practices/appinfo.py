@@ -28,6 +28,9 @@ class TaskInfo:
     acks_late: bool
     retry_backoff: bool | int = False
     default_retry_delay: float | None = None
+    #: Celery's defaults: back-off capped at 600 s, full jitter on
+    retry_backoff_max: int = 600
+    retry_jitter: bool = True
     #: the task body calls ``self.retry(..., countdown=0)`` (read from its source)
     retries_without_delay: bool = False
 
@@ -129,6 +132,8 @@ def snapshot_app(app: Celery) -> AppInfo:
             acks_late=bool(getattr(task, "acks_late", False)),
             retry_backoff=getattr(task, "retry_backoff", False) or False,
             default_retry_delay=getattr(task, "default_retry_delay", None),
+            retry_backoff_max=_int(getattr(task, "retry_backoff_max", 600), 600),
+            retry_jitter=bool(getattr(task, "retry_jitter", True)),
             retries_without_delay=_retries_without_delay(task),
         )
     queues = tuple(q.name for q in (conf.task_queues or ()))
@@ -147,3 +152,7 @@ def snapshot_app(app: Celery) -> AppInfo:
         worker_send_task_events=bool(conf.worker_send_task_events),
         tasks=tasks,
     )
+
+
+def _int(value: object, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default

@@ -12,6 +12,10 @@ class AppLoadError(RuntimeError):
     """The ``-A`` app could not be imported; the message says why."""
 
 
+#: attribute load_app sets on the app: where its broker URL came from (for evidence)
+BROKER_SOURCE_ATTR = "flower_practices_broker_source"
+
+
 def load_app(app_path: str | None, broker: str | None = None,
              result_backend: str | None = None) -> tuple[Celery, bool]:
     """Return ``(app, loaded)``; ``loaded`` is True when user code was imported.
@@ -32,10 +36,13 @@ def load_app(app_path: str | None, broker: str | None = None,
             raise AppLoadError(f"{app_path!r} is not a Celery app")
         if broker:
             app.conf.broker_url = broker
+        setattr(app, BROKER_SOURCE_ATTR, "exporter --broker option (overrides the app's "
+                "broker_url)" if broker else "app configuration (broker_url)")
         if result_backend:
             app.conf.result_backend = result_backend
         return app, True
     if not broker:
         raise AppLoadError("give --broker URL or -A/--app proj")
     app = Celery("flower_practices", broker=broker, backend=result_backend, set_as_current=False)
+    setattr(app, BROKER_SOURCE_ATTR, "exporter --broker option")
     return app, False

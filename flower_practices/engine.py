@@ -38,6 +38,7 @@ class Engine:
         settings: Settings | None = None,
         *,
         broker_url: str = "",
+        broker_source: str = "app configuration (broker_url)",
         result_backend: str | None = None,
         app: AppInfo | None = None,
         results: Any = None,
@@ -60,7 +61,8 @@ class Engine:
         self.findings = FindingTracker()
         self.ctx = RuleContext(
             settings=self.settings, state=self.state, metrics=self.metrics,
-            broker_url=broker_url, result_backend=result_backend, app=app, results=results,
+            broker_url=broker_url, broker_source=broker_source,
+            result_backend=result_backend, app=app, results=results,
             events_supported=events_supported,
         )
         self.rules: list[Rule] = []
@@ -200,7 +202,7 @@ class Engine:
                     self.findings.expire(rule.id, now, clear_after)
                     continue
                 self.findings.update(rule.id, severity, conditions, now, clear_after,
-                                     _Labels(self.state))
+                                     _Labels(self.state), rule.occurrences)
                 self._refute_restored(rule, now)
             # after the rules (lost_task must see a record before it ages out)
             self.state.sweep(now)

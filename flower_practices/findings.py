@@ -5,11 +5,17 @@ A rule's :meth:`evaluate` yields :class:`Condition` objects describing what hold
 their condition holds and clear once it has been false for ``clear_after_seconds``
 (PRACTICES.md contract). Evidence holds names, counts and percentiles only, never
 argument values, results or exception messages.
+
+A finding's ``count`` is the offending occurrences its rule counted through
+:meth:`~flower_practices.rules.base.Rule.count` for the finding's (queue, task, worker)
+(an unset field matches any value): the same numbers that feed
+``celery_practice_violations_total``, so the two cannot diverge. How long a condition has
+held is ``active_seconds``, never a count.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +31,6 @@ class Condition:
     task: str | None = None
     worker: str | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
-    #: occurrences behind this condition (e.g. failures seen); None: one per evaluation
-    count: int | None = None
 
 
 @dataclass(slots=True)
@@ -47,6 +51,9 @@ class Finding:
     #: restored from the state file and not reported again since: it is kept until
     #: ``clear_after`` after this time (0: found or confirmed in this process)
     restored_until: float = 0.0
+    #: occurrences counted before a restart (restored); the rule's fresh tally adds to it,
+    #: as Prometheus' increase() adds across the counter's reset
+    count_base: int = 0
 
     @property
     def key(self) -> tuple[str, str | None, str | None, str | None]:
@@ -64,6 +71,7 @@ class Finding:
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
             "count": self.count,
+            "active_seconds": round(self.last_seen - self.first_seen, 1),
         }
 
 
@@ -87,12 +95,18 @@ class FindingTracker:
         now: float,
         clear_after: float,
         labels: Any,
+        occurrences: Callable[[str | None, str | None, str | None], int] | None = None,
     ) -> None:
-        """Record the conditions a rule reported now; clear this practice's stale ones."""
+        """Record the conditions a rule reported now; clear this practice's stale ones.
+
+        ``occurrences(queue, task, worker)`` gives the offending occurrences the rule
+        counted for a condition (its ``Rule.occurrences``); without it counts stay 0.
+        """
         seen: set[tuple] = set()
         for cond in conditions:
             key = (practice, cond.queue, cond.task, cond.worker)
             seen.add(key)
+            count = occurrences(cond.queue, cond.task, cond.worker) if occurrences else 0
             finding = self._findings.get(key)
             if finding is None:
                 if len(self._findings) >= self.limit:
@@ -102,7 +116,7 @@ class FindingTracker:
                     practice=practice, severity=severity, queue=cond.queue, task=cond.task,
                     worker=cond.worker, summary=cond.summary, evidence=cond.evidence,
                     first_seen=now, last_seen=now,
-                    count=cond.count if cond.count is not None else 1,
+                    count=count,
                     queue_label=labels.queue_label(cond.queue) if cond.queue else "",
                     task_label=labels.task_label(cond.task) if cond.task else "",
                     worker_label=labels.worker_label(cond.worker) if cond.worker else "",
@@ -113,7 +127,7 @@ class FindingTracker:
                 finding.summary = cond.summary
                 finding.evidence = cond.evidence
                 finding.severity = severity
-                finding.count = cond.count if cond.count is not None else finding.count + 1
+                finding.count = finding.count_base + count
         self.expire(practice, now, clear_after, keep=seen)
 
     def expire(self, practice: str, now: float, clear_after: float,
@@ -161,7 +175,7 @@ class FindingTracker:
                     worker=worker, summary=str(item.get("summary", "")),
                     evidence=evidence if isinstance(evidence, dict) else {},
                     first_seen=float(item["first_seen"]), last_seen=float(item["last_seen"]),
-                    count=int(item.get("count", 1)),
+                    count=int(item.get("count", 1)), count_base=int(item.get("count", 1)),
                     queue_label=labels.queue_label(queue) if queue else "",
                     task_label=labels.task_label(task) if task else "",
                     worker_label=labels.worker_label(worker) if worker else "",

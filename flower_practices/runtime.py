@@ -12,6 +12,7 @@ import threading
 from celery import Celery
 
 from .appinfo import AppInfo, snapshot_app
+from .apploader import BROKER_SOURCE_ATTR
 from .brokers import is_database_broker, redact
 from .config import Settings
 from .engine import Engine
@@ -50,6 +51,7 @@ def build_engine(app: Celery, settings: Settings, *, app_loaded: bool,
     return Engine(
         settings,
         broker_url=broker_url,
+        broker_source=getattr(app, BROKER_SOURCE_ATTR, "app configuration (broker_url)"),
         result_backend=backend,
         app=info,
         results=results,

@@ -87,13 +87,19 @@ class TaskRecord:
         self.straggler = False
 
 
+#: events by which a worker shows it took a task from a queue
+_TAKEN = frozenset(("task-received", "task-started"))
+#: queues remembered per worker in ``WorkerRecord.queues_seen``
+_MAX_QUEUES_SEEN = 64
+
+
 class WorkerRecord:
     """One worker as seen through its heartbeats, task events and probes."""
 
     __slots__ = ("hostname", "online", "last_seen", "freq", "processed", "active",
                  "first_processed", "task_events", "reserved", "running", "active_queues",
                  "sw_ident", "label", "online_since", "prefetch", "concurrency", "epoch",
-                 "restarted_at", "offline_at", "created_at")
+                 "restarted_at", "offline_at", "created_at", "queues_seen")
 
     def __init__(self, hostname: str, label: str) -> None:
         self.hostname = hostname
@@ -119,6 +125,9 @@ class WorkerRecord:
         #: when its worker-offline arrived (0: not offline by event)
         self.offline_at = 0.0
         self.created_at = 0.0
+        #: queue -> when it last received/started a task from it (consumer knowledge that
+        #: needs no remote control: a busy solo pool cannot answer inspect); bounded
+        self.queues_seen: dict[str, float] = {}
 
 
 class QueueRecord:
@@ -307,6 +316,10 @@ class RuntimeState:
                 worker.last_seen = self.last_event_at
                 if not rec.queue and worker.active_queues and len(worker.active_queues) == 1:
                     rec.queue = worker.active_queues[0]
+                if rec.queue and etype in _TAKEN:
+                    seen = worker.queues_seen
+                    if rec.queue in seen or len(seen) < _MAX_QUEUES_SEEN:
+                        seen[rec.queue] = self.last_event_at
             if etype == "task-received":
                 self._name(rec, event.get("name"))
                 rec.received_at = ts

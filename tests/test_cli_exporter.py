@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -105,6 +106,17 @@ def test_database_broker_keeps_serving_with_503(url: str) -> None:
         code, body = wait_for(status, timeout=30, message="exporter answering")
         assert code == 503
         assert "database" in body
+
+        def broker_finding() -> dict | None:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/practices",
+                                        timeout=2) as r:
+                doc = json.loads(r.read())
+            found = [f for f in doc["findings"] if f["practice"] == "database_broker"]
+            return found[0] if found else None
+
+        f = wait_for(broker_finding, timeout=30, message="database_broker finding")
+        assert f["evidence"]["source"] == "exporter --broker option"
+        assert f["count"] == 1
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=20)

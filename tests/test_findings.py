@@ -19,6 +19,7 @@ class Switchable(Rule):
 
     def evaluate(self, now: float) -> Iterable[Condition]:
         if self.holds:
+            self.count(None, "t", worker="w@h")  # one occurrence per evaluation
             yield Condition(summary="lost", task="t", worker="w@h", evidence={"lost": 1})
 
 
@@ -39,7 +40,10 @@ def test_finding_lifecycle_and_metrics() -> None:
     assert payload["findings"][0]["worker"] == "w@h"
     assert set(payload["findings"][0]) == {
         "practice", "severity", "queue", "task", "worker", "summary", "evidence",
-        "first_seen", "last_seen", "count"}
+        "first_seen", "last_seen", "count", "active_seconds"}
+    assert payload["findings"][0]["active_seconds"] == 5.0
+    # count is what the rule counted, the same figure as the violations counter
+    assert engine.metrics.violations_total == {("lost_task", "", "t"): 2}
 
     rule.holds = False
     engine.evaluate(now=140)  # false for 25 s < 30 s: still active

@@ -307,10 +307,13 @@ def test_engine_restores_findings_and_keeps_them_until_clear_after(tmp_path: Pat
         id = "retryless_failure"
         defaults = {"window_seconds": 600.0}
         holds = True
+        fresh = 3  # occurrences this process counts before its first evaluation
 
         def evaluate(self, now):
             if Flaky.holds:
-                yield Condition(summary="x", task="t", count=3)
+                if not self.occurred:
+                    self.count(None, "t", Flaky.fresh)
+                yield Condition(summary="x", task="t")
 
     store = StateStore(tmp_path, "redis://h/0")
     settings = Settings(clear_after_seconds=120.0)
@@ -336,6 +339,18 @@ def test_engine_restores_findings_and_keeps_them_until_clear_after(tmp_path: Pat
     third = Engine(settings, broker_url="redis://h/0", rule_classes=[Flaky],
                    store=StateStore(tmp_path, "redis://h/0"))
     assert third.findings.active() == [], "the cleared finding was saved as cleared"
+    # reported again after a restart: same first_seen, and the count goes on from the
+    # saved one (as increase() of the violations counter does across its reset)
+    fourth_dir = tmp_path / "again"
+    first = Engine(settings, broker_url="redis://h/0", rule_classes=[Flaky],
+                   store=StateStore(fourth_dir, "redis://h/0"))
+    first.evaluate(now=1000.0)
+    Flaky.fresh = 2
+    again = Engine(settings, broker_url="redis://h/0", rule_classes=[Flaky],
+                   store=StateStore(fourth_dir, "redis://h/0"))
+    again.evaluate(now=1100.0)
+    assert [(f.first_seen, f.count, f.last_seen) for f in again.findings.active()] == [
+        (1000.0, 5, 1100.0)]
 
 
 @pytest.mark.slow

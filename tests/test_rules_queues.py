@@ -108,6 +108,8 @@ def test_database_broker_and_backend_reported_at_startup() -> None:
         assert f["evidence"]["transport"] == "sqla"
         assert f["evidence"]["events_can_flow"] is False
         assert f["evidence"]["exporter_receives_events"] is False
+        # -A proj without --broker: the URL is the app's, not an exporter option
+        assert f["evidence"]["source"] == "app configuration (broker_url)"
         assert "cannot carry Celery events" in f["summary"]
         r = finding(exporter, "result_backend_database")
         assert r["severity"] == "info" and r["evidence"]["backend"] == "db"
@@ -117,12 +119,14 @@ def test_database_broker_and_backend_reported_at_startup() -> None:
                     if t.startswith("queues.")]
         assert gauge(exporter, "database_broker") == 1
         assert gauge(exporter, "result_backend_database") == 1
-        assert total(exporter, "database_broker") == 1
+        assert total(exporter, "database_broker") == 1 == f["count"]
         coverage = exporter.practices()["coverage"]
         assert coverage["database_broker"] == "active"
         assert coverage["result_backend_database"] == "active"
         for rid in ("queue_without_consumer", "queue_starvation", "events_disabled",
-                    "prefetch_starvation"):
+                    "prefetch_starvation", "retryless_failure", "retry_storm",
+                    "orm_object_argument", "missing_time_limit", "lost_task",
+                    "single_default_queue"):
             assert coverage[rid].startswith("unsupported: the broker is a database"), rid
         assert "127.0.0.1:5432" not in json.dumps(exporter.practices())
 
@@ -202,11 +206,15 @@ def test_queue_without_consumer_on_redis_clears_once_consumed(redis_url: str) ->
         producer.send_task("queues.quick", args=(9,))  # the consumed queue: no finding
         f = finding(exporter, "queue_without_consumer", queue="orphan")
         ev = f["evidence"]
-        assert ev["consumers"] == 0 and ev["consumers_source"] == "workers' active_queues"
+        assert ev["consumers"] == 0
+        assert ev["consumers_source"] == "workers' active_queues and the tasks they took"
+        assert ev["workers_not_answering"] == []
         assert ev["messages_waiting"] == 3 and ev["queues_consumed_by_workers"] == ["celery"]
         assert f["severity"] == "critical"
         assert gauge(exporter, "queue_without_consumer", queue="orphan") == 1
-        assert total(exporter, "queue_without_consumer", queue="orphan") >= 3
+        # count: the 3 messages that entered the unconsumed queue, as in its series
+        assert f["count"] == total(exporter, "queue_without_consumer", queue="orphan") == 3
+        assert not [s for s in exporter.findings("queue_starvation") if s["queue"] == "orphan"]
         assert not exporter.findings("queue_without_consumer")[1:]  # not 'celery'
         # A consumer arrives: the queue drains and the finding clears after 2 s.
         with workers(producer, worker(redis_url, "orphan", "late")):

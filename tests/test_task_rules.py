@@ -28,7 +28,10 @@ pytestmark = pytest.mark.slow
 
 OPTIONS = {
     "retry_storm": {"max_retries_per_window": 10, "window_seconds": 120.0},
-    "unread_results": {"grace_seconds": 6.0, "min_samples": 5, "tolerance_seconds": 1.0},
+    # six instant tasks are too few to rule out callers waiting on them over pub/sub (the
+    # default min_unread_evidence, tested in tests/test_unread_results_pubsub.py)
+    "unread_results": {"grace_seconds": 6.0, "min_samples": 5, "tolerance_seconds": 1.0,
+                       "min_unread_evidence": 0.01},
     "missing_time_limit": {"max_runtime_seconds": 1.0},
     "lost_task": {"grace_seconds": 0.0},
 }
@@ -307,6 +310,37 @@ def test_graceful_shutdown_loses_no_task(good: Env) -> None:
              message="task finished during warm shutdown")
     good.settle(6)  # past heartbeat expiry
     no_finding(good, "lost_task")
+
+
+# -- count is the violations series, for every practice found above ---------------------------
+def _series_sum(exporter: RunningExporter, f: dict) -> float:
+    """The celery_practice_violations_total series a finding stands for (a field the
+    finding leaves unset matches any value; the counter has no worker label)."""
+    match = {"practice": f["practice"]}
+    for field in ("queue", "task"):
+        if f[field] is not None:
+            match[field] = f[field]
+    return exporter.total("celery_practice_violations_total", **match)
+
+
+def test_every_finding_count_equals_its_violations_series(bad: Env) -> None:
+    """Runs after the bad-app tests above: each finding they raised is checked."""
+    practices = {f["practice"] for f in bad.exporter.findings()}
+    assert {"retryless_failure", "retry_storm", "unread_results",
+            "orm_object_argument", "missing_time_limit", "lost_task"} <= practices
+
+    def mismatches() -> list:
+        # the counter moves on the hot path, the finding at the next evaluation: compare
+        # once both have settled
+        return [(f["practice"], f["task"], f["count"], _series_sum(bad.exporter, f))
+                for f in bad.exporter.findings()
+                if f["count"] != _series_sum(bad.exporter, f)]
+
+    wait_for(lambda: not mismatches(), timeout=15,
+             message="every finding's count equal to its violations series")
+    for f in bad.exporter.findings():
+        assert f["count"] >= 1, f
+        assert "active_seconds" in f
 
 
 # -- the same signals over RabbitMQ -----------------------------------------------------------

@@ -1,8 +1,12 @@
 """Read-side view of a Redis result backend, used by the ``unread_results`` rule.
 
 For each sampled task id, ``OBJECT IDLETIME celery-task-meta-<id>`` tells how long ago
-the result key was last touched: ≈ the age since it was written means nobody read it.
-Only key metadata is read, never the stored result.
+the result key was last touched: ≈ the age since it was written means nobody read it
+*by key*. A client waiting in ``AsyncResult.get()`` receives the result over pub/sub
+instead: Celery's Redis backend subscribes to the channel ``celery-task-meta-<id>`` when
+the task is sent and unsubscribes once the result is consumed (or the AsyncResult is
+dropped), so ``PUBSUB CHANNELS celery-task-meta-*`` names the results clients hold right
+now. Only key metadata and channel names are read, never the stored result.
 
 Every method here does blocking network I/O (5 s timeouts): call them only from
 :meth:`~flower_practices.rules.base.Rule.prepare`, never under the engine lock.
@@ -63,3 +67,20 @@ class ResultStore:
             if value is None or (isinstance(value, int) and not isinstance(value, bool)):
                 out[task_id] = value
         return out
+
+    def subscribed(self, limit: int) -> tuple[set[str], bool]:
+        """Task ids whose result channel has a subscriber now (one ``PUBSUB CHANNELS``
+        call), at most ``limit`` of them; the flag says whether that is all of them.
+
+        Connection errors and timeouts propagate.
+        """
+        channels = self.client.pubsub_channels(self.key_prefix + "*")
+        out: set[str] = set()
+        cut = len(self.key_prefix)
+        for channel in channels[:limit]:
+            if isinstance(channel, bytes):
+                channel = channel.decode("utf-8", "replace")
+            task_id = str(channel)[cut:]
+            if 0 < len(task_id) <= 255:
+                out.add(task_id)
+        return out, len(channels) <= limit

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 Hook = Callable[[dict, "TaskRecord | None"], None]
 
+#: (queue, task, worker) keys counted per rule (further keys are only in the metric)
+_MAX_TALLIES = 10_000
+
 
 @dataclass(slots=True)
 class RuleContext:
@@ -43,6 +46,8 @@ class RuleContext:
     results: ResultStore | None = None
     #: the ingestion path can see events at all (False on database brokers)
     events_supported: bool = True
+    #: where ``broker_url`` came from (the exporter's option or the app's configuration)
+    broker_source: str = "app configuration (broker_url)"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -65,10 +70,14 @@ class Rule:
     id: ClassVar[str] = ""
     #: documented default thresholds; every key may be overridden in [practices.<id>]
     defaults: ClassVar[dict[str, Any]] = {}
+    #: the rule works from Celery events: ``unsupported`` where none can flow
+    needs_events: ClassVar[bool] = True
 
     def __init__(self, ctx: RuleContext, options: dict[str, Any]) -> None:
         self.ctx = ctx
         self.options = options
+        #: (queue, task, worker) -> occurrences counted, the source of findings' count
+        self.occurred: dict[tuple[str | None, str | None, str | None], int] = {}
 
     def hooks(self) -> dict[str, Hook]:
         """Map event type -> callable(event, task_record) run on the hot path."""
@@ -123,11 +132,22 @@ class Rule:
         return False
 
     def coverage(self) -> str:
-        """``"active"`` or ``"unsupported: <why>"`` for this deployment."""
+        """``"active"`` or ``"unsupported: <why>"`` for this deployment.
+
+        Rules that override this call ``super().coverage()`` first."""
+        if self.needs_events and not self.ctx.events_supported:
+            return "unsupported: the broker is a database; no Celery events can flow"
         return "active"
 
-    def count(self, queue: str | None, task: str | None, n: int = 1) -> None:
-        """Increment ``celery_practice_violations_total`` for this practice."""
+    def count(self, queue: str | None, task: str | None, n: int = 1,
+              worker: str | None = None) -> None:
+        """Count ``n`` offending occurrences: ``celery_practice_violations_total`` (by
+        queue and task) and the tally findings take their ``count`` from (see
+        :meth:`occurrences`). Pass the same queue/task/worker shape as the conditions."""
+        key = (queue or None, task or None, worker or None)
+        tallies = self.occurred
+        if key in tallies or len(tallies) < _MAX_TALLIES:
+            tallies[key] = tallies.get(key, 0) + n
         state = self.ctx.state
         self.ctx.metrics.count_violation(
             self.id,
@@ -135,3 +155,14 @@ class Rule:
             state.task_label(task) if task else "",
             n,
         )
+
+    def occurrences(self, queue: str | None, task: str | None, worker: str | None) -> int:
+        """Occurrences counted for a condition's (queue, task, worker); a field left
+        unset (None) in the condition matches any value. Equals the sum of the matching
+        ``celery_practice_violations_total`` series (which have no worker label)."""
+        total = 0
+        for (q, t, w), n in self.occurred.items():
+            if (queue is None or q == queue) and (task is None or t == task) \
+                    and (worker is None or w == worker):
+                total += n
+        return total

@@ -1,6 +1,8 @@
 """database_broker: the broker transport is a database (``sqla+*``, ``django``, ``mongodb``...).
 
-Reported at start-up from the broker URL the exporter was given (``ctx.broker_url``) and,
+Reported at start-up from the broker URL in use (``ctx.broker_url``; the evidence
+names where it came from, ``ctx.broker_source``: the exporter's ``--broker`` option or
+the app's configuration) and,
 when the app is loaded, from the app's own ``broker_url``. Database transports are polled
 and have no fanout exchange, so Celery events cannot flow over them: the exporter keeps
 running (``/healthz`` answers 503 saying why) and this finding is all it can report.
@@ -19,6 +21,7 @@ from .base import Rule
 class DatabaseBroker(Rule):
     id = "database_broker"
     defaults: dict[str, Any] = {}
+    needs_events = False
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
@@ -28,7 +31,7 @@ class DatabaseBroker(Rule):
         """(source, transport) for every database broker URL we know of."""
         out = []
         if is_database_broker(self.ctx.broker_url):
-            out.append(("exporter broker URL", scheme(self.ctx.broker_url)))
+            out.append((self.ctx.broker_source, scheme(self.ctx.broker_url)))
         app = self.ctx.app
         if app is not None and is_database_broker(app.broker_url) and (
                 not out or app.broker_url != self.ctx.broker_url):

@@ -269,7 +269,7 @@ class EventsDisabled(Rule):
             new = blind - tally.counted
             if new > 0:
                 tally.counted = blind
-                self.count(None, None, new)
+                self.count(None, None, new, worker=host)
             evidence: dict[str, Any] = {
                 "processed_without_task_events": blind,
                 "heartbeat_processed_delta": delta,

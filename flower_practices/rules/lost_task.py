@@ -106,7 +106,7 @@ class LostTask(Rule):
             if reason is None:
                 continue
             self.lost.put(rec.uuid, (now, rec.queue, rec.name, rec.hostname, reason))
-            self.count(rec.queue or None, rec.name or None)
+            self.count(rec.queue or None, rec.name or None, worker=rec.hostname)
             state.mark_lost(rec, now)
         window = float(self.options["window_seconds"])
         groups: dict[tuple[str, str, str], list[tuple[float, str, str]]] = {}
@@ -132,4 +132,4 @@ class LostTask(Rule):
                 if not info.acks_late:
                     summary += " (acks_late is not set: the message was already acknowledged)"
             yield Condition(summary=summary, queue=queue or None, task=task or None,
-                            worker=worker, evidence=evidence, count=len(items))
+                            worker=worker, evidence=evidence)

@@ -124,5 +124,4 @@ class MissingTimeLimit(Rule):
             yield Condition(
                 summary=(f"{task or 'a task'} ran {longest:.0f}s (> {self.limit:g}s); "
                          f"{note}"),
-                queue=queue or None, task=task or None, evidence=evidence,
-                count=(tally.completed if tally else 0) + len(ages))
+                queue=queue or None, task=task or None, evidence=evidence)

@@ -219,5 +219,4 @@ class OrmObjectArgument(Rule):
             yield Condition(
                 summary=(f"{task or 'a task'}: {tally.count} message(s) carry model "
                          f"instances ({', '.join(classes)}); pass primary keys instead"),
-                queue=queue or None, task=task or None, evidence=evidence,
-                count=tally.count)
+                queue=queue or None, task=task or None, evidence=evidence)

@@ -94,7 +94,7 @@ class PrefetchStarvation(Rule):
             for r in recs:
                 if r.uuid not in self.counted:
                     self.counted.put(r.uuid, True)
-                    self.count(queue, r.name or None)
+                    self.count(queue, r.name or None, worker=host)
             tasks = sorted({r.name for r in recs if r.name})
             evidence: dict[str, Any] = {
                 "reserved_waiting": len(recs), "oldest_reserved_seconds": round(oldest, 1),

@@ -5,8 +5,11 @@ task-started when sent events are off) to a per-queue ring, skipping tasks that 
 ``eta`` (they wait on purpose), and counts each wait over ``max_wait_seconds``; task
 runtimes are added per (worker, queue) to windowed counters of busy time. ``evaluate``
 flags a queue whose wait p95 over ``window_seconds`` (at least ``min_samples`` waits), or
-whose oldest waiting task, exceeds ``max_wait_seconds``. The evidence names the queues
-whose tasks occupied the workers that consume the starved queue (priority inversion).
+whose oldest waiting task, exceeds ``max_wait_seconds``. A queue with no consumer
+(:func:`~flower_practices.rules.queue_view.no_consumer`, the fact
+``queue_without_consumer`` reports) is never reported here: one cause, one finding.
+The evidence names the queues whose tasks occupied the workers that consume the starved
+queue (priority inversion).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 from ..bounded import SampleRing, WindowCounter, percentile
 from ..findings import Condition
 from .base import Rule
-from .queue_view import EtaTasks, counts_consumers, live_workers, queue_consumers, routed_tasks
+from .queue_view import EtaTasks, live_workers, no_consumer, routed_tasks
 
 _MAX_PAIRS = 5000
 
@@ -41,7 +44,6 @@ class QueueStarvation(Rule):
         self.window = float(options["window_seconds"])
         self.max_wait = float(options["max_wait_seconds"])
         self.eta = EtaTasks()
-        self.amqp = counts_consumers(ctx.broker_url)
         self.waits: dict[str, SampleRing] = {}
         self.from_received: dict[str, int] = {}
         #: (worker, queue) -> (tasks started, busy milliseconds) in the window
@@ -141,12 +143,10 @@ class QueueStarvation(Rule):
         return out
 
     def _unconsumed(self, queue: str, now: float) -> bool:
+        """The queue has no consumer: queue_without_consumer's finding, not this one's."""
         state = self.ctx.state
         rec = state.queues.get(queue)
-        if rec is None:
-            return False
-        consumers, _ = queue_consumers(state, rec, now, self.amqp)
-        return consumers == 0
+        return rec is not None and no_consumer(rec)
 
     def _inversion(self, queue: str, now: float) -> dict[str, Any]:
         """Which queues' tasks occupied the workers that consume ``queue``."""
@@ -192,9 +192,9 @@ class QueueStarvation(Rule):
             ring = self.waits.get(queue)
             values = ring.since(cutoff) if ring is not None else []
             p = percentile(values, pct) if len(values) >= min_samples else math.nan
+            if self._unconsumed(queue, now):
+                continue  # one cause, one finding: queue_without_consumer reports it
             age, waiting = oldest.get(queue, (0.0, 0))
-            if age > self.max_wait and self._unconsumed(queue, now):
-                age = 0.0  # nobody consumes it: that is queue_without_consumer's finding
             reasons = []
             if not math.isnan(p) and p > self.max_wait:
                 reasons.append(f"wait p{pct:g} {p:.1f}s over {len(values)} task(s)")

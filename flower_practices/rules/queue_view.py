@@ -1,14 +1,30 @@
 """Helpers the queue and worker rules share: consumer counts, ETA tracking, app routing.
 
 - :func:`queue_consumers` gives a queue's consumers: RabbitMQ's own count when the broker
-  is AMQP (from the probes), else the live workers whose ``active_queues`` include it;
-  ``None`` when that cannot be known yet (a live worker's queues not probed).
+  is AMQP (from the probes), else per worker: a present worker consumes the queue when
+  its last known ``active_queues`` (kept while it is present) include it, or when it took
+  a task from it (task-received/started: knowledge that needs no remote control). A
+  worker is present while its heartbeats are fresh, and for ``silent_grace`` seconds
+  after they stopped without a worker-offline (a busy solo pool sends nothing until its
+  task is done; a worker killed with -9 looks the same, and ``lost_task`` reports it). A worker
+  whose queues are unknown (just started, a busy solo pool that cannot answer, remote
+  control off) is *unanswered*: it leaves only the queues it might consume undecided, and
+  only for ``unanswered_grace`` seconds after it came online (an idle worker consuming a
+  queue with messages waiting would have received one by then). It never makes every
+  queue unknown.
+- :func:`no_consumer` reads the one fact "no consumer of this queue is known":
+  ``QueueRecord.first_unconsumed_at``, set and reset by ``queue_without_consumer`` only
+  (with its options), which reports such a queue once it is decided (see above), while
+  ``queue_starvation`` leaves it alone: one cause, one finding. The condition's start
+  survives probe gaps and undecided rounds; only a known consumer (or no demand) resets
+  it.
 - :class:`EtaTasks` remembers (bounded) which task ids carry an ``eta``/``countdown``:
   they wait on purpose and must not count as waiting for a consumer.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..bounded import LRUDict
@@ -30,20 +46,67 @@ def live_workers(state: RuntimeState, now: float) -> list[WorkerRecord]:
     return [w for w in state.workers.values() if state.worker_alive(w, now)]
 
 
-def queue_consumers(state: RuntimeState, queue: QueueRecord, now: float,
-                    amqp: bool) -> tuple[int | None, str]:
-    """(consumers or None when unknown, where the number comes from)."""
+def present(state: RuntimeState, worker: WorkerRecord, now: float,
+            silent_grace: float = 0.0) -> bool:
+    """Alive by its heartbeats, or silent for less than ``silent_grace`` seconds without
+    having said goodbye (no worker-offline): a solo pool running a long task sends no
+    heartbeat and no event until it is done, yet it still consumes its queues."""
+    return state.worker_alive(worker, now) or (
+        worker.online and now - worker.last_seen <= silent_grace)
+
+
+#: default seconds an unanswered worker may still turn out to consume a queue
+UNANSWERED_GRACE = 60.0
+#: default seconds a silent worker (heartbeats stopped, no worker-offline) keeps its queues
+SILENT_GRACE = 300.0
+
+
+@dataclass(slots=True)
+class Consumers:
+    """What is known about one queue's consumers."""
+
+    #: known consumers (None: RabbitMQ's count not probed yet)
+    count: int | None
+    source: str
+    #: present workers known to consume it
+    workers: list[str] = field(default_factory=list)
+    #: present workers whose queues are unknown (they did not answer remote control)
+    unanswered: list[str] = field(default_factory=list)
+    #: True when an unanswered worker came online too recently to rule it out
+    undecided: bool = False
+
+
+def queue_consumers(state: RuntimeState, queue: QueueRecord, now: float, amqp: bool,
+                    unanswered_grace: float = UNANSWERED_GRACE,
+                    silent_grace: float = SILENT_GRACE) -> Consumers:
+    """The queue's consumers, per worker (see the module docstring)."""
     if amqp:
-        return queue.consumers, "rabbitmq consumer count"
-    n = 0
+        return Consumers(queue.consumers, "rabbitmq consumer count",
+                         undecided=queue.consumers is None)
+    name = queue.name
+    out = Consumers(0, "workers' active_queues and the tasks they took")
     for worker in state.workers.values():
-        if not state.worker_alive(worker, now):
+        if not present(state, worker, now, silent_grace):
             continue
-        if worker.active_queues is None:
-            return None, "workers' active_queues (not probed yet)"
-        if queue.name in worker.active_queues:
-            n += 1
-    return n, "workers' active_queues"
+        if (worker.active_queues is not None and name in worker.active_queues) \
+                or name in worker.queues_seen:
+            out.workers.append(worker.hostname)
+        elif worker.active_queues is None:
+            out.unanswered.append(worker.hostname)
+            came = worker.online_since or worker.created_at
+            if now - came < unanswered_grace:
+                out.undecided = True
+    out.count = len(out.workers)
+    if out.count:
+        out.undecided = False
+    return out
+
+
+def no_consumer(queue: QueueRecord) -> bool:
+    """The fact "no consumer of this queue is known" (none, or only unanswered workers
+    that might consume it) while it has demand, as ``queue_without_consumer`` last
+    established it (it runs first; with that rule disabled the fact is never set)."""
+    return queue.first_unconsumed_at > 0.0
 
 
 def routed_tasks(app: AppInfo | None, queue: str, limit: int = 10) -> list[str] | None:

@@ -3,9 +3,21 @@
 Evaluated per known queue (seen in task-sent events, declared in the app, or probed):
 it has demand when the broker probe shows messages waiting, or (where the queue's length
 is not probed) a task-sent event targeted it within ``window_seconds``. Its consumers
-come from RabbitMQ's consumer count on AMQP, else from the live workers'
-``active_queues``. Demand with zero consumers for longer than ``grace_seconds`` is a
-finding. Each task-sent into a flagged queue is counted.
+come from RabbitMQ's consumer count on AMQP, else per worker (see
+:func:`~flower_practices.rules.queue_view.queue_consumers`): a worker that does not
+answer remote control leaves the queue undecided for at most
+``unanswered_worker_grace_seconds`` and never resets the condition, whose start is kept
+on the queue record (``first_unconsumed_at``, shared with ``queue_starvation`` through
+:func:`~flower_practices.rules.queue_view.no_consumer`). Demand with no consumer for
+longer than ``grace_seconds`` is a finding; the evidence names the workers that did not
+answer.
+
+Occurrences (``count`` and ``celery_practice_violations_total{task=""}``, one series per
+queue): the messages that entered the queue while it had no consumer. When it is first
+reported, the messages waiting (or, where the length is not probed, the tasks sent to it
+since it lost its consumers); then each increase of the probed length, or each task-sent
+into it where the length is not probed. How long it has lasted is ``active_seconds`` /
+``unconsumed_for_seconds``, never a count.
 """
 
 from __future__ import annotations
@@ -17,6 +29,8 @@ from ..findings import Condition
 from .base import Rule
 from .queue_view import counts_consumers, live_workers, queue_consumers, routed_tasks
 
+_MAX_NAMES = 10
+
 
 class QueueWithoutConsumer(Rule):
     id = "queue_without_consumer"
@@ -25,21 +39,31 @@ class QueueWithoutConsumer(Rule):
         "grace_seconds": 60.0,
         #: a task-sent to the queue within this many seconds counts as demand
         "window_seconds": 300.0,
+        #: a worker whose queues are unknown (it did not answer remote control) may
+        #: consume any queue for this long after it came online; later, not having taken
+        #: a single task from a queue with messages waiting, it is taken not to consume it
+        "unanswered_worker_grace_seconds": 60.0,
+        #: a worker whose heartbeats stopped without a worker-offline (a busy solo pool,
+        #: or a worker killed with -9) keeps its last known queues this long
+        "silent_worker_grace_seconds": 300.0,
     }
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
         self.amqp = counts_consumers(ctx.broker_url)
-        #: queue -> since when it has had demand and no consumer
-        self.since: dict[str, float] = {}
         self.flagged: set[str] = set()
+        #: queue -> (probed length last counted, tasks sent when the condition began)
+        self.baseline: dict[str, tuple[int, int]] = {}
 
     def hooks(self):
         return {"task-sent": self._on_sent}
 
     def _on_sent(self, event: dict, rec: Any) -> None:
-        if rec is not None and rec.queue in self.flagged:
-            self.count(rec.queue, rec.name or None)
+        if rec is None or rec.queue not in self.flagged:
+            return
+        queue = self.ctx.state.queues.get(rec.queue)
+        if queue is not None and queue.length is None:  # else counted from the length
+            self.count(rec.queue, None)
 
     def coverage(self) -> str:
         if not self.ctx.events_supported:
@@ -51,6 +75,8 @@ class QueueWithoutConsumer(Rule):
         state = self.ctx.state
         grace = float(self.options["grace_seconds"])
         window = float(self.options["window_seconds"])
+        unanswered_grace = float(self.options["unanswered_worker_grace_seconds"])
+        silent_grace = float(self.options["silent_worker_grace_seconds"])
         flagged: set[str] = set()
         for name, queue in state.queues.items():
             waiting = queue.length or 0
@@ -59,30 +85,43 @@ class QueueWithoutConsumer(Rule):
             recent = queue.length is None and queue.last_sent_at \
                 and now - queue.last_sent_at <= window
             if not (waiting > 0 or recent):
-                self.since.pop(name, None)
+                self._reset(queue)
                 continue
-            consumers, source = queue_consumers(state, queue, now, self.amqp)
-            if consumers is None or consumers > 0:
-                self.since.pop(name, None)
+            consumers = queue_consumers(state, queue, now, self.amqp, unanswered_grace,
+                                        silent_grace)
+            if consumers.count != 0:  # a known consumer (or RabbitMQ's count unknown)
+                if consumers.count:
+                    self._reset(queue)
+                elif name in self.flagged:
+                    flagged.add(name)  # not probed this round: keep what was reported
                 continue
-            since = self.since.setdefault(name, now)
-            unconsumed = now - since
-            if unconsumed < grace:
-                continue
+            if not queue.first_unconsumed_at:
+                queue.first_unconsumed_at = now
+                self.baseline[name] = (waiting, queue.sent)
+            unconsumed = now - queue.first_unconsumed_at
+            if unconsumed < grace or (consumers.undecided and name not in self.flagged):
+                continue  # not yet; or a worker too new to rule out: not reported anew
             flagged.add(name)
-            if name not in self.flagged:
-                self.count(name, None, max(1, waiting))
+            self._count(name, queue, waiting)
             workers = live_workers(state, now)
             consumed = sorted({q for w in workers for q in w.active_queues or ()})
             evidence: dict[str, Any] = {
-                "messages_waiting": queue.length, "consumers": 0,
-                "consumers_source": source, "unconsumed_for_seconds": round(unconsumed, 1),
+                "messages_waiting": queue.length,
+                "consumers": consumers.count if not consumers.undecided else "unknown",
+                "consumers_source": consumers.source,
+                "unconsumed_for_seconds": round(unconsumed, 1),
+                "unconsumed_since": round(queue.first_unconsumed_at, 3),
                 "tasks_sent_seen": queue.sent, "live_workers": len(workers),
                 "queues_consumed_by_workers": consumed[:20], "grace_seconds": grace,
+                "workers_not_answering": sorted(consumers.unanswered)[:_MAX_NAMES],
+                "messages_counted": self.occurrences(name, None, None),
             }
             summary = (f"queue '{name}' has "
                        + (f"{waiting} message(s) waiting" if waiting else "tasks sent to it")
                        + f" and no consumer for {unconsumed:.0f}s")
+            if consumers.undecided:
+                summary += (f" ({len(consumers.unanswered)} worker(s) not answering remote "
+                            "control yet)")
             app = self.ctx.app
             if app is not None:
                 evidence["source"] = "app config"
@@ -90,3 +129,45 @@ class QueueWithoutConsumer(Rule):
                 evidence["declared_in_app"] = name in app.queues or name == app.default_queue
             yield Condition(summary=summary, queue=name, evidence=evidence)
         self.flagged = flagged
+        for name in [n for n in self.baseline if n not in state.queues]:
+            del self.baseline[name]
+
+    # -- restarts (flower_practices.store) -------------------------------------------------
+    def memory(self) -> Any:
+        """The reported queues with the condition's start and the length last counted, so
+        a restart keeps ``unconsumed_since`` and does not count the waiting messages again."""
+        queues = self.ctx.state.queues
+        return {name: [queues[name].first_unconsumed_at, self.baseline.get(name, (0, 0))[0]]
+                for name in self.flagged if name in queues}
+
+    def restore_memory(self, data: Any, now: float) -> None:
+        if not isinstance(data, dict):
+            return
+        state = self.ctx.state
+        for name, (since, length) in list(data.items())[:state.settings.max_queues]:
+            since, length = float(since), int(length)
+            if not (0.0 < since <= now) or length < 0:
+                continue
+            queue = state.queue(str(name))
+            if queue is None:
+                continue
+            queue.first_unconsumed_at = since
+            self.baseline[queue.name] = (length, queue.sent)
+            self.flagged.add(queue.name)
+
+    def _reset(self, queue: Any) -> None:
+        queue.first_unconsumed_at = 0.0
+        self.baseline.pop(queue.name, None)
+
+    def _count(self, name: str, queue: Any, waiting: int) -> None:
+        """Count the messages that entered the queue while unconsumed (module docstring)."""
+        length, sent_at_start = self.baseline.get(name, (waiting, queue.sent))
+        if name not in self.flagged:  # first reported now
+            n = waiting if queue.length is not None else queue.sent - sent_at_start
+            self.count(name, None, max(1, n))
+            self.baseline[name] = (waiting, queue.sent)
+            return
+        if queue.length is not None:
+            if waiting > length:
+                self.count(name, None, waiting - length)
+            self.baseline[name] = (waiting, queue.sent)

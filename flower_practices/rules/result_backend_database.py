@@ -19,6 +19,7 @@ from .base import Rule
 class ResultBackendDatabase(Rule):
     id = "result_backend_database"
     defaults: dict[str, Any] = {}
+    needs_events = False
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)

@@ -1,14 +1,29 @@
 """retry_storm: a task retries too often over a window, or retries with ~zero delay.
 
-Hooks: task-retried counts a retry (per queue and task, in a sliding window). A retry's
-message arrives as a task-received with ``retries >= 1``; its ``eta`` minus the time of
-the task-retried event (or of the task-received, when that came first) is the delay
-the retry was scheduled with. No ``eta`` at all means the retry was scheduled with no
-delay. A delay under ``zero_delay_seconds`` is a retry without back-off.
+Hooks: task-retried counts a retry (per queue and task, in a sliding window). Each retry's
+delay is measured on the worker's own clock, from the retry message's ``eta`` minus the
+moment it was published: the retry's ``task-sent`` event (sent events on) is that
+moment; without it, the ``task-retried`` event (or the retry's ``task-received``, when
+that came first) stands in, which comes *after* the publish and reads the delay short
+by the time between them (the backend write of the RETRY state, often tens of
+milliseconds); a received retry waits up to 2 s for its task-sent before that fallback is
+used. ``delay_measured_from`` in the evidence says which. No ``eta`` at all
+means the retry was scheduled with no delay. A delay under ``zero_delay_seconds`` is a
+zero-delay retry.
+
+A zero-delay storm needs at least ``min_zero_delay_retries`` zero-delay retries that make
+at least ``min_zero_delay_share`` of the retries whose delay was measured in the window:
+Celery's jittered back-off (``retry_backoff`` with the default ``retry_jitter=True``)
+draws a delay uniformly from 0..2^n·factor whole seconds, so it schedules *some* retries
+with 0 s on purpose. When the app is loaded (``-A``) and the task's policy has
+``retry_backoff`` with jitter, the zero-delay retries are also compared with what that
+policy draws by chance (P(0) = 1/(countdown+1) for each retry number): only clearly
+more than that expectation (by ``3·sqrt(expected) + 1``) is a storm.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +33,8 @@ from ..findings import Condition
 from .base import Rule
 
 _MAX_KEYS = 2000
+#: seconds a received retry waits for its own task-sent before task-retried stands in
+_SENT_WAIT = 2.0
 
 
 def eta_timestamp(value: Any) -> float | None:
@@ -33,15 +50,42 @@ def eta_timestamp(value: Any) -> float | None:
     return dt.timestamp()
 
 
+def zero_delay_chance(backoff: bool | int, maximum: int, jitter: bool, number: int) -> float:
+    """Chance that Celery's exponential back-off draws 0 s for retry ``number`` (1-based).
+
+    Celery: ``countdown = min(maximum, factor * 2 ** retries)``, then with full jitter
+    ``randrange(countdown + 1)`` (``retries`` counts the attempts before this retry).
+    """
+    factor = int(backoff)
+    if factor <= 0:
+        return 1.0
+    countdown = min(maximum, factor * 2 ** min(max(number - 1, 0), 30))
+    if not jitter:
+        return 0.0 if countdown > 0 else 1.0
+    return 1.0 / (countdown + 1)
+
+
 class _Stats:
-    __slots__ = ("retries", "zero_delay", "delayed", "last_seen", "min_delay")
+    __slots__ = ("retries", "zero_delay", "delayed", "expected_zero_milli", "last_seen",
+                 "min_delay", "max_delay", "from_sent", "from_retried", "seen",
+                 "counted_upto", "storming")
 
     def __init__(self, window: float) -> None:
         self.retries = WindowCounter(window)
         self.zero_delay = WindowCounter(window)
         self.delayed = WindowCounter(window)
+        #: zero-delay retries the task's jittered back-off draws by chance (x1000)
+        self.expected_zero_milli = WindowCounter(window)
         self.last_seen = 0.0
         self.min_delay: float | None = None
+        self.max_delay: float | None = None
+        #: delays measured from the retry's task-sent / from task-retried (fallback)
+        self.from_sent = 0
+        self.from_retried = 0
+        #: task-retried events ever seen; how many of them were judged; in a storm now
+        self.seen = 0
+        self.counted_upto = 0
+        self.storming = False
 
 
 class RetryStorm(Rule):
@@ -55,6 +99,9 @@ class RetryStorm(Rule):
         "zero_delay_seconds": 0.5,
         #: zero-delay retries within the window needed for a finding
         "min_zero_delay_retries": 5,
+        #: ... and the share of measured retries they must make (jittered back-off
+        #: draws some 0 s delays on purpose: it is not a storm)
+        "min_zero_delay_share": 0.8,
     }
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
@@ -63,14 +110,16 @@ class RetryStorm(Rule):
         self.zero = float(options["zero_delay_seconds"])
         #: uuid -> (task-retried time, retry number), awaiting the retry's task-received
         self.pending: LRUDict[str, tuple[float, int]] = LRUDict(20_000)
-        #: (task id, retry number) already in violations_total: a retry is counted once,
-        #: whether it is first seen over the limit (task-retried) or without delay
-        #: (its task-received), in whichever order those events arrive
-        self.counted: LRUDict[tuple[str, int], bool] = LRUDict(20_000)
         self.stats: dict[tuple[str, str], _Stats] = {}
+        #: (task id, retry number) whose delay is already measured
+        self.measured: LRUDict[tuple[str, int], bool] = LRUDict(20_000)
+        #: retries received whose task-sent may still come: (task id, retry number) ->
+        #: (arrived, eta, queue, task, task-retried time, event time)
+        self.provisional: LRUDict[tuple[str, int], tuple] = LRUDict(20_000)
 
     def hooks(self):
-        return {"task-retried": self._on_retried, "task-received": self._on_received}
+        return {"task-retried": self._on_retried, "task-received": self._on_received,
+                "task-sent": self._on_sent}
 
     def _stats(self, queue: str, task: str) -> _Stats | None:
         key = (queue, task)
@@ -89,49 +138,101 @@ class RetryStorm(Rule):
         if st is None:
             return
         st.retries.add(ts)
+        st.seen += 1
         st.last_seen = ts
-        number = None
-        if rec is not None:
-            if rec.received_at <= rec.started_at:
-                # the retry's message is still to come (else it raced ahead of this event)
-                number = rec.retries + 1
-                self.pending.put(event["uuid"], (ts, number))
-            else:
-                number = rec.retries
-        if st.retries.total(ts) > self.options["max_retries_per_window"]:
-            self._count_once(event["uuid"], number, queue, task)
+        if rec is not None and rec.received_at <= rec.started_at:
+            # the retry's message is still to come (else it raced ahead of this event)
+            self.pending.put(event["uuid"], (ts, rec.retries + 1))
+
+    def _on_sent(self, event: dict, rec: Any) -> None:
+        """A retry's own message published: ``eta`` minus this event's time (both on the
+        publishing worker's clock) is exactly the delay it was scheduled with."""
+        retries = event.get("retries")
+        if not isinstance(retries, int) or retries < 1 or rec is None:
+            return
+        key = (event["uuid"], retries)
+        if key in self.measured:
+            return
+        self.measured.put(key, True)
+        self.provisional.pop(key, None)
+        ts = event["timestamp"]
+        self._delay(event.get("eta"), rec.queue, rec.name, retries, ts, ts, from_sent=True)
 
     def _on_received(self, event: dict, rec: Any) -> None:
+        """The retry's message reached a worker: its delay is measured from task-retried
+        unless the retry's own task-sent arrives within ``_SENT_WAIT`` (see evaluate)."""
         retries = event.get("retries")
         if not isinstance(retries, int) or retries < 1 or rec is None:
             return
         ts = event["timestamp"]
         entry = self.pending.pop(event["uuid"], None)
+        key = (event["uuid"], retries)
+        if key in self.measured or key in self.provisional:
+            return
         base = entry[0] if entry is not None and entry[1] == retries else ts
-        eta = eta_timestamp(event.get("eta"))
+        arrived = event.get("local_received")
+        self.provisional.put(key, (arrived if isinstance(arrived, float) else ts,
+                                   event.get("eta"), rec.queue, rec.name, base, ts))
+
+    def _settle(self, now: float) -> None:
+        """Measure the retries whose task-sent did not come (sent events off)."""
+        provisional = self.provisional
+        while provisional:
+            key, (arrived, eta, queue, task, base, ts) = next(iter(provisional.items()))
+            if now - arrived < _SENT_WAIT:
+                break
+            del provisional[key]
+            self.measured.put(key, True)
+            self._delay(eta, queue, task, key[1], base, ts, from_sent=False)
+
+    def _delay(self, eta_value: Any, queue: str, task: str, number: int, base: float,
+               ts: float, *, from_sent: bool) -> None:
+        eta = eta_timestamp(eta_value)
         delay = 0.0 if eta is None else max(0.0, eta - base)
-        st = self._stats(rec.queue, rec.name)
+        st = self._stats(queue, task)
         if st is None:
             return
         st.last_seen = max(st.last_seen, ts)
         st.min_delay = delay if st.min_delay is None else min(st.min_delay, delay)
+        st.max_delay = delay if st.max_delay is None else max(st.max_delay, delay)
+        if from_sent:
+            st.from_sent += 1
+        else:
+            st.from_retried += 1
+        app = self.ctx.app
+        info = app.task(task) if app is not None and task else None
+        if info is not None and info.retry_backoff:
+            chance = zero_delay_chance(info.retry_backoff, info.retry_backoff_max,
+                                       info.retry_jitter, number)
+            st.expected_zero_milli.add(ts, int(chance * 1000))
         if delay < self.zero:
             st.zero_delay.add(ts)
-            self._count_once(event["uuid"], retries, rec.queue, rec.name)
         else:
             st.delayed.add(ts)
 
-    def _count_once(self, uuid: str, number: int | None, queue: str | None,
-                    task: str | None) -> None:
-        """Count one offending retry in violations_total, once per (task id, retry)."""
-        if number is not None:
-            key = (uuid, number)
-            if key in self.counted:
-                return
-            self.counted.put(key, True)
-        self.count(queue or None, task or None)
+    def _storm_share(self, st: _Stats, now: float) -> bool:
+        """Zero-delay retries are (still) the storm kind: most of the measured ones, and
+        more than the task's jittered back-off draws by chance."""
+        zero = st.zero_delay.total(now)
+        measured = zero + st.delayed.total(now)
+        if not measured or zero / measured < float(self.options["min_zero_delay_share"]):
+            return False
+        expected = st.expected_zero_milli.total(now) / 1000.0
+        return not expected or zero > expected + 3.0 * math.sqrt(expected) + 1.0
+
+    def _count_storm(self, queue: str, task: str, st: _Stats, retries: int,
+                     storming: bool) -> None:
+        """Occurrences: the retries of a storm. When it is first found, the retries in
+        the window (they made it); then each retry while it lasts; none outside."""
+        if storming:
+            n = st.seen - st.counted_upto if st.storming else retries
+            if n > 0:
+                self.count(queue or None, task or None, n)
+        st.storming = storming
+        st.counted_upto = st.seen
 
     def evaluate(self, now: float) -> Iterable[Condition]:
+        self._settle(now)
         limit = self.options["max_retries_per_window"]
         min_zero = self.options["min_zero_delay_retries"]
         app = self.ctx.app
@@ -140,19 +241,29 @@ class RetryStorm(Rule):
         for (queue, task), st in self.stats.items():
             retries = st.retries.total(now)
             zero = st.zero_delay.total(now)
+            delayed = st.delayed.total(now)
+            measured = zero + delayed
+            expected = st.expected_zero_milli.total(now) / 1000.0
             reasons = []
             if retries > limit:
                 reasons.append(f"{retries} retries in {self.window:g}s (limit {limit})")
-            if zero >= min_zero:
-                reasons.append(f"{zero} retries with < {self.zero:g}s delay (no back-off)")
+            if zero >= min_zero and self._storm_share(st, now):
+                reasons.append(f"{zero} of {measured} retries with < {self.zero:g}s delay "
+                               "(no back-off)")
+            self._count_storm(queue, task, st, retries, bool(reasons))
             if not reasons:
                 continue
             evidence: dict[str, Any] = {
                 "retries_in_window": retries, "window_seconds": self.window,
-                "zero_delay_retries": zero, "delayed_retries": st.delayed.total(now),
-                "min_delay_seconds": round(st.min_delay, 3) if st.min_delay is not None
-                else None,
+                "zero_delay_retries": zero, "delayed_retries": delayed,
+                "zero_delay_share": round(zero / measured, 3) if measured else None,
+                "min_zero_delay_share": self.options["min_zero_delay_share"],
+                "min_delay_seconds": _round(st.min_delay),
+                "max_delay_seconds": _round(st.max_delay),
+                "delay_measured_from": _measured_from(st),
             }
+            if expected:
+                evidence["zero_delay_expected_from_jitter"] = round(expected, 1)
             summary = f"{task or 'a task'}: " + "; ".join(reasons)
             info = app.task(task) if app is not None else None
             if app is None:
@@ -161,9 +272,24 @@ class RetryStorm(Rule):
                 evidence["retry_policy"] = {
                     "max_retries": info.max_retries,
                     "retry_backoff": info.retry_backoff,
+                    "retry_backoff_max": info.retry_backoff_max,
+                    "retry_jitter": info.retry_jitter,
                     "default_retry_delay": info.default_retry_delay,
                 }
                 if zero and not info.retry_backoff:
                     summary += "; retry_backoff is not set"
             yield Condition(summary=summary, queue=queue or None, task=task or None,
                             evidence=evidence)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _measured_from(st: _Stats) -> str:
+    if st.from_sent and not st.from_retried:
+        return "the retry's task-sent event"
+    if st.from_retried and not st.from_sent:
+        return ("the task-retried event (sent events off: delays read short by the "
+                "retry's publish time)")
+    return "the retry's task-sent event where seen, else task-retried"

@@ -152,4 +152,4 @@ class RetrylessFailure(Rule):
                 if info.autoretry_for and not covered:
                     summary += "; autoretry_for does not cover these exceptions"
             yield Condition(summary=summary, queue=queue or None, task=task or None,
-                            evidence=evidence, count=tally.count)
+                            evidence=evidence)

@@ -1,16 +1,47 @@
 """unread_results: results written to a Redis result backend that nobody reads.
 
 The task-succeeded hook samples task ids into a bounded queue (O(1), no I/O). In
-:meth:`prepare` (outside the engine lock), ids older than ``grace_seconds`` are checked in
-one pipelined round trip of ``OBJECT IDLETIME celery-task-meta-<id>`` (at most
-``max_checks_per_evaluation`` per run); :meth:`evaluate` (under the lock) turns the
-replies into verdicts: an idle time about equal to the age since task-succeeded means
-the key was never read. Only key metadata is read, never the stored result.
+:meth:`prepare` (outside the engine lock), every evaluation takes one snapshot of the
+result channels clients are subscribed to (``PUBSUB CHANNELS celery-task-meta-*``, at
+most ``max_subscribed_per_evaluation`` names), and ids older than ``grace_seconds`` are
+checked in one pipelined round trip of ``OBJECT IDLETIME celery-task-meta-<id>`` (at most
+``max_checks_per_evaluation`` per run). Only key metadata and channel names are read,
+never the stored result. :meth:`evaluate` (under the lock) turns the replies into
+verdicts, each saying how it was decided:
+
+- ``read_over_pubsub``: a snapshot showed a client subscribed to the result's channel.
+  Celery's Redis backend subscribes when the task is sent (``on_task_call``) and
+  unsubscribes once ``AsyncResult.get()`` consumed the result (or the AsyncResult was
+  dropped), never touching the key: ``.get()`` waiting before the task finished, or
+  called seconds later on the AsyncResult it kept, reads this way;
+- ``read_by_key``: the key's idle time is shorter than its age (``tolerance_seconds``
+  slack): it was read after it was written (``AsyncResult(id).get()`` later);
+- ``unread``: neither, and a complete snapshot taken while the task was pending (between
+  its task-sent and task-succeeded, ``tolerance_seconds`` inside each end) showed nobody
+  subscribed: the caller did not keep the AsyncResult;
+- ``unread_unobserved``: neither, but no snapshot fell while it was pending (fast tasks):
+  a ``.get()`` caller may have received it over pub/sub unseen.
+
+Snapshots are samples, one per evaluation: a fast task waited on with ``.get()`` is
+mostly finished between two of them. So ``unread_unobserved`` verdicts count as unread
+only when the task's callers are known not to wait: no result of it was seen read over
+pub/sub within ``window_seconds``, *and* enough snapshots fell while its results were
+pending that a waiting caller would have been caught. Each unobserved result adds the
+chance a snapshot fell while it was pending (its task-sent to task-succeeded time over the
+snapshots' spacing, at most 1; an ``unread`` verdict adds 1); once the sum reaches
+``min_unread_evidence`` (3: a caller waiting on every one of them goes unseen with a
+chance of about e^-3 = 5 %), they count. Until then only ``unread`` verdicts count. So a
+task whose results are consumed with ``.get()`` is not reported (its callers are either
+seen, or not enough was observed to tell), while fire-and-forget results (callers, beat or
+workers that never keep the AsyncResult) are reported once enough of them went by: the
+faster the task, the more calls that takes (about 3 × evaluation interval / task time).
 
 Verdicts are kept per (queue, task), at most ``max_samples`` of them and none older than
 ``window_seconds``; the unread share is taken over the *judged* ones (read or unread) and
 a finding needs at least ``min_samples`` of those. So a finding clears once its task
 stops running (its verdicts age out), and once results stop being stored (below).
+Occurrences (``count``, ``celery_practice_violations_total``): the unread results of a
+task while it is reported (when first reported, the unread ones among its verdicts).
 
 A key that is absent at check time is *missing*: neither read nor unread. It means the
 result was never stored (``ignore_result=True``: the advised fix), was read and deleted
@@ -28,20 +59,19 @@ A Redis that is slow or gone never blocks events: the I/O runs without the engin
 A failed round trip is logged once, counted in
 ``flower_practices_probe_errors_total{probe="result_backend"}``, its ids are kept for
 later, and no call is made for ``error_backoff_seconds``.
-
-Limitation: a client blocked in ``AsyncResult.get()`` *before* the task finished receives
-the result over pub/sub and never touches the key, so such reads are invisible here.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from typing import Any, NoReturn
 
+from ..bounded import LRUDict
 from ..brokers import scheme
 from ..findings import Condition
 from .base import ProbeFailed, Rule, RuleContext
@@ -52,10 +82,16 @@ _MAX_TASKS = 1000
 #: the ``probe`` label of flower_practices_probe_errors_total for result backend calls
 PROBE = "result_backend"
 
-#: (task id, task-succeeded time, queue, task name)
-Sample = tuple[str, float, str, str]
-#: (checked at, verdict): True unread, False read, None result key missing
-Verdict = tuple[float, bool | None]
+#: (task id, task-succeeded local time, queue, task name, pending from, pending to)
+Sample = tuple[str, float, str, str, float, float]
+#: (checked at, verdict, chance that a snapshot caught a caller waiting on it)
+Verdict = tuple[float, str, float]
+READ_PUBSUB, READ_KEY, UNREAD, UNOBSERVED, MISSING = (
+    "read_over_pubsub", "read_by_key", "unread", "unread_unobserved", "missing")
+#: ids seen subscribed, remembered at most
+_MAX_SUBSCRIBED = 50_000
+#: complete snapshot times remembered (for "was one taken while it was pending?")
+_MAX_SNAPSHOTS = 4096
 
 
 class UnreadResults(Rule):
@@ -81,8 +117,15 @@ class UnreadResults(Rule):
         "tolerance_seconds": 2.0,
         #: after a failed Redis call, wait this long before trying again
         "error_backoff_seconds": 60.0,
-        #: task names never sampled (e.g. results confirmed read over pub/sub)
+        #: task names never sampled
         "ignore_tasks": [],
+        #: result channels read per snapshot of the clients' subscriptions
+        "max_subscribed_per_evaluation": 10_000,
+        #: results never seen subscribed count as unread only once this many snapshots
+        #: would have caught a caller waiting on them (expected catches, summed over
+        #: the task's results: a caller waiting on all of them goes unseen with a chance
+        #: of about e^-N); before that, only results seen unsubscribed while pending count
+        "min_unread_evidence": 3.0,
     }
 
     def __init__(self, ctx: RuleContext, options: dict[str, Any]) -> None:
@@ -94,6 +137,15 @@ class UnreadResults(Rule):
         self.verdicts: dict[tuple[str, str], deque[Verdict]] = {}
         #: round trips done by prepare, applied by evaluate: (checked at, ids, idle times)
         self._fetched: list[tuple[float, list[Sample], dict[str, int | None]]] = []
+        #: subscription snapshots done by prepare: (taken at, ids, complete)
+        self._snapshots: list[tuple[float, set[str], bool]] = []
+        #: ids seen subscribed by a client, and when complete snapshots were taken
+        self.subscribed: LRUDict[str, bool] = LRUDict(_MAX_SUBSCRIBED)
+        self.snapshot_times: list[float] = []
+        #: (queue, task) -> when one of its results was last seen held over pub/sub
+        self.pubsub_seen: dict[tuple[str, str], float] = {}
+        #: (queue, task) -> (unread verdicts ever, how many were counted, reported now)
+        self.unread_total: dict[tuple[str, str], list] = {}
         self.unsupported: str | None = None
         self._policy_checked = False
         self._retry_at = 0.0
@@ -103,6 +155,9 @@ class UnreadResults(Rule):
 
     # -- coverage ---------------------------------------------------------------------------
     def coverage(self) -> str:
+        events = super().coverage()
+        if events != "active":
+            return events
         backend = self.ctx.result_backend
         if not backend:
             return "unsupported: no result backend configured (give --result-backend or -A)"
@@ -134,11 +189,14 @@ class UnreadResults(Rule):
         at = event.get("local_received")
         if not isinstance(at, float):
             at = event["timestamp"]
-        self.pending.append((event["uuid"], at, rec.queue, rec.name))
+        since = rec.sent_at or rec.received_at or event["timestamp"]
+        self.pending.append((event["uuid"], at, rec.queue, rec.name, since,
+                             event["timestamp"]))
 
     # -- I/O, outside the engine lock ---------------------------------------------------------
     def prepare(self, now: float, lock: AbstractContextManager[Any]) -> None:
-        """Check the eviction policy once, then the idle times of the due ids."""
+        """Check the eviction policy once; then snapshot the clients' subscriptions to
+        result channels, and check the idle times of the due ids."""
         results = self.ctx.results
         if results is None:
             return
@@ -161,7 +219,15 @@ class UnreadResults(Rule):
             if policy is None:  # CONFIG is often disabled on managed Redis: fine
                 log.info("unread_results: cannot read maxmemory-policy (CONFIG refused); "
                          "assuming an LRU policy")
+        try:  # who holds results right now (clients waiting over pub/sub)
+            held, complete = results.subscribed(
+                int(self.options["max_subscribed_per_evaluation"]))
+        except Exception as exc:
+            self._failed(exc, [], lock)
+        taken = time.time()
         with lock:
+            self._snapshots.append((taken, held, complete))
+            self._recovered()
             due = self._due(now)
         if not due:
             return
@@ -171,9 +237,12 @@ class UnreadResults(Rule):
             self._failed(exc, due, lock)
         with lock:
             self._fetched.append((now, due, idle))
-            if self._failing:
-                self._failing = False
-                log.info("unread_results: result backend reachable again")
+            self._recovered()
+
+    def _recovered(self) -> None:
+        if self._failing:
+            self._failing = False
+            log.info("unread_results: result backend reachable again")
 
     def _failed(self, exc: Exception, due: list[Sample],
                 lock: AbstractContextManager[Any]) -> NoReturn:
@@ -202,6 +271,9 @@ class UnreadResults(Rule):
 
     # -- evaluation, under the engine lock --------------------------------------------------
     def evaluate(self, now: float) -> Iterable[Condition]:
+        snapshots, self._snapshots = self._snapshots, []
+        for taken, held, complete in snapshots:
+            self._apply_snapshot(taken, held, complete)
         fetched, self._fetched = self._fetched, []
         for checked_at, due, idle in fetched:
             self._judge(checked_at, due, idle)
@@ -210,12 +282,33 @@ class UnreadResults(Rule):
             # the per-task counters only pace sample_every: restarting them is harmless,
             # and it lets tasks first seen after the table filled up be sampled too
             self.seen.clear()
-        yield from self._conditions()
+        yield from self._conditions(now)
+
+    def _apply_snapshot(self, taken: float, held: set[str], complete: bool) -> None:
+        tasks = self.ctx.state.tasks
+        for task_id in held:
+            self.subscribed.put(task_id, True)
+            rec = tasks.get(task_id)
+            if rec is not None and rec.name and (
+                    (rec.queue, rec.name) in self.pubsub_seen
+                    or len(self.pubsub_seen) < _MAX_TASKS):
+                self.pubsub_seen[(rec.queue, rec.name)] = taken
+        if complete:
+            times = self.snapshot_times
+            times.append(taken)
+            if len(times) > _MAX_SNAPSHOTS:
+                del times[: len(times) - _MAX_SNAPSHOTS]
+
+    def _observed(self, start: float, end: float) -> bool:
+        """A complete snapshot was taken within [start, end]."""
+        times = self.snapshot_times
+        i = bisect_left(times, start)
+        return i < len(times) and times[i] <= end
 
     def _judge(self, now: float, due: list[Sample], idle: dict[str, int | None]) -> None:
         tolerance = float(self.options["tolerance_seconds"])
         keep = int(self.options["max_samples"])
-        for uuid, ts, queue, task in due:
+        for uuid, ts, queue, task, since, until in due:
             if uuid not in idle:  # error reply for this key: no verdict
                 continue
             seconds = idle[uuid]
@@ -223,17 +316,40 @@ class UnreadResults(Rule):
             ring = self.verdicts.get(key)
             if seconds is None:  # missing: see the module docstring
                 if ring is not None:
-                    ring.append((now, None))
+                    ring.append((now, MISSING, 0.0))
                 continue
-            unread = seconds >= (now - ts) - tolerance
+            if uuid in self.subscribed:
+                verdict = READ_PUBSUB
+                self.pubsub_seen[key] = now
+            elif seconds < (now - ts) - tolerance:
+                verdict = READ_KEY
+            elif self._observed(since + tolerance, until - tolerance):
+                verdict = UNREAD
+            else:
+                verdict = UNOBSERVED
             if ring is None:
                 if len(self.verdicts) >= _MAX_TASKS:
                     continue
                 ring = self.verdicts[key] = deque(maxlen=keep)
-            ring.append((now, unread))
+            ring.append((now, verdict, self._chance(since, until)))
             self.checked += 1
-            if unread:
-                self.count(queue or None, task or None)
+            if verdict in (UNREAD, UNOBSERVED):
+                tally = self.unread_total.setdefault(key, [0, 0, False])
+                tally[0] += 1
+
+    def _chance(self, since: float, until: float) -> float:
+        """Chance that a snapshot fell while this result was pending: its pending time
+        over the snapshots' spacing (at most 1)."""
+        times = self.snapshot_times[-20:]
+        period = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 0.0
+        if period <= 0.0:
+            period = float(self.ctx.settings.evaluation_interval) or 1.0
+        return min(1.0, max(0.0, until - since) / period)
+
+    def _pubsub(self, key: tuple[str, str], now: float) -> bool:
+        """Results of this task were seen read over pub/sub within the window."""
+        seen = self.pubsub_seen.get(key)
+        return seen is not None and now - seen <= float(self.options["window_seconds"])
 
     def _age(self, now: float) -> None:
         """Forget verdicts older than ``window_seconds`` (rings are in check order)."""
@@ -244,36 +360,69 @@ class UnreadResults(Rule):
                 ring.popleft()
             if not ring:
                 del self.verdicts[key]
+        for key in [k for k in self.pubsub_seen if not self._pubsub(k, now)]:
+            del self.pubsub_seen[key]
+        for key in [k for k in self.unread_total if k not in self.verdicts]:
+            del self.unread_total[key]
+        cut = bisect_left(self.snapshot_times, oldest)
+        if cut:
+            del self.snapshot_times[:cut]
 
     def verdict_counts(self, task: str, queue: str = "") -> dict[str, int]:
-        """Current verdicts of one task: ``{"unread": n, "read": n, "missing": n}``."""
+        """Current verdicts of one task: ``{"unread": n, "read": n, "missing": n}``
+        (unread includes unobserved ones, read both ways of reading)."""
         ring = self.verdicts.get((queue, task), ())
-        values = [v for _, v in ring]
-        return {"unread": values.count(True), "read": values.count(False),
-                "missing": values.count(None)}
+        values = [v for _, v, _ in ring]
+        return {"unread": values.count(UNREAD) + values.count(UNOBSERVED),
+                "read": values.count(READ_KEY) + values.count(READ_PUBSUB),
+                "missing": values.count(MISSING)}
 
-    def _conditions(self) -> Iterable[Condition]:
+    def _conditions(self, now: float) -> Iterable[Condition]:
         min_samples = int(self.options["min_samples"])
         min_share = float(self.options["min_share"])
+        min_evidence = float(self.options["min_unread_evidence"])
         app = self.ctx.app
-        for (queue, task), ring in self.verdicts.items():
-            verdicts = [v for _, v in ring]
-            unread = verdicts.count(True)
-            n = unread + verdicts.count(False)
-            if n < min_samples:
+        for key, ring in self.verdicts.items():
+            queue, task = key
+            values = [v for _, v, _ in ring]
+            by_key, by_pubsub = values.count(READ_KEY), values.count(READ_PUBSUB)
+            confirmed, unobserved = values.count(UNREAD), values.count(UNOBSERVED)
+            pubsub = self._pubsub(key, now)
+            # snapshots that would have caught a caller waiting, had there been one
+            weight = confirmed + sum(c for _, v, c in ring if v == UNOBSERVED)
+            decided = not pubsub and weight >= min_evidence
+            unread = confirmed + unobserved if decided else confirmed
+            n = unread + by_key + by_pubsub
+            tally = self.unread_total.get(key)
+            share = unread / n if n else 0.0
+            if n < min_samples or share < min_share:
+                if tally is not None:
+                    tally[1], tally[2] = tally[0], False
                 continue
-            share = unread / n
-            if share < min_share:
-                continue
+            if tally is None:
+                tally = self.unread_total[key] = [unread, 0, False]
+            new = tally[0] - tally[1] if tally[2] else unread
+            if new > 0:
+                self.count(queue or None, task or None, new)
+            tally[1], tally[2] = tally[0], True
             evidence: dict[str, Any] = {
                 "sampled_results": n, "unread_results": unread,
                 "unread_share": round(share, 3),
-                "missing_results": len(ring) - n,
+                "read_by_key": by_key, "read_over_pubsub": by_pubsub,
+                "unread_seen_unsubscribed_while_pending": confirmed,
+                "unread_unobserved": unobserved,
+                "pubsub_readers_seen": pubsub,
+                "unread_evidence": round(weight, 1),
+                "min_unread_evidence": min_evidence,
+                "method": ("OBJECT IDLETIME of the result key, and snapshots of the "
+                           "clients' subscriptions to its pub/sub channel"),
+                "missing_results": values.count(MISSING),
                 "checked_after_seconds": self.options["grace_seconds"],
                 "window_seconds": self.options["window_seconds"],
             }
             summary = (f"{task}: {unread} of {n} sampled results were never read "
-                       f"({share:.0%}); set ignore_result=True")
+                       f"({share:.0%}), neither by key nor over pub/sub; "
+                       "set ignore_result=True")
             info = app.task(task) if app is not None else None
             if app is None:
                 evidence["ignore_result"] = "unknown (app not loaded)"
@@ -282,4 +431,4 @@ class UnreadResults(Rule):
                 if not info.ignore_result:
                     summary += " (ignore_result is not set on this task)"
             yield Condition(summary=summary, queue=queue or None, task=task,
-                            evidence=evidence, count=unread)
+                            evidence=evidence)

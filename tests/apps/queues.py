@@ -2,7 +2,8 @@
 
 ``FP_TEST_BROKER`` broker URL; ``FP_SENT_EVENTS`` (1/0) task_send_sent_event;
 ``FP_PREFETCH`` worker_prefetch_multiplier (default 4); ``FP_ACKS_LATE`` (1/0);
-``FP_ROUTES`` (1/0) routes ``queues.slow`` to the ``bulk`` queue. ``make_app`` builds the
+``FP_ROUTES`` (1/0) routes ``queues.slow`` to the ``bulk`` queue; ``FP_REMOTE_CONTROL``
+(1/0) worker_enable_remote_control. ``make_app`` builds the
 same app for the test process (the producer side) with explicit values.
 """
 
@@ -14,7 +15,7 @@ from celery import Celery
 
 def make_app(broker: str, *, sent_events: bool = True, prefetch: int = 4,
              acks_late: bool = False, routes: bool = False,
-             backend: str | None = None) -> Celery:
+             backend: str | None = None, remote_control: bool = True) -> Celery:
     app = Celery("queues", broker=broker, backend=backend, set_as_current=False)
     app.conf.update(
         task_send_sent_event=sent_events,
@@ -26,6 +27,7 @@ def make_app(broker: str, *, sent_events: bool = True, prefetch: int = 4,
         worker_hijack_root_logger=False,
         task_serializer="json",
         accept_content=["json"],
+        worker_enable_remote_control=remote_control,
     )
 
     @app.task(name="queues.quick", shared=False, ignore_result=True, time_limit=30)
@@ -51,4 +53,5 @@ def _flag(name: str, default: str) -> bool:
 app = make_app(os.environ.get("FP_TEST_BROKER", "memory://"),
                sent_events=_flag("FP_SENT_EVENTS", "1"),
                prefetch=int(os.environ.get("FP_PREFETCH", "4")),
-               acks_late=_flag("FP_ACKS_LATE", "0"), routes=_flag("FP_ROUTES", "0"))
+               acks_late=_flag("FP_ACKS_LATE", "0"), routes=_flag("FP_ROUTES", "0"),
+               remote_control=_flag("FP_REMOTE_CONTROL", "1"))

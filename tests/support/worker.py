@@ -38,10 +38,14 @@ class WorkerProcess:
                     **(env or {})}
         self.proc: subprocess.Popen | None = None
 
-    def start(self, app: Celery, timeout: float = 30.0) -> WorkerProcess:
+    def start(self, app: Celery, timeout: float = 30.0, *, ping: bool = True) -> WorkerProcess:
+        """Start the worker and wait until it answers a ping (``ping=False``: do not wait,
+        for workers that cannot answer: remote control off, or busy from the start)."""
         with open(self.logfile, "wb") as out:
             self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT,
                                          env=self.env, cwd=str(ROOT))
+        if not ping:
+            return self
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:

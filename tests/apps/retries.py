@@ -1,0 +1,50 @@
+"""Retry policies for the retry_storm tests; ``make_app(broker)`` builds a fresh copy.
+
+- ``retries.jittery``: ``autoretry_for=(ConnectionError,)``, ``retry_backoff=True``,
+  ``max_retries=3`` and Celery's default ``retry_jitter=True`` (draws 0 s delays often);
+- ``retries.runbook``: the configuration the retry_storm runbook recommends;
+- ``retries.tight``: ``self.retry(countdown=0.2)`` every time: a storm with no back-off.
+
+The first two fail on their first two attempts, then succeed.
+"""
+
+import os
+
+from celery import Celery
+
+
+def make_app(broker: str) -> Celery:
+    app = Celery("retries", broker=broker, set_as_current=False)
+    app.conf.update(
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+    )
+
+    @app.task(name="retries.jittery", shared=False, bind=True,
+              autoretry_for=(ConnectionError,), retry_backoff=True, max_retries=3)
+    def jittery(self, n):
+        if self.request.retries < 2:
+            raise ConnectionError("transient")
+        return None
+
+    @app.task(name="retries.runbook", shared=False, bind=True,
+              autoretry_for=(ConnectionError,), retry_backoff=2, retry_backoff_max=300,
+              retry_jitter=True, max_retries=6)
+    def runbook(self, n):
+        if self.request.retries < 2:
+            raise ConnectionError("transient")
+        return None
+
+    @app.task(name="retries.tight", shared=False, bind=True, max_retries=8)
+    def tight(self):
+        raise self.retry(exc=ConnectionError("down"), countdown=0.2)
+
+    return app
+
+
+app = make_app(os.environ.get("FP_TEST_BROKER", "memory://"))

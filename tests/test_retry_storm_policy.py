@@ -1,0 +1,82 @@
+"""retry_storm judges back-off by the task's policy and the distribution of delays.
+
+Real workers on the real Redis, the app loaded (``-A``), the rule's default thresholds:
+jittered exponential back-off (which draws 0 s delays on purpose) and the runbook's
+recommended configuration raise no finding, while retries with a 0.2 s countdown are a
+storm whose evidence reports that delay correctly (measured from the retry's task-sent),
+and whose ``count`` equals its ``celery_practice_violations_total`` series.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from flower_practices.config import Settings
+from tests.apps.retries import make_app
+from tests.support.brokers import fresh_redis_url, release_redis_dbs
+from tests.support.exporter import RunningExporter, wait_for
+from tests.support.worker import WorkerProcess
+
+pytestmark = pytest.mark.slow
+
+
+def events(exporter: RunningExporter, etype: str, task: str) -> float:
+    return exporter.total("celery_task_events_total", type=etype, task=task)
+
+
+def test_backoff_with_jitter_is_no_storm_and_zero_delay_is() -> None:
+    broker = fresh_redis_url()
+    app = make_app(broker)
+    settings = Settings(evaluation_interval=0.5, probe_interval=1.0, clear_after_seconds=600.0)
+    worker = WorkerProcess("tests.apps.retries", broker, queues="celery", concurrency=8,
+                           name=f"retries-{int(time.time() * 1000) % 100000}@fp-test")
+    try:
+        with RunningExporter(app, settings, app_loaded=True) as exporter:
+            wait_for(lambda: exporter.get("/healthz")[0] == 200, message="healthz 200")
+            worker.start(app)
+            for i in range(12):
+                app.send_task("retries.jittery", args=(i,))
+            for i in range(6):
+                app.send_task("retries.runbook", args=(i,))
+            wait_for(lambda: events(exporter, "succeeded", "retries.jittery") == 12
+                     and events(exporter, "succeeded", "retries.runbook") == 6, timeout=60,
+                     message="all back-off tasks succeeded after two retries each")
+            assert events(exporter, "retried", "retries.jittery") == 24
+            assert events(exporter, "retried", "retries.runbook") == 12
+            time.sleep(1.5)  # a few evaluations after the last retry
+            assert exporter.findings("retry_storm") == []
+            assert exporter.total("celery_practice_violations_total",
+                                  practice="retry_storm") == 0
+
+            for _ in range(3):
+                app.send_task("retries.tight")
+            wait_for(lambda: events(exporter, "failed", "retries.tight") == 3, timeout=60,
+                     message="the tight tasks exhausted their retries")
+
+            def settled() -> dict | None:
+                found = [f for f in exporter.findings("retry_storm")
+                         if f["task"] == "retries.tight"]
+                if found and found[0]["evidence"]["retries_in_window"] == 24:
+                    return found[0]
+                return None
+
+            f = wait_for(settled, timeout=30, message="retry_storm for retries.tight")
+            ev = f["evidence"]
+            assert ev["zero_delay_retries"] == 24 and ev["zero_delay_share"] == 1.0
+            assert ev["delay_measured_from"] == "the retry's task-sent event"
+            assert 0.19 <= ev["min_delay_seconds"] <= ev["max_delay_seconds"] <= 0.25, ev
+            assert ev["retry_policy"]["retry_backoff"] is False
+            assert "retry_backoff is not set" in f["summary"]
+            # count: the storm's retries, the same figure as the violations series
+            time.sleep(1.0)
+            f = [x for x in exporter.findings("retry_storm") if x["task"] == "retries.tight"][0]
+            assert f["count"] == 24
+            assert exporter.total("celery_practice_violations_total", practice="retry_storm",
+                                  task="retries.tight") == f["count"]
+            assert [x["task"] for x in exporter.findings("retry_storm")] == ["retries.tight"]
+            worker.stop()
+    finally:
+        worker.kill()
+        release_redis_dbs(broker)

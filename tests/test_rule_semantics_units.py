@@ -1,0 +1,175 @@
+"""Unit checks of the decisions behind retry_storm, queue_without_consumer and counts.
+
+Events are fed to a real Engine (no broker): jittered back-off is not a storm, a
+zero-delay storm is and counts its retries once; consumer knowledge is per worker, and an
+unknown worker neither resets nor hides a queue's condition.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from flower_practices.config import Settings
+from flower_practices.engine import Engine
+from flower_practices.rules.queue_view import queue_consumers
+from flower_practices.rules.queue_without_consumer import QueueWithoutConsumer
+from flower_practices.rules.retry_storm import RetryStorm, zero_delay_chance
+
+T0 = 1_700_000_000.0
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def test_zero_delay_chance_follows_celery_full_jitter() -> None:
+    assert zero_delay_chance(True, 600, True, 1) == 0.5      # randrange(2)
+    assert zero_delay_chance(True, 600, True, 2) == 1 / 3    # randrange(3)
+    assert zero_delay_chance(2, 300, True, 1) == 1 / 3       # factor 2: randrange(3)
+    assert zero_delay_chance(2, 3, True, 5) == 1 / 4         # capped at retry_backoff_max
+    assert zero_delay_chance(True, 600, False, 1) == 0.0     # no jitter: always 1 s
+    assert zero_delay_chance(False, 600, True, 1) == 1.0
+
+
+def retry_engine(**options: object) -> Engine:
+    return Engine(Settings(practices={"retry_storm": dict(options)}),
+                  broker_url="redis://x/0", rule_classes=[RetryStorm])
+
+
+def retries(engine: Engine, task_id: str, delays: list[float], t: float) -> float:
+    """One task retried once per delay (0: scheduled with no eta); returns the time."""
+    engine.observe({"type": "task-sent", "uuid": task_id, "name": "proj.call",
+                    "queue": "q", "timestamp": t, "retries": 0})
+    for n, delay in enumerate(delays, start=1):
+        engine.observe({"type": "task-received", "uuid": task_id, "name": "proj.call",
+                        "hostname": "w@h", "timestamp": t, "retries": n - 1})
+        engine.observe({"type": "task-started", "uuid": task_id, "hostname": "w@h",
+                        "timestamp": t + 0.01})
+        engine.observe({"type": "task-retried", "uuid": task_id, "hostname": "w@h",
+                        "timestamp": t + 0.2})
+        sent = t + 0.1  # the retry message is published before task-retried
+        event = {"type": "task-sent", "uuid": task_id, "name": "proj.call", "queue": "q",
+                 "timestamp": sent, "retries": n}
+        if delay:
+            event["eta"] = iso(sent + delay)
+        engine.observe(event)
+        t = sent + delay + 0.05
+    return t
+
+
+def test_jittered_delays_are_not_a_storm_but_immediate_retries_are() -> None:
+    engine = retry_engine()
+    t = T0
+    # 6 tasks, 2 retries each, 5 of the 12 drawn at 0 s by jitter: share 0.42 < 0.8
+    for i, delays in enumerate([[0, 1], [1, 0], [0, 2], [1, 1], [0, 0], [1, 2]]):
+        t = retries(engine, f"j{i}", [float(d) for d in delays], t)
+    engine.evaluate(t + 1)
+    assert engine.findings.active() == []
+    assert engine.metrics.violations_total == {}
+
+    storm = retry_engine()
+    t = T0
+    for i in range(3):
+        t = retries(storm, f"s{i}", [0.0] * 4, t)
+    storm.evaluate(t + 1)
+    (f,) = storm.findings.active()
+    assert f.evidence["zero_delay_retries"] == 12 and f.evidence["zero_delay_share"] == 1.0
+    assert f.evidence["delay_measured_from"] == "the retry's task-sent event"
+    assert f.count == 12 == storm.metrics.violations_total[("retry_storm", "q", "proj.call")]
+    t = retries(storm, "s9", [0.0, 0.0], t)
+    storm.evaluate(t + 1)
+    storm.evaluate(t + 2)  # no new retry: nothing more counted
+    (f,) = storm.findings.active()
+    assert f.count == 14 == storm.metrics.violations_total[("retry_storm", "q", "proj.call")]
+
+
+def test_delay_is_measured_from_the_retry_publish_not_task_retried() -> None:
+    engine = retry_engine(zero_delay_seconds=0.5)
+    t = T0
+    for i in range(3):
+        t = retries(engine, f"d{i}", [0.2, 0.2], t)
+    engine.evaluate(t + 1)
+    (f,) = engine.findings.active()
+    # eta - task-sent = 0.2 exactly; eta - task-retried would read 0.1
+    assert f.evidence["min_delay_seconds"] == 0.2 == f.evidence["max_delay_seconds"]
+
+
+def consumer_engine(**options: object) -> Engine:
+    opts = {"grace_seconds": 10.0, "unanswered_worker_grace_seconds": 30.0, **options}
+    return Engine(Settings(practices={"queue_without_consumer": opts}),
+                  broker_url="redis://x/0", rule_classes=[QueueWithoutConsumer])
+
+
+def worker_up(engine: Engine, host: str, t: float) -> None:
+    engine.observe({"type": "worker-online", "hostname": host, "timestamp": t,
+                    "local_received": t, "freq": 2.0})
+
+
+def heartbeat(engine: Engine, host: str, t: float) -> None:
+    engine.observe({"type": "worker-heartbeat", "hostname": host, "timestamp": t,
+                    "local_received": t, "freq": 2.0})
+
+
+def test_an_unknown_worker_neither_resets_nor_hides_the_condition() -> None:
+    engine = consumer_engine()
+    state = engine.state
+    worker_up(engine, "a@h", T0)
+    state.workers["a@h"].active_queues = ("celery",)
+    orphan = state.queue("orphan")
+    orphan.length = 4
+    for dt in range(0, 13, 2):
+        heartbeat(engine, "a@h", T0 + dt)
+        engine.evaluate(T0 + dt)
+    (f,) = engine.findings.active()
+    first_seen, since = f.first_seen, orphan.first_unconsumed_at
+    assert since == T0 and f.count == 4
+    # a worker starts elsewhere and does not answer remote control yet
+    worker_up(engine, "b@h", T0 + 13)
+    for dt in range(14, 30, 2):
+        heartbeat(engine, "a@h", T0 + dt)
+        heartbeat(engine, "b@h", T0 + dt)
+        engine.evaluate(T0 + dt)
+        (f,) = engine.findings.active()
+        assert f.last_seen == T0 + dt and f.first_seen == first_seen
+        assert f.evidence["workers_not_answering"] == ["b@h"]
+        assert f.evidence["consumers"] == "unknown"
+    assert orphan.first_unconsumed_at == since
+    # it answers: other queues only
+    state.workers["b@h"].active_queues = ("other",)
+    heartbeat(engine, "a@h", T0 + 30)
+    heartbeat(engine, "b@h", T0 + 30)
+    engine.evaluate(T0 + 30)
+    (f,) = engine.findings.active()
+    assert f.evidence["consumers"] == 0 and f.evidence["workers_not_answering"] == []
+    assert f.first_seen == first_seen and f.count == 4  # no new message arrived
+    orphan.length = 7
+    engine.evaluate(T0 + 31)
+    (f,) = engine.findings.active()
+    assert f.count == 7 == engine.metrics.violations_total[
+        ("queue_without_consumer", "orphan", "")]
+
+
+def test_consumer_knowledge_per_worker() -> None:
+    engine = consumer_engine()
+    state = engine.state
+    q = state.queue("jobs")
+    worker_up(engine, "new@h", T0)
+    c = queue_consumers(state, q, T0 + 1, False, 30.0, 300.0)
+    assert (c.count, c.undecided, c.unanswered) == (0, True, ["new@h"])
+    heartbeat(engine, "new@h", T0 + 40)
+    c = queue_consumers(state, q, T0 + 40, False, 30.0, 300.0)
+    assert (c.count, c.undecided) == (0, False)  # unknown for 40 s and took no task
+    # it takes a task from the queue: a consumer, without remote control
+    engine.observe({"type": "task-sent", "uuid": "t1", "name": "n", "queue": "jobs",
+                    "timestamp": T0 + 41})
+    engine.observe({"type": "task-received", "uuid": "t1", "name": "n",
+                    "hostname": "new@h", "timestamp": T0 + 41, "local_received": T0 + 41})
+    c = queue_consumers(state, q, T0 + 42, False, 30.0, 300.0)
+    assert (c.count, c.workers) == (1, ["new@h"])
+    # silent (a busy solo pool): still its consumer within silent_grace, not after
+    assert queue_consumers(state, q, T0 + 200, False, 30.0, 300.0).count == 1
+    assert queue_consumers(state, q, T0 + 400, False, 30.0, 300.0).count == 0
+    # a clean shutdown: gone at once
+    engine.observe({"type": "worker-offline", "hostname": "new@h", "timestamp": T0 + 43,
+                    "local_received": T0 + 43})
+    assert queue_consumers(state, q, T0 + 44, False, 30.0, 300.0).count == 0
