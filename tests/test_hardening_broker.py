@@ -1,10 +1,16 @@
-"""The exporter against brokers that die, stay away and come back, mid-stream.
+"""The exporter against brokers that die, freeze, stay away and come back, mid-stream.
 
-- Redis unreachable for 30 s (a private ``redis-server``, SIGKILLed and restarted on the
+- Redis unreachable for 70 s (a private ``redis-server``, SIGKILLed and restarted on the
   same port) while events keep being published and a real worker keeps running: the
-  exporter stays up and serving, ``/healthz`` answers 503 throughout the outage and 200
-  after, the reconnect is counted, and events and tasks are counted again afterwards.
-  Run on the default (direct Redis) path; the generic kombu path gets a shorter restart.
+  exporter stays up and serving, ``/healthz`` answers 503 throughout the outage with a
+  current reason, the blind time and the gap are counted, the stream is back within 6 s
+  of Redis (back-off capped at 5 s), the old state survived, and events and tasks are
+  counted again afterwards. Run on the default (direct Redis) path; the generic kombu
+  path gets a shorter restart. (This is the one Redis kill/restart test.)
+- Redis closing the subscription for its ``client-output-buffer-limit pubsub``: the
+  exporter logs that cause and reconnects.
+- A private RabbitMQ node frozen with SIGSTOP: AMQP heartbeats turn ``/healthz`` 503
+  within 30 s; after SIGCONT it is 200 again within 10 s.
 - RabbitMQ restarted mid-stream: a private RabbitMQ node of our own (own node name,
   ports and data directory, so the shared broker is never touched) is SIGKILLed and
   restarted while a worker runs tasks. If that node cannot be started, the test falls back
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -40,7 +47,9 @@ from tests.support.worker import WorkerProcess
 
 pytestmark = pytest.mark.slow
 
-OUTAGE_SECONDS = 30.0
+OUTAGE_SECONDS = 70.0
+#: the stream must be back this soon after the broker is (back-off cap 5 s + connecting)
+BACK_WITHIN_SECONDS = 6.0
 
 
 class EventPump(threading.Thread):
@@ -83,7 +92,13 @@ def _basic_succeeded(exporter: RunningExporter) -> float:
     return exporter.total("celery_task_events_total", type="succeeded", task="basic.add")
 
 
-def test_redis_unreachable_for_30s(private_redis: dict) -> None:
+def _reason(exporter: RunningExporter) -> tuple[int, str]:
+    status, body = exporter.get("/healthz")
+    return status, json.loads(body)["reason"]
+
+
+def test_redis_unreachable_for_70s(private_redis: dict, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="flower_practices.events")
     url = private_redis["url"]
     producer = make_producer(url)
     app, _ = load_app(None, url)
@@ -96,31 +111,51 @@ def test_redis_unreachable_for_30s(private_redis: dict) -> None:
             producer.send_task("basic.add", args=(1, 2))
             wait_for(lambda: pumped(exporter) >= 5 and _basic_succeeded(exporter) == 1,
                      message="pumped events and a real task counted")
+            assert exporter.total("flower_practices_event_stream_gaps_total") == 0
+            blind_before = exporter.total(
+                "flower_practices_event_stream_disconnected_seconds_total")
+            assert blind_before < 5  # only the start-up connect
 
             private_redis["kill"]()
             down_at = time.time()
-            wait_for(lambda: exporter.get("/healthz")[0] == 503, timeout=15,
+            wait_for(lambda: exporter.get("/healthz")[0] == 503, timeout=20,
                      message="healthz 503 after Redis died")
             frozen = pumped(exporter)
             statuses = set()
+            blind = []
             while time.time() - down_at < OUTAGE_SECONDS:
-                status, body = exporter.get("/healthz")
+                status, reason = _reason(exporter)
                 statuses.add(status)
-                assert status == 503, body
-                assert "not connected" in json.loads(body)["reason"]
+                assert status == 503, reason
+                assert "not connected" in reason and "disconnected for" in reason
                 assert exporter.get("/metrics")[0] == 200  # still serving scrapes
                 assert exporter.get("/api/practices")[0] == 200
+                blind.append(exporter.total(
+                    "flower_practices_event_stream_disconnected_seconds_total"))
                 time.sleep(2.0)
             assert statuses == {503}
+            # the blind time grows while the outage lasts (the ongoing gap included)
+            assert blind == sorted(blind) and blind[-1] - blind[0] >= OUTAGE_SECONDS - 25
+            assert exporter.total("flower_practices_event_stream_gaps_total") == 1
+            # the reason is current: it says how long the stream has been down
+            _, reason = _reason(exporter)
+            shown = int(reason.split("disconnected for ")[1].split("s")[0])
+            assert shown >= OUTAGE_SECONDS - 25, reason
             assert exporter.total("flower_practices_event_stream_connected") == 0
             assert pumped(exporter) == frozen  # nothing arrived, nothing invented
             assert pump.failed > 0  # the pump really hit a dead broker
 
             private_redis["start"]()
-            wait_for(lambda: exporter.get("/healthz")[0] == 200, timeout=60,
-                     message="healthz 200 after Redis came back")
+            wait_for(lambda: exporter.get("/healthz")[0] == 200, timeout=BACK_WITHIN_SECONDS,
+                     interval=0.1, message=f"healthz 200 within {BACK_WITHIN_SECONDS}s "
+                     "of Redis coming back")
             assert exporter.total("flower_practices_broker_reconnects_total") >= 1
             assert exporter.total("flower_practices_event_stream_connected") == 1
+            assert exporter.total("flower_practices_event_stream_gaps_total") == 1
+            total_blind = exporter.total(
+                "flower_practices_event_stream_disconnected_seconds_total")
+            assert OUTAGE_SECONDS - 10 <= total_blind - blind_before <= OUTAGE_SECONDS + 30
+            assert _basic_succeeded(exporter) == 1  # the state survived the outage
             wait_for(lambda: pumped(exporter) >= frozen + 5, timeout=30,
                      message="pumped events counted again")
 
@@ -132,6 +167,36 @@ def test_redis_unreachable_for_30s(private_redis: dict) -> None:
                      message="a real task counted after the outage")
         finally:
             pump.stop()
+    # a restart is not blamed on the output-buffer limit
+    assert not [r for r in caplog.records if "client-output-buffer-limit" in r.getMessage()]
+
+
+def test_pubsub_output_buffer_limit_is_logged(private_redis: dict,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Redis drops a subscriber whose pending output passes the pubsub limit; we say so."""
+    caplog.set_level(logging.INFO, logger="flower_practices.events")
+    url = private_redis["url"]
+    app, _ = load_app(None, url)
+    client = redis.Redis.from_url(url)
+    with RunningExporter(app) as exporter:
+        wait_for(lambda: exporter.get("/healthz")[0] == 200, message="healthz 200")
+        client.config_set("client-output-buffer-limit", "pubsub 65536 32768 1")
+        pid = client.info("server")["process_id"]
+        # one event bigger than the hard limit: Redis closes the subscriber at once
+        big = {"type": "task-sent", "uuid": str(uuid.uuid4()), "name": "big.task",
+               "queue": "q", "hostname": "h@h", "timestamp": time.time(), "clock": 1,
+               "utcoffset": 0, "kwargs": "x" * 300_000}
+        client.publish("/0.celeryev/task.sent", envelope(big))
+        wait_for(lambda: exporter.total("flower_practices_event_stream_gaps_total") >= 1,
+                 timeout=15, message="the subscription was dropped (a gap counted)")
+        wait_for(lambda: exporter.total("flower_practices_broker_reconnects_total") >= 1,
+                 timeout=15, message="reconnected")
+        wait_for(lambda: [r for r in caplog.records
+                          if "client-output-buffer-limit pubsub (65536 32768 1)"
+                          in r.getMessage()],
+                 timeout=15, message="the cause logged")
+        assert client.info("server")["process_id"] == pid  # Redis itself stayed up
+        assert exporter.get("/healthz")[0] == 200
 
 
 def test_redis_restart_on_generic_kombu_path(private_redis: dict) -> None:

@@ -3,6 +3,10 @@
 Uses Celery's :class:`~celery.events.receiver.EventReceiver` with a guarded message
 callback (a malformed message is counted, never fatal), and reconnects with exponential
 back-off (capped) whenever the broker goes away, counting each reconnect.
+
+On AMQP the connection asks for heartbeats every :data:`AMQP_HEARTBEAT_SECONDS`: a broker
+that stops answering without closing the socket (frozen, network partition) is declared
+lost after two missed heartbeats instead of never.
 """
 
 from __future__ import annotations
@@ -23,6 +27,11 @@ from .reconnect import ReconnectingStream
 from .status import StreamStatus
 
 log = logging.getLogger("flower_practices.events")
+
+#: AMQP heartbeat we ask for; the link counts as dead after two intervals of silence
+AMQP_HEARTBEAT_SECONDS = 10.0
+#: seconds to connect (TCP and the AMQP handshake) before the attempt fails
+CONNECT_TIMEOUT_SECONDS = 5.0
 
 
 def _guarded_message_class(base: type) -> type:
@@ -52,9 +61,21 @@ class GuardedReceiver(EventReceiver):
         super().__init__(*args, **kwargs)
         self._status = status
         self._on_ready = on_ready
+        self._consuming: Any = None
+        self._next_heartbeat_check = 0.0
+
+    def on_iteration(self) -> None:
+        # ConsumerMixin checks heartbeats only when a drain times out; on a busy stream
+        # (an event every < 1 s) that is never, and the broker would drop us for
+        # silence. Check at most once a second while events flow.
+        now = time.monotonic()
+        if now >= self._next_heartbeat_check and self._consuming is not None:
+            self._next_heartbeat_check = now + 1.0
+            self._consuming.heartbeat_check()
 
     def on_consume_ready(self, connection: Any, channel: Any, consumers: Any,
                          wakeup: bool = True, **kwargs: Any) -> None:
+        self._consuming = connection
         self._on_ready()
         if wakeup:
             try:
@@ -126,8 +147,11 @@ class EventStream(ReconnectingStream):
 
     def _session(self) -> None:
         try:
-            with self.app.connection_for_read() as conn:
-                conn.ensure_connection(max_retries=1)
+            with self.app.connection_for_read(heartbeat=AMQP_HEARTBEAT_SECONDS,
+                                              connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+                # one try per URL (failover) with no sleep: our loop does the back-off
+                conn.ensure_connection(max_retries=max(1, len(conn.alt or ())),
+                                       interval_start=0, interval_step=0, interval_max=0)
                 receiver = GuardedReceiver(
                     conn, handlers={"*": self.handler}, app=self.app,
                     status=self.status, on_ready=self._ready,

@@ -100,7 +100,7 @@ class PracticesPlugin:
         watch_connection(app.events, self.status)
         if not self.events_supported:
             self.status.mark_disconnected(
-                "the broker is a database: Celery events cannot flow over it")
+                "the broker is a database: Celery events cannot flow over it", final=True)
         register_metrics(self.engine)
 
     # -- timers ------------------------------------------------------------------------
@@ -109,6 +109,8 @@ class PracticesPlugin:
         if self.started:
             return
         self.started = True
+        if self.events_supported:
+            self.status.begin()  # blind time counts from here (Flower's Events thread)
         log.info("flower_practices: monitoring broker %s; %d rules active, evaluation every "
                  "%gs, probes every %gs", redact(self.engine.ctx.broker_url),
                  len(self.engine.rules), self.settings.evaluation_interval,
