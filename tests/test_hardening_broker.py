@@ -348,3 +348,52 @@ def test_rabbitmq_restart_mid_stream(rabbit_broker: dict) -> None:
 
         wait_for(send_and_count, timeout=90, interval=2.0,
                  message="tasks counted after the broker came back")
+
+
+@pytest.fixture
+def private_rabbit() -> Iterator[PrivateRabbit]:
+    """A private RabbitMQ node we may freeze (the shared broker is never touched)."""
+    require("RabbitMQ", AMQP_HOST, AMQP_PORT)
+    if not shutil.which("rabbitmq-server"):
+        if in_ci():
+            pytest.fail("rabbitmq-server binary not found (CI=true)")
+        pytest.skip("rabbitmq-server binary not found: cannot start a private node to freeze")
+    node = PrivateRabbit()
+    try:
+        node.start()
+    except (OSError, RuntimeError) as exc:
+        node.close()
+        if in_ci():
+            pytest.fail(f"could not start a private RabbitMQ node (CI=true): {exc}")
+        pytest.skip(f"could not start a private RabbitMQ node: {exc}")
+    yield node
+    node.close()
+
+
+def _beam_pid(node: PrivateRabbit) -> int:
+    pidfile = node.dir / "pid"
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(),
+             timeout=30, message="the node's pid file")
+    return int(pidfile.read_text().strip())
+
+
+def test_frozen_rabbitmq_turns_healthz_503(private_rabbit: PrivateRabbit) -> None:
+    """SIGSTOP leaves the TCP connection open and silent: only heartbeats can tell."""
+    app, _ = load_app(None, private_rabbit.url)
+    with RunningExporter(app) as exporter:
+        wait_for(lambda: exporter.get("/healthz")[0] == 200, timeout=60,
+                 message="healthz 200")
+        pid = _beam_pid(private_rabbit)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: exporter.get("/healthz")[0] == 503, timeout=30, interval=0.5,
+                     message="healthz 503 within 30 s of freezing RabbitMQ")
+            assert exporter.total("flower_practices_event_stream_gaps_total") == 1
+            assert exporter.total("flower_practices_event_stream_connected") == 0
+            assert exporter.get("/metrics")[0] == 200
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_for(lambda: exporter.get("/healthz")[0] == 200, timeout=10, interval=0.2,
+                 message="healthz 200 within 10 s of SIGCONT")
+        assert exporter.total("flower_practices_broker_reconnects_total") >= 1
+        assert exporter.total("flower_practices_event_stream_disconnected_seconds_total") > 0

@@ -76,6 +76,19 @@ class GuardedReceiver(EventReceiver):
     def on_consume_ready(self, connection: Any, channel: Any, consumers: Any,
                          wakeup: bool = True, **kwargs: Any) -> None:
         self._consuming = connection
+        check = connection.heartbeat_check
+
+        def heartbeat_check(rate: int = 2) -> Any:
+            # A missed heartbeat raises out of consume(), and leaving the consumer then
+            # closes channel and connection politely, which waits on the dead broker for
+            # a while: report the loss now, not after that.
+            try:
+                return check(rate)
+            except Exception as exc:
+                self._status.mark_disconnected(f"{type(exc).__name__}: {exc}"[:300])
+                raise
+
+        connection.heartbeat_check = heartbeat_check
         self._on_ready()
         if wakeup:
             try:
@@ -149,6 +162,12 @@ class EventStream(ReconnectingStream):
         try:
             with self.app.connection_for_read(heartbeat=AMQP_HEARTBEAT_SECONDS,
                                               connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+                if conn.transport.driver_type == "amqp":
+                    # bounded socket reads/writes: closing a link to a frozen broker
+                    # gives up instead of waiting for its Close-Ok forever
+                    conn.transport_options = {"read_timeout": CONNECT_TIMEOUT_SECONDS,
+                                              "write_timeout": CONNECT_TIMEOUT_SECONDS,
+                                              **(conn.transport_options or {})}
                 # one try per URL (failover) with no sleep: our loop does the back-off
                 conn.ensure_connection(max_retries=max(1, len(conn.alt or ())),
                                        interval_start=0, interval_step=0, interval_max=0)
