@@ -5,12 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from typing import NoReturn
 
 import click
 
 from . import __version__
 from .apploader import AppLoadError, load_app
+from .brokers import broker_url_problem
 from .config import ConfigError, load_settings
+
+
+def fail(message: str) -> NoReturn:
+    """A usage or configuration error: one line on stderr, exit status 2."""
+    click.echo(f"Error: {' '.join(str(message).split())}", err=True)
+    sys.exit(2)
 
 
 def setup_logging(level: str) -> None:
@@ -41,13 +49,20 @@ def main() -> None:
               type=click.Choice(["debug", "info", "warning", "error"]))
 def exporter(broker: str | None, app_path: str | None, result_backend: str | None,
              config_path: str | None, host: str, port: int, log_level: str) -> None:
-    """Standalone Prometheus exporter: /metrics, /api/practices, /healthz."""
+    """Standalone Prometheus exporter: /metrics, /api/practices, /healthz.
+
+    Stops cleanly on SIGINT, SIGTERM and SIGHUP (exit 0); a changed --config is applied by
+    restarting. A bad config file, app or broker URL exits 2 with a one-line error.
+    """
     setup_logging(log_level)
     try:
         settings = load_settings(config_path)
         app, loaded = load_app(app_path, broker, result_backend)
     except (ConfigError, AppLoadError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        fail(str(exc))
+    problem = broker_url_problem(str(app.conf.broker_read_url or app.conf.broker_url or ""))
+    if problem:
+        fail(problem)
     from .exporter.server import serve
 
     try:
@@ -55,7 +70,7 @@ def exporter(broker: str | None, app_path: str | None, result_backend: str | Non
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+        fail(str(exc))
 
 
 @main.command()

@@ -39,7 +39,10 @@ class PluginFlower(Flower):
         for name, install in installers:
             try:
                 self.plugins[name] = install(self)
-            except (PluginError, ConfigError) as exc:
+            except ConfigError as exc:  # one line naming the file and key, exit 2
+                click.echo(f"Error: Flower plugin {name}: {exc}", err=True)
+                raise SystemExit(2) from exc
+            except PluginError as exc:
                 log.error("Flower plugin %s: %s", name, exc)
                 raise click.UsageError(f"Flower plugin {name}: {exc}") from exc
         log.info("Flower plugins active: %s (Flower %s)", ", ".join(self.plugins) or "(none)",
