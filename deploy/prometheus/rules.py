@@ -22,6 +22,9 @@ DISCONNECTED_FOR = "5m"
 #: no event (not even a worker heartbeat) for this long while connected = stalled
 STALL_SECONDS = 300
 STALL_FOR = "1m"
+#: this many losses of the event stream within GAPS_WINDOW = a flapping, blind exporter
+GAPS_THRESHOLD = 3
+GAPS_WINDOW = "30m"
 EXPORTER_SEVERITY = "warning"
 
 PRACTICE_GROUP = "flower-practices.practices"
@@ -114,10 +117,32 @@ def exporter_rules(options: Options) -> list[dict[str, Any]]:
     ]
 
 
+def blindness_rules(options: Options) -> list[dict[str, Any]]:
+    """Repeated short outages: each below the 5m of the disconnected alert, together a
+    blind exporter (events published during a gap are lost for good)."""
+    return [{
+        "alert": "FlowerPracticesEventStreamGaps",
+        "expr": (f"increase(flower_practices_event_stream_gaps_total[{GAPS_WINDOW}]) "
+                 f">= {GAPS_THRESHOLD}"),
+        "labels": {"severity": EXPORTER_SEVERITY},
+        "annotations": {
+            "summary": "flower-practices exporter {{ $labels.instance }} keeps losing the "
+                       "broker",
+            "description": ("The exporter's event stream lost the broker about "
+                            "{{ $value | humanize }} times in the last " + GAPS_WINDOW +
+                            "; events published while it was disconnected are lost, so "
+                            "findings and task metrics have holes. Blind time: "
+                            "flower_practices_event_stream_disconnected_seconds_total."),
+            "runbook_url": options.runbook("event_stream_gaps"),
+        },
+    }]
+
+
 def groups(options: Options | None = None) -> list[dict[str, Any]]:
     """The rule groups, in a stable order (catalogue order for practices)."""
     options = options or Options()
     return [
         {"name": PRACTICE_GROUP, "rules": [practice_rule(p, options) for p in PRACTICES]},
-        {"name": EXPORTER_GROUP, "rules": exporter_rules(options)},
+        {"name": EXPORTER_GROUP,
+         "rules": exporter_rules(options) + blindness_rules(options)},
     ]
