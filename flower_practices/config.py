@@ -38,13 +38,13 @@ class ConfigError(ValueError):
 class Settings:
     """Engine-wide settings. Every field can be set in the ``[exporter]`` section."""
 
-    #: seconds between rule evaluations (off the event hot path)
+    #: seconds between rule evaluations (off the event hot path); 0.1 to 3600
     evaluation_interval: float = 5.0
-    #: seconds between broker probes (queue lengths, consumers, active_queues)
+    #: seconds between broker probes (queue lengths, consumers, active_queues); 1 to 3600
     probe_interval: float = 15.0
     #: a finding clears after its condition has been false this long
     clear_after_seconds: float = 120.0
-    #: base URL the runbook links point to
+    #: base URL the runbook links point to: an http(s):// URL or a path starting with "/"
     runbook_base_url: str = ""
     #: in-flight task records kept (LRU); older ones are evicted and counted
     max_tracked_tasks: int = 100_000
