@@ -397,3 +397,21 @@ def test_frozen_rabbitmq_turns_healthz_503(private_rabbit: PrivateRabbit) -> Non
                  message="healthz 200 within 10 s of SIGCONT")
         assert exporter.total("flower_practices_broker_reconnects_total") >= 1
         assert exporter.total("flower_practices_event_stream_disconnected_seconds_total") > 0
+
+
+def test_frozen_redis_turns_healthz_503(private_redis: dict) -> None:
+    """The direct Redis path PINGs a silent server and gives up on it after 15 s."""
+    app, _ = load_app(None, private_redis["url"])
+    with RunningExporter(app) as exporter:
+        wait_for(lambda: exporter.get("/healthz")[0] == 200, message="healthz 200")
+        proc = private_redis["proc"]
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: exporter.get("/healthz")[0] == 503, timeout=30, interval=0.5,
+                     message="healthz 503 within 30 s of freezing Redis")
+            assert exporter.total("flower_practices_event_stream_gaps_total") == 1
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: exporter.get("/healthz")[0] == 200, timeout=10, interval=0.2,
+                 message="healthz 200 within 10 s of SIGCONT")
+        assert exporter.total("flower_practices_broker_reconnects_total") >= 1
