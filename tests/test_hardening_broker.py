@@ -415,3 +415,26 @@ def test_frozen_redis_turns_healthz_503(private_redis: dict) -> None:
         wait_for(lambda: exporter.get("/healthz")[0] == 200, timeout=10, interval=0.2,
                  message="healthz 200 within 10 s of SIGCONT")
         assert exporter.total("flower_practices_broker_reconnects_total") >= 1
+
+
+def test_frozen_rabbitmq_under_flower_turns_healthz_503(private_rabbit: PrivateRabbit,
+                                                         tmp_path: Path) -> None:
+    """The plugin's stream (Flower's own Events thread) asks for heartbeats too."""
+    from tests.test_flower_plugin_integration import FlowerProcess
+
+    flower = FlowerProcess(private_rabbit.url, ["flower-practices"], tmp_path)
+    try:
+        wait_for(lambda: flower.get("/healthz")[0] == 200, timeout=60,
+                 message=f"Flower's /healthz 200\n{flower.output()}")
+        pid = _beam_pid(private_rabbit)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: flower.get("/healthz")[0] == 503, timeout=30, interval=0.5,
+                     message=f"503 within 30 s of freezing RabbitMQ\n{flower.output()}")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_for(lambda: flower.get("/healthz")[0] == 200, timeout=10, interval=0.2,
+                 message=f"200 within 10 s of SIGCONT\n{flower.output()}")
+        assert "flower_practices_event_stream_gaps_total 1.0" in flower.get("/metrics")[1]
+    finally:
+        flower.stop()

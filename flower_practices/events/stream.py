@@ -34,6 +34,37 @@ AMQP_HEARTBEAT_SECONDS = 10.0
 CONNECT_TIMEOUT_SECONDS = 5.0
 
 
+def with_liveness(conn: Any) -> Any:
+    """``conn`` set to ask for AMQP heartbeats, with bounded socket reads and writes (so
+    closing a link to a frozen broker gives up instead of waiting for its Close-Ok
+    forever). Other transports are left as they are. Set before connecting."""
+    if conn.transport.driver_type == "amqp":
+        conn.heartbeat = AMQP_HEARTBEAT_SECONDS
+        conn.transport_options = {"read_timeout": CONNECT_TIMEOUT_SECONDS,
+                                  "write_timeout": CONNECT_TIMEOUT_SECONDS,
+                                  **(conn.transport_options or {})}
+    return conn
+
+
+def report_missed_heartbeat(connection: Any, status: StreamStatus) -> None:
+    """Make ``connection.heartbeat_check`` mark ``status`` disconnected when it fails.
+
+    A missed heartbeat raises out of ``consume()``, and leaving the consumer then closes
+    channel and connection politely, which waits on the dead broker for a while: the loss
+    is reported now, not after that.
+    """
+    check = connection.heartbeat_check
+
+    def heartbeat_check(rate: int = 2) -> Any:
+        try:
+            return check(rate)
+        except Exception as exc:
+            status.mark_disconnected(f"{type(exc).__name__}: {exc}"[:300])
+            raise
+
+    connection.heartbeat_check = heartbeat_check
+
+
 def _guarded_message_class(base: type) -> type:
     """``base`` (a virtual transport's Message) made to record, not raise, a bad envelope."""
     if getattr(base, "_fp_guarded", False):
@@ -56,6 +87,9 @@ def _guarded_message_class(base: type) -> type:
 class GuardedReceiver(EventReceiver):
     """An EventReceiver whose per-message path cannot raise into the consumer loop."""
 
+    #: the consuming connection gets one retry; the stream's loop does the back-off
+    connect_max_retries = 1
+
     def __init__(self, *args: Any, status: StreamStatus, on_ready: Callable[[], None],
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -63,6 +97,10 @@ class GuardedReceiver(EventReceiver):
         self._on_ready = on_ready
         self._consuming: Any = None
         self._next_heartbeat_check = 0.0
+
+    def create_connection(self) -> Any:
+        # the connection consumed from (a clone of the one given): with heartbeats
+        return with_liveness(super().create_connection())
 
     def on_iteration(self) -> None:
         # ConsumerMixin checks heartbeats only when a drain times out; on a busy stream
@@ -76,19 +114,7 @@ class GuardedReceiver(EventReceiver):
     def on_consume_ready(self, connection: Any, channel: Any, consumers: Any,
                          wakeup: bool = True, **kwargs: Any) -> None:
         self._consuming = connection
-        check = connection.heartbeat_check
-
-        def heartbeat_check(rate: int = 2) -> Any:
-            # A missed heartbeat raises out of consume(), and leaving the consumer then
-            # closes channel and connection politely, which waits on the dead broker for
-            # a while: report the loss now, not after that.
-            try:
-                return check(rate)
-            except Exception as exc:
-                self._status.mark_disconnected(f"{type(exc).__name__}: {exc}"[:300])
-                raise
-
-        connection.heartbeat_check = heartbeat_check
+        report_missed_heartbeat(connection, self._status)
         self._on_ready()
         if wakeup:
             try:
@@ -160,14 +186,7 @@ class EventStream(ReconnectingStream):
 
     def _session(self) -> None:
         try:
-            with self.app.connection_for_read(heartbeat=AMQP_HEARTBEAT_SECONDS,
-                                              connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
-                if conn.transport.driver_type == "amqp":
-                    # bounded socket reads/writes: closing a link to a frozen broker
-                    # gives up instead of waiting for its Close-Ok forever
-                    conn.transport_options = {"read_timeout": CONNECT_TIMEOUT_SECONDS,
-                                              "write_timeout": CONNECT_TIMEOUT_SECONDS,
-                                              **(conn.transport_options or {})}
+            with self.app.connection_for_read(connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
                 # one try per URL (failover) with no sleep: our loop does the back-off
                 conn.ensure_connection(max_retries=max(1, len(conn.alt or ())),
                                        interval_start=0, interval_step=0, interval_max=0)

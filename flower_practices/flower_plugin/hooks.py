@@ -4,7 +4,9 @@
   Flower handles (on its IOLoop) is then fed to ``engine.observe`` - O(1) per event.
 * :class:`StatusReceiver` replaces the ``EventReceiver`` Flower's ``Events`` thread uses,
   marking our :class:`StreamStatus` connected when consuming starts and disconnected (with
-  a reconnect counted) when capture fails. Flower's own retry loop is unchanged.
+  a reconnect counted) when capture fails. Its connection asks for AMQP heartbeats (as
+  the exporter's does), so a frozen broker is reported instead of looking connected.
+  Flower's own retry loop is unchanged.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import flower.events
 from celery.events import EventReceiver
 
 from ..events.status import StreamStatus
+from ..events.stream import report_missed_heartbeat, with_liveness
 
 log = logging.getLogger("flower_practices.flower_plugin")
 
@@ -46,10 +49,15 @@ class StatusReceiver(EventReceiver):
         owner = getattr(handler, "__self__", None)
         return getattr(owner, STATUS_ATTR, None)
 
+    def create_connection(self) -> Any:
+        conn = super().create_connection()
+        return with_liveness(conn) if self._status() is not None else conn
+
     def on_consume_ready(self, connection: Any, channel: Any, consumers: Any,
                          wakeup: bool = True, **kwargs: Any) -> None:
         status = self._status()
         if status is not None:
+            report_missed_heartbeat(connection, status)
             if status.connected_since:
                 status.reconnects += 1
             status.mark_connected()
