@@ -93,3 +93,24 @@ def test_broker_urls_that_can_never_work_are_named(url: str, needle: str) -> Non
     problem = broker_url_problem(url)
     assert problem is not None and needle in problem
     assert "secret" not in problem
+
+
+def test_close_cause_blames_the_output_buffer_limit_only_on_its_signals(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Redis >= 7.2 counts these disconnections (this machine's 7.0 does not: the real
+    flood test in test_hardening_broker.py covers the other branch)."""
+    from flower_practices.events.redis_close import CloseCause
+    from tests.support.exporter import free_port
+
+    cause = CloseCause(("127.0.0.1", free_port()), (None, None))  # CONFIG GET unreachable
+    key = b"client_output_buffer_limit_disconnections"
+    cause.before = {b"run_id": b"a", key: b"3", b"evicted_clients": b"0"}
+    assert cause.explain({b"run_id": b"a", key: b"3", b"evicted_clients": b"0"}) is None
+    assert cause.explain({b"run_id": b"b", key: b"9"}) is None  # restarted: not the limit
+    assert cause.explain({}) is None  # INFO not answered: unknown
+    said = cause.explain({b"run_id": b"a", key: b"4", b"evicted_clients": b"0"})
+    assert said is not None and "client-output-buffer-limit pubsub" in said
+    assert "client-output-buffer-limit pubsub" in caplog.text
+    # older Redis without the counter and with no readable limit: no claim
+    cause.before = {b"run_id": b"a", b"evicted_clients": b"0"}
+    assert cause.explain({b"run_id": b"a", b"evicted_clients": b"0"}) is None
