@@ -9,6 +9,8 @@ to Flower's executor (both may do network I/O, which must never block the IOLoop
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 import threading
 from typing import Any
 
@@ -111,6 +113,7 @@ class PracticesPlugin:
         self.started = True
         if self.events_supported:
             self.status.begin()  # blind time counts from here (Flower's Events thread)
+        stop_on_sighup()
         log.info("flower_practices: monitoring broker %s; %d rules active, evaluation every "
                  "%gs, probes every %gs", redact(self.engine.ctx.broker_url),
                  len(self.engine.rules), self.settings.evaluation_interval,
@@ -145,6 +148,22 @@ class PracticesPlugin:
             log.exception("flower_practices: %s failed", name)
         finally:
             self._busy.discard(name)
+
+
+def stop_on_sighup() -> None:
+    """SIGHUP stops Flower cleanly, like SIGTERM and like the exporter (no config reload;
+    a changed --practices_config is applied by a restart). Only from the main thread, and
+    only where SIGHUP still has its default action (terminate without clean-up)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_DFL:
+        return
+
+    def handle(signum: int, frame: Any) -> None:
+        log.warning("received SIGHUP: stopping")
+        sys.exit(0)  # Flower's command catches SystemExit; its atexit hook stops the app
+
+    signal.signal(signal.SIGHUP, handle)
 
 
 def install(flower_app: Any, settings: Settings | None = None) -> PracticesPlugin:
