@@ -17,8 +17,8 @@ from typing import Any
 from prometheus_client import REGISTRY
 from tornado.ioloop import PeriodicCallback
 
-from ..brokers import is_database_broker, redact
-from ..config import Settings, load_settings
+from ..brokers import broker_url_problem, is_database_broker, redact
+from ..config import ConfigError, Settings, load_settings
 from ..engine import Engine
 from ..events.status import StreamStatus
 from ..metrics import PracticesCollector
@@ -170,6 +170,10 @@ def install(flower_app: Any, settings: Settings | None = None) -> PracticesPlugi
     """Install the plugin into a constructed (not yet started) Flower application."""
     if settings is None:
         settings = load_plugin_settings(flower_app.options)
+    conf = flower_app.capp.conf
+    problem = broker_url_problem(str(conf.broker_read_url or conf.broker_url or ""))
+    if problem:  # a URL that can never work: say so at start, not retry forever
+        raise ConfigError(problem)
     plugin = PracticesPlugin(flower_app, settings)
     plugin.attach()
     return plugin
