@@ -94,7 +94,7 @@ class CloseCause:
                      "does not count such disconnections, and a CLIENT KILL looks the same")
         log.warning("%s. The exporter fell behind the event rate and the events published "
                     "meanwhile are lost: raise the pubsub limit, or give the exporter more "
-                    "CPU (see the event_stream_disconnected runbook)", cause)
+                    "CPU (see the event_stream_gaps runbook)", cause)
         return cause
 
     def _pubsub_limit(self) -> str | None:
