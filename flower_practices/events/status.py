@@ -12,6 +12,7 @@ garbage cannot flood the logs.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 log = logging.getLogger("flower_practices.events")
@@ -48,17 +49,25 @@ class StreamStatus:
         self.last_attempt_at = 0.0
         self._down_total = 0.0
         self._down_since: float | None = None  # monotonic start of the current gap
+        # the pair (_down_total, _down_since) changes together: a scrape in between must
+        # not see a counter that goes back
+        self._gap_lock = threading.Lock()
         self._logged: set[str] = set()
 
     def begin(self) -> None:
         """Consuming starts now: from here on, time not connected is counted as blind."""
-        if not self.connected and self._down_since is None:
-            self._down_since = time.monotonic()
+        with self._gap_lock:
+            if not self.connected and self._down_since is None:
+                self._down_since = time.monotonic()
+
+    def _end_gap(self) -> None:
+        with self._gap_lock:
+            if self._down_since is not None:
+                self._down_total += time.monotonic() - self._down_since
+                self._down_since = None
 
     def mark_connected(self) -> None:
-        if self._down_since is not None:
-            self._down_total += time.monotonic() - self._down_since
-            self._down_since = None
+        self._end_gap()
         self.connected = True
         self.connected_since = time.time()
         self.last_error = ""
@@ -66,24 +75,23 @@ class StreamStatus:
     def mark_disconnected(self, reason: str, *, final: bool = False) -> None:
         """A connection attempt failed or the stream was lost (``final``: stopped for good,
         which ends the count of blind time instead of starting a gap)."""
-        now = time.monotonic()
         if final:
-            if self._down_since is not None:
-                self._down_total += now - self._down_since
-                self._down_since = None
+            self._end_gap()
         else:
             if self.connected:
                 self.gaps += 1
-            if self._down_since is None:
-                self._down_since = now
+            with self._gap_lock:
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
             self.last_attempt_at = time.time()
         self.connected = False
         self.last_error = reason
 
     def disconnected_seconds(self) -> float:
         """Seconds spent disconnected since consuming began, the ongoing gap included."""
-        since = self._down_since
-        return self._down_total + (time.monotonic() - since if since is not None else 0.0)
+        with self._gap_lock:
+            since, total = self._down_since, self._down_total
+            return total + (time.monotonic() - since if since is not None else 0.0)
 
     def gap_seconds(self) -> float:
         """Length of the current blind window so far (0 while connected)."""
