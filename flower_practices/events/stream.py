@@ -115,12 +115,14 @@ class GuardedReceiver(EventReceiver):
                          wakeup: bool = True, **kwargs: Any) -> None:
         self._consuming = connection
         report_missed_heartbeat(connection, self._status)
-        self._on_ready()
         if wakeup:
             try:
                 self.wakeup_workers(channel=channel)
             except Exception as exc:  # waking workers is a nicety, not a requirement
                 log.info("could not ask workers for a heartbeat: %s", exc)
+        # connected once the broker has answered all of it (a broker freezing meanwhile
+        # is then caught by the heartbeats, which report at once)
+        self._on_ready()
 
     def get_consumers(self, Consumer: Any, channel: Any) -> list:  # noqa: N803 - Celery's
         consumers = super().get_consumers(Consumer, channel)

@@ -58,10 +58,13 @@ class StatusReceiver(EventReceiver):
         status = self._status()
         if status is not None:
             report_missed_heartbeat(connection, status)
+        # Flower's wakeup broadcast first: if the broker freezes during it, the call fails
+        # (bounded reads) and the stream was never reported connected
+        super().on_consume_ready(connection, channel, consumers, wakeup=wakeup, **kwargs)
+        if status is not None:
             if status.connected_since:
                 status.reconnects += 1
             status.mark_connected()
-        super().on_consume_ready(connection, channel, consumers, wakeup=wakeup, **kwargs)
 
     def capture(self, *args: Any, **kwargs: Any) -> Any:
         try:
