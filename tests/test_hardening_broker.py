@@ -27,15 +27,19 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from flower_practices.apploader import load_app
 from flower_practices.config import Settings
@@ -171,50 +175,68 @@ def test_redis_unreachable_for_70s(private_redis: dict, caplog: pytest.LogCaptur
     assert not [r for r in caplog.records if "client-output-buffer-limit" in r.getMessage()]
 
 
-def test_pubsub_output_buffer_limit_is_logged(private_redis: dict,
-                                              caplog: pytest.LogCaptureFixture) -> None:
-    """Flooded past Redis' ``client-output-buffer-limit pubsub``, the exporter is dropped by
-    Redis; it logs that cause, counts the gap and reconnects."""
-    caplog.set_level(logging.INFO, logger="flower_practices.events")
+def test_pubsub_output_buffer_limit_is_logged(private_redis: dict, tmp_path: Path) -> None:
+    """An exporter that falls behind a flood of events is dropped by Redis once its pending
+    output passes ``client-output-buffer-limit pubsub``; it logs that cause, counts the gap
+    and reconnects. Falling behind is made certain by pausing the exporter process
+    (SIGSTOP, as a long GC pause or CPU starvation would) while ordinary events flood in."""
     url = private_redis["url"]
-    app, _ = load_app(None, url)
     client = redis.Redis.from_url(url)
-    with RunningExporter(app) as exporter:
-        wait_for(lambda: exporter.get("/healthz")[0] == 200, message="healthz 200")
-        client.config_set("client-output-buffer-limit", "pubsub 65536 32768 1")
-        pid = client.info("server")["process_id"]
+    client.config_set("client-output-buffer-limit", "pubsub 65536 32768 1")
+    pid = client.info("server")["process_id"]
+    port = free_port()
+    log_path = tmp_path / "exporter.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flower_practices", "exporter", "--broker", url,
+             "--host", "127.0.0.1", "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(base + path, timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError:
+            return 0, ""
+
+    def gaps() -> float:
+        for family in text_string_to_metric_families(get("/metrics")[1]):
+            if family.name == "flower_practices_event_stream_gaps":
+                return family.samples[0].value
+        raise AssertionError("flower_practices_event_stream_gaps_total not exposed")
+
+    try:
+        wait_for(lambda: get("/healthz")[0] == 200, timeout=30, message="healthz 200")
         event = {"type": "task-succeeded", "uuid": "", "name": "flood.task", "queue": "q",
                  "hostname": "h@h", "timestamp": time.time(), "clock": 1, "utcoffset": 0,
                  "runtime": 0.01}
-        stop = threading.Event()
-
-        def flood() -> None:  # ordinary events, published faster than one reader takes them
-            publisher = redis.Redis.from_url(url)
-            while not stop.is_set():
-                pipe = publisher.pipeline(transaction=False)
-                for _ in range(500):
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            def flood_until_dropped() -> bool:
+                pipe = client.pipeline(transaction=False)
+                for _ in range(2000):
                     event["uuid"] = str(uuid.uuid4())
                     pipe.publish("/0.celeryev/task.succeeded", envelope(event))
                 pipe.execute()
+                return not client.client_list(_type="pubsub")
 
-        floods = [threading.Thread(target=flood, daemon=True) for _ in range(3)]
-        for thread in floods:
-            thread.start()
-        try:
-            wait_for(lambda: exporter.total("flower_practices_event_stream_gaps_total") >= 1,
-                     timeout=60, message="Redis dropped the flooded subscriber (a gap)")
+            wait_for(flood_until_dropped, timeout=60, interval=0,
+                     message="Redis to drop the paused, flooded subscriber")
         finally:
-            stop.set()
-            for thread in floods:
-                thread.join(10)
-        wait_for(lambda: exporter.get("/healthz")[0] == 200, timeout=15,
-                 message="reconnected")
-        assert exporter.total("flower_practices_broker_reconnects_total") >= 1
-        wait_for(lambda: [r for r in caplog.records
-                          if "client-output-buffer-limit pubsub (65536 32768 1)"
-                          in r.getMessage()],
-                 timeout=15, message="the cause logged")
+            proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: gaps() >= 1, timeout=30, message="the gap counted")
+        wait_for(lambda: get("/healthz")[0] == 200, timeout=15, message="reconnected")
+        wait_for(lambda: "client-output-buffer-limit pubsub (65536 32768 1)"
+                 in log_path.read_text(errors="replace"), timeout=15,
+                 message="the cause logged")
         assert client.info("server")["process_id"] == pid  # Redis itself stayed up
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert "Traceback" not in log_path.read_text(errors="replace")
 
 
 def test_redis_restart_on_generic_kombu_path(private_redis: dict) -> None:
