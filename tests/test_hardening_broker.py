@@ -7,10 +7,11 @@
   of Redis (back-off capped at 5 s), the old state survived, and events and tasks are
   counted again afterwards. Run on the default (direct Redis) path; the generic kombu
   path gets a shorter restart. (This is the one Redis kill/restart test.)
-- Redis closing the subscription for its ``client-output-buffer-limit pubsub``: the
-  exporter logs that cause and reconnects.
+- Redis closing the subscription for its ``client-output-buffer-limit pubsub`` (an
+  exporter paused while events flood in): the exporter logs that cause and reconnects.
 - A private RabbitMQ node frozen with SIGSTOP: AMQP heartbeats turn ``/healthz`` 503
-  within 30 s; after SIGCONT it is 200 again within 10 s.
+  within 30 s; after SIGCONT it is 200 again within 10 s. The same under Flower with the
+  plugin, and a frozen private redis-server on the direct Redis path (PING timeout).
 - RabbitMQ restarted mid-stream: a private RabbitMQ node of our own (own node name,
   ports and data directory, so the shared broker is never touched) is SIGKILLed and
   restarted while a worker runs tasks. If that node cannot be started, the test falls back
