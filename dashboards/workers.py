@@ -28,7 +28,8 @@ def build() -> db.Dashboard:
     board = dashboard(
         UID, "Celery / Workers & exporter health",
         "Celery workers seen through their heartbeats and task events, and the health of "
-        "the flower-practices exporter itself (event flow, lag, decode errors, reconnects).",
+        "the flower-practices exporter itself (event flow, lag, decode errors, reconnects, "
+        "blind time).",
         [label_variable("worker", "Worker",
                         'label_values(celery_worker_up{job=~"$job"}, worker)')])
     board.with_row(row("Workers"))
@@ -91,6 +92,20 @@ def build() -> db.Dashboard:
         "short",
         [query(f"sum by (instance) (increase("
                f"{series('flower_practices_broker_reconnects_total')}{RATE}))",
+               "{{instance}}")]))
+    board.with_panel(graph(
+        "Event stream blind time", "Seconds the event stream was disconnected in each "
+        "interval (flower_practices_event_stream_disconnected_seconds_total; the ongoing "
+        "gap included). Events published meanwhile are lost: findings have holes.", "s",
+        [query(f"sum by (instance) (increase("
+               f"{series('flower_practices_event_stream_disconnected_seconds_total')}"
+               f"{RATE}))", "{{instance}}")]))
+    board.with_panel(graph(
+        "Event stream gaps", "Losses of a connected event stream in each interval "
+        "(flower_practices_event_stream_gaps_total); alert FlowerPracticesEventStreamGaps "
+        "fires at 3 within 30m.", "short",
+        [query(f"sum by (instance) (increase("
+               f"{series('flower_practices_event_stream_gaps_total')}{RATE}))",
                "{{instance}}")]))
     board.with_panel(graph(
         "Probe and rule errors", "Failed broker probes (by probe) and rule evaluations "

@@ -36,3 +36,43 @@ def redact(url: str | None) -> str:
     if not url:
         return ""
     return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+
+
+#: kombu transports whose URL path is a Redis database number
+REDIS_TRANSPORTS = frozenset(("redis", "rediss", "sentinel"))
+
+
+def broker_url_problem(url: str) -> str | None:
+    """Why ``url`` can never work as a broker URL, or None.
+
+    Checked once at start-up, so that a typo fails fast instead of being retried forever:
+    an unknown scheme, a port that is not a number or out of 1-65535, a Redis database
+    that is not a number, a transport whose package is not installed. An unreachable host
+    is not such a problem (it may come up later: that is retried).
+    """
+    from kombu import Connection
+    from kombu.transport import get_transport_cls
+
+    for one in [part.strip() for part in url.split(";") if part.strip()]:
+        shown = redact(one)
+        try:
+            conn = Connection(one)
+            transport = conn.transport_cls
+            if isinstance(transport, str):
+                get_transport_cls(transport)
+        except KeyError:
+            return f"broker URL {shown!r}: unknown scheme {scheme(one)!r}"
+        except ValueError as exc:
+            return f"broker URL {shown!r}: {exc}"
+        except ImportError as exc:
+            if is_database_broker(one):
+                continue  # no events there anyway: the exporter says so and keeps serving
+            return (f"broker URL {shown!r}: its transport needs the package "
+                    f"{exc.name or exc} (not installed)")
+        if conn.port is not None and not 0 < int(conn.port) <= 65535:
+            return f"broker URL {shown!r}: port {conn.port} is out of range 1-65535"
+        vhost = conn.virtual_host
+        if transport in REDIS_TRANSPORTS and isinstance(vhost, str) \
+                and vhost not in ("", "/") and not vhost.lstrip("/").isdigit():
+            return f"broker URL {shown!r}: Redis database {vhost!r} is not a number"
+    return None

@@ -5,12 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from typing import NoReturn
 
 import click
 
 from . import __version__
 from .apploader import AppLoadError, load_app
+from .brokers import broker_url_problem
 from .config import ConfigError, load_settings
+
+
+def fail(message: str) -> NoReturn:
+    """A usage or configuration error: one line on stderr, exit status 2."""
+    click.echo(f"Error: {' '.join(str(message).split())}", err=True)
+    sys.exit(2)
 
 
 def setup_logging(level: str) -> None:
@@ -49,7 +57,11 @@ def main() -> None:
 def exporter(broker: str | None, app_path: str | None, result_backend: str | None,
              config_path: str | None, host: str, port: int, state_dir: str | None,
              log_level: str, web_config_path: str | None) -> None:
-    """Standalone Prometheus exporter: /metrics, /api/practices, /healthz."""
+    """Standalone Prometheus exporter: /metrics, /api/practices, /healthz.
+
+    Stops cleanly on SIGINT, SIGTERM and SIGHUP (exit 0); a changed --config is applied by
+    restarting. A bad config file, app or broker URL exits 2 with a one-line error.
+    """
     setup_logging(log_level)
     web_config = None
     if web_config_path is not None:
@@ -64,7 +76,10 @@ def exporter(broker: str | None, app_path: str | None, result_backend: str | Non
         settings = load_settings(config_path)
         app, loaded = load_app(app_path, broker, result_backend)
     except (ConfigError, AppLoadError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        fail(str(exc))
+    problem = broker_url_problem(str(app.conf.broker_read_url or app.conf.broker_url or ""))
+    if problem:
+        fail(problem)
     from .exporter.server import serve
     from .store import default_state_dir
 
@@ -75,7 +90,7 @@ def exporter(broker: str | None, app_path: str | None, result_backend: str | Non
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+        fail(str(exc))
 
 
 @main.command()

@@ -11,7 +11,9 @@ Layout of the file::
     severity = "warning"
     max_wait_seconds = 60
 
-Unknown sections or keys are an error that names them, not silence.
+Unknown sections or keys are an error that names them, not silence. Every value is
+checked for its type and its range (see :func:`_check_range` and :data:`EXPORTER_BOUNDS`),
+and every error is one line naming the file, the section and the key.
 """
 
 from __future__ import annotations
@@ -36,13 +38,13 @@ class ConfigError(ValueError):
 class Settings:
     """Engine-wide settings. Every field can be set in the ``[exporter]`` section."""
 
-    #: seconds between rule evaluations (off the event hot path)
+    #: seconds between rule evaluations (off the event hot path); 0.1 to 3600
     evaluation_interval: float = 5.0
-    #: seconds between broker probes (queue lengths, consumers, active_queues)
+    #: seconds between broker probes (queue lengths, consumers, active_queues); 1 to 3600
     probe_interval: float = 15.0
     #: a finding clears after its condition has been false this long
     clear_after_seconds: float = 120.0
-    #: base URL the runbook links point to
+    #: base URL the runbook links point to: an http(s):// URL or a path starting with "/"
     runbook_base_url: str = ""
     #: in-flight task records kept (LRU); older ones are evicted and counted
     max_tracked_tasks: int = 100_000
@@ -81,12 +83,65 @@ class Settings:
 COMMON_PRACTICE_KEYS = {"enabled": bool, "severity": str, "clear_after_seconds": (int, float)}
 
 
+_TYPE_NAMES = {bool: "a boolean (true or false)", int: "an integer", float: "a number",
+               str: "a string", list: "a list", tuple: "a list", dict: "a table"}
+
+
+def _type_name(expected: Any) -> str:
+    if expected == (int, float) or expected == (float, int):
+        return "a number"
+    if isinstance(expected, tuple):
+        return " or ".join(dict.fromkeys(_TYPE_NAMES.get(t, t.__name__) for t in expected))
+    return _TYPE_NAMES.get(expected, expected.__name__)
+
+
+def _value_text(value: Any) -> str:
+    """A short description of a (possibly huge or nested) configured value."""
+    kind = "a boolean" if isinstance(value, bool) else _TYPE_NAMES.get(type(value),
+                                                                      type(value).__name__)
+    text = repr(value)
+    return f"{kind} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
 def _check_type(where: str, value: Any, expected: Any) -> None:
-    if isinstance(value, bool) and expected in ((int, float), int, float):
-        raise ConfigError(f"{where}: expected a number, got a boolean")
+    if isinstance(value, bool) and bool not in (
+            expected if isinstance(expected, tuple) else (expected,)):
+        raise ConfigError(f"{where}: expected {_type_name(expected)}, got a boolean {value!r}")
     if not isinstance(value, expected):
-        names = expected.__name__ if isinstance(expected, type) else "number"
-        raise ConfigError(f"{where}: expected {names}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{where}: expected {_type_name(expected)}, "
+                          f"got {_value_text(value)}")
+
+
+#: [exporter] keys with bounds of their own: (minimum, maximum), inclusive
+EXPORTER_BOUNDS: dict[str, tuple[float, float]] = {
+    "evaluation_interval": (0.1, 3600.0),
+    "probe_interval": (1.0, 3600.0),
+}
+#: upper bound of every other duration (``*_seconds``, ``*_interval``): 31 days
+MAX_SECONDS = 31 * 86400.0
+#: upper bound of every count or cap
+MAX_COUNT = 100_000_000
+#: URL schemes a runbook link may use (else it must be a path starting with "/")
+RUNBOOK_SCHEMES = ("http", "https")
+
+
+def check_runbook_base_url(where: str, value: str) -> None:
+    """An ``http(s)://host/...`` URL or an absolute path; nothing a browser would run."""
+    if not value:
+        return
+    if any(ord(c) < 32 or ord(c) == 127 for c in value) or len(value) > 2000:
+        raise ConfigError(f"{where}: must be a URL without control characters "
+                          "(at most 2000 characters)")
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme:
+        if parts.scheme.lower() not in RUNBOOK_SCHEMES or not parts.netloc:
+            raise ConfigError(f"{where}: must be an http(s):// URL or a path starting with "
+                              f"'/', got scheme {parts.scheme!r}")
+    elif not value.startswith("/") or value.startswith("//"):
+        raise ConfigError(f"{where}: must be an http(s):// URL or a path starting with '/', "
+                          f"got {_value_text(value)}")
 
 
 
@@ -103,29 +158,43 @@ ZERO_ALLOWED_SECONDS = frozenset({
 def _check_range(where: str, key: str, value: Any, default: Any) -> None:
     """Reject values the engine cannot run with; the rule per key kind is by its name.
 
-    - integer keys (counts, caps, ``sample_every``, ``max_scan_chars``): an int >= 1
+    - integer keys (counts, caps, ``sample_every``, ``max_scan_chars``): an int >= 1 and
+      <= :data:`MAX_COUNT`
+    - keys in :data:`EXPORTER_BOUNDS` (``evaluation_interval`` >= 0.1 s, ``probe_interval``
+      >= 1 s): within their bounds
     - ``percentile``: 0 < value <= 100
     - ``*share``: 0 < value <= 1
-    - other numbers (``*_seconds``, ``*_interval``): finite and > 0, or >= 0 for the keys
-      in :data:`ZERO_ALLOWED_SECONDS`
+    - other numbers (``*_seconds``, ``*_interval``): finite, > 0 (or >= 0 for the keys
+      in :data:`ZERO_ALLOWED_SECONDS`) and <= :data:`MAX_SECONDS`
     - lists (names): strings only
     """
     if isinstance(default, bool) or isinstance(value, bool):
         return
     if isinstance(default, (list, tuple)):
-        if not all(isinstance(item, str) for item in value):
-            raise ConfigError(f"{where}: expected a list of strings")
+        bad = next((item for item in value if not isinstance(item, str)), None)
+        if bad is not None:
+            raise ConfigError(f"{where}: expected a list of strings, "
+                              f"found {_value_text(bad)}")
         return
     if not isinstance(default, (int, float)) or not isinstance(value, (int, float)):
         return
     if isinstance(default, int):
         if not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        if value < 1:
-            raise ConfigError(f"{where}: must be an integer >= 1, got {value!r}")
+        if not 1 <= value <= MAX_COUNT:
+            raise ConfigError(
+                f"{where}: must be an integer from 1 to {MAX_COUNT}, got {value!r}")
         return
     if not math.isfinite(value):
         raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+    if key in EXPORTER_BOUNDS:
+        low, high = EXPORTER_BOUNDS[key]
+        if not low <= value <= high:
+            raise ConfigError(f"{where}: must be from {low:g} to {high:g} seconds, "
+                              f"got {value!r}")
+        return
+    if value > MAX_SECONDS and key not in ("percentile",) and not key.endswith("share"):
+        raise ConfigError(f"{where}: must be at most {MAX_SECONDS:g}, got {value!r}")
     if key == "percentile":
         if not 0 < value <= 100:
             raise ConfigError(f"{where}: must be in (0, 100], got {value!r}")
@@ -149,6 +218,9 @@ def settings_from_mapping(data: dict[str, Any], source: str = "<config>") -> Set
             "expected [exporter] and [practices.<id>]"
         )
     exporter = data.get("exporter", {})
+    if not isinstance(exporter, dict):
+        raise ConfigError(f"{source}: exporter must be a table ([exporter]), "
+                          f"got {_value_text(exporter)}")
     known = {f.name: f for f in fields(Settings) if f.name != "practices"}
     for key, value in exporter.items():
         if key not in known:
@@ -160,17 +232,22 @@ def settings_from_mapping(data: dict[str, Any], source: str = "<config>") -> Set
         _check_type(f"{source}: [exporter] {key}", value, expected)
         _check_range(f"{source}: [exporter] {key}", key, value, default)
         setattr(settings, key, value)
+    check_runbook_base_url(f"{source}: [exporter] runbook_base_url", settings.runbook_base_url)
     if settings.event_consumer not in ("auto", "kombu"):
         raise ConfigError(f"{source}: [exporter] event_consumer must be \"auto\" or "
                           f"\"kombu\", got {settings.event_consumer!r}")
     practices = data.get("practices", {})
+    if not isinstance(practices, dict):
+        raise ConfigError(f"{source}: practices must be tables ([practices.<id>]), "
+                          f"got {_value_text(practices)}")
     for practice_id, options in practices.items():
         if practice_id not in BY_ID:
             raise ConfigError(
                 f"{source}: [practices.{practice_id}] is not a practice id; known: {sorted(BY_ID)}"
             )
         if not isinstance(options, dict):
-            raise ConfigError(f"{source}: [practices.{practice_id}] must be a table")
+            raise ConfigError(f"{source}: practices.{practice_id} must be a table "
+                              f"([practices.{practice_id}]), got {_value_text(options)}")
         severity = options.get("severity")
         if severity is not None and severity not in SEVERITIES:
             raise ConfigError(

@@ -334,7 +334,7 @@ class Engine:
         status = self.stream_status
         if status.connected:
             return True, "event stream connected"
-        return False, f"event stream not connected: {status.last_error or 'unknown'}"
+        return False, status.reason()
 
 
 class _Labels:

@@ -75,6 +75,11 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "counter", "Reconnections of the event stream after losing the broker", ()),
     "flower_practices_event_stream_connected": (
         "gauge", "1 while the event stream is connected to the broker", ()),
+    "flower_practices_event_stream_disconnected_seconds_total": (
+        "counter", "Seconds the event stream was not connected since it started (blind "
+        "time; the ongoing gap included at scrape time)", ()),
+    "flower_practices_event_stream_gaps_total": (
+        "counter", "Losses of a connected event stream (each starts a blind window)", ()),
     "flower_practices_last_event_timestamp_seconds": (
         "gauge", "Unix time the last event was received", ()),
     "flower_practices_probe_errors_total": (
@@ -325,6 +330,12 @@ class PracticesCollector(Collector):
         out.append(fam)
         fam = _family("flower_practices_event_stream_connected")
         fam.add_metric([], 1.0 if stream.connected else 0.0)
+        out.append(fam)
+        fam = _family("flower_practices_event_stream_disconnected_seconds_total")
+        fam.add_metric([], stream.disconnected_seconds())
+        out.append(fam)
+        fam = _family("flower_practices_event_stream_gaps_total")
+        fam.add_metric([], stream.gaps)
         out.append(fam)
         fam = _family("flower_practices_last_event_timestamp_seconds")
         fam.add_metric([], stream.last_event_at)

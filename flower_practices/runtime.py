@@ -73,7 +73,7 @@ class EngineRunner:
                                             consumer=engine.settings.event_consumer)
         else:
             engine.stream_status.mark_disconnected(
-                "the broker is a database: Celery events cannot flow over it")
+                "the broker is a database: Celery events cannot flow over it", final=True)
         self.poller = ProbePoller(app, engine) if engine.ctx.events_supported else None
         self._stop_event = threading.Event()
         self._evaluator = threading.Thread(target=self._evaluate_loop,

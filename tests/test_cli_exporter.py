@@ -33,14 +33,51 @@ def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[practices.no_such_practice]\nx = 1\n")
     out = run(["exporter", "--broker", "memory://", "--config", str(bad)])
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert "no_such_practice" in out.stderr and "is not a practice id" in out.stderr
     assert "Traceback" not in out.stderr
 
 
+def one_line_error(out: subprocess.CompletedProcess) -> str:
+    """The single stderr line of a usage/config failure (exit 2, no traceback)."""
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), out.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("exporter = 5\n", "exporter must be a table"),
+    ("practices = 5\n", "practices must be tables"),
+    ("[exporter]\nevaluation_interval = 1e-9\n", "[exporter] evaluation_interval: must be"),
+    ("[exporter]\nprobe_interval = inf\n", "[exporter] probe_interval: must be a finite"),
+    ("[exporter]\nrunbook_base_url = 'javascript:alert(1)'\n", "runbook_base_url: must be"),
+    ("[practices.unread_results]\nignore_tasks = 'a.b'\n",
+     "[practices.unread_results] ignore_tasks: expected a list, got a string"),
+])
+def test_config_errors_are_one_line_and_exit_2(tmp_path: Path, text: str, needle: str) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)
+    line = one_line_error(run(["exporter", "--broker", "memory://", "--config", str(bad)]))
+    assert needle in line and str(bad) in line
+
+
+@pytest.mark.parametrize(("url", "needle"), [
+    ("nosuch://localhost//", "unknown scheme 'nosuch'"),
+    ("redis://127.0.0.1:99999/0", "out of range"),
+    ("amqp://guest:s3cret@127.0.0.1:99999//", "out of range"),
+    ("redis://127.0.0.1:6379/notanumber", "Redis database 'notanumber' is not a number"),
+    ("redis://127.0.0.1:port/0", "could not be cast to integer"),
+])
+def test_broker_url_that_can_never_work_exits_2_at_start(url: str, needle: str) -> None:
+    line = one_line_error(run(["exporter", "--broker", url, "--port", str(free_port())]))
+    assert needle in line
+    assert "s3cret" not in line  # credentials are redacted
+
+
 def test_unloadable_app_is_a_clear_error() -> None:
     out = run(["exporter", "-A", "no_such_module_xyz"])
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert "cannot load Celery app 'no_such_module_xyz'" in out.stderr
     assert "Traceback" not in out.stderr
 
@@ -69,6 +106,32 @@ def test_serves_and_stops_cleanly_on_sigterm(redis_url: str) -> None:
         assert proc.returncode == 0, output
         assert "Traceback" not in output
         assert "stopping exporter" in output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_sighup_stops_cleanly(redis_url: str) -> None:
+    """Documented choice: SIGHUP stops like SIGTERM (exit 0); no reload."""
+    port = free_port()
+    proc = subprocess.Popen(CLI + ["exporter", "--broker", redis_url, "--host", "127.0.0.1",
+                                   "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_for(healthy, timeout=30, message="exporter /healthz 200")
+        proc.send_signal(signal.SIGHUP)
+        output, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0, output
+        assert "received SIGHUP: stopping" in output and "stopping exporter" in output
+        assert "Traceback" not in output
     finally:
         if proc.poll() is None:
             proc.kill()

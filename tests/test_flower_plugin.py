@@ -390,3 +390,28 @@ def test_cli_bad_practices_config_is_an_error(tmp_path):
     result = _run_cli("flower-practices", f"--practices_config={bad}", "--port=0")
     assert result.returncode != 0
     assert "no_such_key" in result.stderr
+
+
+def test_cli_broker_url_that_can_never_work_exits_2():
+    import os
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-b", "redis://127.0.0.1:99999/0", "flower-practices",
+         "--port=0"], capture_output=True, text=True, timeout=60, cwd=str(ROOT),
+        env=dict(os.environ))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "port" in lines[0].lower() and "out of range" in lines[0]
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("exporter = 5\n", "exporter must be a table"),
+    ("[exporter]\nevaluation_interval = 1e-9\n", "[exporter] evaluation_interval: must be"),
+    ("[exporter]\nrunbook_base_url = 'javascript:alert(1)'\n", "runbook_base_url: must be"),
+])
+def test_cli_practices_config_errors_are_one_line_and_exit_2(tmp_path, text, needle):
+    bad = tmp_path / "p.toml"
+    bad.write_text(text)
+    result = _run_cli("flower-practices", f"--practices_config={bad}", "--port=0")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and str(bad) in lines[0], result.stderr

@@ -276,3 +276,17 @@ def test_stock_flower_without_plugins_is_plain_flower(running, tmp_path):
         assert "Flower plugins active" not in flower.output()
     finally:
         flower.stop()
+
+
+def test_sighup_stops_flower_cleanly(redis_url, tmp_path):
+    """Documented choice, as for the exporter: SIGHUP stops cleanly (exit 0), no reload."""
+    flower = FlowerProcess(redis_url, ["flower-practices"], tmp_path)
+    try:
+        wait_for(lambda: flower.get("/healthz")[0] == 200, timeout=40,
+                 message=f"Flower's /healthz 200\n{flower.output()}")
+        flower.proc.send_signal(signal.SIGHUP)
+        assert flower.proc.wait(20) == 0, flower.output()
+        assert "received SIGHUP: stopping" in flower.output()
+        assert "Traceback" not in flower.output()
+    finally:
+        flower.stop()

@@ -40,6 +40,10 @@ CONFIG: dict[str, Any] = {
     #: counted from the exporter's start until the first event
     "stall_seconds": 300,
     "stall_for": "1m",
+    #: this many losses of the event stream within ``gaps_window`` = a flapping, blind
+    #: exporter (events published during a gap are lost for good)
+    "gaps_threshold": 3,
+    "gaps_window": "30m",
     "exporter_severity": "warning",
     # -- standard operational alerts
     #: failed / (succeeded + failed) per task over ``failure_ratio_window``
@@ -67,6 +71,8 @@ EXPORTER_DOWN_FOR = CONFIG["exporter_down_for"]
 DISCONNECTED_FOR = CONFIG["disconnected_for"]
 STALL_SECONDS = CONFIG["stall_seconds"]
 STALL_FOR = CONFIG["stall_for"]
+GAPS_THRESHOLD = CONFIG["gaps_threshold"]
+GAPS_WINDOW = CONFIG["gaps_window"]
 EXPORTER_SEVERITY = CONFIG["exporter_severity"]
 
 PRACTICE_GROUP = "flower-practices.practices"
@@ -96,6 +102,8 @@ class Options:
     disconnected_for: str = CONFIG["disconnected_for"]
     stall_seconds: int = CONFIG["stall_seconds"]
     stall_for: str = CONFIG["stall_for"]
+    gaps_threshold: int = CONFIG["gaps_threshold"]
+    gaps_window: str = CONFIG["gaps_window"]
     exporter_severity: str = CONFIG["exporter_severity"]
     failure_ratio: float = CONFIG["failure_ratio"]
     failure_ratio_window: str = CONFIG["failure_ratio_window"]
@@ -307,11 +315,33 @@ def operations_rules(options: Options) -> list[dict[str, Any]]:
     ]
 
 
+def blindness_rules(options: Options) -> list[dict[str, Any]]:
+    """Repeated short outages: each below the 5m of the disconnected alert, together a
+    blind exporter (events published during a gap are lost for good)."""
+    return [{
+        "alert": "FlowerPracticesEventStreamGaps",
+        "expr": ("increase(flower_practices_event_stream_gaps_total"
+                 f"[{options.gaps_window}]) >= {options.gaps_threshold}"),
+        "labels": {"severity": options.exporter_severity},
+        "annotations": {
+            "summary": "flower-practices exporter {{ $labels.instance }} keeps losing the "
+                       "broker",
+            "description": ("The exporter's event stream lost the broker about "
+                            "{{ $value | humanize }} times in the last " + options.gaps_window +
+                            "; events published while it was disconnected are lost, so "
+                            "findings and task metrics have holes. Blind time: "
+                            "flower_practices_event_stream_disconnected_seconds_total."),
+            "runbook_url": options.runbook("event_stream_gaps"),
+        },
+    }]
+
+
 def groups(options: Options | None = None) -> list[dict[str, Any]]:
     """The rule groups, in a stable order (catalogue order for practices)."""
     options = options or Options()
     return [
         {"name": PRACTICE_GROUP, "rules": [practice_rule(p, options) for p in PRACTICES]},
-        {"name": EXPORTER_GROUP, "rules": exporter_rules(options)},
+        {"name": EXPORTER_GROUP,
+         "rules": exporter_rules(options) + blindness_rules(options)},
         {"name": OPERATIONS_GROUP, "rules": operations_rules(options)},
     ]

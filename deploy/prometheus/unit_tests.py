@@ -424,9 +424,46 @@ def operations_cases(options: Options) -> list[dict[str, Any]]:
     ]
 
 
+def blindness_cases(options: Options) -> list[dict[str, Any]]:
+    """The gaps alert fires on repeated losses, not on a single one."""
+    gaps = f"flower_practices_event_stream_gaps_total{{{JOB_LABELS}}}"
+    alert = "FlowerPracticesEventStreamGaps"
+    return [
+        {   # losses at minutes 6, 12, 18 and 24: fires at the third; resolves 30m after
+            "interval": "1m",
+            "input_series": [{"series": gaps, "values": "0x5 1x5 2x5 3x5 4x60"}],
+            "alert_rule_test": [
+                {"eval_time": "9m", "alertname": alert, "exp_alerts": []},
+                {"eval_time": "21m", "alertname": alert, "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "job": DEFAULT_JOB,
+                                   "instance": INSTANCE},
+                    "exp_annotations": {
+                        "summary": f"flower-practices exporter {INSTANCE} keeps losing the "
+                                   "broker",
+                        "description": "The exporter's event stream lost the broker about "
+                                       "3 times in the last 30m; events published while it "
+                                       "was disconnected are lost, so findings and task "
+                                       "metrics have holes. Blind time: "
+                                       "flower_practices_event_stream_disconnected_seconds"
+                                       "_total.",
+                        "runbook_url": options.runbook("event_stream_gaps")}}]},
+                {"eval_time": "60m", "alertname": alert, "exp_alerts": []},
+            ],
+        },
+        {   # one loss (a broker restart): no alert
+            "interval": "1m",
+            "input_series": [{"series": gaps, "values": "0x10 1x50"}],
+            "alert_rule_test": [
+                {"eval_time": "15m", "alertname": alert, "exp_alerts": []},
+                {"eval_time": "40m", "alertname": alert, "exp_alerts": []},
+            ],
+        },
+    ]
+
+
 def test_document(rule_file: str, options: Options | None = None) -> dict[str, Any]:
     options = options or Options()
     cases = [practice_case(i, p, options) for i, p in enumerate(PRACTICES)]
     cases += [practice_quiet_case(), severity_override_case(options), keep_firing_case(options),
-              *exporter_cases(options), *operations_cases(options)]
+              *exporter_cases(options), *operations_cases(options), *blindness_cases(options)]
     return {"rule_files": [rule_file], "evaluation_interval": "1m", "tests": cases}

@@ -9,6 +9,9 @@ JSON object hooks); this module reads the same channel pattern on one plain sock
 the same steps as Celery's :meth:`EventReceiver.event_from_message` (clock, timestamp), so
 the engine receives exactly the events the kombu path would give it.
 
+When Redis closes the subscription while it stays up, :class:`~.redis_close.CloseCause`
+tells (and logs) whether its ``client-output-buffer-limit pubsub`` is the cause.
+
 :func:`fast_path_unsupported` says when this path cannot be used (AMQP and other
 transports, Sentinel, ``global_keyprefix``, TLS, failover URLs); the caller then falls back
 to :class:`~flower_practices.events.stream.EventStream`.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from binascii import a2b_base64 as b64decode
 from collections.abc import Callable
@@ -37,15 +41,15 @@ from .limits import (
     inflate,
 )
 from .reconnect import ReconnectingStream
-from .resp import PubSubSocket, RespError
+from .redis_close import CloseCause
+from .resp import ClosedByServer, PubSubSocket, RespError
 from .status import StreamStatus
 
 log = logging.getLogger("flower_practices.events")
 
 #: seconds of silence before we PING the server, and before we give up on it
-IDLE_PING_SECONDS = 10.0
-DEAD_AFTER_SECONDS = 30.0
-
+IDLE_PING_SECONDS = 5.0
+DEAD_AFTER_SECONDS = 15.0
 
 def fast_path_unsupported(app: Celery) -> str | None:
     """None when the direct Redis path can consume ``app``'s events, else why not."""
@@ -226,25 +230,38 @@ class RedisEventStream(ReconnectingStream):
             self._address = (conn.hostname, int(conn.port or 6379))
             self._auth = (conn.userid or None, conn.password or None)
         self.pattern = subscribe_pattern(app, self.db)
+        self.close_cause = CloseCause(self._address, self._auth)
 
     def _ready(self) -> None:
         super()._ready()
         if self.wakeup:
-            try:
-                self.app.control.broadcast("heartbeat")
-            except Exception as exc:  # waking workers is a nicety, not a requirement
-                log.info("could not ask workers for a heartbeat: %s", exc)
+            # on a thread of its own: kombu's publish has no timeout, and a Redis that
+            # freezes right now must not stall the consumer (which would then never see
+            # the silence and never report the broker lost)
+            threading.Thread(target=self._wake_workers, daemon=True,
+                             name="flower-practices-wakeup").start()
+
+    def _wake_workers(self) -> None:
+        try:
+            self.app.control.broadcast("heartbeat")
+        except Exception as exc:  # waking workers is a nicety, not a requirement
+            log.info("could not ask workers for a heartbeat: %s", exc)
 
     def _session(self) -> None:
         conn = PubSubSocket(*self._address, username=self._auth[0], password=self._auth[1])
         try:
+            self.close_cause.baseline()
             conn.send("PSUBSCRIBE", self.pattern)
             reply = conn.reply(10.0)
             if not (isinstance(reply, list) and reply and reply[0] == b"psubscribe"):
                 raise RespError(f"unexpected reply to PSUBSCRIBE: {reply!r:.100}")
             self._connected()
             self._ready()
-            self._consume(conn)
+            try:
+                self._consume(conn)
+            except ClosedByServer:
+                self.close_cause.closed = True
+                raise
         finally:
             conn.close()
 

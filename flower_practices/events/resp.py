@@ -66,6 +66,10 @@ def _parse(buf: bytes, pos: int) -> tuple[object, int] | None:
     raise RespError(f"unexpected RESP type byte {kind!r}")
 
 
+class ClosedByServer(ConnectionError):
+    """The server closed the connection (EOF), as opposed to a timeout or a reset."""
+
+
 class PubSubSocket:
     """A plain TCP connection to Redis used for pub/sub only."""
 
@@ -99,7 +103,7 @@ class PubSubSocket:
         except BlockingIOError:
             return False
         if not chunk:
-            raise ConnectionError("connection closed by the server")
+            raise ClosedByServer("connection closed by the server")
         self._buf = self._buf + chunk if self._buf else chunk
         return True
 

@@ -1,13 +1,18 @@
 """Health of the event stream, and the validation that guards the hot path.
 
 :class:`StreamStatus` counts events, decode errors (by bounded kind), reconnects and the
-connection state; both front ends (exporter and Flower plugin) expose it. Each malformed
-or unknown event kind is logged once, so a flood of garbage cannot flood the logs.
+connection state; both front ends (exporter and Flower plugin) expose it. It also keeps
+the blind windows: each loss of a connected stream is a *gap*, and the seconds spent
+disconnected (from the start of consuming, the current gap included) are summed, so
+``flower_practices_event_stream_disconnected_seconds_total`` says how long the exporter
+could not see events. Each malformed or unknown event kind is logged once, so a flood of
+garbage cannot flood the logs.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 log = logging.getLogger("flower_practices.events")
@@ -45,19 +50,74 @@ class StreamStatus:
         self.connected_since = 0.0
         #: when the stream was last seen to go down (creation time until the first connect)
         self.disconnected_since = time.time()
+        #: connected streams lost (each one starts a blind window)
+        self.gaps = 0
+        #: time.time() of the last failed connection attempt (0: none yet)
+        self.last_attempt_at = 0.0
+        self._down_total = 0.0
+        self._down_since: float | None = None  # monotonic start of the current gap
+        # the pair (_down_total, _down_since) changes together: a scrape in between must
+        # not see a counter that goes back
+        self._gap_lock = threading.Lock()
         self._logged: set[str] = set()
 
+    def begin(self) -> None:
+        """Consuming starts now: from here on, time not connected is counted as blind."""
+        with self._gap_lock:
+            if not self.connected and self._down_since is None:
+                self._down_since = time.monotonic()
+
+    def _end_gap(self) -> None:
+        with self._gap_lock:
+            if self._down_since is not None:
+                self._down_total += time.monotonic() - self._down_since
+                self._down_since = None
+
     def mark_connected(self) -> None:
+        self._end_gap()
         self.connected = True
         self.connected_since = time.time()
         self.disconnected_since = 0.0
         self.last_error = ""
 
-    def mark_disconnected(self, reason: str) -> None:
+    def mark_disconnected(self, reason: str, *, final: bool = False) -> None:
+        """A connection attempt failed or the stream was lost (``final``: stopped for good,
+        which ends the count of blind time instead of starting a gap)."""
         if self.connected or not self.disconnected_since:
             self.disconnected_since = time.time()
+        if final:
+            self._end_gap()
+        else:
+            if self.connected:
+                self.gaps += 1
+            with self._gap_lock:
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+            self.last_attempt_at = time.time()
         self.connected = False
         self.last_error = reason
+
+    def disconnected_seconds(self) -> float:
+        """Seconds spent disconnected since consuming began, the ongoing gap included."""
+        with self._gap_lock:
+            since, total = self._down_since, self._down_total
+            return total + (time.monotonic() - since if since is not None else 0.0)
+
+    def gap_seconds(self) -> float:
+        """Length of the current blind window so far (0 while connected)."""
+        since = self._down_since
+        return time.monotonic() - since if since is not None else 0.0
+
+    def reason(self) -> str:
+        """Why the stream is not connected, as of now (for ``/healthz`` and the UI)."""
+        since = self._down_since
+        out = f"event stream not connected: {self.last_error or 'unknown'}"
+        if since is not None:
+            out += f" (disconnected for {time.monotonic() - since:.0f}s"
+            if self.last_attempt_at:
+                out += f", last attempt {max(0.0, time.time() - self.last_attempt_at):.0f}s ago"
+            out += ")"
+        return out
 
     def decode_error(self, kind: str, detail: str = "", kept: bool = False,
                      n: int = 1) -> None:

@@ -5,6 +5,10 @@ callback (a malformed message is counted, never fatal) and the caps of :mod:`.li
 (message size, bounded inflating of compressed messages, events per message), and
 reconnects with exponential back-off (capped) whenever the broker goes away, counting
 each reconnect.
+
+On AMQP the connection asks for heartbeats every :data:`AMQP_HEARTBEAT_SECONDS`: a broker
+that stops answering without closing the socket (frozen, network partition) is declared
+lost after two missed heartbeats instead of never.
 """
 
 from __future__ import annotations
@@ -26,6 +30,42 @@ from .reconnect import ReconnectingStream
 from .status import StreamStatus
 
 log = logging.getLogger("flower_practices.events")
+
+#: AMQP heartbeat we ask for; the link counts as dead after two intervals of silence
+AMQP_HEARTBEAT_SECONDS = 10.0
+#: seconds to connect (TCP and the AMQP handshake) before the attempt fails
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+def with_liveness(conn: Any) -> Any:
+    """``conn`` set to ask for AMQP heartbeats, with bounded socket reads and writes (so
+    closing a link to a frozen broker gives up instead of waiting for its Close-Ok
+    forever). Other transports are left as they are. Set before connecting."""
+    if conn.transport.driver_type == "amqp":
+        conn.heartbeat = AMQP_HEARTBEAT_SECONDS
+        conn.transport_options = {"read_timeout": CONNECT_TIMEOUT_SECONDS,
+                                  "write_timeout": CONNECT_TIMEOUT_SECONDS,
+                                  **(conn.transport_options or {})}
+    return conn
+
+
+def report_missed_heartbeat(connection: Any, status: StreamStatus) -> None:
+    """Make ``connection.heartbeat_check`` mark ``status`` disconnected when it fails.
+
+    A missed heartbeat raises out of ``consume()``, and leaving the consumer then closes
+    channel and connection politely, which waits on the dead broker for a while: the loss
+    is reported now, not after that.
+    """
+    check = connection.heartbeat_check
+
+    def heartbeat_check(rate: int = 2) -> Any:
+        try:
+            return check(rate)
+        except Exception as exc:
+            status.mark_disconnected(f"{type(exc).__name__}: {exc}"[:300])
+            raise
+
+    connection.heartbeat_check = heartbeat_check
 
 
 def _pop_compression(payload: Any) -> Any:
@@ -115,20 +155,42 @@ def cap_events(status: StreamStatus, body: list) -> list:
 class GuardedReceiver(EventReceiver):
     """An EventReceiver whose per-message path cannot raise into the consumer loop."""
 
+    #: the consuming connection gets one retry; the stream's loop does the back-off
+    connect_max_retries = 1
+
     def __init__(self, *args: Any, status: StreamStatus, on_ready: Callable[[], None],
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._status = status
         self._on_ready = on_ready
+        self._consuming: Any = None
+        self._next_heartbeat_check = 0.0
+
+    def create_connection(self) -> Any:
+        # the connection consumed from (a clone of the one given): with heartbeats
+        return with_liveness(super().create_connection())
+
+    def on_iteration(self) -> None:
+        # ConsumerMixin checks heartbeats only when a drain times out; on a busy stream
+        # (an event every < 1 s) that is never, and the broker would drop us for
+        # silence. Check at most once a second while events flow.
+        now = time.monotonic()
+        if now >= self._next_heartbeat_check and self._consuming is not None:
+            self._next_heartbeat_check = now + 1.0
+            self._consuming.heartbeat_check()
 
     def on_consume_ready(self, connection: Any, channel: Any, consumers: Any,
                          wakeup: bool = True, **kwargs: Any) -> None:
-        self._on_ready()
+        self._consuming = connection
+        report_missed_heartbeat(connection, self._status)
         if wakeup:
             try:
                 self.wakeup_workers(channel=channel)
             except Exception as exc:  # waking workers is a nicety, not a requirement
                 log.info("could not ask workers for a heartbeat: %s", exc)
+        # connected once the broker has answered all of it (a broker freezing meanwhile
+        # is then caught by the heartbeats, which report at once)
+        self._on_ready()
 
     def get_consumers(self, Consumer: Any, channel: Any) -> list:  # noqa: N803 - Celery's
         consumers = super().get_consumers(Consumer, channel)
@@ -186,8 +248,10 @@ class EventStream(ReconnectingStream):
 
     def _session(self) -> None:
         try:
-            with self.app.connection_for_read() as conn:
-                conn.ensure_connection(max_retries=1)
+            with self.app.connection_for_read(connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+                # one try per URL (failover) with no sleep: our loop does the back-off
+                conn.ensure_connection(max_retries=max(1, len(conn.alt or ())),
+                                       interval_start=0, interval_step=0, interval_max=0)
                 receiver = GuardedReceiver(
                     conn, handlers={"*": self.handler}, app=self.app,
                     status=self.status, on_ready=self._ready,

@@ -129,6 +129,13 @@ def make_registry(engine) -> CollectorRegistry:
     return registry
 
 
+def _stopper(stop: asyncio.Event, sig: signal.Signals):
+    def handle() -> None:
+        log.info("received %s: stopping", sig.name)
+        stop.set()
+    return handle
+
+
 async def serve(app: Celery, settings: Settings, *, app_loaded: bool, host: str, port: int,
                 ready: asyncio.Event | None = None,
                 stop: asyncio.Event | None = None, state_dir: str | None = None,
@@ -155,8 +162,9 @@ async def serve(app: Celery, settings: Settings, *, app_loaded: bool, host: str,
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        # SIGHUP stops cleanly too (no reload: a changed config is applied by a restart)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, _stopper(stop, sig))
     except (RuntimeError, ValueError):  # not the main thread (tests)
         pass
     runner.start()

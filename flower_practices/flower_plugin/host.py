@@ -143,9 +143,10 @@ class PluginFlower(Flower):
         for name, install in installers:
             try:
                 self.plugins[name] = install(self)
-            except ValueError as exc:  # PluginError, ConfigError: a usage problem
-                log.error("Flower plugin %s: %s", name, exc)
-                raise click.UsageError(f"Flower plugin {name}: {exc}") from exc
+            except ValueError as exc:  # a plugin's configuration or usage problem:
+                # one line naming it, exit 2 (not Flower's whole usage text)
+                click.echo(f"Error: Flower plugin {name}: {exc}", err=True)
+                raise SystemExit(2) from exc
         log.info("Flower plugins active: %s (Flower %s)", ", ".join(self.plugins),
                  flower.__version__)
 

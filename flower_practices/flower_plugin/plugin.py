@@ -11,7 +11,9 @@ Taps into Flower's event pipeline, with no second broker connection:
   Flower handles (on its IOLoop) is then fed to ``engine.observe`` - O(1) per event.
 * :class:`StatusReceiver` replaces the ``EventReceiver`` Flower's ``Events`` thread uses,
   marking our :class:`StreamStatus` connected when consuming starts and disconnected (with
-  a reconnect counted) when capture fails, and applying the exporter's message caps
+  a reconnect counted) when capture fails. Its connection asks for AMQP heartbeats (as
+  the exporter's does), so a frozen broker is reported instead of looking connected. It
+  applies the exporter's message caps
   (:mod:`..events.limits`: size, bounded inflating, events per message; counted instead
   of tearing the connection down). Flower's own retry loop is unchanged.
 
@@ -21,6 +23,8 @@ The pages live in :mod:`.web`; the options (``--practices_config``) in :mod:`.ho
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -30,12 +34,18 @@ from celery.events import EventReceiver
 from prometheus_client import REGISTRY
 from tornado.ioloop import PeriodicCallback
 
-from ..brokers import is_database_broker, redact
-from ..config import Settings, load_settings
+from ..brokers import broker_url_problem, is_database_broker, redact
+from ..config import ConfigError, Settings, load_settings
 from ..engine import Engine
 from ..events.sanitize import clean_event, clean_text
 from ..events.status import StreamStatus
-from ..events.stream import cap_events, count_decode_error, guard_consumers
+from ..events.stream import (
+    cap_events,
+    count_decode_error,
+    guard_consumers,
+    report_missed_heartbeat,
+    with_liveness,
+)
 from ..metrics import PracticesCollector
 from ..probes.poller import ProbePoller
 from ..runtime import build_engine
@@ -98,14 +108,22 @@ class StatusReceiver(EventReceiver):
             body = cap_events(status, body)
         super()._receive(body, message, list, isinstance)
 
+    def create_connection(self) -> Any:
+        conn = super().create_connection()
+        return with_liveness(conn) if self._status() is not None else conn
+
     def on_consume_ready(self, connection: Any, channel: Any, consumers: Any,
                          wakeup: bool = True, **kwargs: Any) -> None:
         status = self._status()
         if status is not None:
+            report_missed_heartbeat(connection, status)
+        # Flower's wakeup broadcast first: if the broker freezes during it, the call fails
+        # (bounded reads) and the stream was never reported connected
+        super().on_consume_ready(connection, channel, consumers, wakeup=wakeup, **kwargs)
+        if status is not None:
             if status.connected_since:
                 status.reconnects += 1
             status.mark_connected()
-        super().on_consume_ready(connection, channel, consumers, wakeup=wakeup, **kwargs)
 
     def capture(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -206,7 +224,7 @@ class PracticesPlugin:
         watch_connection(app.events, self.status)
         if not self.events_supported:
             self.status.mark_disconnected(
-                "the broker is a database: Celery events cannot flow over it")
+                "the broker is a database: Celery events cannot flow over it", final=True)
         register_metrics(self.engine)
 
     # -- timers ------------------------------------------------------------------------
@@ -215,6 +233,9 @@ class PracticesPlugin:
         if self.started:
             return
         self.started = True
+        if self.events_supported:
+            self.status.begin()  # blind time counts from here (Flower's Events thread)
+        stop_on_sighup()
         log.info("flower_practices: monitoring broker %s; %d rules active, evaluation every "
                  "%gs, probes every %gs", redact(self.engine.ctx.broker_url),
                  len(self.engine.rules), self.settings.evaluation_interval,
@@ -251,10 +272,30 @@ class PracticesPlugin:
             self._busy.discard(name)
 
 
+def stop_on_sighup() -> None:
+    """SIGHUP stops Flower cleanly, like SIGTERM and like the exporter (no config reload;
+    a changed --practices_config is applied by a restart). Only from the main thread, and
+    only where SIGHUP still has its default action (terminate without clean-up)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_DFL:
+        return
+
+    def handle(signum: int, frame: Any) -> None:
+        log.warning("received SIGHUP: stopping")
+        sys.exit(0)  # Flower's command catches SystemExit; its atexit hook stops the app
+
+    signal.signal(signal.SIGHUP, handle)
+
+
 def install(flower_app: Any, settings: Settings | None = None) -> PracticesPlugin:
     """Install the plugin into a constructed (not yet started) Flower application."""
     if settings is None:
         settings = load_plugin_settings(flower_app.options)
+    conf = flower_app.capp.conf
+    problem = broker_url_problem(str(conf.broker_read_url or conf.broker_url or ""))
+    if problem:  # a URL that can never work: say so at start, not retry forever
+        raise ConfigError(problem)
     plugin = PracticesPlugin(flower_app, settings,
                              state_dir=plugin_state_dir(flower_app.options))
     plugin.attach()
