@@ -333,6 +333,7 @@ def blindness_rules(options: Options) -> list[dict[str, Any]]:
                             "findings and task metrics have holes. Blind time: "
                             "flower_practices_event_stream_disconnected_seconds_total."),
             "runbook_url": options.runbook("event_stream_gaps"),
+            "dashboard_url": options.dashboard(WORKERS_DASHBOARD),
         },
     }]
 

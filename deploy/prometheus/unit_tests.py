@@ -446,7 +446,8 @@ def blindness_cases(options: Options) -> list[dict[str, Any]]:
                                        "metrics have holes. Blind time: "
                                        "flower_practices_event_stream_disconnected_seconds"
                                        "_total.",
-                        "runbook_url": options.runbook("event_stream_gaps")}}]},
+                        "runbook_url": options.runbook("event_stream_gaps"),
+                        "dashboard_url": options.dashboard(WORKERS_DASHBOARD)}}]},
                 {"eval_time": "60m", "alertname": alert, "exp_alerts": []},
             ],
         },
