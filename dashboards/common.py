@@ -1,11 +1,19 @@
 """Shared building blocks for the dashboards: datasource, template variables, panel helpers.
 
 Every panel queries the ``$datasource`` Prometheus datasource variable and filters on the
-``$job`` variable; rates use ``$__rate_interval`` so they stay correct at any scrape
-interval. Helpers return grafana-foundation-sdk builders.
+``$cluster``, ``$namespace`` and ``$job`` variables; rates use ``$__rate_interval`` so they
+stay correct at any scrape interval. Replicas of one exporter report the same series (they
+watch the same broker): :func:`dedup` keeps one per label set, so two replicas draw one
+line. The label names and whether the cluster/namespace pickers are shown are
+:data:`CONFIG` (mixin style, :func:`configured` for a variant). Helpers return
+grafana-foundation-sdk builders.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from grafana_foundation_sdk.builders import bargauge, stat, table, text, timeseries
 from grafana_foundation_sdk.builders import common as cb
@@ -17,15 +25,62 @@ from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import prometheus as pm
 from grafana_foundation_sdk.models import text as tm
 
+from deploy.prometheus.rules import CONFIG as RULES_CONFIG
+
+#: what a deployment may change, mixin style; the label names are the alert rules' own
+CONFIG: dict[str, Any] = {
+    "cluster_label": RULES_CONFIG["cluster_label"],
+    "namespace_label": RULES_CONFIG["namespace_label"],
+    "replica_labels": RULES_CONFIG["replica_labels"],
+    #: show the cluster and namespace pickers (Kubernetes); hidden otherwise, where the
+    #: labels are usually absent -- their All (``.*``) matches an absent label either way
+    "show_multi_cluster": False,
+}
+
+
+@contextmanager
+def configured(**overrides: Any) -> Iterator[None]:
+    """Build dashboards with some :data:`CONFIG` keys changed (restored afterwards)."""
+    unknown = set(overrides) - set(CONFIG)
+    if unknown:
+        raise KeyError(f"unknown dashboard settings {sorted(unknown)}")
+    saved = dict(CONFIG)
+    CONFIG.update(overrides)
+    try:
+        yield
+    finally:
+        CONFIG.clear()
+        CONFIG.update(saved)
+
+
 DATASOURCE = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 TAGS = ["celery", "flower-practices"]
-#: selector every query starts from; extended per dashboard with queue/task filters
+#: the job matcher every query has; extended per dashboard with queue/task filters
 JOB = 'job=~"$job"'
 
 
+def scope() -> tuple[str, ...]:
+    """``cluster=~"$cluster", namespace=~"$namespace", job=~"$job"`` (configured names)."""
+    labelled = ((CONFIG["cluster_label"], "cluster"), (CONFIG["namespace_label"], "namespace"))
+    return (*(f'{label}=~"${name}"' for label, name in labelled if label), JOB)
+
+
 def series(metric: str, *matchers: str) -> str:
-    """``metric{job=~"$job", <matchers>}``."""
-    return f"{metric}{{{', '.join((JOB, *matchers))}}}"
+    """``metric{cluster=~"$cluster", namespace=~"$namespace", job=~"$job", <matchers>}``."""
+    return f"{metric}{{{', '.join((*scope(), *matchers))}}}"
+
+
+def scope_labels() -> str:
+    """``cluster, namespace, job``: the labels a per-exporter aggregation keeps."""
+    return ", ".join(x for x in (CONFIG["cluster_label"], CONFIG["namespace_label"], "job")
+                     if x)
+
+
+def dedup(expr: str) -> str:
+    """``max without (instance, pod) (expr)``: one series for all replicas of an exporter
+    (they count the same events), so a sum over them is not doubled."""
+    replicas = [x.strip() for x in CONFIG["replica_labels"].split(",") if x.strip()]
+    return f"max without ({', '.join(replicas)}) ({expr})"
 
 
 def _all_option() -> dm.VariableOption:
@@ -50,12 +105,31 @@ def label_variable(name: str, label: str, query: str, *, multi: bool = True,
     return variable.all_value(all_value) if all_value is not None else variable
 
 
-def job_variable() -> db.QueryVariable:
+def scope_variables() -> list[db.QueryVariable]:
+    """``cluster`` and ``namespace`` (as the monitoring mixins: All is ``.*``, which also
+    matches a series without the label; hidden unless ``show_multi_cluster``), then
+    ``job``, each listing only what the one before it selects."""
+    hide = (dm.VariableHide.DONT_HIDE if CONFIG["show_multi_cluster"]
+            else dm.VariableHide.HIDE_VARIABLE)
+    out, matchers = [], []
+    for name, label in (("cluster", CONFIG["cluster_label"]),
+                        ("namespace", CONFIG["namespace_label"])):
+        if not label:
+            continue
+        selector = f"flower_practices_events_total{{{', '.join(matchers)}}}"
+        out.append(label_variable(name, name.capitalize(),
+                                  f"label_values({selector}, {label})",
+                                  multi=False).hide(hide))
+        matchers.append(f'{label}=~"${name}"')
+    return [*out, job_variable(matchers)]
+
+
+def job_variable(matchers: list[str] | None = None) -> db.QueryVariable:
     """The exporter's jobs only: its values are the jobs exposing flower_practices
     metrics, and All is exactly those (no ``.*``), so ``up{job=~"$job"}`` never reaches an
     unrelated job."""
-    return label_variable("job", "Job", "label_values(flower_practices_events_total, job)",
-                          all_value=None)
+    selector = f"flower_practices_events_total{{{', '.join(matchers or [])}}}"
+    return label_variable("job", "Job", f"label_values({selector}, job)", all_value=None)
 
 
 #: what a stat panel shows without a value: the exporter is down or not scraped (counts
@@ -77,7 +151,8 @@ def dashboard(uid: str, title: str, description: str,
              .link(db.DashboardLink("Celery dashboards").type(dm.DashboardLinkType.DASHBOARDS)
                    .tags(["celery"]).as_dropdown(True).include_vars(True).keep_time(True)))
     board.with_variable(datasource_variable())
-    board.with_variable(job_variable())
+    for variable in scope_variables():
+        board.with_variable(variable)
     for variable in variables:
         board.with_variable(variable)
     return board

@@ -2,22 +2,27 @@
 
 Usage::
 
-    python -m dashboards.generate          # (re)write dashboards/*.json
+    python -m dashboards.generate          # (re)write dashboards/*.json and the chart's
     python -m dashboards.generate --check  # exit 1 if a committed file differs
+
+Also writes the Helm chart's copies (``deploy/helm/flower-practices/files/dashboards/``),
+built with :data:`CHART_SETTINGS`; ``--check`` is :func:`tools.codegen.run`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
+from tools import codegen
+
 from . import practices, queues, tasks, workers
+from .common import configured
 
 HERE = Path(__file__).resolve().parent
 
@@ -39,46 +44,40 @@ def render(build: Callable[[], db.Dashboard]) -> str:
     return json.dumps(model, cls=JSONEncoder, indent=2, sort_keys=True) + "\n"
 
 
+#: the Helm chart's copies (deploy/helm/flower-practices/templates/dashboards.yaml): the
+#: same dashboards with the cluster and namespace pickers shown (Kubernetes)
+CHART_DIR = HERE.parent / "deploy/helm/flower-practices/files/dashboards"
+CHART_SETTINGS = {"show_multi_cluster": True}
+COMMAND = "python -m dashboards.generate"
+
+
 def render_all() -> dict[str, str]:
     return {name: render(build) for name, build in DASHBOARDS.items()}
 
 
+def committed() -> dict[Path, str]:
+    """Every file the generator owns: dashboards/*.json and the chart's copies."""
+    files = {HERE / name: text for name, text in render_all().items()}
+    with configured(**CHART_SETTINGS):
+        files.update({CHART_DIR / name: text for name, text in render_all().items()})
+    return files
+
+
 def stale(directory: Path = HERE) -> list[str]:
-    """Names of committed files that are missing or differ from the generator output."""
-    out = []
-    for name, text in render_all().items():
-        path = directory / name
-        if not path.exists() or path.read_text(encoding="utf-8") != text:
-            out.append(name)
-    return out
-
-
-def write(directory: Path = HERE) -> list[Path]:
-    paths = []
-    for name, text in render_all().items():
-        path = directory / name
-        path.write_text(text, encoding="utf-8")
-        paths.append(path)
-    return paths
+    """Names of the committed files (those in ``directory``, and the chart's copies) that
+    are missing or differ from the generator's output."""
+    files = {directory / path.name if path.parent == HERE else path: text
+             for path, text in committed().items()}
+    return [str(path.relative_to(directory)) if path.parent == directory else
+            str(path.relative_to(HERE.parent)) for path in codegen.stale(files)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dashboards.generate",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true",
                         help="do not write; exit 1 if committed JSON differs")
     args = parser.parse_args(argv)
-    if args.check:
-        bad = stale()
-        if bad:
-            print("out of date (run python -m dashboards.generate): " + ", ".join(bad),
-                  file=sys.stderr)
-            return 1
-        print(f"{len(DASHBOARDS)} dashboards up to date")
-        return 0
-    for path in write():
-        print(f"wrote {path}")
-    return 0
+    return codegen.run(committed(), check=args.check, command=COMMAND)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,14 @@ from flower_practices.catalogue import DEFAULT_RUNBOOK_BASE_URL, PRACTICES
 from .common import (
     bars,
     dashboard,
+    dedup,
     graph,
     instant_table,
     label_variable,
     markdown,
     query,
     row,
+    scope_labels,
     series,
     single,
     zero_while_up,
@@ -28,7 +30,8 @@ SEL = ('practice=~"$practice"', 'queue=~"$queue"', 'task=~"$task"')
 
 
 def findings(*extra: str) -> str:
-    return series("celery_practice_violation", *SEL, *extra)
+    """The active findings, one series per finding whatever the number of replicas."""
+    return dedup(series("celery_practice_violation", *SEL, *extra))
 
 
 def violations(*extra: str) -> str:
@@ -87,7 +90,7 @@ def build() -> db.Dashboard:
     board.with_panel(instant_table(
         "Active findings (details)", "Every active finding with its labels; details and "
         "evidence are on the exporter's /api/practices and Flower's Practices page.",
-        f"max by (practice, severity, queue, task, worker, instance) ({findings()})",
+        f"max by ({scope_labels()}, practice, severity, queue, task, worker) ({findings()})",
         hide=("Time", "Value"), links=[runbook_link()]))
     board.with_row(row("Offenders"))
     board.with_panel(bars(
@@ -99,24 +102,28 @@ def build() -> db.Dashboard:
     board.with_panel(bars(
         "Top offending tasks (violations over the range)",
         "Offending occurrences per task over the dashboard's time range.", "short",
-        f"topk(10, sum by (task) (increase({violations(HAS_TASK)}[$__range])))",
+        "topk(10, sum by (task) ("
+        + dedup(f"increase({violations(HAS_TASK)}[$__range])") + "))",
         "{{task}}"))
     board.with_panel(bars(
         "Top offending queues (violations over the range)",
         "Offending occurrences per queue over the dashboard's time range.", "short",
-        f"topk(10, sum by (queue) (increase({violations(HAS_QUEUE)}[$__range])))",
+        "topk(10, sum by (queue) ("
+        + dedup(f"increase({violations(HAS_QUEUE)}[$__range])") + "))",
         "{{queue}}"))
     board.with_row(row("Violation rates"))
     board.with_panel(graph(
         "Violation rate by practice",
         "Offending occurrences per second (each retry-less failure, each task message "
         "carrying a model object, each unread result...).", "cps",
-        [query(f"sum by (practice) (rate({violations()}[$__rate_interval]))", "{{practice}}")]))
+        [query("sum by (practice) (" + dedup(f"rate({violations()}[$__rate_interval])") + ")",
+               "{{practice}}")]))
     board.with_panel(graph(
         "Violation rate by task", "Offending occurrences per second per practice and task.",
         "cps",
-        [query(f"sum by (practice, task) (rate({violations(HAS_TASK)}"
-               "[$__rate_interval]))", "{{practice}} {{task}}")]))
+        [query("sum by (practice, task) ("
+               + dedup(f"rate({violations(HAS_TASK)}[$__rate_interval])") + ")",
+               "{{practice}} {{task}}")]))
     board.with_row(row("Practices"))
     board.with_panel(markdown(
         "Practices and runbooks", "The practices flower-practices checks, with the "

@@ -6,11 +6,13 @@ from grafana_foundation_sdk.builders import dashboard as db
 
 from .common import (
     dashboard,
+    dedup,
     graph,
     instant_table,
     label_variable,
     query,
     row,
+    scope_labels,
     series,
     single,
     zero_while_up,
@@ -22,9 +24,15 @@ STARTED = 'type="started"'
 STARVATION = 'practice=~"queue_starvation|queue_without_consumer|prefetch_starvation"'
 
 
+def rate(metric: str, *matchers: str) -> str:
+    """``rate(metric{...}[$__rate_interval])`` of the selected queues, once for all
+    replicas of the exporter."""
+    return dedup(f"rate({series(metric, Q, *matchers)}[$__rate_interval])")
+
+
 def wait_quantile(q: float) -> str:
-    return (f"histogram_quantile({q}, sum by (queue, le) (rate("
-            f"{series('celery_task_queue_wait_seconds_bucket', Q)}[$__rate_interval])))")
+    buckets = rate("celery_task_queue_wait_seconds_bucket")
+    return f"histogram_quantile({q}, sum by (queue, le) ({buckets}))"
 
 
 def build() -> db.Dashboard:
@@ -35,8 +43,8 @@ def build() -> db.Dashboard:
         "starved or unconsumed queues.",
         [label_variable("queue", "Queue",
                         'label_values(celery_queue_length{job=~"$job"}, queue)')])
-    length = series("celery_queue_length", Q)
-    consumers = series("celery_queue_consumers", Q)
+    length = dedup(series("celery_queue_length", Q))
+    consumers = dedup(series("celery_queue_consumers", Q))
     board.with_row(row("Backlog and consumers"))
     board.with_panel(single(
         "Messages waiting", "Messages in the selected queues, all priorities.", "short",
@@ -74,19 +82,18 @@ def build() -> db.Dashboard:
     board.with_panel(graph(
         "Mean queue wait",
         "Average wait per queue (sum / count of the wait histogram).", "s",
-        [query(f"sum by (queue) (rate({series('celery_task_queue_wait_seconds_sum', Q)}"
-               f"[$__rate_interval])) / sum by (queue) (rate("
-               f"{series('celery_task_queue_wait_seconds_count', Q)}[$__rate_interval]))",
+        [query(f"sum by (queue) ({rate('celery_task_queue_wait_seconds_sum')}) / "
+               f"sum by (queue) ({rate('celery_task_queue_wait_seconds_count')})",
                "{{queue}}")]))
     board.with_panel(graph(
         "Tasks started per queue", "Task-started events per second, per queue.", "ops",
-        [query(f"sum by (queue) (rate({series('celery_task_events_total', Q, STARTED)}"
-               "[$__rate_interval]))", "{{queue}}")]))
+        [query(f"sum by (queue) ({rate('celery_task_events_total', STARTED)})",
+               "{{queue}}")]))
     board.with_row(row("Starvation"))
     board.with_panel(instant_table(
         "Starved and unconsumed queues",
         "Active findings about queues: no consumer, wait above the threshold, or tasks "
         "stuck in a busy worker's prefetch while another worker idles.",
-        f"max by (practice, severity, queue, worker, instance) "
+        f"max by ({scope_labels()}, practice, severity, queue, worker) "
         f"({series('celery_practice_violation', STARVATION, Q)})", hide=("Time", "Value")))
     return board

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as db
 
-from .common import dashboard, graph, label_variable, query, row, series, single, zero_while_up
+from .common import (
+    dashboard,
+    dedup,
+    graph,
+    label_variable,
+    query,
+    row,
+    series,
+    single,
+    zero_while_up,
+)
 
 UID = "celery-tasks"
 QT = ('queue=~"$queue"', 'task=~"$task"')
@@ -17,13 +27,18 @@ def events(*matchers: str) -> str:
     return series("celery_task_events_total", *QT, *matchers)
 
 
+def rate(selector: str) -> str:
+    """``rate(selector[$__rate_interval])``, once for all replicas."""
+    return dedup(f"rate({selector}{RATE})")
+
+
 def rate_by(by: str, *matchers: str) -> str:
-    return f"sum by ({by}) (rate({events(*matchers)}{RATE}))"
+    return f"sum by ({by}) ({rate(events(*matchers))})"
 
 
 def runtime_quantile(q: float) -> str:
     buckets = series("celery_task_runtime_seconds_bucket", *QT, 'state="succeeded"')
-    return f"histogram_quantile({q}, sum by (task, le) (rate({buckets}{RATE})))"
+    return f"histogram_quantile({q}, sum by (task, le) ({rate(buckets)}))"
 
 
 def build() -> db.Dashboard:
@@ -39,19 +54,18 @@ def build() -> db.Dashboard:
     board.with_row(row("Throughput"))
     board.with_panel(single(
         "Succeeded / s", "Task-succeeded events per second.", "ops",
-        zero_while_up(f"sum(rate({events(SUCCEEDED)}{RATE}))")))
+        zero_while_up(f"sum({rate(events(SUCCEEDED))})")))
     board.with_panel(single(
         "Failed / s", "Task-failed events per second.", "ops",
-        zero_while_up(f"sum(rate({events(FAILED)}{RATE}))"),
+        zero_while_up(f"sum({rate(events(FAILED))})"),
         steps=[(None, "green"), (0.01, "orange")]))
     board.with_panel(single(
         "Failure ratio", "Failed / (succeeded + failed) over the selection.", "percentunit",
-        f"sum(rate({events(FAILED)}{RATE})) / sum(rate({events(finished)}{RATE}))",
+        f"sum({rate(events(FAILED))}) / sum({rate(events(finished))})",
         steps=[(None, "green"), (0.05, "orange"), (0.2, "red")]))
     board.with_panel(single(
         "Retry ratio", "Retried / started over the selection.", "percentunit",
-        f"sum(rate({events(RETRIED)}{RATE})) / "
-        f"sum(rate({events(STARTED)}{RATE}))",
+        f"sum({rate(events(RETRIED))}) / sum({rate(events(STARTED))})",
         steps=[(None, "green"), (0.1, "orange"), (0.5, "red")]))
     board.with_panel(graph(
         "Task events by state",
@@ -86,9 +100,8 @@ def build() -> db.Dashboard:
     board.with_panel(graph(
         "Mean runtime by task and outcome",
         "Average runtime (sum / count) per task and final state.", "s",
-        [query(f"sum by (task, state) (rate("
-               f"{series('celery_task_runtime_seconds_sum', *QT)}{RATE})) / "
-               f"sum by (task, state) (rate("
-               f"{series('celery_task_runtime_seconds_count', *QT)}{RATE}))",
+        [query(f"sum by (task, state) ({rate(series('celery_task_runtime_seconds_sum', *QT))})"
+               " / sum by (task, state) "
+               f"({rate(series('celery_task_runtime_seconds_count', *QT))})",
                "{{task}} {{state}}")], width=24))
     return board

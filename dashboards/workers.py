@@ -6,6 +6,7 @@ from grafana_foundation_sdk.builders import dashboard as db
 
 from .common import (
     dashboard,
+    dedup,
     graph,
     label_variable,
     query,
@@ -24,6 +25,12 @@ LAG = (f"time() - max by (instance) "
        f"({series('flower_practices_last_event_timestamp_seconds')} > 0)")
 
 
+def per_worker(metric: str) -> str:
+    """A worker gauge, once for all replicas of the exporter (the exporter-health panels
+    below stay per replica: they are about each one)."""
+    return dedup(series(metric, W))
+
+
 def build() -> db.Dashboard:
     board = dashboard(
         UID, "Celery / Workers & exporter health",
@@ -35,29 +42,29 @@ def build() -> db.Dashboard:
     board.with_row(row("Workers"))
     board.with_panel(single(
         "Workers up", "Workers whose heartbeats are fresh.", "short",
-        zero_while_up(f"sum({series('celery_worker_up', W)})"),
+        zero_while_up(f"sum({per_worker('celery_worker_up')})"),
         steps=[(None, "red"), (1, "green")]))
     board.with_panel(single(
         "Workers down", "Workers known to the exporter whose heartbeats stopped.", "short",
-        zero_while_up(f"count({series('celery_worker_up', W)} == 0)"),
+        zero_while_up(f"count({per_worker('celery_worker_up')} == 0)"),
         steps=[(None, "green"), (1, "red")]))
     board.with_panel(single(
         "Tasks running", "Tasks started but not finished, all selected workers.", "short",
-        zero_while_up(f"sum({series('celery_worker_tasks_running', W)})")))
+        zero_while_up(f"sum({per_worker('celery_worker_tasks_running')})")))
     board.with_panel(single(
         "Tasks reserved", "Tasks received but not started (prefetched), all selected "
         "workers.", "short",
-        zero_while_up(f"sum({series('celery_worker_tasks_reserved', W)})")))
+        zero_while_up(f"sum({per_worker('celery_worker_tasks_reserved')})")))
     board.with_panel(graph(
         "Worker up", "1 while a worker's heartbeats are fresh.", "bool_on_off",
-        [query(f"max by (worker) ({series('celery_worker_up', W)})", "{{worker}}")],
+        [query(f"max by (worker) ({per_worker('celery_worker_up')})", "{{worker}}")],
         width=24, height=6))
     board.with_panel(graph(
         "Tasks running by worker", "Tasks started but not finished, per worker.", "short",
-        [query(f"sum by (worker) ({series('celery_worker_tasks_running', W)})", "{{worker}}")]))
+        [query(f"sum by (worker) ({per_worker('celery_worker_tasks_running')})", "{{worker}}")]))
     board.with_panel(graph(
         "Tasks reserved by worker", "Tasks received but not started, per worker.", "short",
-        [query(f"sum by (worker) ({series('celery_worker_tasks_reserved', W)})",
+        [query(f"sum by (worker) ({per_worker('celery_worker_tasks_reserved')})",
                "{{worker}}")]))
     board.with_row(row("Exporter health"))
     board.with_panel(single(

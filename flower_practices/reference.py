@@ -118,20 +118,16 @@ def render(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # a repository tool (tools/ is not installed with the package): imported here only
+    from tools.codegen import run
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if README.md is stale")
     parser.add_argument("--readme", type=Path, default=README)
     args = parser.parse_args(argv)
-    current = args.readme.read_text(encoding="utf-8")
-    wanted = render(current)
-    if args.check:
-        if current != wanted:
-            print(f"{args.readme}: reference tables are stale; run "
-                  "python -m flower_practices.reference", file=sys.stderr)
-            return 1
-        return 0
-    args.readme.write_text(wanted, encoding="utf-8")
-    return 0
+    wanted = render(args.readme.read_text(encoding="utf-8"))
+    return run({args.readme: wanted}, check=args.check,
+               command="python -m flower_practices.reference")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -108,7 +108,8 @@ def test_dashboards_and_rules_use_only_exposed_metrics(redis_url: str) -> None:
 def test_label_matchers_name_real_labels() -> None:
     """``metric{label=...}`` selectors only use labels the metric has (METRICS contract),
     plus the target labels Prometheus adds."""
-    target_labels = {"job", "instance"}
+    # what Prometheus adds: the target, and on Kubernetes the pod, namespace and cluster
+    target_labels = {"job", "instance", "pod", "namespace", "cluster"}
     selector = re.compile(rf"({IDENT})\{{([^}}]*)\}}")
     checked = 0
     for expr in dashboard_exprs() + rule_exprs():

@@ -16,6 +16,7 @@ from dashboards import generate
 from flower_practices.catalogue import DEFAULT_RUNBOOK_BASE_URL, PRACTICES
 
 ROOT = Path(__file__).resolve().parents[1]
+DEDUP = "max without (instance, pod) ("
 REQUIRED_TITLES = {
     "Celery / Practices", "Celery / Queues", "Celery / Tasks",
     "Celery / Workers & exporter health",
@@ -128,7 +129,9 @@ def test_stat_panels_show_no_data_when_the_exporter_is_down() -> None:
             for target in panel["targets"]:
                 assert "vector(0)" not in target["expr"], where
                 if " or (0 * " in target["expr"]:
-                    assert target["expr"].endswith('(0 * max(up{job=~"$job"} == 1))'), where
+                    assert target["expr"].endswith(
+                        '(0 * max(up{cluster=~"$cluster", namespace=~"$namespace", '
+                        'job=~"$job"} == 1))'), where
             if panel["type"] == "stat":
                 assert panel["fieldConfig"]["defaults"]["noValue"] == "No data", where
 
@@ -147,18 +150,19 @@ def test_event_lag_ignores_a_zero_timestamp() -> None:
 def test_requested_panels_are_there() -> None:
     by_title = {b["title"]: b for b in load_all().values()}
     practices = " ".join(exprs(by_title["Celery / Practices"]))
-    assert "sum by (practice, severity) (celery_practice_violation" in practices
+    # replicas of the exporter count once (max without (instance, pod))
+    assert f"sum by (practice, severity) ({DEDUP}celery_practice_violation" in practices
     assert "topk(10, count by (task)" in practices and "topk(10, count by (queue)" in practices
-    assert "rate(celery_practice_violations_total" in practices
+    assert f"{DEDUP}rate(celery_practice_violations_total" in practices
     queues = " ".join(exprs(by_title["Celery / Queues"]))
-    assert "sum by (queue, priority) (celery_queue_length" in queues
+    assert f"sum by (queue, priority) ({DEDUP}celery_queue_length" in queues
     assert "celery_queue_consumers" in queues
     for q in ("0.5", "0.95", "0.99"):
-        assert (f"histogram_quantile({q}, sum by (queue, le) (rate("
+        assert (f"histogram_quantile({q}, sum by (queue, le) ({DEDUP}rate("
                 "celery_task_queue_wait_seconds_bucket") in queues
     assert "queue_starvation" in queues
     tasks = " ".join(exprs(by_title["Celery / Tasks"]))
-    assert "sum by (type) (rate(celery_task_events_total" in tasks
+    assert f"sum by (type) ({DEDUP}rate(celery_task_events_total" in tasks
     assert 'type="failed"' in tasks and 'type="retried"' in tasks
     assert "celery_task_runtime_seconds_bucket" in tasks
     health = " ".join(exprs(by_title["Celery / Workers & exporter health"]))

@@ -12,23 +12,31 @@ Usage::
 Every threshold and duration (``--set key=value``) is listed in
 :data:`deploy.prometheus.rules.CONFIG`.
 
-All three come from :mod:`deploy.prometheus.rules` (itself built from the practice
-catalogue), so the rules file and the manifest cannot drift apart.
+All come from :mod:`deploy.prometheus.rules` (itself built from the practice catalogue),
+so the rules file, the manifest and the Helm chart's PrometheusRule template
+(``deploy/helm/flower-practices/templates/prometheusrule.yaml``, see
+:mod:`deploy.prometheus.helm`) cannot drift apart; ``--check`` is :func:`tools.codegen.run`.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tools import codegen
+
+from .helm import template_text
 from .rules import CONFIG, DEFAULT_JOB, Options, groups
 from .unit_tests import test_document
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+#: the Helm chart's PrometheusRule: the same rules, thresholds from the chart's values
+CHART_TEMPLATE = ROOT / "deploy/helm/flower-practices/templates/prometheusrule.yaml"
+COMMAND = "python -m deploy.prometheus.generate"
 RULES_FILE = "flower-practices.rules.yml"
 MANIFEST_FILE = "flower-practices.prometheusrule.yaml"
 TESTS_FILE = "flower-practices.rules.test.yml"
@@ -68,13 +76,20 @@ def render(options: Options | None = None) -> dict[str, str]:
     return out
 
 
+def committed() -> dict[Path, str]:
+    """Every committed file the generator owns: the rules, manifest and promtool tests
+    here, and the Helm chart's PrometheusRule template."""
+    files = {HERE / name: text for name, text in render().items()}
+    files[CHART_TEMPLATE] = template_text(HEADER)
+    return files
+
+
 def stale(directory: Path = HERE) -> list[str]:
-    out = []
-    for name, text in render().items():
-        path = directory / name
-        if not path.exists() or path.read_text(encoding="utf-8") != text:
-            out.append(name)
-    return out
+    """Names of the committed files (those in ``directory``, and the chart's template)
+    that are missing or differ from the generator's output."""
+    files = {directory / path.relative_to(HERE) if path.is_relative_to(HERE) else path: text
+             for path, text in committed().items()}
+    return [path.name for path in codegen.stale(files)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,24 +119,16 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             parser.error(f"--set {item!r}: not a {type(CONFIG[key]).__name__}")
     if args.check:
-        bad = stale()
-        if bad:
-            print("out of date (run python -m deploy.prometheus.generate): " + ", ".join(bad),
-                  file=sys.stderr)
-            return 1
-        print("rules, manifest and promtool tests up to date")
-        return 0
+        return codegen.run(committed(), check=True, command=COMMAND)
     options = Options(**{"job": args.job, "runbook_base_url": args.runbook_base_url,
                          "dashboard_base_url": args.dashboard_base_url, **overrides})
-    if args.output_dir.resolve() == HERE and options != Options():
-        parser.error("non-default --job/--runbook-base-url/--dashboard-base-url/--set need "
-                     "--output-dir (the committed files use the defaults)")
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in render(options).items():
-        path = args.output_dir / name
-        path.write_text(text, encoding="utf-8")
-        print(f"wrote {path}")
-    return 0
+    if args.output_dir.resolve() == HERE:
+        if options != Options():
+            parser.error("non-default --job/--runbook-base-url/--dashboard-base-url/--set "
+                         "need --output-dir (the committed files use the defaults)")
+        return codegen.run(committed(), check=False, command=COMMAND)
+    files = {args.output_dir / name: text for name, text in render(options).items()}
+    return codegen.run(files, check=False, command=COMMAND)
 
 
 if __name__ == "__main__":

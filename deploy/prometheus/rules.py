@@ -21,6 +21,15 @@ from flower_practices.catalogue import DEFAULT_RUNBOOK_BASE_URL, PRACTICES, Prac
 CONFIG: dict[str, Any] = {
     #: Prometheus scrape job of the exporter
     "job": "flower-practices",
+    # -- scale-out (mixin style): labels the rules keep or aggregate away
+    #: labels told apart by Prometheus per cluster / namespace (kept by every alert and
+    #: dashboard variable; "" when the deployment has no such label)
+    "cluster_label": "cluster",
+    "namespace_label": "namespace",
+    #: labels that differ between replicas of one exporter (comma-separated): the alerts
+    #: aggregate them away with ``max without (...)``, so two replicas watching one broker
+    #: give one alert, and one replica dying resolves nothing
+    "replica_labels": "instance,pod",
     "runbook_base_url": DEFAULT_RUNBOOK_BASE_URL,
     #: Grafana base URL of the ``dashboard_url`` annotations
     "dashboard_base_url": "http://localhost:3000",
@@ -91,6 +100,9 @@ class Options:
     """What a deployment may change when regenerating; defaults from :data:`CONFIG`."""
 
     job: str = CONFIG["job"]
+    cluster_label: str = CONFIG["cluster_label"]
+    namespace_label: str = CONFIG["namespace_label"]
+    replica_labels: str = CONFIG["replica_labels"]
     runbook_base_url: str = CONFIG["runbook_base_url"]
     dashboard_base_url: str = CONFIG["dashboard_base_url"]
     for_critical: str = CONFIG["for_critical"]
@@ -127,6 +139,19 @@ class Options:
     def for_severity(self, severity: str) -> str:
         return getattr(self, f"for_{severity}")
 
+    @property
+    def replicas(self) -> list[str]:
+        return [label.strip() for label in self.replica_labels.split(",") if label.strip()]
+
+    def scope(self, *labels: str) -> str:
+        """``cluster, namespace, job, <labels>``: what an aggregation keeps."""
+        kept = [self.cluster_label, self.namespace_label, "job", *labels]
+        return ", ".join(label for label in kept if label)
+
+    def dedup(self, expr: str) -> str:
+        """``max without (instance, pod) (expr)``: one series for all replicas."""
+        return f"max without ({', '.join(self.replicas)}) ({expr})"
+
 
 def alert_name(practice_id: str) -> str:
     """``queue_without_consumer`` -> ``CeleryPracticeQueueWithoutConsumer``."""
@@ -140,27 +165,32 @@ SUMMARY_WHERE = ("{{ if $labels.queue }} on queue {{ $labels.queue }}{{ end }}"
 
 #: occurrences behind a finding, from its counter (a template query: the finding's gauge
 #: itself is 1): "<n> offending occurrence(s) counted in the last hour"
-OCCURRENCES = (
-    '{{ with printf "sum(increase(celery_practice_violations_total{job=\\"%s\\", '
-    'instance=\\"%s\\", practice=\\"%s\\", queue=\\"%s\\", task=\\"%s\\"}[1h]))" '
-    "$labels.job $labels.instance $labels.practice $labels.queue $labels.task | query }}"
-    "{{ . | first | value | printf \"%.0f\" }}{{ else }}0{{ end }}")
+def occurrences(options: Options) -> str:
+    """The template query: the largest count any replica has (they count the same
+    events), in the alert's cluster/namespace (``=""`` also matches an absent label)."""
+    labels = [label for label in (options.cluster_label, options.namespace_label) if label]
+    labels += ["job", "practice", "queue", "task"]
+    matchers = ", ".join(f'{label}=\\"%s\\"' for label in labels)
+    args = " ".join(f"$labels.{label}" for label in labels)
+    return (f'{{{{ with printf "max(sum by ({", ".join(options.replicas)}) '
+            f'(increase(celery_practice_violations_total{{{matchers}}}[1h])))" {args} '
+            '| query }}{{ . | first | value | printf "%.0f" }}{{ else }}0{{ end }}')
 
 
 def practice_rule(p: Practice, options: Options) -> dict[str, Any]:
     return {
         "alert": alert_name(p.id),
-        "expr": f'celery_practice_violation{{practice="{p.id}"}} > 0',
+        "expr": options.dedup(f'celery_practice_violation{{practice="{p.id}"}}') + " > 0",
         "for": options.for_severity(p.severity),
         "keep_firing_for": options.keep_firing_for,
         "labels": {"severity": "{{ $labels.severity }}"},
         "annotations": {
             "summary": f"{p.title}{SUMMARY_WHERE}",
-            "description": (f"{p.description} {OCCURRENCES} offending occurrence(s) "
-                            "counted in the last hour. Reported by the flower-practices "
-                            "exporter {{ $labels.instance }}; the evidence (summary, counts, "
-                            "first seen) is on its /api/practices (or Flower's Practices "
-                            "page)."),
+            "description": (f"{p.description} {occurrences(options)} offending "
+                            "occurrence(s) counted in the last hour. Reported by the "
+                            "flower-practices exporter (job {{ $labels.job }}); the "
+                            "evidence (summary, counts, first seen) is on its "
+                            "/api/practices (or Flower's Practices page)."),
             "runbook_url": options.runbook(p.id),
             "dashboard_url": options.dashboard(
                 PRACTICES_DASHBOARD, f"var-practice={p.id}"
@@ -239,10 +269,14 @@ def operations_rules(options: Options) -> list[dict[str, Any]]:
     job = f'job="{options.job}"'
     sev = {"severity": options.operations_severity}
     w = options.failure_ratio_window
-    finished = (f'sum by (job, instance, task) (increase(celery_task_events_total{{{job}, '
-                f'type=~"succeeded|failed"}}[{w}]))')
-    failed = (f'sum by (job, instance, task) (increase(celery_task_events_total{{{job}, '
-              f'type="failed"}}[{w}]))')
+    # per replica first, then the replicas' max: they count the same events
+    per_replica = options.scope(*options.replicas, "task")
+    finished = options.dedup(
+        f"sum by ({per_replica}) (increase(celery_task_events_total{{{job}, "
+        f'type=~"succeeded|failed"}}[{w}]))')
+    failed = options.dedup(
+        f"sum by ({per_replica}) (increase(celery_task_events_total{{{job}, "
+        f'type="failed"}}[{w}]))')
     return [
         {
             "alert": "CeleryTaskFailureRatioHigh",
@@ -263,8 +297,9 @@ def operations_rules(options: Options) -> list[dict[str, Any]]:
         },
         {
             "alert": "CeleryQueueBacklog",
-            "expr": (f"sum by (job, instance, queue) (celery_queue_length{{{job}}}) > "
-                     f"{options.queue_length}"),
+            "expr": (options.dedup(
+                f"sum by ({options.scope(*options.replicas, 'queue')}) "
+                f"(celery_queue_length{{{job}}})") + f" > {options.queue_length}"),
             "for": options.queue_length_for,
             "labels": dict(sev),
             "annotations": {
@@ -279,9 +314,10 @@ def operations_rules(options: Options) -> list[dict[str, Any]]:
         },
         {
             "alert": "CeleryQueueWaitHigh",
-            "expr": ("histogram_quantile(0.95, sum by (job, instance, queue, le) "
-                     f"(rate(celery_task_queue_wait_seconds_bucket{{{job}}}"
-                     f"[{options.queue_wait_window}]))) > {options.queue_wait_p95_seconds}"),
+            "expr": ("histogram_quantile(0.95, " + options.dedup(
+                f"sum by ({options.scope(*options.replicas, 'queue', 'le')}) "
+                f"(rate(celery_task_queue_wait_seconds_bucket{{{job}}}"
+                f"[{options.queue_wait_window}]))") + f") > {options.queue_wait_p95_seconds}"),
             "for": options.queue_wait_for,
             "labels": dict(sev),
             "annotations": {
@@ -298,7 +334,7 @@ def operations_rules(options: Options) -> list[dict[str, Any]]:
         },
         {
             "alert": "CeleryWorkerDown",
-            "expr": f"celery_worker_up{{{job}}} == 0",
+            "expr": options.dedup(f"celery_worker_up{{{job}}}") + " == 0",
             "for": options.worker_down_for,
             "labels": dict(sev),
             "annotations": {

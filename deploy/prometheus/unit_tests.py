@@ -63,8 +63,8 @@ def _expected_annotations(p: Practice, queue: str, task: str, worker: str,
         "summary": _expected_summary(p, queue, task, worker),
         "description": (f"{p.description} {occurrences} offending occurrence(s) counted in "
                         "the last hour. Reported by the flower-practices exporter "
-                        f"{INSTANCE}; the evidence (summary, counts, first seen) is on its "
-                        "/api/practices (or Flower's Practices page)."),
+                        f"(job {DEFAULT_JOB}); the evidence (summary, counts, first seen) is "
+                        "on its /api/practices (or Flower's Practices page)."),
         "runbook_url": options.runbook(p.id),
         "dashboard_url": dashboard,
     }
@@ -83,7 +83,7 @@ def practice_case(index: int, p: Practice, options: Options) -> dict[str, Any]:
                     "task": "", "worker": ""}
     fire_at = _minutes(options.for_severity(p.severity)) + 1
     exp_labels = {"alertname": alert_name(p.id), "practice": p.id, "severity": p.severity,
-                  "job": DEFAULT_JOB, "instance": INSTANCE}
+                  "job": DEFAULT_JOB}
     exp_labels.update({k: v for k, v in (("queue", queue), ("task", task),
                                          ("worker", worker)) if v})
     name = alert_name(p.id)
@@ -116,7 +116,7 @@ def keep_firing_case(options: Options) -> dict[str, Any]:
     keep = _minutes(options.keep_firing_for)
     exp = {"exp_labels": {"alertname": alert_name(p.id), "practice": p.id,
                           "severity": p.severity, "queue": "q1", "task": "t",
-                          "worker": "w1@host", "job": DEFAULT_JOB, "instance": INSTANCE},
+                          "worker": "w1@host", "job": DEFAULT_JOB},
            "exp_annotations": _expected_annotations(p, "q1", "t", "w1@host", options)}
     return {
         "interval": "1m",
@@ -128,6 +128,35 @@ def keep_firing_case(options: Options) -> dict[str, Any]:
              "exp_alerts": [exp]},
             {"eval_time": f"{10 + keep + 2}m", "alertname": alert_name(p.id),
              "exp_alerts": []},
+        ],
+    }
+
+
+def replicas_case(options: Options) -> dict[str, Any]:
+    """Two replicas (other instance and pod) in one cluster/namespace report the same
+    finding: one alert, which keeps the cluster and namespace labels; the first replica
+    dies at minute 10 and the alert goes on firing (with no resolve) long after
+    keep_firing_for, from the survivor."""
+    p = next(p for p in PRACTICES if p.id == "lost_task")
+    where = 'practice="lost_task", severity="critical", queue="q1", task="t", worker=""'
+    scope = f'cluster="eu", namespace="celery", job="{DEFAULT_JOB}"'
+    exp = {"exp_labels": {"alertname": alert_name(p.id), "practice": p.id,
+                          "severity": "critical", "queue": "q1", "task": "t",
+                          "cluster": "eu", "namespace": "celery", "job": DEFAULT_JOB},
+           "exp_annotations": _expected_annotations(p, "q1", "t", "", options)}
+    keep = _minutes(options.keep_firing_for)
+    return {
+        "interval": "1m",
+        "input_series": [
+            {"series": f'celery_practice_violation{{{where}, {scope}, instance="10.0.0.1:9808",'
+                       ' pod="fp-a"}', "values": "1x10 stale"},
+            {"series": f'celery_practice_violation{{{where}, {scope}, instance="10.0.0.2:9808",'
+                       ' pod="fp-b"}', "values": f"1x{20 + keep}"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "9m", "alertname": alert_name(p.id), "exp_alerts": [exp]},
+            {"eval_time": f"{10 + keep + 5}m", "alertname": alert_name(p.id),
+             "exp_alerts": [exp]},
         ],
     }
 
@@ -157,8 +186,7 @@ def severity_override_case(options: Options) -> dict[str, Any]:
             "eval_time": "30m", "alertname": alert_name(p.id),
             "exp_alerts": [{
                 "exp_labels": {"alertname": alert_name(p.id), "practice": p.id,
-                               "severity": "critical", "queue": "q1", "job": DEFAULT_JOB,
-                               "instance": INSTANCE},
+                               "severity": "critical", "queue": "q1", "job": DEFAULT_JOB},
                 "exp_annotations": _expected_annotations(p, "q1", "", "", options)}],
         }],
     }
@@ -328,8 +356,7 @@ def operations_cases(options: Options) -> list[dict[str, Any]]:
                  "exp_alerts": []},
                 {"eval_time": f"{ratio_for + 12}m", "alertname": "CeleryTaskFailureRatioHigh",
                  "exp_alerts": [{
-                     "exp_labels": {"severity": sev, "task": "t.flaky", "job": DEFAULT_JOB,
-                                    "instance": INSTANCE},
+                     "exp_labels": {"severity": sev, "task": "t.flaky", "job": DEFAULT_JOB},
                      "exp_annotations": {
                          "summary": "Celery task t.flaky fails often",
                          "description": (
@@ -354,8 +381,7 @@ def operations_cases(options: Options) -> list[dict[str, Any]]:
                 {"eval_time": "5m", "alertname": "CeleryQueueBacklog", "exp_alerts": []},
                 {"eval_time": f"{_minutes(options.queue_length_for) + 1}m",
                  "alertname": "CeleryQueueBacklog", "exp_alerts": [{
-                     "exp_labels": {"severity": sev, "queue": "big", "job": DEFAULT_JOB,
-                                    "instance": INSTANCE},
+                     "exp_labels": {"severity": sev, "queue": "big", "job": DEFAULT_JOB},
                      "exp_annotations": {
                          "summary": "Celery queue big has a backlog",
                          "description": (f"5k messages wait in queue big (limit "
@@ -382,8 +408,7 @@ def operations_cases(options: Options) -> list[dict[str, Any]]:
                 {"eval_time": "5m", "alertname": "CeleryQueueWaitHigh", "exp_alerts": []},
                 {"eval_time": f"{_minutes(options.queue_wait_for) + 2}m",
                  "alertname": "CeleryQueueWaitHigh", "exp_alerts": [{
-                     "exp_labels": {"severity": sev, "queue": "slow", "job": DEFAULT_JOB,
-                                    "instance": INSTANCE},
+                     "exp_labels": {"severity": sev, "queue": "slow", "job": DEFAULT_JOB},
                      "exp_annotations": {
                          "summary": "Tasks wait long in Celery queue slow",
                          "description": (
@@ -407,8 +432,7 @@ def operations_cases(options: Options) -> list[dict[str, Any]]:
                 {"eval_time": "4m", "alertname": "CeleryWorkerDown", "exp_alerts": []},
                 {"eval_time": f"{4 + _minutes(options.worker_down_for) + 1}m",
                  "alertname": "CeleryWorkerDown", "exp_alerts": [{
-                     "exp_labels": {"severity": sev, "worker": "w2@host", "job": DEFAULT_JOB,
-                                    "instance": INSTANCE},
+                     "exp_labels": {"severity": sev, "worker": "w2@host", "job": DEFAULT_JOB},
                      "exp_annotations": {
                          "summary": "Celery worker w2@host is down",
                          "description": (
@@ -466,5 +490,6 @@ def test_document(rule_file: str, options: Options | None = None) -> dict[str, A
     options = options or Options()
     cases = [practice_case(i, p, options) for i, p in enumerate(PRACTICES)]
     cases += [practice_quiet_case(), severity_override_case(options), keep_firing_case(options),
+              replicas_case(options),
               *exporter_cases(options), *operations_cases(options), *blindness_cases(options)]
     return {"rule_files": [rule_file], "evaluation_interval": "1m", "tests": cases}
