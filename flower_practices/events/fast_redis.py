@@ -144,9 +144,11 @@ class EventDecoder:
 
     Each event gets what :meth:`EventReceiver.event_from_message` gives it (Lamport
     clock, ``timestamp`` moved to local time by ``utcoffset``, ``local_received``), inline
-    and once per message where the result is the same for every event of it: the local
-    UTC offset, the receive time, and the clock's lock (held while the message's clocks
-    are set, never while the handler runs).
+    and once per message where the result is the same for every event of it: the receive
+    time and the clock's lock (held while the message's clocks are set, never while the
+    handler runs). The local UTC offset (``time.localtime``, the costliest step) is read
+    again when a second has passed since it was last read, so a daylight-saving change
+    is applied within a second.
     """
 
     def __init__(self, app: Celery, handler: Callable[[dict], None],
@@ -155,6 +157,8 @@ class EventDecoder:
         self.status = status
         self.clock = app.clock
         self._accept = {"json", "application/json"}
+        self._here = 0
+        self._here_until = 0.0
 
     def feed(self, data: bytes) -> None:
         """Decode one published envelope and deliver the event(s) it carries, within the
@@ -199,17 +203,16 @@ class EventDecoder:
         else:
             self.many((payload,))
 
-    def one(self, body: Any, here: int | None = None) -> None:
-        """One event body (see :meth:`many`)."""
-        self.many((body,))
-
     def many(self, bodies: list | tuple) -> None:
         """The same per-event path as :class:`~.stream.GuardedReceiver`, for the events
         of one message: ``event_from_message`` step for step, then ``handler``."""
         status = self.status
         clock = self.clock
-        here = utcoffset()
         received = time.time()
+        if received >= self._here_until:
+            self._here = utcoffset()
+            self._here_until = received + 1.0
+        here = self._here
         with clock.mutex:  # == LamportClock.adjust / .forward, once per message
             for body in bodies:
                 if type(body) is not dict:
