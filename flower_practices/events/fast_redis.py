@@ -203,6 +203,11 @@ class EventDecoder:
         else:
             self.many((payload,))
 
+    def one(self, body: Any, here: int | None = None) -> None:
+        """One event body, as :meth:`many` (kept for callers of the earlier API; ``here``
+        is ignored: the offset is cached, see the class docstring)."""
+        self.many((body,))
+
     def many(self, bodies: list | tuple) -> None:
         """The same per-event path as :class:`~.stream.GuardedReceiver`, for the events
         of one message: ``event_from_message`` step for step, then ``handler``."""
