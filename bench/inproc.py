@@ -140,3 +140,91 @@ def bench_cardinality(workers: int = 500, names: int = 200, queues: int = 50,
             "series": _series(text), "distinct_label_values": {k: len(v) for k, v in
                                                                labels.items()},
             "overflow_counted": overflow, "seconds": seconds, "render_ms": render_ms}
+
+
+def _wire(msgs: list) -> bytes:
+    """What Redis sends a pattern subscriber for ``msgs``: one ``pmessage`` frame each."""
+    return b"".join(b"*4\r\n$8\r\npmessage\r\n$13\r\n/0.celeryev/*\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
+                    % (len(c), c.encode(), len(d), d) for c, d, _ in msgs)
+
+
+def bench_ingest(group: int = 24, n_events: int = 50_000, repeats: int = 3) -> dict:
+    """Where the direct path's and the plugin's per-event CPU goes, in-process (best of
+    ``repeats``, CPU µs per event): RESP parsing, the floor (parse + the two JSON
+    decodes), :class:`EventDecoder` into a no-op handler and into ``Engine.observe``,
+    ``Engine.observe`` alone, Flower's ``EventsState.event`` alone, and with the
+    plugin's tap feeding the engine after every event or in batches (as it does)."""
+    import types
+    from binascii import a2b_base64
+
+    import orjson
+    from celery import Celery
+    from flower.events import EventsState
+
+    from bench.events import encode, stream
+    from flower_practices.events.fast_redis import EventDecoder
+    from flower_practices.events.resp import FEED_BYTES, new_reader
+    from flower_practices.events.status import StreamStatus
+    from flower_practices.flower_plugin.plugin import flush_tap, tap_state
+
+    msgs = encode(stream(n_events, start=time.time(), rate=4000), 0, group)
+    events = sum(n for _, _, n in msgs)
+    wire = _wire(msgs)
+    app = Celery("bench", broker="redis://127.0.0.1:6379/0", set_as_current=False)
+
+    def read(on_frame: object, pure_python: bool = False) -> None:
+        reader = new_reader(pure_python)
+        for offset in range(0, len(wire), FEED_BYTES):
+            reader.feed(wire, offset, min(FEED_BYTES, len(wire) - offset))
+            frame = reader.gets()
+            while frame is not False:
+                on_frame(frame[3])
+                frame = reader.gets()
+
+    def floor(payload: bytes, loads: object = orjson.loads) -> None:
+        loads(a2b_base64(loads(payload)["body"]))
+
+    decoded: list[dict] = []
+    read(EventDecoder(app, decoded.append, StreamStatus()).feed)
+
+    def engine_alone() -> None:
+        observe = Engine(Settings()).observe
+        for ev in [dict(e) for e in decoded]:
+            observe(ev)
+
+    def flower(tap: str) -> None:
+        holder = types.SimpleNamespace(state=EventsState(max_tasks_in_memory=10_000))
+        engine = Engine(Settings())
+        if tap == "per_event":
+            tap_state(holder, engine.observe, engine.stream_status)
+        elif tap == "batched":
+            holder.io_loop = types.SimpleNamespace(call_later=lambda *a: None)
+            tap_state(holder, engine.observe, engine.stream_status)
+        handle = holder.state.event
+        for i, ev in enumerate([dict(e) for e in decoded]):
+            handle(ev)
+            if tap == "batched" and i % 40 == 39:  # 20 ms of a 2000 events/s stream
+                flush_tap(holder)
+
+    subjects = {
+        "resp_hiredis": lambda: read(lambda p: None),
+        "resp_pure_python": lambda: read(lambda p: None, pure_python=True),
+        "floor": lambda: read(floor),
+        "decoder_noop": lambda: read(EventDecoder(app, lambda e: None, StreamStatus()).feed),
+        "decoder_engine": lambda: read(EventDecoder(app, Engine(Settings()).observe,
+                                                    StreamStatus()).feed),
+        "engine_alone": engine_alone,
+        "flower": lambda: flower("none"),
+        "flower_tap_per_event": lambda: flower("per_event"),
+        "flower_tap_batched": lambda: flower("batched"),
+    }
+    best: dict[str, float] = {}
+    for _ in range(repeats):  # interleaved, so machine load hits every subject alike
+        for key, fn in subjects.items():
+            gc.collect()
+            t0 = time.process_time()
+            fn()
+            best[key] = min(best.get(key, float("inf")),
+                            (time.process_time() - t0) / events * 1e6)
+    return {"group": group, "events": events, "messages": len(msgs),
+            "cpu_us_per_event": best}

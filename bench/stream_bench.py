@@ -4,6 +4,8 @@ A private ``redis-server`` (no pub/sub output-buffer limit, so no consumer is dr
 carries one synthetic stream (:mod:`bench.events`) that every subject consumes at the
 same time, each in its own process:
 
+- ``floor`` the raw pub/sub read and the two JSON decodes each message needs, nothing
+  else (:mod:`bench.floor`: hiredis, orjson),
 - ``a``  bare ``celery.events.Receiver`` with an empty handler (the reference),
 - ``b``  ``flower-practices exporter`` with every rule on (direct Redis path),
 - ``b_kombu`` the same exporter forced onto Celery's generic receiver,
@@ -12,6 +14,10 @@ same time, each in its own process:
 
 CPU is read from ``/proc/<pid>/stat`` (utime+stime) before and after the stream, minus
 each process's own idle rate measured just before; peak RSS is ``VmHWM``.
+
+:func:`bench_sustained` runs the exporter alone against a fast grouped stream and tells
+whether it keeps up (its CPU share of one core, and how long after the last publish it
+had counted every event).
 """
 
 from __future__ import annotations
@@ -84,7 +90,10 @@ def subjects(url: str, which: list[str], workdir: Path) -> list[Subject]:
     cfg_kombu.write_text('[exporter]\nprobe_interval = 3600\nevent_consumer = "kombu"\n')
     out = []
     for key in which:
-        if key == "a":
+        if key == "floor":
+            out.append(Subject("floor", "floor: raw pub/sub read + the two JSON decodes",
+                               [py, str(ROOT / "bench" / "floor.py"), url]))
+        elif key == "a":
             out.append(Subject("a", "bare celery Receiver, empty handler",
                                [py, str(ROOT / "bench" / "bare_receiver.py"), url]))
         elif key in ("b", "b_kombu"):
@@ -254,6 +263,82 @@ def bench_stream(which: list[str], n_events: int, rate: float, idle_seconds: flo
                 s.result["events_seen"] = exporter_event_count(s)
         meta["subjects"] = {s.key: {"label": s.label, **s.result} for s in subs}
         return meta
+    finally:
+        stop(subs)
+        if server is not None:
+            server.kill()
+            server.wait(5)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def bench_sustained(rate: float, n_events: int, group: int = 24,
+                    redis_url: str | None = None) -> dict:
+    """The exporter (direct Redis path, every rule) alone, fed ``n_events`` grouped events
+    at ``rate`` per second: its CPU share of one core while the stream lasts, and how long
+    after the last publish it had counted the last event (it kept up if that is short
+    and its CPU share is below 1)."""
+    workdir = Path(tempfile.mkdtemp(prefix="fp-bench-"))
+    server = None
+    if redis_url is None:
+        server, port = start_redis(workdir)
+        redis_url = f"redis://127.0.0.1:{port}/0"
+    from flower_practices.events.fast_redis import redis_db
+
+    db = redis_db(redis_url.rsplit("/", 1)[-1])
+    client = redis.Redis.from_url(redis_url)
+    base_subs = pattern_subscribers(client)
+    subs = subjects(redis_url, ["b"], workdir)
+    s = subs[0]
+    # /metrics rendered afresh at each poll, so the count read is the count now
+    (workdir / "fast.toml").write_text("[exporter]\nprobe_interval = 3600\n"
+                                       "metrics_cache_seconds = 0\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        s.log = workdir / "b.log"
+        with open(s.log, "wb") as out:
+            s.proc = subprocess.Popen(s.argv, stdout=out, stderr=subprocess.STDOUT,
+                                      env=env, cwd=str(ROOT))
+        deadline = time.time() + 60
+        while pattern_subscribers(client) <= base_subs:
+            if s.proc.poll() is not None or time.time() > deadline:
+                raise SystemExit(f"exporter did not subscribe:\n{s.log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        print(f"  encoding {n_events} events...", file=sys.stderr)
+        msgs = encode(stream(n_events, start=time.time(), rate=rate), db, group)
+        n_events = sum(n for _, _, n in msgs)
+        time.sleep(2.0)
+        seen0 = exporter_event_count(s) or 0.0
+        print(f"  publishing at {rate:.0f} events/s...", file=sys.stderr)
+        cpu0 = cpu_seconds(s.proc.pid)
+        started = time.time()
+        pipe = client.pipeline(transaction=False)
+        done = 0
+        for i in range(0, len(msgs), 20):
+            for ch, data, n in msgs[i:i + 20]:
+                pipe.publish(ch, data)
+                done += n
+            pipe.execute()
+            ahead = started + done / rate - time.time()
+            if ahead > 0:
+                time.sleep(ahead)
+        published = time.time()
+        cpu_at_end = cpu_seconds(s.proc.pid)
+        caught_up = None
+        while time.time() < published + 60:
+            seen = exporter_event_count(s)
+            if seen is not None and seen - seen0 >= n_events:
+                caught_up = time.time()
+                break
+            time.sleep(0.05)
+        cpu1 = cpu_seconds(s.proc.pid)
+        seconds = published - started
+        return {
+            "events": n_events, "group": group, "target_rate": rate,
+            "published_rate": n_events / seconds, "publish_seconds": seconds,
+            "cpu_share_while_publishing": (cpu_at_end - cpu0) / seconds,
+            "cpu_us_per_event": (cpu1 - cpu0) / n_events * 1e6,
+            "lag_seconds": None if caught_up is None else caught_up - published,
+        }
     finally:
         stop(subs)
         if server is not None:

@@ -86,6 +86,7 @@ def feed_failure(app: PluginFlower, uuid: str = "00000000-0000-0000-0000-0000000
     app.events.state.event({**base, "type": "task-failed", "timestamp": now + 0.1,
                             "exception": "ConnectionError('secret-host:6379 refused')",
                             "traceback": "Traceback..."})
+    plugin_module.flush_tap(app.events)  # the tap feeds the engine in batches
     app.flower_practices.engine.evaluate()
 
 
@@ -283,6 +284,8 @@ class TestEventTap(_PluginCase):
         engine = self.flower.flower_practices.engine
         with pytest.raises(KeyError):
             self.flower.events.state.event({"type": "worker-heartbeat"})  # no hostname
+        assert engine.stream_status.events == 0  # held for the tap's next batch
+        plugin_module.flush_tap(self.flower.events)
         assert engine.stream_status.events == 1
 
     def test_install_twice_registers_the_collector_once(self):

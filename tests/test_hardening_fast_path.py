@@ -20,7 +20,8 @@ from flower_practices.events.fast_redis import (
     fast_path_unsupported,
     subscribe_pattern,
 )
-from flower_practices.events.resp import PubSubSocket, command
+from flower_practices.events.resp import command, new_reader
+from flower_practices.events.resp import frames as resp_frames
 from flower_practices.events.status import StreamStatus
 from flower_practices.events.stream import EventStream, make_event_stream
 from tests.support.events import publish_events
@@ -197,27 +198,35 @@ def test_event_consumer_setting_is_validated() -> None:
         settings_from_mapping({"exporter": {"event_consumer": "fastest"}})
 
 
-def test_resp_frames_split_anywhere_are_reassembled() -> None:
+@pytest.mark.parametrize("pure_python", [False, True], ids=["hiredis", "pure-python"])
+def test_resp_frames_split_anywhere_are_reassembled(pure_python: bool) -> None:
     frames = [[b"pmessage", b"/0.celeryev/*", b"/0.celeryev/task.sent", b'{"body": "e30="}'],
               [b"pong", b""], [b"psubscribe", b"/0.celeryev/*", 1],
               [b"pmessage", b"p", b"c", b"x\r\ny" * 50]]
     wire = b"".join(command(*[f if isinstance(f, bytes) else str(f) for f in frame])
                     .replace(b"$1\r\n1\r\n", b":1\r\n") for frame in frames)
+    buffer = bytearray(len(wire) + 10)
+    buffer[:len(wire)] = wire
     for cut in range(1, len(wire)):
-        sock = PubSubSocket.__new__(PubSubSocket)
-        sock._buf = wire[:cut]
-        got = list(sock.frames())
-        sock._buf += wire[cut:]
-        got += list(sock.frames())
+        reader = new_reader(pure_python)
+        reader.feed(buffer, 0, cut)
+        got = list(resp_frames(reader))
+        reader.feed(buffer, cut, len(wire) - cut)
+        got += list(resp_frames(reader))
         assert got == frames, cut
-        assert sock._buf == b""
+        assert reader.gets() is False
 
 
-def test_resp_error_reply_raises() -> None:
-    sock = PubSubSocket.__new__(PubSubSocket)
-    sock._buf = b"-NOAUTH Authentication required.\r\n"
+@pytest.mark.parametrize("pure_python", [False, True], ids=["hiredis", "pure-python"])
+def test_resp_error_reply_raises(pure_python: bool) -> None:
+    reader = new_reader(pure_python)
+    reader.feed(b"-NOAUTH Authentication required.\r\n")
     with pytest.raises(ConnectionError, match="NOAUTH"):
-        list(sock.frames())
+        list(resp_frames(reader))
+    reader = new_reader(pure_python)
+    reader.feed(b"?garbage\r\n")
+    with pytest.raises(ConnectionError, match="RESP"):
+        list(resp_frames(reader))
 
 
 def test_fast_path_authenticates(private_redis: dict) -> None:

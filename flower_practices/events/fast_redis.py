@@ -42,7 +42,14 @@ from .limits import (
 )
 from .reconnect import ReconnectingStream
 from .redis_close import CloseCause
-from .resp import ClosedByServer, PubSubSocket, RespError
+from .resp import (
+    ERROR_REPLIES,
+    FEED_BYTES,
+    PROTOCOL_ERRORS,
+    ClosedByServer,
+    PubSubSocket,
+    RespError,
+)
 from .status import StreamStatus
 
 log = logging.getLogger("flower_practices.events")
@@ -106,23 +113,42 @@ def subscribe_pattern(app: Celery, db: int) -> str:
     return f"{prefix}{exchange}"
 
 
+_stdlib_decode = json.JSONDecoder().decode
+
+try:
+    from orjson import loads as _orjson_loads
+except ImportError:  # pragma: no cover - orjson is a dependency; this is the fallback
+    _orjson_loads = None
+
+
+def json_loads(raw: bytes) -> Any:
+    """UTF-8 JSON ``raw`` decoded as stdlib :mod:`json` decodes it, at orjson's speed."""
+    if _orjson_loads is not None:
+        try:
+            return _orjson_loads(raw)
+        except ValueError:  # orjson.JSONDecodeError: stdlib json may still accept it
+            pass
+    return _stdlib_decode(raw.decode())
+
+
 def _loads_body(raw: bytes) -> Any:
     # kombu's JSON tags non-JSON types as {"__type__": ..., "__value__": ...}; only then
     # do we need its object hook (events never carry them, but stay identical).
     if b'"__type__"' in raw:
         return kombu_json_loads(raw)
-    return _json_decode(raw.decode())
-
-
-_json_decode = json.JSONDecoder().decode
+    return json_loads(raw)
 
 
 class EventDecoder:
     """Raw pub/sub payload -> Celery event dicts -> ``handler``; never raises.
 
-    :meth:`one` does what :meth:`EventReceiver.event_from_message` does (Lamport clock,
-    ``timestamp`` moved to local time by ``utcoffset``, ``local_received``), inline; the
-    local UTC offset is read once per message instead of once per event.
+    Each event gets what :meth:`EventReceiver.event_from_message` gives it (Lamport
+    clock, ``timestamp`` moved to local time by ``utcoffset``, ``local_received``), inline
+    and once per message where the result is the same for every event of it: the receive
+    time and the clock's lock (held while the message's clocks are set, never while the
+    handler runs). The local UTC offset (``time.localtime``, the costliest step) is read
+    again when a second has passed since it was last read, so a daylight-saving change
+    is applied within a second.
     """
 
     def __init__(self, app: Celery, handler: Callable[[dict], None],
@@ -131,6 +157,8 @@ class EventDecoder:
         self.status = status
         self.clock = app.clock
         self._accept = {"json", "application/json"}
+        self._here = 0
+        self._here_until = 0.0
 
     def feed(self, data: bytes) -> None:
         """Decode one published envelope and deliver the event(s) it carries, within the
@@ -138,7 +166,7 @@ class EventDecoder:
         try:
             if len(data) > MAX_ENVELOPE_BYTES:
                 raise MessageRefused("oversized_message", "envelope over the cap")
-            envelope = _json_decode(data.decode())
+            envelope = json_loads(data)
             body = envelope["body"]
             props = envelope.get("properties")
             if props and props.get("body_encoding") == "base64":
@@ -165,54 +193,68 @@ class EventDecoder:
             self.status.events += 1
             self.status.decode_error("undecodable_body")
             return
-        here = utcoffset()
         if type(payload) is list:
             if len(payload) > MAX_EVENTS_PER_MESSAGE:
                 extra = len(payload) - MAX_EVENTS_PER_MESSAGE
                 self.status.events += extra
                 self.status.decode_error("too_many_events", n=extra)
                 payload = payload[:MAX_EVENTS_PER_MESSAGE]
-            for event in payload:
-                self.one(event, here)
+            self.many(payload)
         else:
-            self.one(payload, here)
+            self.many((payload,))
 
     def one(self, body: Any, here: int | None = None) -> None:
-        """The same per-event path as :class:`~.stream.GuardedReceiver`."""
-        if not isinstance(body, dict):
-            self.status.events += 1
-            self.status.decode_error("not_a_mapping")
-            return
-        try:
-            # == EventReceiver.event_from_message(body), step for step
-            clock = self.clock
-            if body["type"] == "task-sent":
-                # clients never sync so cannot use their clock value
-                c = body["clock"] = (clock.value or 1) + CLIENT_CLOCK_SKEW
-                clock.adjust(c)
-            else:
+        """One event body, as :meth:`many` (kept for callers of the earlier API; ``here``
+        is ignored: the offset is cached, see the class docstring)."""
+        self.many((body,))
+
+    def many(self, bodies: list | tuple) -> None:
+        """The same per-event path as :class:`~.stream.GuardedReceiver`, for the events
+        of one message: ``event_from_message`` step for step, then ``handler``."""
+        status = self.status
+        clock = self.clock
+        received = time.time()
+        if received >= self._here_until:
+            self._here = utcoffset()
+            self._here_until = received + 1.0
+        here = self._here
+        with clock.mutex:  # == LamportClock.adjust / .forward, once per message
+            for body in bodies:
+                if type(body) is not dict:
+                    continue
                 try:
-                    c = body["clock"]
-                except KeyError:
-                    body["clock"] = clock.forward()
-                else:
-                    clock.adjust(c)
+                    if body["type"] == "task-sent":
+                        # clients never sync so cannot use their clock value
+                        c = body["clock"] = (clock.value or 1) + CLIENT_CLOCK_SKEW
+                        clock.value = max(clock.value, c) + 1
+                    else:
+                        try:
+                            c = body["clock"]
+                        except KeyError:
+                            clock.value += 1
+                            body["clock"] = clock.value
+                        else:
+                            clock.value = max(clock.value, c) + 1
+                    try:
+                        offset, timestamp = body["utcoffset"], body["timestamp"]
+                    except KeyError:
+                        pass
+                    else:
+                        body["timestamp"] = timestamp - (offset - here) * 3600
+                    body["local_received"] = received
+                except Exception:
+                    body.setdefault("local_received", received)
+        handler = self.handler
+        for body in bodies:
+            if type(body) is not dict:
+                status.events += 1
+                status.decode_error("not_a_mapping")
+                continue
             try:
-                offset, timestamp = body["utcoffset"], body["timestamp"]
-            except KeyError:
-                pass
-            else:
-                if here is None:
-                    here = utcoffset()
-                body["timestamp"] = timestamp - (offset - here) * 3600
-            body["local_received"] = time.time()
-        except Exception:
-            body.setdefault("local_received", time.time())
-        try:
-            self.handler(body)
-        except Exception:
-            self.status.decode_error("handler_error")
-            log.debug("event handler raised", exc_info=True)
+                handler(body)
+            except Exception:
+                status.decode_error("handler_error")
+                log.debug("event handler raised", exc_info=True)
 
 
 class RedisEventStream(ReconnectingStream):
@@ -266,13 +308,15 @@ class RedisEventStream(ReconnectingStream):
             conn.close()
 
     def _consume(self, conn: PubSubSocket) -> None:
-        fill, frames = conn.fill, conn.frames
+        read, buffer = conn.read, conn.buffer
+        put, gets = conn.reader.feed, conn.reader.gets
         feed = self.decoder.feed
         stopped = self._stop_event.is_set
         last_read = time.monotonic()
         pinged = False
         while not stopped():
-            if not fill(1.0):
+            n = read(1.0)
+            if not n:
                 idle = time.monotonic() - last_read
                 if idle > DEAD_AFTER_SECONDS:
                     raise ConnectionError(f"no data or PING reply for {idle:.0f}s")
@@ -281,12 +325,20 @@ class RedisEventStream(ReconnectingStream):
                     pinged = True
                 continue
             # parse what arrived, then take whatever else is readable without waiting
-            while True:
-                for frame in frames():
-                    if type(frame) is list and len(frame) == 4 and frame[0] == b"pmessage" \
-                            and frame[3]:
-                        feed(frame[3])
-                if not fill(0):
-                    break
+            while n:
+                try:
+                    for offset in range(0, n, FEED_BYTES):
+                        put(buffer, offset, min(FEED_BYTES, n - offset))
+                        frame = gets()
+                        while frame is not False:
+                            if type(frame) is list:
+                                if len(frame) == 4 and frame[0] == b"pmessage" and frame[3]:
+                                    feed(frame[3])
+                            elif isinstance(frame, ERROR_REPLIES):
+                                raise RespError(str(frame))
+                            frame = gets()
+                except PROTOCOL_ERRORS as exc:  # not RESP: the stream cannot be trusted
+                    raise RespError(f"RESP protocol error: {exc}") from None
+                n = read(0)
             last_read = time.monotonic()
             pinged = False
