@@ -64,7 +64,7 @@ class TaskRecord:
 
     __slots__ = ("uuid", "name", "queue", "sent_at", "received_at", "started_at", "hostname",
                  "retries", "state", "has_sent", "updated_at", "counted", "counted_epoch",
-                 "straggler")
+                 "straggler", "eta", "pending")
 
     def __init__(self, uuid: str) -> None:
         self.uuid = uuid
@@ -85,6 +85,10 @@ class TaskRecord:
         self.counted_epoch = 0
         #: created by a late event of a task that had already finished (see ``finished``)
         self.straggler = False
+        #: an ``eta``/``countdown`` was seen for it: it waits on purpose
+        self.eta = False
+        #: indexed in its queue's ``pending`` (sent, not yet taken by a worker)
+        self.pending = False
 
 
 #: events by which a worker shows it took a task from a queue
@@ -97,7 +101,8 @@ class WorkerRecord:
     """One worker as seen through its heartbeats, task events and probes."""
 
     __slots__ = ("hostname", "online", "last_seen", "freq", "processed", "active",
-                 "first_processed", "task_events", "reserved", "running", "active_queues",
+                 "first_processed", "task_events", "reserved_tasks", "running_tasks",
+                 "orphans", "active_queues",
                  "sw_ident", "label", "online_since", "prefetch", "concurrency", "epoch",
                  "restarted_at", "offline_at", "created_at", "queues_seen")
 
@@ -111,8 +116,13 @@ class WorkerRecord:
         self.first_processed: int | None = None
         self.active = 0
         self.task_events = 0
-        self.reserved = 0
-        self.running = 0
+        #: uuid -> record counted as reserved / running on it in this generation (the
+        #: per-worker indexes the rules read instead of scanning every tracked task)
+        self.reserved_tasks: dict[str, TaskRecord] = {}
+        self.running_tasks: dict[str, TaskRecord] = {}
+        #: uuid -> record that was running on it when a generation ended (offline,
+        #: restart) and has had no event since: what ``lost_task`` judges
+        self.orphans: dict[str, TaskRecord] = {}
         self.active_queues: tuple[str, ...] | None = None
         self.sw_ident = ""
         self.online_since = 0.0
@@ -129,12 +139,28 @@ class WorkerRecord:
         #: needs no remote control: a busy solo pool cannot answer inspect); bounded
         self.queues_seen: dict[str, float] = {}
 
+    @property
+    def reserved(self) -> int:
+        """Tasks reserved (received, not started) on it in this generation."""
+        return len(self.reserved_tasks)
+
+    @property
+    def running(self) -> int:
+        """Tasks running on it in this generation."""
+        return len(self.running_tasks)
+
+    def alive(self, now: float) -> bool:
+        """The one liveness rule (Celery's): online, and its last heartbeat or event is
+        less than ``2 x freq`` (at least 4 s) old."""
+        return self.online and (now - self.last_seen) <= max(self.freq * 2.0, 4.0)
+
 
 class QueueRecord:
     """One queue: traffic seen in events plus the latest probe results."""
 
     __slots__ = ("name", "label", "sent", "last_sent_at", "waits", "length", "lengths",
-                 "consumers", "probed_at", "first_unconsumed_at", "started", "last_active")
+                 "consumers", "probed_at", "first_unconsumed_at", "started", "last_active",
+                 "pending")
 
     def __init__(self, name: str, label: str) -> None:
         self.name = name
@@ -150,6 +176,9 @@ class QueueRecord:
         self.first_unconsumed_at = 0.0
         #: local time of its creation or its last task-sent/task-started
         self.last_active = 0.0
+        #: uuid -> record sent to it, without an eta, not yet taken by a worker, in the
+        #: order they became pending (oldest first): the backlog seen in events
+        self.pending: dict[str, TaskRecord] = {}
 
 
 class RuntimeState:
@@ -249,7 +278,7 @@ class RuntimeState:
                 # a new message (a redelivery) starts a new life; anything else is late
                 rec.straggler = etype != "task-sent" and etype != "task-received"
             evicted = tasks.put(uuid, rec)
-            if evicted is not None and evicted.counted:
+            if evicted is not None:
                 self._release(evicted)
         return rec
 
@@ -265,31 +294,43 @@ class RuntimeState:
         counted in an older generation no longer decrement them."""
         self._epoch += 1
         worker.epoch = self._epoch
-        worker.reserved = 0
-        worker.running = 0
+        if worker.running_tasks:
+            worker.orphans.update(worker.running_tasks)
+            worker.running_tasks = {}
+        worker.reserved_tasks = {}
 
     def _count(self, rec: TaskRecord, worker: WorkerRecord, kind: int) -> None:
         rec.counted = kind
         rec.counted_epoch = worker.epoch
         if kind == RUNNING:
-            worker.running += 1
+            worker.running_tasks[rec.uuid] = rec
         else:
-            worker.reserved += 1
+            worker.reserved_tasks[rec.uuid] = rec
 
     def _release(self, rec: TaskRecord) -> None:
-        """Undo what ``rec`` is counted as on its worker (exactly once)."""
+        """Undo what ``rec`` is counted as on its worker and in its queue (exactly once):
+        every index that holds it lets go of it."""
+        if rec.pending:
+            self._unpend(rec)
         kind = rec.counted
         if not kind:
             return
         rec.counted = NOT_COUNTED
         worker = self.workers.get(rec.hostname)
-        if worker is None or worker.epoch != rec.counted_epoch:
+        if worker is None:
             return
-        if kind == RUNNING:
-            if worker.running > 0:
-                worker.running -= 1
-        elif worker.reserved > 0:
-            worker.reserved -= 1
+        if worker.epoch != rec.counted_epoch:
+            worker.orphans.pop(rec.uuid, None)
+        elif kind == RUNNING:
+            worker.running_tasks.pop(rec.uuid, None)
+        else:
+            worker.reserved_tasks.pop(rec.uuid, None)
+
+    def _unpend(self, rec: TaskRecord) -> None:
+        rec.pending = False
+        q = self.queues.get(rec.queue)
+        if q is not None:
+            q.pending.pop(rec.uuid, None)
 
     # -- hot path ------------------------------------------------------------------------
     def apply(self, etype: str, event: dict) -> TaskRecord | None:
@@ -322,6 +363,8 @@ class RuntimeState:
                         seen[rec.queue] = self.last_event_at
             if etype == "task-received":
                 self._name(rec, event.get("name"))
+                if event.get("eta"):
+                    rec.eta = True
                 rec.received_at = ts
                 retries = event.get("retries")
                 if type(retries) is int:
@@ -367,6 +410,11 @@ class RuntimeState:
 
     def _sent(self, rec: TaskRecord, event: dict, ts: float) -> None:
         self._name(rec, event.get("name"))
+        if event.get("eta"):
+            rec.eta = True
+        if rec.pending:
+            self._unpend(rec)
+        q = None
         queue = event.get("queue")
         if not isinstance(queue, str) or not queue:
             queue = event.get("routing_key")
@@ -378,6 +426,8 @@ class RuntimeState:
                 q.last_sent_at = ts
                 q.last_active = self.last_event_at
                 self.queues.move_to_end(queue)
+        elif rec.queue:
+            q = self.queues.get(rec.queue)
         rec.sent_at = ts
         rec.has_sent = True
         retries = event.get("retries")
@@ -387,6 +437,9 @@ class RuntimeState:
         # after task-received: never move a record that got further back to SENT
         if rec.state == "PENDING" or rec.state == "RETRY":
             rec.state = "SENT"
+        if rec.state == "SENT" and q is not None and not rec.eta:
+            q.pending[rec.uuid] = rec
+            rec.pending = True
         self.sent_events += 1
 
     def _started(self, rec: TaskRecord, ts: float) -> None:
@@ -480,7 +533,7 @@ class RuntimeState:
         """True when ``rec``'s worker is unknown, dead or restarted after ``since``."""
         worker = self.workers.get(rec.hostname)
         return worker is None or worker.restarted_at > since \
-            or not self.worker_alive(worker, now)
+            or not worker.alive(now)
 
     def _sweep_tasks(self, now: float) -> int:
         drop: list[TaskRecord] = []
@@ -510,13 +563,13 @@ class RuntimeState:
     def _sweep_workers(self, now: float) -> int:
         ttl = self.worker_ttl
         gone = [host for host, w in self.workers.items()
-                if now - max(w.last_seen, w.created_at) > ttl and not self.worker_alive(w, now)]
+                if now - max(w.last_seen, w.created_at) > ttl and not w.alive(now)]
         for host in gone:
             self._forget_worker(host)
         return len(gone)
 
     def _sweep_queues(self, now: float) -> int:
-        consumed = {q for w in self.workers.values() if self.worker_alive(w, now)
+        consumed = {q for w in self.workers.values() if w.alive(now)
                     for q in w.active_queues or ()}
         idle = [name for name, q in self.queues.items()
                 if name not in consumed and self._queue_idle(q, now)]
@@ -541,7 +594,7 @@ class RuntimeState:
         for n, (host, worker) in enumerate(self.workers.items()):
             if n >= self.evict_scan:
                 return False
-            if not self.worker_alive(worker, now):
+            if not worker.alive(now):
                 self._forget_worker(host)
                 return True
         return False
@@ -560,8 +613,8 @@ class RuntimeState:
 
     # -- evaluation helpers --------------------------------------------------------------
     def worker_alive(self, worker: WorkerRecord, now: float) -> bool:
-        """Celery's rule: a worker is alive while its last heartbeat is < 2 x freq old."""
-        return worker.online and (now - worker.last_seen) <= max(worker.freq * 2.0, 4.0)
+        """Same as :meth:`WorkerRecord.alive` (kept for callers outside the core)."""
+        return worker.alive(now)
 
     def label_overflow(self) -> dict[str, int]:
         """Values folded into ``__other__`` or not tracked at all, per capped label."""

@@ -1,8 +1,9 @@
 """prefetch_starvation: tasks wait reserved on a busy worker while a peer sits idle.
 
-Hooks remember which tasks carry an ``eta`` (reserved on purpose) and when each worker
-was last active (any task event from it). ``evaluate`` scans the in-flight task records
-for tasks received but not started on a live worker that is busy (running >= its pool
+Hooks remember when each worker was last active (any task event from it). ``evaluate``
+reads each live worker's reserved tasks (the state's per-worker index; tasks with an
+``eta`` wait on purpose and are left out) for tasks received but not started on a live
+worker that is busy (running >= its pool
 size, from ``inspect stats``; >= 1 when unknown) and that have waited at least
 ``min_wait_seconds``, and looks for another live worker consuming the same queue
 (``active_queues`` from the probes) that has had nothing to do for at least as long.
@@ -16,7 +17,7 @@ from typing import Any
 from ..bounded import LRUDict
 from ..findings import Condition
 from .base import Rule
-from .queue_view import EtaTasks, live_workers
+from .queue_view import live_workers
 
 
 class PrefetchStarvation(Rule):
@@ -28,32 +29,41 @@ class PrefetchStarvation(Rule):
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
-        self.eta = EtaTasks()
         self.last_active: dict[str, float] = {}
         self.counted: LRUDict[str, bool] = LRUDict(20_000)
 
     def hooks(self):
-        hooks = {t: self._on_task for t in (
-            "task-started", "task-succeeded", "task-failed", "task-retried",
-            "task-revoked", "task-rejected")}
-        hooks["task-received"] = self._on_received
-        return hooks
+        return {t: self._on_task for t in (
+            "task-received", "task-started", "task-succeeded", "task-failed",
+            "task-retried", "task-revoked", "task-rejected")}
 
     def coverage(self) -> str:
         if not self.ctx.events_supported:
             return "unsupported: the broker is a database; no events or worker probes"
         return "active"
 
-    def _on_received(self, event: dict, rec: Any) -> None:
-        if event.get("eta"):
-            self.eta.observe(event)
-        self._on_task(event, rec)
-
     def _on_task(self, event: dict, rec: Any) -> None:
         host = event.get("hostname")
         if isinstance(host, str) and (host in self.last_active
                                       or len(self.last_active) < self.ctx.settings.max_workers):
             self.last_active[host] = event["timestamp"]
+
+    @staticmethod
+    def _reserved(workers: dict[str, Any], now: float, min_wait: float
+                  ) -> tuple[dict[tuple[str, str], list[Any]], dict[str, int]]:
+        """From each live worker's reserved tasks (the state's per-worker index, never
+        every tracked task), tasks with an ``eta`` left out: (worker, queue) -> tasks
+        reserved for at least ``min_wait``, and worker -> tasks reserved."""
+        waiting: dict[tuple[str, str], list[Any]] = {}
+        reserved: dict[str, int] = {}
+        for host, worker in workers.items():
+            for rec in worker.reserved_tasks.values():
+                if rec.eta:
+                    continue
+                reserved[host] = reserved.get(host, 0) + 1
+                if rec.queue and now - rec.received_at >= min_wait:
+                    waiting.setdefault((host, rec.queue), []).append(rec)
+        return waiting, reserved
 
     def evaluate(self, now: float) -> Iterable[Condition]:
         state = self.ctx.state
@@ -64,28 +74,15 @@ class PrefetchStarvation(Rule):
         workers = {w.hostname: w for w in live_workers(state, now)}
         if len(workers) < 2:
             return
-        #: per worker: running tasks, and waiting reserved tasks per queue
-        running: dict[str, int] = {}
-        waiting: dict[tuple[str, str], list[Any]] = {}
-        reserved: dict[str, int] = {}
-        for rec in list(state.tasks.values()):
-            host = rec.hostname
-            if not isinstance(host, str) or host not in workers:
-                continue
-            if rec.state == "STARTED":
-                running[host] = running.get(host, 0) + 1
-            elif rec.state == "RECEIVED" and rec.uuid not in self.eta:
-                reserved[host] = reserved.get(host, 0) + 1
-                if rec.queue and now - rec.received_at >= min_wait:
-                    waiting.setdefault((host, rec.queue), []).append(rec)
+        waiting, reserved = self._reserved(workers, now, min_wait)
         for (host, queue), recs in sorted(waiting.items()):
             busy = workers[host]
             slots = busy.concurrency or 1
-            if running.get(host, 0) < slots:
+            if busy.running < slots:
                 continue  # it has a free slot: the wait is not prefetch
             idle = [w for name, w in workers.items()
                     if name != host and w.active_queues is not None
-                    and queue in w.active_queues and not running.get(name)
+                    and queue in w.active_queues and not w.running
                     and not reserved.get(name)
                     and now - self.last_active.get(name, w.online_since) >= min_wait]
             if not idle:
@@ -98,14 +95,14 @@ class PrefetchStarvation(Rule):
             tasks = sorted({r.name for r in recs if r.name})
             evidence: dict[str, Any] = {
                 "reserved_waiting": len(recs), "oldest_reserved_seconds": round(oldest, 1),
-                "tasks": tasks[:10], "busy_worker_running": running.get(host, 0),
+                "tasks": tasks[:10], "busy_worker_running": busy.running,
                 "busy_worker_concurrency": busy.concurrency,
                 "busy_worker_prefetch_count": busy.prefetch,
                 "idle_workers": sorted(w.hostname for w in idle)[:10],
                 "min_wait_seconds": min_wait,
             }
             summary = (f"{len(recs)} task(s) of queue '{queue}' wait reserved on busy worker "
-                       f"{host} (running {running.get(host, 0)}/{busy.concurrency or '?'}, "
+                       f"{host} (running {busy.running}/{busy.concurrency or '?'}, "
                        f"prefetch {busy.prefetch if busy.prefetch is not None else '?'}) while "
                        f"{len(idle)} worker(s) consuming '{queue}' sit idle: set "
                        "worker_prefetch_multiplier=1 with task_acks_late=True")

@@ -18,8 +18,6 @@
   ``queue_starvation`` leaves it alone: one cause, one finding. The condition's start
   survives probe gaps and undecided rounds; only a known consumer (or no demand) resets
   it.
-- :class:`EtaTasks` remembers (bounded) which task ids carry an ``eta``/``countdown``:
-  they wait on purpose and must not count as waiting for a consumer.
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..bounded import LRUDict
 from ..brokers import scheme
 
 if TYPE_CHECKING:
@@ -114,19 +111,3 @@ def routed_tasks(app: AppInfo | None, queue: str, limit: int = 10) -> list[str] 
     if app is None:
         return None
     return sorted(name for name, t in app.tasks.items() if t.queue == queue)[:limit]
-
-
-class EtaTasks:
-    """Task ids seen with an ``eta`` (countdown/retry delay), bounded LRU."""
-
-    __slots__ = ("ids",)
-
-    def __init__(self, limit: int = 20_000) -> None:
-        self.ids: LRUDict[str, bool] = LRUDict(limit)
-
-    def observe(self, event: dict) -> None:
-        if event.get("eta"):
-            self.ids.put(event["uuid"], True)
-
-    def __contains__(self, uuid: str) -> bool:
-        return uuid in self.ids
