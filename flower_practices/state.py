@@ -197,8 +197,11 @@ class RuntimeState:
     worker_ttl = 3600.0
     #: seconds a queue without traffic, messages or consumers is kept before it is forgotten
     queue_ttl = 3600.0
-    #: :meth:`sweep` does its full pass at most this often
+    #: :meth:`sweep` starts a pass over every record at most this often
     sweep_interval = 30.0
+    #: task records a :meth:`sweep` call examines at most (a pass spans several calls,
+    #: so no evaluation holds the lock for a scan of every tracked task)
+    sweep_batch = 5000
     #: at a cap, how many least recently seen records are examined for one to evict (O(1))
     evict_scan = 16
 
@@ -233,6 +236,9 @@ class RuntimeState:
         self.queues_forgotten = 0
         self._epoch = 0
         self._swept_at = -math.inf
+        #: the task ids of the pass in progress (None: none) and the position in them
+        self._sweep_keys: list[str] | None = None
+        self._sweep_pos = 0
 
     # -- lookups -------------------------------------------------------------------------
     def worker(self, hostname: str) -> WorkerRecord | None:
@@ -521,13 +527,21 @@ class RuntimeState:
         """Drop what can no longer change (see the ``*_ttl`` attributes).
 
         Periodic, under the engine's lock, after the rules' evaluation (so ``lost_task``
-        judges a record before it can age out); the full pass runs at most once per
-        ``sweep_interval``. Returns the number of task records, workers and queues dropped.
+        judges a record before it can age out). A pass starts at most once per
+        ``sweep_interval`` (workers and queues, bounded by their caps, at once) and goes
+        through the task records ``sweep_batch`` per call. Returns the number of task
+        records, workers and queues dropped.
         """
-        if self._swept_at <= now < self._swept_at + self.sweep_interval:
-            return 0
-        self._swept_at = now
-        return self._sweep_tasks(now) + self._sweep_workers(now) + self._sweep_queues(now)
+        dropped = 0
+        if self._sweep_keys is None:
+            if self._swept_at <= now < self._swept_at + self.sweep_interval:
+                return 0
+            self._swept_at = now
+            # the plain dict's keys: ~10x faster to copy than the OrderedDict's linked
+            # list (order does not matter here)
+            self._sweep_keys, self._sweep_pos = list(dict.keys(self.tasks)), 0
+            dropped = self._sweep_workers(now) + self._sweep_queues(now)
+        return dropped + self._sweep_tasks(now)
 
     def _orphaned(self, rec: TaskRecord, since: float, now: float) -> bool:
         """True when ``rec``'s worker is unknown, dead or restarted after ``since``."""
@@ -536,9 +550,20 @@ class RuntimeState:
             or not worker.alive(now)
 
     def _sweep_tasks(self, now: float) -> int:
+        """The next ``sweep_batch`` records of the pass in progress."""
+        keys, start = self._sweep_keys or [], self._sweep_pos
+        end = start + self.sweep_batch
+        if end >= len(keys):
+            self._sweep_keys = None
+        else:
+            self._sweep_pos = end
         drop: list[TaskRecord] = []
         soonest = min(self.orphan_ttl, self.waiting_ttl, self.running_ttl)
-        for rec in self.tasks.values():
+        tasks = self.tasks
+        for uuid in keys[start:end]:
+            rec = tasks.get(uuid)
+            if rec is None:
+                continue
             idle = now - rec.updated_at
             if idle <= soonest:
                 continue

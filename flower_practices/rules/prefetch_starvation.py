@@ -75,41 +75,52 @@ class PrefetchStarvation(Rule):
         if len(workers) < 2:
             return
         waiting, reserved = self._reserved(workers, now, min_wait)
+        # workers with nothing to do for min_wait: once per round, not per busy worker
+        idle_workers = [w for name, w in workers.items()
+                        if w.active_queues is not None and not w.running
+                        and not reserved.get(name)
+                        and now - self.last_active.get(name, w.online_since) >= min_wait]
+        if not idle_workers:
+            return
         for (host, queue), recs in sorted(waiting.items()):
             busy = workers[host]
-            slots = busy.concurrency or 1
-            if busy.running < slots:
+            if busy.running < (busy.concurrency or 1):
                 continue  # it has a free slot: the wait is not prefetch
-            idle = [w for name, w in workers.items()
-                    if name != host and w.active_queues is not None
-                    and queue in w.active_queues and not w.running
-                    and not reserved.get(name)
-                    and now - self.last_active.get(name, w.online_since) >= min_wait]
-            if not idle:
-                continue
-            oldest = max(now - r.received_at for r in recs)
-            for r in recs:
-                if r.uuid not in self.counted:
-                    self.counted.put(r.uuid, True)
-                    self.count(queue, r.name or None, worker=host)
-            tasks = sorted({r.name for r in recs if r.name})
-            evidence: dict[str, Any] = {
-                "reserved_waiting": len(recs), "oldest_reserved_seconds": round(oldest, 1),
-                "tasks": tasks[:10], "busy_worker_running": busy.running,
-                "busy_worker_concurrency": busy.concurrency,
-                "busy_worker_prefetch_count": busy.prefetch,
-                "idle_workers": sorted(w.hostname for w in idle)[:10],
-                "min_wait_seconds": min_wait,
-            }
-            summary = (f"{len(recs)} task(s) of queue '{queue}' wait reserved on busy worker "
-                       f"{host} (running {busy.running}/{busy.concurrency or '?'}, "
-                       f"prefetch {busy.prefetch if busy.prefetch is not None else '?'}) while "
-                       f"{len(idle)} worker(s) consuming '{queue}' sit idle: set "
-                       "worker_prefetch_multiplier=1 with task_acks_late=True")
-            app = self.ctx.app
-            if app is not None:
-                evidence["source"] = "app config"
-                evidence["prefetch_multiplier"] = app.prefetch_multiplier
-                evidence["acks_late"] = {t: bool(app.tasks[t].acks_late)
-                                         for t in tasks[:10] if t in app.tasks}
-            yield Condition(summary=summary, queue=queue, worker=host, evidence=evidence)
+            idle = [w for w in idle_workers
+                    if w.hostname != host and queue in (w.active_queues or ())]
+            if idle:
+                self._count_waiting(host, queue, recs)
+                yield self._condition(busy, queue, recs, idle, now, min_wait)
+
+    def _count_waiting(self, host: str, queue: str, recs: list[Any]) -> None:
+        """Count each starved reserved task once."""
+        for r in recs:
+            if r.uuid not in self.counted:
+                self.counted.put(r.uuid, True)
+                self.count(queue, r.name or None, worker=host)
+
+    def _condition(self, busy: Any, queue: str, recs: list[Any], idle: list[Any],
+                   now: float, min_wait: float) -> Condition:
+        oldest = max(now - r.received_at for r in recs)
+        tasks = sorted({r.name for r in recs if r.name})
+        evidence: dict[str, Any] = {
+            "reserved_waiting": len(recs), "oldest_reserved_seconds": round(oldest, 1),
+            "tasks": tasks[:10], "busy_worker_running": busy.running,
+            "busy_worker_concurrency": busy.concurrency,
+            "busy_worker_prefetch_count": busy.prefetch,
+            "idle_workers": sorted(w.hostname for w in idle)[:10],
+            "min_wait_seconds": min_wait,
+        }
+        prefetch = busy.prefetch if busy.prefetch is not None else "?"
+        summary = (f"{len(recs)} task(s) of queue '{queue}' wait reserved on busy worker "
+                   f"{busy.hostname} (running {busy.running}/{busy.concurrency or '?'}, "
+                   f"prefetch {prefetch}) while {len(idle)} worker(s) consuming '{queue}' "
+                   "sit idle: set worker_prefetch_multiplier=1 with task_acks_late=True")
+        app = self.ctx.app
+        if app is not None:
+            evidence["source"] = "app config"
+            evidence["prefetch_multiplier"] = app.prefetch_multiplier
+            evidence["acks_late"] = {t: bool(app.tasks[t].acks_late)
+                                     for t in tasks[:10] if t in app.tasks}
+        return Condition(summary=summary, queue=queue, worker=busy.hostname,
+                         evidence=evidence)
