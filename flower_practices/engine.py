@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from .appinfo import AppInfo
@@ -296,10 +295,6 @@ class Engine:
         with self.lock:
             self.probe_errors[probe] = self.probe_errors.get(probe, 0) + 1
 
-    def with_lock(self, fn: Callable[[], Any]) -> Any:
-        with self.lock:
-            return fn()
-
     # -- reporting -----------------------------------------------------------------------
     def coverage(self) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -315,7 +310,7 @@ class Engine:
         return {p.id: out[p.id] for p in PRACTICES}
 
     def practices_payload(self) -> dict[str, Any]:
-        """The ``/api/practices`` document (PRACTICES.md HTTP contract)."""
+        """The ``/api/practices`` document (README, "As a standalone Prometheus exporter")."""
         base = self.settings.runbook_base_url
         with self.lock:
             findings = [f.as_dict() for f in self.findings.sorted()]

@@ -14,7 +14,6 @@ Metric names are a public contract (dashboards and alert rules use them): see
 
 from __future__ import annotations
 
-import math
 import time
 from bisect import bisect_left
 from collections.abc import Iterator
@@ -380,10 +379,6 @@ class PracticesCollector(Collector):
             fam.add_metric([kind], store.errors.get(kind, 0) if store is not None else 0)
         out.append(fam)
         return out
-
-
-def finite(value: float) -> bool:
-    return not (math.isnan(value) or math.isinf(value))
 
 
 def render_text(registry: Collector, errors: dict[str, int] | None = None) -> bytes:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..findings import Condition, Finding
@@ -48,7 +48,6 @@ class RuleContext:
     events_supported: bool = True
     #: where ``broker_url`` came from (the exporter's option or the app's configuration)
     broker_source: str = "app configuration (broker_url)"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class ProbeFailed(Exception):

@@ -25,18 +25,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..brokers import scheme
+from ..brokers import is_amqp_broker
 
 if TYPE_CHECKING:
     from ..appinfo import AppInfo
     from ..state import QueueRecord, RuntimeState, WorkerRecord
 
-AMQP_SCHEMES = frozenset(("amqp", "amqps", "pyamqp", "librabbitmq"))
-
-
 def counts_consumers(broker_url: str) -> bool:
     """True when the broker itself reports consumer counts (RabbitMQ)."""
-    return scheme(broker_url) in AMQP_SCHEMES
+    return is_amqp_broker(broker_url)
 
 
 def live_workers(state: RuntimeState, now: float) -> list[WorkerRecord]:
