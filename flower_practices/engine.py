@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from .appinfo import AppInfo
@@ -23,7 +25,7 @@ from .findings import FindingTracker
 from .metrics import BaseMetrics
 from .rules import ALL_RULES
 from .rules.base import Hook, ProbeFailed, Rule, RuleContext
-from .state import TERMINAL, RuntimeState
+from .state import TERMINAL, RuntimeState, TaskRecord
 from .store import Snapshot, StateStore
 
 log = logging.getLogger("flower_practices.engine")
@@ -51,7 +53,11 @@ class Engine:
         self.started_at = time.time()
         self.lock = threading.RLock()
         self.metrics = BaseMetrics(self.settings.max_series_per_metric)
-        self.state = RuntimeState(self.settings, self.metrics)
+        self.state = RuntimeState(self.settings)
+        #: called with (etype, event, record) after the state took a task event, before
+        #: the rules' hooks: the exposition's accumulators listen here
+        self.task_listeners: list[Callable[[str, dict, TaskRecord], None]] = [
+            partial(_accumulate, self.metrics, self.state)]
         if app is not None:
             self.state.default_queue = app.default_queue
             # declared queues stay tracked even while idle and unconsumed
@@ -139,6 +145,9 @@ class Engine:
         with self.lock:
             try:
                 rec = self.state.apply(etype, event)
+                if rec is not None:
+                    for listener in self.task_listeners:
+                        listener(etype, event, rec)
             except Exception:  # a field of an unexpected type deep in the event
                 status.decode_error("bad_field")
                 log.debug("state update failed for %s", etype, exc_info=True)
@@ -330,6 +339,11 @@ class Engine:
         if status.connected:
             return True, "event stream connected"
         return False, status.reason()
+
+
+def _accumulate(metrics: BaseMetrics, state: RuntimeState, etype: str, event: dict,
+                rec: TaskRecord) -> None:
+    metrics.on_task_event(etype, event, rec, state)
 
 
 class _Labels:

@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from .bounded import OTHER
 from .config import DEFAULT_MAX_SERIES_PER_METRIC
+from .state import RuntimeState, TaskRecord, finite_seconds
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -129,8 +130,17 @@ def _fmt(bound: float) -> str:
     return repr(float(bound))
 
 
+def _task_label(state: RuntimeState, rec: TaskRecord) -> str:
+    return state.task_label(rec.name) if rec.name else ""
+
+
+def _queue_label(state: RuntimeState, rec: TaskRecord) -> str:
+    return state.queue_label(rec.queue) if rec.queue else ""
+
+
 class BaseMetrics:
-    """Accumulators fed by :class:`~flower_practices.state.RuntimeState` per event.
+    """Accumulators fed per task event by the engine (:meth:`on_task_event`, a listener
+    called after the state took the event) and by the rules (:meth:`count_violation`).
 
     The per-(task, queue) families -- task events, runtime histogram, violations_total --
     export at most ``max_series_per_metric`` series each (checked only when a key is new,
@@ -156,6 +166,34 @@ class BaseMetrics:
         self.violations_total: dict[tuple[str, str, str], int] = {}
         #: family name -> /metrics renderings that left it out (see render_metrics)
         self.render_errors: dict[str, int] = {}
+
+    def on_task_event(self, etype: str, event: dict, rec: TaskRecord,
+                      state: RuntimeState) -> None:
+        """Count one task event the state applied to ``rec``; observe a start's queue
+        wait (measured by the state) and a finished run's runtime."""
+        if etype == "task-started":
+            if rec.wait is not None:
+                q = state.queues.get(rec.queue) if rec.queue else None
+                label = q.label if q is not None else \
+                    (state.queue_label(rec.queue) if rec.queue else "")
+                self.observe_wait(label, rec.wait)
+        elif etype == "task-succeeded" or etype == "task-failed":
+            self._observe_run(etype, event, rec, state)
+        self.count_task_event(etype, _task_label(state, rec), _queue_label(state, rec))
+
+    def _observe_run(self, etype: str, event: dict, rec: TaskRecord,
+                     state: RuntimeState) -> None:
+        ts = event.get("timestamp") or 0.0
+        if etype == "task-succeeded":
+            runtime = finite_seconds(event.get("runtime"))
+            if runtime is None and rec.started_at:
+                runtime = max(0.0, ts - rec.started_at)
+            if runtime is not None:
+                self.observe_runtime(_task_label(state, rec), _queue_label(state, rec),
+                                     "succeeded", runtime)
+        elif rec.started_at and ts:
+            self.observe_runtime(_task_label(state, rec), _queue_label(state, rec),
+                                 "failed", max(0.0, ts - rec.started_at))
 
     def count_task_event(self, etype: str, task: str, queue: str) -> None:
         counts = self.task_events

@@ -32,13 +32,16 @@ from collections import OrderedDict
 
 from .bounded import OTHER, LabelCap, LRUDict, SampleRing
 from .config import Settings
-from .metrics import BaseMetrics
 
 TERMINAL = frozenset(("task-succeeded", "task-failed", "task-revoked", "task-rejected"))
 #: states of a task that waits for a worker to start it
 WAITING = frozenset(("SENT", "RECEIVED", "RETRY", "PENDING"))
 #: finished tasks whose name and queue are kept for late events (see ``finished``)
 FINISHED_KEPT = 10_000
+
+#: a task's state after its terminal event
+_FINAL_STATE = {"task-succeeded": "SUCCESS", "task-failed": "FAILURE",
+                "task-revoked": "REVOKED", "task-rejected": "REJECTED"}
 
 #: what a task record is counted as on its worker
 NOT_COUNTED, RESERVED, RUNNING = 0, 1, 2
@@ -64,7 +67,7 @@ class TaskRecord:
 
     __slots__ = ("uuid", "name", "queue", "sent_at", "received_at", "started_at", "hostname",
                  "retries", "state", "has_sent", "updated_at", "counted", "counted_epoch",
-                 "straggler", "eta", "pending")
+                 "straggler", "eta", "pending", "wait")
 
     def __init__(self, uuid: str) -> None:
         self.uuid = uuid
@@ -89,6 +92,8 @@ class TaskRecord:
         self.eta = False
         #: indexed in its queue's ``pending`` (sent, not yet taken by a worker)
         self.pending = False
+        #: seconds its last start waited (since sent, else received); None: not measured
+        self.wait: float | None = None
 
 
 #: events by which a worker shows it took a task from a queue
@@ -205,9 +210,8 @@ class RuntimeState:
     #: at a cap, how many least recently seen records are examined for one to evict (O(1))
     evict_scan = 16
 
-    def __init__(self, settings: Settings, metrics: BaseMetrics) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.metrics = metrics
         self.tasks: LRUDict[str, TaskRecord] = LRUDict(settings.max_tracked_tasks)
         #: name and queue of recently finished tasks. Events of one task can arrive out of
         #: order (a threads/prefork worker may report a retry's task-retried after the
@@ -353,7 +357,6 @@ class RuntimeState:
         hostname = event.get("hostname")
         if not isinstance(hostname, str):  # the engine counted a wrong type already
             hostname = ""
-        metrics = self.metrics
         if etype == "task-sent":
             self._sent(rec, event, ts)
         else:
@@ -393,25 +396,10 @@ class RuntimeState:
                     self._count(rec, worker, RUNNING)
             elif etype in TERMINAL:
                 self._release(rec)
-                if etype == "task-succeeded":
-                    runtime = finite_seconds(event.get("runtime"))
-                    if runtime is None and rec.started_at:
-                        runtime = max(0.0, ts - rec.started_at)
-                    if runtime is not None:
-                        metrics.observe_runtime(self._task_label(rec), self._queue_label(rec),
-                                                "succeeded", runtime)
-                    rec.state = "SUCCESS"
-                elif etype == "task-failed":
-                    if rec.started_at and ts:
-                        metrics.observe_runtime(self._task_label(rec), self._queue_label(rec),
-                                                "failed", max(0.0, ts - rec.started_at))
-                    rec.state = "FAILURE"
-                else:
-                    rec.state = "REVOKED" if etype == "task-revoked" else "REJECTED"
+                rec.state = _FINAL_STATE[etype]
             elif etype == "task-retried":
                 self._release(rec)
                 rec.state = "RETRY"
-        metrics.count_task_event(etype, self._task_label(rec), self._queue_label(rec))
         return rec
 
     def _sent(self, rec: TaskRecord, event: dict, ts: float) -> None:
@@ -450,21 +438,19 @@ class RuntimeState:
 
     def _started(self, rec: TaskRecord, ts: float) -> None:
         """Record the queue wait of a task that starts now (before its state changes)."""
+        rec.wait = None
         base = rec.sent_at or rec.received_at
         if not base or rec.state not in WAITING:
             return
         wait = ts - base
         if not wait > 0.0:
             wait = 0.0
-        metrics = self.metrics
+        rec.wait = wait
         q = self.queues.get(rec.queue) if rec.queue else None
         if q is not None:
             q.waits.add(ts, wait)
             q.started += 1
             q.last_active = self.last_event_at
-            metrics.observe_wait(q.label, wait)
-        else:
-            metrics.observe_wait(self.queue_label(rec.queue) if rec.queue else "", wait)
 
     def forget(self, rec: TaskRecord) -> None:
         """Drop a finished task's record (called after rules saw the terminal event)."""
@@ -479,12 +465,6 @@ class RuntimeState:
         self._release(rec)
         rec.state = "LOST"
         rec.updated_at = now
-
-    def _task_label(self, rec: TaskRecord) -> str:
-        return self.task_label(rec.name) if rec.name else ""
-
-    def _queue_label(self, rec: TaskRecord) -> str:
-        return self.queue_label(rec.queue) if rec.queue else ""
 
     def _worker_event(self, etype: str, event: dict, ts: float) -> None:
         hostname = event.get("hostname")
