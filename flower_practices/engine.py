@@ -19,8 +19,8 @@ from typing import Any
 from .appinfo import AppInfo
 from .catalogue import BY_ID, PRACTICES, practice
 from .config import Settings, resolve_practice_options
-from .events.sanitize import MAX_UUID_LENGTH, TASK_FIELDS, WORKER_FIELDS, clean_event
-from .events.status import KNOWN_EVENTS, TASK_EVENTS, StreamStatus
+from .events.status import KNOWN_EVENTS, StreamStatus
+from .events.validate import validate
 from .findings import FindingTracker
 from .metrics import BaseMetrics
 from .rules import ALL_RULES
@@ -101,47 +101,10 @@ class Engine:
         """Feed one raw event (a dict as Celery sends it). Never raises."""
         status = self.stream_status
         status.events += 1
-        if not isinstance(event, dict):
-            status.decode_error("not_a_mapping")
+        etype = validate(event, status, self._hooks)
+        if etype is None:
             return
-        etype = event.get("type")
-        if not isinstance(etype, str):
-            status.decode_error("missing_type")
-            return
-        hooks = self._hooks.get(etype)
-        if hooks is None:
-            status.decode_error("unknown_type", etype[:64])
-            return
-        if etype in TASK_EVENTS:
-            fields = TASK_FIELDS
-            uuid = event.get("uuid")
-            if not isinstance(uuid, str) or not uuid:
-                status.decode_error("missing_uuid")
-                return
-            if len(uuid) > MAX_UUID_LENGTH:
-                status.decode_error("bad_uuid")
-                return
-        else:
-            fields = WORKER_FIELDS
-        # label values and keys: strings, encodable, no control characters, length capped
-        clean_event(event, status, fields)
-        get = event.get
-        # a Unix time, finite, before year 5138: else now (counted unless just missing)
-        now = time.time()
-        ts = get("timestamp")
-        if type(ts) is not float or not 0.0 < ts < 1e11:
-            if type(ts) is int and 0 < ts < 1e11:
-                event["timestamp"] = float(ts)
-            else:
-                event["timestamp"] = now
-                if ts is not None:
-                    status.decode_error("bad_field", "timestamp", kept=True)
-        received = get("local_received")
-        if received is not None and (type(received) is not float
-                                     or not 0.0 < received < 1e11):
-            event["local_received"] = now
-            status.decode_error("bad_field", "local_received", kept=True)
-        status.last_event_at = now
+        hooks = self._hooks[etype]
         with self.lock:
             try:
                 rec = self.state.apply(etype, event)

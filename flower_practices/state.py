@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
+from functools import partial
 
 from .bounded import OTHER, LabelCap, LRUDict, SampleRing
 from .config import Settings
@@ -243,6 +244,12 @@ class RuntimeState:
         #: the task ids of the pass in progress (None: none) and the position in them
         self._sweep_keys: list[str] | None = None
         self._sweep_pos = 0
+        #: task event type (other than task-sent) -> its handler, bound once
+        self._on_task = {
+            "task-received": self._received, "task-started": self._start,
+            "task-retried": self._retried,
+            **{t: partial(self._finished, final) for t, final in _FINAL_STATE.items()},
+        }
 
     # -- lookups -------------------------------------------------------------------------
     def worker(self, hostname: str) -> WorkerRecord | None:
@@ -354,53 +361,70 @@ class RuntimeState:
             return None
         rec = self._task(event["uuid"], etype)
         rec.updated_at = ts
+        if etype == "task-sent":
+            self._sent(rec, event, ts)
+            return rec
         hostname = event.get("hostname")
         if not isinstance(hostname, str):  # the engine counted a wrong type already
             hostname = ""
-        if etype == "task-sent":
-            self._sent(rec, event, ts)
-        else:
-            worker = self.worker(hostname) if hostname else None
-            if worker is not None:
-                worker.task_events += 1
-                worker.last_seen = self.last_event_at
-                if not rec.queue and worker.active_queues and len(worker.active_queues) == 1:
-                    rec.queue = worker.active_queues[0]
-                if rec.queue and etype in _TAKEN:
-                    seen = worker.queues_seen
-                    if rec.queue in seen or len(seen) < _MAX_QUEUES_SEEN:
-                        seen[rec.queue] = self.last_event_at
-            if etype == "task-received":
-                self._name(rec, event.get("name"))
-                if event.get("eta"):
-                    rec.eta = True
-                rec.received_at = ts
-                retries = event.get("retries")
-                if type(retries) is int:
-                    rec.retries = retries
-                self.received_events += 1
-                # after its own task-started (reordered): nothing to move back
-                if rec.state != "STARTED" or rec.hostname != hostname:
-                    self._release(rec)
-                    rec.hostname = hostname
-                    rec.state = "RECEIVED"
-                    if worker is not None:
-                        self._count(rec, worker, RESERVED)
-            elif etype == "task-started":
-                self._started(rec, ts)
-                self._release(rec)
-                rec.started_at = ts
-                rec.hostname = hostname
-                rec.state = "STARTED"
-                if worker is not None:
-                    self._count(rec, worker, RUNNING)
-            elif etype in TERMINAL:
-                self._release(rec)
-                rec.state = _FINAL_STATE[etype]
-            elif etype == "task-retried":
-                self._release(rec)
-                rec.state = "RETRY"
+        worker = self._seen_by(rec, hostname, etype)
+        self._on_task[etype](rec, event, ts, hostname, worker)
         return rec
+
+    def _seen_by(self, rec: TaskRecord, hostname: str, etype: str) -> WorkerRecord | None:
+        """The worker of a task event (its record, created if new), which it keeps alive
+        and which learns the queue it takes tasks from."""
+        worker = self.worker(hostname) if hostname else None
+        if worker is None:
+            return None
+        worker.task_events += 1
+        worker.last_seen = self.last_event_at
+        if not rec.queue and worker.active_queues and len(worker.active_queues) == 1:
+            rec.queue = worker.active_queues[0]
+        if rec.queue and etype in _TAKEN:
+            seen = worker.queues_seen
+            if rec.queue in seen or len(seen) < _MAX_QUEUES_SEEN:
+                seen[rec.queue] = self.last_event_at
+        return worker
+
+    # per task event type (bound once in __init__: ``_on_task``), after task-sent
+    def _received(self, rec: TaskRecord, event: dict, ts: float, hostname: str,
+                  worker: WorkerRecord | None) -> None:
+        self._name(rec, event.get("name"))
+        if event.get("eta"):
+            rec.eta = True
+        rec.received_at = ts
+        retries = event.get("retries")
+        if type(retries) is int:
+            rec.retries = retries
+        self.received_events += 1
+        # after its own task-started (reordered): nothing to move back
+        if rec.state != "STARTED" or rec.hostname != hostname:
+            self._release(rec)
+            rec.hostname = hostname
+            rec.state = "RECEIVED"
+            if worker is not None:
+                self._count(rec, worker, RESERVED)
+
+    def _start(self, rec: TaskRecord, event: dict, ts: float, hostname: str,
+               worker: WorkerRecord | None) -> None:
+        self._started(rec, ts)
+        self._release(rec)
+        rec.started_at = ts
+        rec.hostname = hostname
+        rec.state = "STARTED"
+        if worker is not None:
+            self._count(rec, worker, RUNNING)
+
+    def _finished(self, final: str, rec: TaskRecord, event: dict, ts: float, hostname: str,
+                  worker: WorkerRecord | None) -> None:
+        self._release(rec)
+        rec.state = final
+
+    def _retried(self, rec: TaskRecord, event: dict, ts: float, hostname: str,
+                 worker: WorkerRecord | None) -> None:
+        self._release(rec)
+        rec.state = "RETRY"
 
     def _sent(self, rec: TaskRecord, event: dict, ts: float) -> None:
         self._name(rec, event.get("name"))
