@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -21,7 +22,7 @@ from .catalogue import BY_ID, PRACTICES, practice
 from .config import Settings, resolve_practice_options
 from .events.status import KNOWN_EVENTS, StreamStatus
 from .events.validate import validate
-from .findings import FindingTracker
+from .findings import Finding, FindingTracker
 from .metrics import BaseMetrics
 from .rules import ALL_RULES
 from .rules.base import Hook, ProbeFailed, Rule, RuleContext
@@ -268,6 +269,22 @@ class Engine:
             self.probe_errors[probe] = self.probe_errors.get(probe, 0) + 1
 
     # -- reporting -----------------------------------------------------------------------
+    def view(self, now: float) -> EngineView:
+        """What exposition reads, in one place; call under ``lock`` (the counters and
+        findings are the live objects, not copies: read them before releasing it)."""
+        state = self.state
+        lengths, consumers = state.queue_gauges()
+        ups, busy = state.worker_gauges(now)
+        return EngineView(
+            findings=self.findings.active(), metrics=self.metrics, stream=self.stream_status,
+            queue_lengths=lengths, queue_consumers=consumers, workers_up=ups,
+            workers_busy=busy, probe_errors=self.probe_errors, rule_errors=self.rule_errors,
+            label_overflow=state.label_overflow(), tasks_evicted=state.tasks.evicted,
+            tracked_tasks=len(state.tasks), last_evaluation_seconds=self.last_evaluation_seconds,
+            started_at=self.started_at,
+            state_errors=self.store.errors if self.store is not None else {},
+        )
+
     def coverage(self) -> dict[str, str]:
         out: dict[str, str] = {}
         for rule in self.rules:
@@ -304,6 +321,30 @@ class Engine:
         return False, status.reason()
 
 
+@dataclass(slots=True)
+class EngineView:
+    """The engine as exposition sees it (see :meth:`Engine.view`)."""
+
+    findings: list[Finding]
+    metrics: BaseMetrics
+    stream: StreamStatus
+    #: (queue label, priority) -> messages; queue label -> consumers (records sharing a
+    #: capped label summed)
+    queue_lengths: dict[tuple[str, str], float]
+    queue_consumers: dict[str, float]
+    #: worker label -> 1/0; worker label -> [reserved, running] of the live ones
+    workers_up: dict[str, float]
+    workers_busy: dict[str, list[int]]
+    probe_errors: dict[str, int]
+    rule_errors: dict[str, int]
+    label_overflow: dict[str, int]
+    tasks_evicted: int
+    tracked_tasks: int
+    last_evaluation_seconds: float
+    started_at: float
+    state_errors: dict[str, int]
+
+
 def _accumulate(metrics: BaseMetrics, state: RuntimeState, etype: str, event: dict,
                 rec: TaskRecord) -> None:
     metrics.on_task_event(etype, event, rec, state)
@@ -320,4 +361,4 @@ class _Labels:
         self.worker_label = state.worker_label
 
 
-__all__ = ["BY_ID", "Engine"]
+__all__ = ["BY_ID", "Engine", "EngineView"]

@@ -645,6 +645,37 @@ class RuntimeState:
         """Same as :meth:`WorkerRecord.alive` (kept for callers outside the core)."""
         return worker.alive(now)
 
+    def queue_gauges(self) -> tuple[dict[tuple[str, str], float], dict[str, float]]:
+        """(queue label, priority) -> messages waiting, and queue label -> consumers, as
+        last probed. Records past a label cap share ``__other__``: summed, so every label
+        set is exported once (a duplicate series is invalid exposition)."""
+        lengths: dict[tuple[str, str], float] = {}
+        consumers: dict[str, float] = {}
+        for q in self.queues.values():
+            for priority, n in (q.lengths or {}).items():
+                key = (q.label, priority)
+                lengths[key] = lengths.get(key, 0) + n
+            if q.consumers is not None:
+                consumers[q.label] = consumers.get(q.label, 0) + q.consumers
+        return lengths, consumers
+
+    def worker_gauges(self, now: float) -> tuple[dict[str, float], dict[str, list[int]]]:
+        """Worker label -> up (1/0), and -> [reserved, running] of the live ones. A worker
+        that said goodbye (worker-offline: a warm shutdown, a scale-down) is not a worker
+        down: it has no series."""
+        ups: dict[str, float] = {}
+        busy: dict[str, list[int]] = {}
+        for w in self.workers.values():
+            alive = w.alive(now)
+            if not alive and w.offline_at:
+                continue
+            ups[w.label] = max(ups.get(w.label, 0.0), 1.0 if alive else 0.0)
+            if alive:
+                counts = busy.setdefault(w.label, [0, 0])
+                counts[0] += w.reserved
+                counts[1] += w.running
+        return ups, busy
+
     def label_overflow(self) -> dict[str, int]:
         """Values folded into ``__other__`` or not tracked at all, per capped label."""
         return {
