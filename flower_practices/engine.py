@@ -161,7 +161,7 @@ class Engine:
         with self.lock:
             for rule in self.rules:
                 options = self._rule_options[rule.id]
-                severity = self._severity(rule.id)
+                severity = self.severity(rule.id)
                 clear_after = options.get("clear_after_seconds",
                                           self.settings.clear_after_seconds)
                 if rule.id in failed:
@@ -198,7 +198,7 @@ class Engine:
                 except Exception:
                     log.warning("could not restore the saved memory of rule %s; it starts "
                                 "empty", rule.id, exc_info=True)
-            severities = {rule.id: self._severity(rule.id) for rule in self.rules}
+            severities = {rule.id: self.severity(rule.id) for rule in self.rules}
             n = self.findings.restore(snapshot.findings, now, _Labels(self.state), severities)
             by_id = {rule.id: rule for rule in self.rules}
             for finding in self.findings.active():
@@ -239,7 +239,8 @@ class Engine:
             except Exception:
                 self._evaluation_failed(rule.id, "judge a restored finding")
 
-    def _severity(self, rule_id: str) -> str:
+    def severity(self, rule_id: str) -> str:
+        """The practice's effective severity (configured, else the catalogue's)."""
         return self._rule_options.get(rule_id, {}).get("severity") or practice(rule_id).severity
 
     def _prepare_rule(self, rule: Rule, now: float) -> bool:
@@ -299,26 +300,11 @@ class Engine:
         return {p.id: out[p.id] for p in PRACTICES}
 
     def practices_payload(self) -> dict[str, Any]:
-        """The ``/api/practices`` document (README, "As a standalone Prometheus exporter")."""
-        base = self.settings.runbook_base_url
-        with self.lock:
-            findings = [f.as_dict() for f in self.findings.sorted()]
-            coverage = self.coverage()
-        practices = []
-        for p in PRACTICES:
-            severity = self._rule_options.get(p.id, {}).get("severity") or p.severity
-            practices.append({
-                "id": p.id, "title": p.title, "severity": severity,
-                "description": p.description,
-                "runbook": p.runbook_url(base) if base else p.runbook_url(),
-            })
-        return {"findings": findings, "practices": practices, "coverage": coverage}
+        """The ``/api/practices`` findings, practices and coverage (built by
+        :func:`flower_practices.api.practices_document`, which both front ends serve)."""
+        from .api import practices_document
 
-    def health(self) -> tuple[bool, str]:
-        status = self.stream_status
-        if status.connected:
-            return True, "event stream connected"
-        return False, status.reason()
+        return practices_document(self, stream=False)
 
 
 @dataclass(slots=True)
