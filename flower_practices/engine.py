@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -264,6 +264,42 @@ class Engine:
             log.exception("rule %s failed to %s; counted in "
                           "flower_practices_rule_errors_total (logged once); its findings "
                           "clear clear_after_seconds after last seen", rule_id, phase)
+
+    # -- probes (flower_practices.probes): the one way they write into the state ----------
+    def queues_to_probe(self) -> list[str]:
+        """Queues known from events, the app's configuration and workers' active_queues
+        (at most ``max_queues``)."""
+        names: dict[str, None] = {}
+        app = self.ctx.app
+        if app is not None:
+            names[app.default_queue] = None
+            names.update(dict.fromkeys(app.queues))
+            names.update(dict.fromkeys(t.queue for t in app.tasks.values() if t.queue))
+        with self.lock:
+            names.update(dict.fromkeys(self.state.known_queue_names()))
+        names.pop("", None)
+        return list(names)[: self.settings.max_queues]
+
+    def apply_worker_probes(self, samples: Mapping[str, Any]) -> None:
+        """Workers' answers to remote control: hostname -> sample with ``queues``,
+        ``prefetch`` and ``concurrency`` (a ``probes.workers.WorkerSample``)."""
+        with self.lock:
+            for hostname, sample in samples.items():
+                self.state.probed_worker(hostname, sample.queues, sample.prefetch,
+                                         sample.concurrency)
+
+    def apply_queue_probes(self, samples: Mapping[str, Any], now: float, *,
+                           consumers_from_workers: bool) -> None:
+        """Queue lengths (and RabbitMQ's consumer counts): queue -> sample with
+        ``lengths``, ``total`` and ``consumers``
+        (a ``probes.queues.QueueSample``). Where the broker counts
+        no consumers, a queue's are the live workers whose active_queues include it."""
+        with self.lock:
+            consuming = self.state.consumers_by_queue(now) if consumers_from_workers else {}
+            for name, sample in samples.items():
+                consumers = consuming.get(name, 0) if consumers_from_workers \
+                    else sample.consumers
+                self.state.probed_queue(name, sample.lengths, sample.total, consumers, now)
 
     def count_probe_error(self, probe: str) -> None:
         with self.lock:

@@ -640,6 +640,46 @@ class RuntimeState:
                 return True
         return False
 
+    # -- probes (written through the engine's probe API) ---------------------------------
+    def probed_worker(self, hostname: str, queues: tuple[str, ...], prefetch: int | None,
+                      concurrency: int | None) -> None:
+        """What a worker answered to remote control (``inspect``)."""
+        worker = self.worker(hostname)
+        if worker is None:
+            return
+        worker.active_queues = queues
+        worker.prefetch = prefetch
+        worker.concurrency = concurrency
+        for q in queues:
+            self.queue(q)
+
+    def probed_queue(self, name: str, lengths: dict[str, int], total: int | None,
+                     consumers: int | None, now: float) -> None:
+        """A queue's length per priority (and its consumers) as the broker reported them."""
+        queue = self.queue(name)
+        if queue is None:
+            return
+        queue.lengths = lengths
+        queue.length = total
+        queue.probed_at = now
+        queue.consumers = consumers
+
+    def consumers_by_queue(self, now: float) -> dict[str, int]:
+        """Queue -> live workers whose last known active_queues include it."""
+        consuming: dict[str, int] = {}
+        for worker in self.workers.values():
+            if worker.active_queues is not None and worker.alive(now):
+                for q in worker.active_queues:
+                    consuming[q] = consuming.get(q, 0) + 1
+        return consuming
+
+    def known_queue_names(self) -> list[str]:
+        """Queues known from events and from workers' active_queues."""
+        names = dict.fromkeys(self.queues)
+        for worker in self.workers.values():
+            names.update(dict.fromkeys(worker.active_queues or ()))
+        return list(names)
+
     # -- evaluation helpers --------------------------------------------------------------
     def worker_alive(self, worker: WorkerRecord, now: float) -> bool:
         """Same as :meth:`WorkerRecord.alive` (kept for callers outside the core)."""
