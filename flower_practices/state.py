@@ -165,7 +165,7 @@ class QueueRecord:
     """One queue: traffic seen in events plus the latest probe results."""
 
     __slots__ = ("name", "label", "sent", "last_sent_at", "waits", "length", "lengths",
-                 "consumers", "probed_at", "first_unconsumed_at", "started", "last_active",
+                 "consumers", "probed_at", "started", "last_active",
                  "pending")
 
     def __init__(self, name: str, label: str) -> None:
@@ -179,7 +179,6 @@ class QueueRecord:
         self.lengths: dict[str, int] = {}
         self.consumers: int | None = None
         self.probed_at = 0.0
-        self.first_unconsumed_at = 0.0
         #: local time of its creation or its last task-sent/task-started
         self.last_active = 0.0
         #: uuid -> record sent to it, without an eta, not yet taken by a worker, in the

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..findings import Condition, Finding
+from .queue_view import QueueFacts
 
 if TYPE_CHECKING:
     from ..appinfo import AppInfo
@@ -48,6 +49,8 @@ class RuleContext:
     events_supported: bool = True
     #: where ``broker_url`` came from (the exporter's option or the app's configuration)
     broker_source: str = "app configuration (broker_url)"
+    #: facts about queues one rule establishes for others (see ``queue_view``)
+    queue_facts: QueueFacts = field(default_factory=QueueFacts)
 
 
 class ProbeFailed(Exception):

@@ -140,9 +140,7 @@ class QueueStarvation(Rule):
 
     def _unconsumed(self, queue: str, now: float) -> bool:
         """The queue has no consumer: queue_without_consumer's finding, not this one's."""
-        state = self.ctx.state
-        rec = state.queues.get(queue)
-        return rec is not None and no_consumer(rec)
+        return no_consumer(self.ctx.queue_facts, queue)
 
     def _inversion(self, queue: str, now: float) -> dict[str, Any]:
         """Which queues' tasks occupied the workers that consume ``queue``."""

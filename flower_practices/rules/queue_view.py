@@ -13,7 +13,7 @@
   queue with messages waiting would have received one by then). It never makes every
   queue unknown.
 - :func:`no_consumer` reads the one fact "no consumer of this queue is known":
-  ``QueueRecord.first_unconsumed_at``, set and reset by ``queue_without_consumer`` only
+  ``QueueFacts.unconsumed_since``, set and reset by ``queue_without_consumer`` only
   (with its options), which reports such a queue once it is decided (see above), while
   ``queue_starvation`` leaves it alone: one cause, one finding. The condition's start
   survives probe gaps and undecided rounds; only a known consumer (or no demand) resets
@@ -96,11 +96,21 @@ def queue_consumers(state: RuntimeState, queue: QueueRecord, now: float, amqp: b
     return out
 
 
-def no_consumer(queue: QueueRecord) -> bool:
+@dataclass(slots=True)
+class QueueFacts:
+    """Facts about queues that one rule establishes and others read, kept in the rules
+    layer (``RuleContext.queue_facts``), never on the state's records."""
+
+    #: queue -> since when no consumer of it is known while it has demand (set and reset
+    #: by ``queue_without_consumer`` only)
+    unconsumed_since: dict[str, float] = field(default_factory=dict)
+
+
+def no_consumer(facts: QueueFacts, queue: str) -> bool:
     """The fact "no consumer of this queue is known" (none, or only unanswered workers
     that might consume it) while it has demand, as ``queue_without_consumer`` last
     established it (it runs first; with that rule disabled the fact is never set)."""
-    return queue.first_unconsumed_at > 0.0
+    return facts.unconsumed_since.get(queue, 0.0) > 0.0
 
 
 def routed_tasks(app: AppInfo | None, queue: str, limit: int = 10) -> list[str] | None:

@@ -7,7 +7,8 @@ come from RabbitMQ's consumer count on AMQP, else per worker (see
 :func:`~flower_practices.rules.queue_view.queue_consumers`): a worker that does not
 answer remote control leaves the queue undecided for at most
 ``unanswered_worker_grace_seconds`` and never resets the condition, whose start is kept
-on the queue record (``first_unconsumed_at``, shared with ``queue_starvation`` through
+in the rules' shared queue facts (``QueueFacts.unconsumed_since``, read by
+``queue_starvation`` through
 :func:`~flower_practices.rules.queue_view.no_consumer`). Demand with no consumer for
 longer than ``grace_seconds`` is a finding; the evidence names the workers that did not
 answer.
@@ -51,6 +52,8 @@ class QueueWithoutConsumer(Rule):
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
         self.amqp = counts_consumers(ctx.broker_url)
+        #: queue -> since when it has had demand and no known consumer (the shared fact)
+        self.since = ctx.queue_facts.unconsumed_since
         self.flagged: set[str] = set()
         #: queue -> (probed length last counted, tasks sent when the condition began)
         self.baseline: dict[str, tuple[int, int]] = {}
@@ -95,10 +98,11 @@ class QueueWithoutConsumer(Rule):
                 elif name in self.flagged:
                     flagged.add(name)  # not probed this round: keep what was reported
                 continue
-            if not queue.first_unconsumed_at:
-                queue.first_unconsumed_at = now
+            since = self.since.get(name)
+            if since is None:
+                since = self.since[name] = now
                 self.baseline[name] = (waiting, queue.sent)
-            unconsumed = now - queue.first_unconsumed_at
+            unconsumed = now - since
             if unconsumed < grace or (consumers.undecided and name not in self.flagged):
                 continue  # not yet; or a worker too new to rule out: not reported anew
             flagged.add(name)
@@ -110,7 +114,7 @@ class QueueWithoutConsumer(Rule):
                 "consumers": consumers.count if not consumers.undecided else "unknown",
                 "consumers_source": consumers.source,
                 "unconsumed_for_seconds": round(unconsumed, 1),
-                "unconsumed_since": round(queue.first_unconsumed_at, 3),
+                "unconsumed_since": round(since, 3),
                 "tasks_sent_seen": queue.sent, "live_workers": len(workers),
                 "queues_consumed_by_workers": consumed[:20], "grace_seconds": grace,
                 "workers_not_answering": sorted(consumers.unanswered)[:_MAX_NAMES],
@@ -131,13 +135,15 @@ class QueueWithoutConsumer(Rule):
         self.flagged = flagged
         for name in [n for n in self.baseline if n not in state.queues]:
             del self.baseline[name]
+        for name in [n for n in self.since if n not in state.queues]:
+            del self.since[name]
 
     # -- restarts (flower_practices.store) -------------------------------------------------
     def memory(self) -> Any:
         """The reported queues with the condition's start and the length last counted, so
         a restart keeps ``unconsumed_since`` and does not count the waiting messages again."""
         queues = self.ctx.state.queues
-        return {name: [queues[name].first_unconsumed_at, self.baseline.get(name, (0, 0))[0]]
+        return {name: [self.since.get(name, 0.0), self.baseline.get(name, (0, 0))[0]]
                 for name in self.flagged if name in queues}
 
     def restore_memory(self, data: Any, now: float) -> None:
@@ -151,12 +157,12 @@ class QueueWithoutConsumer(Rule):
             queue = state.queue(str(name))
             if queue is None:
                 continue
-            queue.first_unconsumed_at = since
+            self.since[queue.name] = since
             self.baseline[queue.name] = (length, queue.sent)
             self.flagged.add(queue.name)
 
     def _reset(self, queue: Any) -> None:
-        queue.first_unconsumed_at = 0.0
+        self.since.pop(queue.name, None)
         self.baseline.pop(queue.name, None)
 
     def _count(self, name: str, queue: Any, waiting: int) -> None:
