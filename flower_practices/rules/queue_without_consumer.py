@@ -28,7 +28,13 @@ from typing import Any
 
 from ..findings import Condition
 from .base import Rule
-from .queue_view import counts_consumers, live_workers, queue_consumers, routed_tasks
+from .queue_view import (
+    Consumers,
+    counts_consumers,
+    live_workers,
+    queue_consumers,
+    routed_tasks,
+)
 
 _MAX_NAMES = 10
 
@@ -77,66 +83,70 @@ class QueueWithoutConsumer(Rule):
     def evaluate(self, now: float) -> Iterable[Condition]:
         state = self.ctx.state
         grace = float(self.options["grace_seconds"])
-        window = float(self.options["window_seconds"])
-        unanswered_grace = float(self.options["unanswered_worker_grace_seconds"])
-        silent_grace = float(self.options["silent_worker_grace_seconds"])
         flagged: set[str] = set()
         for name, queue in state.queues.items():
-            waiting = queue.length or 0
-            # task-sent events are demand only where no probe tells the queue's length:
-            # a probed, empty queue was drained by someone (maybe a worker we cannot see)
-            recent = queue.length is None and queue.last_sent_at \
-                and now - queue.last_sent_at <= window
-            if not (waiting > 0 or recent):
-                self._reset(queue)
-                continue
-            consumers = queue_consumers(state, queue, now, self.amqp, unanswered_grace,
-                                        silent_grace)
-            if consumers.count != 0:  # a known consumer (or RabbitMQ's count unknown)
-                if consumers.count:
+            consumers = self._consumers(queue, now)
+            if consumers is None or consumers.count != 0:
+                if consumers is None or consumers.count:  # no demand, or a known consumer
                     self._reset(queue)
-                elif name in self.flagged:
-                    flagged.add(name)  # not probed this round: keep what was reported
+                elif name in self.flagged:  # RabbitMQ's count not probed this round:
+                    flagged.add(name)  # keep what was reported
                 continue
             since = self.since.get(name)
             if since is None:
                 since = self.since[name] = now
-                self.baseline[name] = (waiting, queue.sent)
-            unconsumed = now - since
-            if unconsumed < grace or (consumers.undecided and name not in self.flagged):
+                self.baseline[name] = (queue.length or 0, queue.sent)
+            if now - since < grace or (consumers.undecided and name not in self.flagged):
                 continue  # not yet; or a worker too new to rule out: not reported anew
             flagged.add(name)
-            self._count(name, queue, waiting)
-            workers = live_workers(state, now)
-            consumed = sorted({q for w in workers for q in w.active_queues or ()})
-            evidence: dict[str, Any] = {
-                "messages_waiting": queue.length,
-                "consumers": consumers.count if not consumers.undecided else "unknown",
-                "consumers_source": consumers.source,
-                "unconsumed_for_seconds": round(unconsumed, 1),
-                "unconsumed_since": round(since, 3),
-                "tasks_sent_seen": queue.sent, "live_workers": len(workers),
-                "queues_consumed_by_workers": consumed[:20], "grace_seconds": grace,
-                "workers_not_answering": sorted(consumers.unanswered)[:_MAX_NAMES],
-                "messages_counted": self.occurrences(name, None, None),
-            }
-            summary = (f"queue '{name}' has "
-                       + (f"{waiting} message(s) waiting" if waiting else "tasks sent to it")
-                       + f" and no consumer for {unconsumed:.0f}s")
-            if consumers.undecided:
-                summary += (f" ({len(consumers.unanswered)} worker(s) not answering remote "
-                            "control yet)")
-            app = self.ctx.app
-            if app is not None:
-                evidence["source"] = "app config"
-                evidence["routed_tasks"] = routed_tasks(app, name)
-                evidence["declared_in_app"] = name in app.queues or name == app.default_queue
-            yield Condition(summary=summary, queue=name, evidence=evidence)
+            self._count(name, queue, queue.length or 0)
+            yield self._condition(queue, consumers, since, now, grace)
         self.flagged = flagged
         for name in [n for n in self.baseline if n not in state.queues]:
             del self.baseline[name]
         for name in [n for n in self.since if n not in state.queues]:
             del self.since[name]
+
+    def _consumers(self, queue: Any, now: float) -> Consumers | None:
+        """The queue's consumers when it has demand, else None. Task-sent events are
+        demand only where no probe tells the queue's length: a probed, empty queue was
+        drained by someone (maybe a worker we cannot see)."""
+        recent = queue.length is None and queue.last_sent_at \
+            and now - queue.last_sent_at <= float(self.options["window_seconds"])
+        if not ((queue.length or 0) > 0 or recent):
+            return None
+        return queue_consumers(self.ctx.state, queue, now, self.amqp,
+                               float(self.options["unanswered_worker_grace_seconds"]),
+                               float(self.options["silent_worker_grace_seconds"]))
+
+    def _condition(self, queue: Any, consumers: Consumers, since: float, now: float,
+                   grace: float) -> Condition:
+        name, waiting, unconsumed = queue.name, queue.length or 0, now - since
+        workers = live_workers(self.ctx.state, now)
+        consumed = sorted({q for w in workers for q in w.active_queues or ()})
+        evidence: dict[str, Any] = {
+            "messages_waiting": queue.length,
+            "consumers": consumers.count if not consumers.undecided else "unknown",
+            "consumers_source": consumers.source,
+            "unconsumed_for_seconds": round(unconsumed, 1),
+            "unconsumed_since": round(since, 3),
+            "tasks_sent_seen": queue.sent, "live_workers": len(workers),
+            "queues_consumed_by_workers": consumed[:20], "grace_seconds": grace,
+            "workers_not_answering": sorted(consumers.unanswered)[:_MAX_NAMES],
+            "messages_counted": self.occurrences(name, None, None),
+        }
+        summary = (f"queue '{name}' has "
+                   + (f"{waiting} message(s) waiting" if waiting else "tasks sent to it")
+                   + f" and no consumer for {unconsumed:.0f}s")
+        if consumers.undecided:
+            summary += (f" ({len(consumers.unanswered)} worker(s) not answering remote "
+                        "control yet)")
+        app = self.ctx.app
+        if app is not None:
+            evidence["source"] = "app config"
+            evidence["routed_tasks"] = routed_tasks(app, name)
+            evidence["declared_in_app"] = name in app.queues or name == app.default_queue
+        return Condition(summary=summary, queue=name, evidence=evidence)
 
     # -- restarts (flower_practices.store) -------------------------------------------------
     def memory(self) -> Any:
