@@ -185,42 +185,47 @@ class QueueStarvation(Rule):
             del self._busy_now[key]
         oldest = self._scan(now)
         for queue in sorted(set(self.waits) | set(oldest)):
+            if self._unconsumed(queue, now):
+                continue  # one cause, one finding: queue_without_consumer reports it
             ring = self.waits.get(queue)
             values = ring.since(cutoff) if ring is not None else []
             p = percentile(values, pct) if len(values) >= min_samples else math.nan
-            if self._unconsumed(queue, now):
-                continue  # one cause, one finding: queue_without_consumer reports it
             age, waiting = oldest.get(queue, (0.0, 0))
             reasons = []
             if not math.isnan(p) and p > self.max_wait:
                 reasons.append(f"wait p{pct:g} {p:.1f}s over {len(values)} task(s)")
             if age > self.max_wait:
                 reasons.append(f"oldest waiting task {age:.0f}s old")
-            if not reasons:
-                continue
-            inversion = self._inversion(queue, now)
-            evidence: dict[str, Any] = {
-                f"wait_p{pct:g}_seconds": None if math.isnan(p) else round(p, 2),
-                "samples": len(values), "oldest_waiting_seconds": round(age, 1),
-                "tasks_waiting": waiting, "max_wait_seconds": self.max_wait,
-                "window_seconds": self.window,
-                "wait_measured_from": "task-received" if self.from_received.get(queue)
-                else "task-sent",
-                **inversion,
-            }
-            others = [o for o in inversion["occupied_by"] if o["queue"] != queue
-                      and (o["busy_seconds"] or o["running_now"])]
-            summary = f"queue '{queue}' is starved: " + "; ".join(reasons) + \
-                f" (limit {self.max_wait:g}s)"
-            if others:
-                top = others[0]
-                share = top["busy_share"]
-                summary += (f"; its workers are occupied by '{top['queue']}' tasks"
-                            + (f" ({share:.0%} of their busy time)" if share else "")
-                            + " (priority inversion)")
-            app = self.ctx.app
-            if app is not None:
-                evidence["source"] = "app config"
-                evidence["routed_tasks"] = routed_tasks(app, queue)
-                evidence["prefetch_multiplier"] = app.prefetch_multiplier
-            yield Condition(summary=summary, queue=queue, evidence=evidence)
+            if reasons:
+                evidence: dict[str, Any] = {
+                    f"wait_p{pct:g}_seconds": None if math.isnan(p) else round(p, 2),
+                    "samples": len(values), "oldest_waiting_seconds": round(age, 1),
+                    "tasks_waiting": waiting,
+                }
+                yield self._condition(queue, reasons, evidence, now)
+
+    def _condition(self, queue: str, reasons: list[str], evidence: dict[str, Any],
+                   now: float) -> Condition:
+        inversion = self._inversion(queue, now)
+        evidence.update({
+            "max_wait_seconds": self.max_wait, "window_seconds": self.window,
+            "wait_measured_from": "task-received" if self.from_received.get(queue)
+            else "task-sent",
+            **inversion,
+        })
+        others = [o for o in inversion["occupied_by"] if o["queue"] != queue
+                  and (o["busy_seconds"] or o["running_now"])]
+        summary = f"queue '{queue}' is starved: " + "; ".join(reasons) + \
+            f" (limit {self.max_wait:g}s)"
+        if others:
+            top = others[0]
+            share = top["busy_share"]
+            summary += (f"; its workers are occupied by '{top['queue']}' tasks"
+                        + (f" ({share:.0%} of their busy time)" if share else "")
+                        + " (priority inversion)")
+        app = self.ctx.app
+        if app is not None:
+            evidence["source"] = "app config"
+            evidence["routed_tasks"] = routed_tasks(app, queue)
+            evidence["prefetch_multiplier"] = app.prefetch_multiplier
+        return Condition(summary=summary, queue=queue, evidence=evidence)

@@ -67,28 +67,12 @@ class SingleDefaultQueue(Rule):
         window = float(self.options["window_seconds"])
         for key in [k for k, ts in self.seen.items() if now - ts > window]:
             del self.seen[key]
-        if not self.seen:
-            self.pending.clear()
-            return
         default, default_source = self.default_queue()
-        queues = {q for q, _ in self.seen if q}
-        if queues - {default}:
-            self.pending.clear()
-            return  # a second queue is in use
         workers = [w for w in live_workers(self.ctx.state, now) if w.active_queues is not None]
-        consumed = {q for w in workers for q in w.active_queues or ()}
-        if consumed - {default}:
-            self.pending.clear()
-            return  # some worker consumes another queue
+        source = self._only_default(default, workers)
+        if source is None:
+            return
         names = sorted({t for _, t in self.seen})
-        if len(names) < int(self.options["min_tasks"]):
-            return  # messages stay pending: they count once a second task shows up
-        if queues:
-            source = "task-sent queue"
-        elif consumed:
-            source = "workers' active_queues"
-        else:
-            return  # neither task-sent queues nor workers' queues known: cannot tell
         pending, self.pending = self.pending, {}
         for (queue, task), n in pending.items():
             self.count(queue or default, task, n)
@@ -97,6 +81,25 @@ class SingleDefaultQueue(Rule):
             "distinct_tasks": len(names), "tasks": names[:20], "queue_source": source,
             "workers_consuming": len(workers), "window_seconds": window,
         }
+        yield self._condition(default, names, evidence)
+
+    def _only_default(self, default: str, workers: list[Any]) -> str | None:
+        """Where the default queue was seen to be the only one in use, or None: no
+        traffic, a second queue in use or consumed (pending occurrences dropped), fewer
+        than ``min_tasks`` task names (kept pending), or no queue known at all."""
+        queues = {q for q, _ in self.seen if q}
+        consumed = {q for w in workers for q in w.active_queues or ()}
+        if not self.seen or queues - {default} or consumed - {default}:
+            self.pending.clear()
+            return None
+        if len({t for _, t in self.seen}) < int(self.options["min_tasks"]):
+            return None  # messages stay pending: they count once a second task shows up
+        if queues:
+            return "task-sent queue"
+        return "workers' active_queues" if consumed else None
+
+    def _condition(self, default: str, names: list[str], evidence: dict[str, Any]
+                   ) -> Condition:
         summary = (f"{len(names)} distinct tasks all run through the default queue "
                    f"'{default}': slow or bulk work delays everything else")
         app = self.ctx.app
@@ -106,4 +109,4 @@ class SingleDefaultQueue(Rule):
             evidence["task_queues_declared"] = list(app.queues)
             if not app.has_routes:
                 summary += " (task_routes is not set)"
-        yield Condition(summary=summary, queue=default, evidence=evidence)
+        return Condition(summary=summary, queue=default, evidence=evidence)
