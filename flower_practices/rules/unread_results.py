@@ -381,54 +381,75 @@ class UnreadResults(Rule):
         min_samples = int(self.options["min_samples"])
         min_share = float(self.options["min_share"])
         min_evidence = float(self.options["min_unread_evidence"])
-        app = self.ctx.app
         for key, ring in self.verdicts.items():
-            queue, task = key
-            values = [v for _, v, _ in ring]
-            by_key, by_pubsub = values.count(READ_KEY), values.count(READ_PUBSUB)
-            confirmed, unobserved = values.count(UNREAD), values.count(UNOBSERVED)
-            pubsub = self._pubsub(key, now)
-            # snapshots that would have caught a caller waiting, had there been one
-            weight = confirmed + sum(c for _, v, c in ring if v == UNOBSERVED)
-            decided = not pubsub and weight >= min_evidence
-            unread = confirmed + unobserved if decided else confirmed
-            n = unread + by_key + by_pubsub
-            tally = self.unread_total.get(key)
-            share = unread / n if n else 0.0
-            if n < min_samples or share < min_share:
-                if tally is not None:
-                    tally[1], tally[2] = tally[0], False
-                continue
-            if tally is None:
-                tally = self.unread_total[key] = [unread, 0, False]
-            new = tally[0] - tally[1] if tally[2] else unread
-            if new > 0:
-                self.count(queue or None, task or None, new)
-            tally[1], tally[2] = tally[0], True
-            evidence: dict[str, Any] = {
-                "sampled_results": n, "unread_results": unread,
-                "unread_share": round(share, 3),
-                "read_by_key": by_key, "read_over_pubsub": by_pubsub,
-                "unread_seen_unsubscribed_while_pending": confirmed,
-                "unread_unobserved": unobserved,
-                "pubsub_readers_seen": pubsub,
-                "unread_evidence": round(weight, 1),
-                "min_unread_evidence": min_evidence,
-                "method": ("OBJECT IDLETIME of the result key, and snapshots of the "
-                           "clients' subscriptions to its pub/sub channel"),
-                "missing_results": values.count(MISSING),
-                "checked_after_seconds": self.options["grace_seconds"],
-                "window_seconds": self.options["window_seconds"],
-            }
-            summary = (f"{task}: {unread} of {n} sampled results were never read "
-                       f"({share:.0%}), neither by key nor over pub/sub; "
-                       "set ignore_result=True")
-            info = app.task(task) if app is not None else None
-            if app is None:
-                evidence["ignore_result"] = "unknown (app not loaded)"
-            elif info is not None:
-                evidence["ignore_result"] = info.ignore_result
-                if not info.ignore_result:
-                    summary += " (ignore_result is not set on this task)"
-            yield Condition(summary=summary, queue=queue or None, task=task,
-                            evidence=evidence)
+            stats = self._stats(key, ring, now, min_evidence)
+            if self._tally(key, stats, stats["n"] >= min_samples
+                           and stats["share"] >= min_share):
+                yield self._condition(key, stats, min_evidence)
+
+    def _stats(self, key: tuple[str, str], ring: Any, now: float,
+               min_evidence: float) -> dict[str, Any]:
+        """One task's verdicts in the window, and how many count as unread."""
+        values = [v for _, v, _ in ring]
+        by_key, by_pubsub = values.count(READ_KEY), values.count(READ_PUBSUB)
+        confirmed, unobserved = values.count(UNREAD), values.count(UNOBSERVED)
+        pubsub = self._pubsub(key, now)
+        # snapshots that would have caught a caller waiting, had there been one
+        weight = confirmed + sum(c for _, v, c in ring if v == UNOBSERVED)
+        decided = not pubsub and weight >= min_evidence
+        unread = confirmed + unobserved if decided else confirmed
+        n = unread + by_key + by_pubsub
+        return {"values": values, "by_key": by_key, "by_pubsub": by_pubsub,
+                "confirmed": confirmed, "unobserved": unobserved, "pubsub": pubsub,
+                "weight": weight, "unread": unread, "n": n,
+                "share": unread / n if n else 0.0}
+
+    def _tally(self, key: tuple[str, str], stats: dict[str, Any], holds: bool) -> bool:
+        """Count the unread results new since the last round the condition held; return
+        ``holds``."""
+        tally = self.unread_total.get(key)
+        if not holds:
+            if tally is not None:
+                tally[1], tally[2] = tally[0], False
+            return False
+        unread = stats["unread"]
+        if tally is None:
+            tally = self.unread_total[key] = [unread, 0, False]
+        new = tally[0] - tally[1] if tally[2] else unread
+        if new > 0:
+            self.count(key[0] or None, key[1] or None, new)
+        tally[1], tally[2] = tally[0], True
+        return True
+
+    def _condition(self, key: tuple[str, str], stats: dict[str, Any],
+                   min_evidence: float) -> Condition:
+        queue, task = key
+        unread, n, share = stats["unread"], stats["n"], stats["share"]
+        evidence: dict[str, Any] = {
+            "sampled_results": n, "unread_results": unread,
+            "unread_share": round(share, 3),
+            "read_by_key": stats["by_key"], "read_over_pubsub": stats["by_pubsub"],
+            "unread_seen_unsubscribed_while_pending": stats["confirmed"],
+            "unread_unobserved": stats["unobserved"],
+            "pubsub_readers_seen": stats["pubsub"],
+            "unread_evidence": round(stats["weight"], 1),
+            "min_unread_evidence": min_evidence,
+            "method": ("OBJECT IDLETIME of the result key, and snapshots of the "
+                       "clients' subscriptions to its pub/sub channel"),
+            "missing_results": stats["values"].count(MISSING),
+            "checked_after_seconds": self.options["grace_seconds"],
+            "window_seconds": self.options["window_seconds"],
+        }
+        summary = (f"{task}: {unread} of {n} sampled results were never read "
+                   f"({share:.0%}), neither by key nor over pub/sub; "
+                   "set ignore_result=True")
+        app = self.ctx.app
+        info = app.task(task) if app is not None else None
+        if app is None:
+            evidence["ignore_result"] = "unknown (app not loaded)"
+        elif info is not None:
+            evidence["ignore_result"] = info.ignore_result
+            if not info.ignore_result:
+                summary += " (ignore_result is not set on this task)"
+        return Condition(summary=summary, queue=queue or None, task=task,
+                         evidence=evidence)
