@@ -81,6 +81,13 @@ class Rule:
         #: (queue, task, worker) -> occurrences counted, the source of findings' count
         self.occurred: dict[tuple[str | None, str | None, str | None], int] = {}
 
+    @classmethod
+    def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
+        """What breaks this practice in the app's configuration and task definitions
+        alone (``flower-practices check``, no broker, no events): (task or None, message)
+        pairs. None by default (the practice can only be seen at run time)."""
+        return []
+
     def hooks(self) -> dict[str, Hook]:
         """Map event type -> callable(event, task_record) run on the hot path."""
         return {}

@@ -42,11 +42,14 @@ are added to the evidence (``"source": "app config"``).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..bounded import WindowCounter
 from ..findings import Condition
 from .base import Rule
+
+if TYPE_CHECKING:
+    from ..appinfo import AppInfo
 
 _MAX_NAMES = 2000
 #: heartbeats resuming after this many missed intervals restart a worker's baseline
@@ -307,3 +310,15 @@ class EventsDisabled(Rule):
     def evaluate(self, now: float) -> Iterable[Condition]:
         yield from self._workers(now)
         yield from self._clients(now)
+
+    @classmethod
+    def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
+        """``task_send_sent_event`` or ``worker_send_task_events`` is off."""
+        off = [setting for setting, on in (("task_send_sent_event", app.send_sent_event),
+                                           ("worker_send_task_events",
+                                            app.worker_send_task_events)) if not on]
+        if not off:
+            return []
+        seen = "task-sent events" if off == ["task_send_sent_event"] else "tasks"
+        return [(None, f"{' and '.join(off)} off: monitoring cannot see {seen}"
+                       " (workers may still enable events with -E)")]

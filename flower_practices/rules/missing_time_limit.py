@@ -13,12 +13,15 @@ reports them). Whether a task has a time limit is known only when the app is loa
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..bounded import LRUDict
 from ..findings import Condition
 from ..state import finite_seconds
 from .base import Rule
+
+if TYPE_CHECKING:
+    from ..appinfo import AppInfo
 
 _MAX_KEYS = 2000
 
@@ -129,3 +132,10 @@ class MissingTimeLimit(Rule):
                 summary=(f"{task or 'a task'} ran {longest:.0f}s (> {self.limit:g}s); "
                          f"{note}"),
                 queue=queue or None, task=task or None, evidence=evidence)
+
+    @classmethod
+    def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
+        """Tasks with no ``time_limit``/``soft_time_limit`` (task or app-wide)."""
+        return [(name, "no time_limit/soft_time_limit: a hung call holds a worker slot "
+                       "forever")
+                for name, task in sorted(app.tasks.items()) if not task.has_time_limit]

@@ -26,11 +26,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..bounded import LRUDict, WindowCounter
 from ..findings import Condition
 from .base import Rule
+
+if TYPE_CHECKING:
+    from ..appinfo import AppInfo
 
 _MAX_KEYS = 2000
 #: seconds a received retry waits for its own task-sent before task-retried stands in
@@ -116,6 +119,25 @@ class RetryStorm(Rule):
         #: retries received whose task-sent may still come: (task id, retry number) ->
         #: (arrived, eta, queue, task, task-retried time, event time)
         self.provisional: LRUDict[tuple[str, int], tuple] = LRUDict(20_000)
+
+    @classmethod
+    def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
+        """Tasks that retry with no delay: ``self.retry(countdown=0)`` in the body, or
+        ``default_retry_delay=0`` without back-off (tasks with no retry policy at all are
+        ``retryless_failure``'s)."""
+        out: list[tuple[str | None, str]] = []
+        for name, task in sorted(app.tasks.items()):
+            if not task.has_retry_policy:
+                continue
+            if task.retries_without_delay:
+                out.append((name, "calls self.retry(countdown=0): retries hammer the failing "
+                                  "dependency; use a countdown with back-off (or "
+                                  "retry_backoff)"))
+            elif not task.retry_backoff and task.default_retry_delay is not None \
+                    and task.default_retry_delay <= 0:
+                out.append((name, "retries with default_retry_delay=0 and no retry_backoff: "
+                                  "retries hammer the failing dependency"))
+        return out
 
     def hooks(self):
         return {"task-retried": self._on_retried, "task-received": self._on_received,

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..bounded import LRUDict
 from ..findings import Condition
 from .base import Rule
+
+if TYPE_CHECKING:
+    from ..appinfo import AppInfo
 
 #: exception class names (bare or dotted) treated as transient by default
 TRANSIENT_EXCEPTIONS = [
@@ -153,3 +156,10 @@ class RetrylessFailure(Rule):
                     summary += "; autoretry_for does not cover these exceptions"
             yield Condition(summary=summary, queue=queue or None, task=task or None,
                             evidence=evidence)
+
+    @classmethod
+    def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
+        """Tasks with no retry policy (no ``autoretry_for``, no ``self.retry()`` call)."""
+        return [(name, "no retry policy (no autoretry_for, no self.retry() call): a "
+                       "transient error fails the task for good")
+                for name, task in sorted(app.tasks.items()) if not task.has_retry_policy]

@@ -11,11 +11,14 @@ default queue is the app's ``task_default_queue`` when the app is loaded, else t
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..findings import Condition
 from .base import Rule
 from .queue_view import live_workers
+
+if TYPE_CHECKING:
+    from ..appinfo import AppInfo
 
 _MAX_NAMES = 2000
 
@@ -110,3 +113,13 @@ class SingleDefaultQueue(Rule):
             if not app.has_routes:
                 summary += " (task_routes is not set)"
         return Condition(summary=summary, queue=default, evidence=evidence)
+
+    @classmethod
+    def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
+        """Two or more tasks and every one goes to the default queue."""
+        tasks = app.tasks
+        routed = {t.queue or app.default_queue for t in tasks.values()}
+        if len(tasks) < 2 or not routed <= {app.default_queue}:
+            return []
+        return [(None, f"all {len(tasks)} tasks go to the default queue "
+                       f"'{app.default_queue}' (no task_routes, no per-task queue)")]

@@ -69,12 +69,15 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..bounded import LRUDict
 from ..brokers import scheme
 from ..findings import Condition
 from .base import ProbeFailed, Rule, RuleContext
+
+if TYPE_CHECKING:
+    from ..appinfo import AppInfo
 
 log = logging.getLogger("flower_practices.rules.unread_results")
 
@@ -453,3 +456,13 @@ class UnreadResults(Rule):
                 summary += " (ignore_result is not set on this task)"
         return Condition(summary=summary, queue=queue or None, task=task,
                          evidence=evidence)
+
+    @classmethod
+    def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
+        """A result backend is configured and no task ignores its result."""
+        tasks = app.tasks
+        if not app.result_backend or not tasks or any(t.ignore_result for t in tasks.values()):
+            return []
+        return [(None, f"a result backend is configured and all {len(tasks)} tasks store "
+                       "their results: set ignore_result=True on tasks whose results "
+                       "nobody reads (or task_ignore_result=True)")]
