@@ -1,8 +1,9 @@
 """Bounded runtime state built from the event stream: in-flight tasks, workers and queues.
 
-:meth:`RuntimeState.apply` is the hot path: one dict lookup and a handful of attribute
-writes per event, no allocation beyond a new task's record. Memory is bounded by the
-caps in :class:`~flower_practices.config.Settings` (documented in the README).
+:meth:`RuntimeState.apply` is the hot path: one dict lookup, a handler bound once per
+event type and a handful of attribute writes per event, no allocation beyond a new
+task's record. This module imports no exposition: metrics listen to the engine. Memory
+is bounded by the caps in :class:`~flower_practices.config.Settings` (in the README).
 
 Lifecycle (what leaves the state, and when):
 
@@ -12,8 +13,11 @@ Lifecycle (what leaves the state, and when):
   lost (:meth:`RuntimeState.mark_lost`) stays as ``LOST`` for ``orphan_ttl`` so a late
   completion or a redelivery still finds its name and queue.
 - Each record remembers what it is counted as on its worker (reserved or running) and in
-  which generation of that worker, so ``reserved``/``running`` are decremented exactly
-  once, and a worker's counts restart from zero when it goes offline or restarts.
+  which generation of that worker, so it leaves the worker's ``reserved_tasks`` /
+  ``running_tasks`` index exactly once, and a worker's indexes restart empty when it goes
+  offline or restarts (its running tasks then become its ``orphans``, for ``lost_task``).
+  A sent task without an eta is in its queue's ``pending`` index until a worker takes it.
+  These indexes are what evaluation reads: it never scans every tracked task.
 - A worker restart is a worker-online event, a heartbeat after worker-offline, or a
   heartbeat whose ``processed`` counter went down (a new process counts from zero).
 - At ``max_workers`` a dead worker among the least recently seen makes room for a new
