@@ -24,6 +24,7 @@ same tasks, neither forgotten nor counted twice.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from ..bounded import LRUDict
@@ -40,15 +41,22 @@ def _s(value: Any) -> str:
 
 class LostTask(Rule):
     id = "lost_task"
-    defaults = {
+
+    @dataclass(frozen=True, slots=True)
+    class Options:
+        """Typed options (the documented defaults; each may be overridden in
+        ``[practices.lost_task]``)."""
+
         #: seconds after a worker's heartbeats expired before its started tasks count as lost
-        "grace_seconds": 10.0,
+        grace_seconds: float = 10.0
         #: seconds after worker-offline: a warm shutdown sends worker-offline first and
         #: then lets running tasks finish, so give them this long
-        "offline_grace_seconds": 60.0,
+        offline_grace_seconds: float = 60.0
         #: a finding stays active this long after the last lost task was detected
-        "window_seconds": 3600.0,
-    }
+        window_seconds: float = 3600.0
+
+    #: this rule's options, typed (set by :class:`Rule`)
+    opts: Options
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
@@ -97,8 +105,8 @@ class LostTask(Rule):
         """Started tasks whose worker is gone: each worker's orphans (running when it
         went offline or restarted) and its running tasks (its heartbeats may have
         expired) -- never a scan of every tracked task."""
-        grace = float(self.options["grace_seconds"])
-        offline_grace = float(self.options["offline_grace_seconds"])
+        grace = self.opts.grace_seconds
+        offline_grace = self.opts.offline_grace_seconds
         found: list[tuple[Any, str]] = []
         for worker in self.ctx.state.workers.values():
             if worker.last_seen == 0.0 or not (worker.orphans or worker.running_tasks):
@@ -117,7 +125,7 @@ class LostTask(Rule):
             self.lost.put(rec.uuid, (now, rec.queue, rec.name, rec.hostname, reason))
             self.count(rec.queue or None, rec.name or None, worker=rec.hostname)
             state.mark_lost(rec, now)
-        window = float(self.options["window_seconds"])
+        window = self.opts.window_seconds
         groups: dict[tuple[str, str, str], list[tuple[float, str, str]]] = {}
         for uuid in [u for u, v in self.lost.items() if now - v[0] > window]:
             del self.lost[uuid]

@@ -13,6 +13,7 @@ reports them). Whether a task has a time limit is known only when the app is loa
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..bounded import LRUDict
@@ -37,16 +38,23 @@ class _Tally:
 
 class MissingTimeLimit(Rule):
     id = "missing_time_limit"
-    defaults = {
+
+    @dataclass(frozen=True, slots=True)
+    class Options:
+        """Typed options (the documented defaults; each may be overridden in
+        ``[practices.missing_time_limit]``)."""
+
         #: a run longer than this (seconds) without a time limit is a finding
-        "max_runtime_seconds": 300.0,
+        max_runtime_seconds: float = 300.0
         #: a finding from completed runs stays active this long after the last one
-        "window_seconds": 3600.0,
-    }
+        window_seconds: float = 3600.0
+
+    #: this rule's options, typed (set by :class:`Rule`)
+    opts: Options
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
-        self.limit = float(options["max_runtime_seconds"])
+        self.limit = self.opts.max_runtime_seconds
         self.tallies: dict[tuple[str, str], _Tally] = {}
         #: long-running tasks already counted while running (count each run once)
         self.counted: LRUDict[str, bool] = LRUDict(10_000)
@@ -102,7 +110,7 @@ class MissingTimeLimit(Rule):
         return running
 
     def evaluate(self, now: float) -> Iterable[Condition]:
-        window = float(self.options["window_seconds"])
+        window = self.opts.window_seconds
         for key in [k for k, t in self.tallies.items() if now - t.last_seen > window]:
             del self.tallies[key]
         running = self._running_over_limit(now)

@@ -12,6 +12,7 @@ size, from ``inspect stats``; >= 1 when unknown) and that have waited at least
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from ..bounded import LRUDict
@@ -22,10 +23,17 @@ from .queue_view import live_workers
 
 class PrefetchStarvation(Rule):
     id = "prefetch_starvation"
-    defaults = {
+
+    @dataclass(frozen=True, slots=True)
+    class Options:
+        """Typed options (the documented defaults; each may be overridden in
+        ``[practices.prefetch_starvation]``)."""
+
         #: a reserved task must have waited this long (and a peer been idle this long)
-        "min_wait_seconds": 30.0,
-    }
+        min_wait_seconds: float = 30.0
+
+    #: this rule's options, typed (set by :class:`Rule`)
+    opts: Options
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
@@ -67,7 +75,7 @@ class PrefetchStarvation(Rule):
 
     def evaluate(self, now: float) -> Iterable[Condition]:
         state = self.ctx.state
-        min_wait = float(self.options["min_wait_seconds"])
+        min_wait = self.opts.min_wait_seconds
         # forget workers the state forgot, so churning hostnames never fill the table
         for host in [h for h in self.last_active if h not in state.workers]:
             del self.last_active[host]

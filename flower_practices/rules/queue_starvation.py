@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
@@ -30,21 +31,28 @@ _MAX_PAIRS = 5000
 
 class QueueStarvation(Rule):
     id = "queue_starvation"
-    defaults = {
+
+    @dataclass(frozen=True, slots=True)
+    class Options:
+        """Typed options (the documented defaults; each may be overridden in
+        ``[practices.queue_starvation]``)."""
+
         #: a queue's wait p95 (or its oldest waiting task) above this is starvation
-        "max_wait_seconds": 60.0,
+        max_wait_seconds: float = 60.0
         #: window the p95 and the workers' busy time are taken over
-        "window_seconds": 300.0,
+        window_seconds: float = 300.0
         #: waits needed in the window before the p95 is judged
-        "min_samples": 5,
+        min_samples: int = 5
         #: percentile of the wait compared with max_wait_seconds
-        "percentile": 95.0,
-    }
+        percentile: float = 95.0
+
+    #: this rule's options, typed (set by :class:`Rule`)
+    opts: Options
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
-        self.window = float(options["window_seconds"])
-        self.max_wait = float(options["max_wait_seconds"])
+        self.window = self.opts.window_seconds
+        self.max_wait = self.opts.max_wait_seconds
         self.waits: dict[str, SampleRing] = {}
         self.from_received: dict[str, int] = {}
         #: (worker, queue) -> (tasks started, busy milliseconds) in the window
@@ -176,8 +184,8 @@ class QueueStarvation(Rule):
 
     def evaluate(self, now: float) -> Iterable[Condition]:
         cutoff = now - self.window
-        pct = float(self.options["percentile"])
-        min_samples = int(self.options["min_samples"])
+        pct = self.opts.percentile
+        min_samples = self.opts.min_samples
         # each (worker, queue)'s totals in the window, once per round; idle pairs dropped
         self._busy_now = {k: (p[0].total(now), p[1].total(now)) for k, p in self.busy.items()}
         for key in [k for k, (started, ms) in self._busy_now.items() if not started and not ms]:

@@ -24,6 +24,7 @@ into it where the length is not probed. How long it has lasted is ``active_secon
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from ..findings import Condition
@@ -41,19 +42,26 @@ _MAX_NAMES = 10
 
 class QueueWithoutConsumer(Rule):
     id = "queue_without_consumer"
-    defaults = {
+
+    @dataclass(frozen=True, slots=True)
+    class Options:
+        """Typed options (the documented defaults; each may be overridden in
+        ``[practices.queue_without_consumer]``)."""
+
         #: seconds a queue must have demand and no consumer before it is reported
-        "grace_seconds": 60.0,
+        grace_seconds: float = 60.0
         #: a task-sent to the queue within this many seconds counts as demand
-        "window_seconds": 300.0,
+        window_seconds: float = 300.0
         #: a worker whose queues are unknown (it did not answer remote control) may
         #: consume any queue for this long after it came online; later, not having taken
         #: a single task from a queue with messages waiting, it is taken not to consume it
-        "unanswered_worker_grace_seconds": 60.0,
+        unanswered_worker_grace_seconds: float = 60.0
         #: a worker whose heartbeats stopped without a worker-offline (a busy solo pool,
         #: or a worker killed with -9) keeps its last known queues this long
-        "silent_worker_grace_seconds": 300.0,
-    }
+        silent_worker_grace_seconds: float = 300.0
+
+    #: this rule's options, typed (set by :class:`Rule`)
+    opts: Options
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
@@ -82,7 +90,7 @@ class QueueWithoutConsumer(Rule):
 
     def evaluate(self, now: float) -> Iterable[Condition]:
         state = self.ctx.state
-        grace = float(self.options["grace_seconds"])
+        grace = self.opts.grace_seconds
         flagged: set[str] = set()
         for name, queue in state.queues.items():
             consumers = self._consumers(queue, now)
@@ -112,12 +120,12 @@ class QueueWithoutConsumer(Rule):
         demand only where no probe tells the queue's length: a probed, empty queue was
         drained by someone (maybe a worker we cannot see)."""
         recent = queue.length is None and queue.last_sent_at \
-            and now - queue.last_sent_at <= float(self.options["window_seconds"])
+            and now - queue.last_sent_at <= self.opts.window_seconds
         if not ((queue.length or 0) > 0 or recent):
             return None
         return queue_consumers(self.ctx.state, queue, now, self.amqp,
-                               float(self.options["unanswered_worker_grace_seconds"]),
-                               float(self.options["silent_worker_grace_seconds"]))
+                               self.opts.unanswered_worker_grace_seconds,
+                               self.opts.silent_worker_grace_seconds)
 
     def _condition(self, queue: Any, consumers: Consumers, since: float, now: float,
                    grace: float) -> Condition:

@@ -11,6 +11,7 @@ default queue is the app's ``task_default_queue`` when the app is loaded, else t
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..findings import Condition
@@ -25,14 +26,21 @@ _MAX_NAMES = 2000
 
 class SingleDefaultQueue(Rule):
     id = "single_default_queue"
-    defaults = {
+
+    @dataclass(frozen=True, slots=True)
+    class Options:
+        """Typed options (the documented defaults; each may be overridden in
+        ``[practices.single_default_queue]``)."""
+
         #: distinct task names needed before "everything in one queue" is a finding
-        "min_tasks": 2,
+        min_tasks: int = 2
         #: task names not seen for this long are forgotten
-        "window_seconds": 3600.0,
+        window_seconds: float = 3600.0
         #: the default queue when the app is not loaded ("" = Celery's "celery")
-        "default_queue": "",
-    }
+        default_queue: str = ""
+
+    #: this rule's options, typed (set by :class:`Rule`)
+    opts: Options
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
@@ -64,10 +72,10 @@ class SingleDefaultQueue(Rule):
         app = self.ctx.app
         if app is not None:
             return app.default_queue, "app config"
-        return self.options["default_queue"] or "celery", "default"
+        return self.opts.default_queue or "celery", "default"
 
     def evaluate(self, now: float) -> Iterable[Condition]:
-        window = float(self.options["window_seconds"])
+        window = self.opts.window_seconds
         for key in [k for k, ts in self.seen.items() if now - ts > window]:
             del self.seen[key]
         default, default_source = self.default_queue()
@@ -95,7 +103,7 @@ class SingleDefaultQueue(Rule):
         if not self.seen or queues - {default} or consumed - {default}:
             self.pending.clear()
             return None
-        if len({t for _, t in self.seen}) < int(self.options["min_tasks"]):
+        if len({t for _, t in self.seen}) < self.opts.min_tasks:
             return None  # messages stay pending: they count once a second task shows up
         if queues:
             return "task-sent queue"
