@@ -1,10 +1,12 @@
 """The rules engine: feeds events to state and rules, evaluates rules periodically.
 
-``observe`` is the hot path (validation, state update, the rules' hooks for that event
-type). ``evaluate`` runs off the hot path (timer or thread) and turns rule conditions
-into findings. Both take ``lock``; so do probes applying results and the metrics
-collector, which makes the engine safe to feed from a consumer thread while an IOLoop
-or HTTP thread reads it.
+``observe`` is the hot path (validation in :mod:`~flower_practices.events.validate`, the
+state update, the task listeners -- the exposition's accumulators -- and the rules'
+hooks for that event type). ``evaluate`` runs off the hot path (timer or thread) and
+turns rule conditions into findings. Both take ``lock``; so do the probe API
+(``apply_*_probes``) and the read API (``view``, used by the metrics collector), which
+makes the engine safe to feed from a consumer thread while an IOLoop or HTTP thread reads
+it. The engine knows no HTTP and no JSON: the documents are :mod:`flower_practices.api`'s.
 """
 
 from __future__ import annotations
