@@ -275,7 +275,7 @@ class EventsDisabled(Rule):
                 tally.blind_max = blind
                 tally.grew_at = now
             if blind < min_processed or now - tally.grew_at > self.window \
-                    or not state.worker_alive(worker, now):
+                    or not worker.alive(now):
                 continue
             new = blind - tally.counted
             if new > 0:

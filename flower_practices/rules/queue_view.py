@@ -37,7 +37,7 @@ def counts_consumers(broker_url: str) -> bool:
 
 
 def live_workers(state: RuntimeState, now: float) -> list[WorkerRecord]:
-    return [w for w in state.workers.values() if state.worker_alive(w, now)]
+    return [w for w in state.workers.values() if w.alive(now)]
 
 
 def present(state: RuntimeState, worker: WorkerRecord, now: float,
@@ -45,7 +45,7 @@ def present(state: RuntimeState, worker: WorkerRecord, now: float,
     """Alive by its heartbeats, or silent for less than ``silent_grace`` seconds without
     having said goodbye (no worker-offline): a solo pool running a long task sends no
     heartbeat and no event until it is done, yet it still consumes its queues."""
-    return state.worker_alive(worker, now) or (
+    return worker.alive(now) or (
         worker.online and now - worker.last_seen <= silent_grace)
 
 
