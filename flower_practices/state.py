@@ -210,7 +210,7 @@ class RuntimeState:
     sweep_interval = 30.0
     #: task records a :meth:`sweep` call examines at most (a pass spans several calls,
     #: so no evaluation holds the lock for a scan of every tracked task)
-    sweep_batch = 5000
+    sweep_batch = 2000
     #: at a cap, how many least recently seen records are examined for one to evict (O(1))
     evict_scan = 16
 
