@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -138,10 +138,3 @@ class WindowCounter:
         pairs = zip(self.counts, self.stamps, strict=True)
         return sum(c for c, s in pairs if oldest <= s <= current)
 
-
-def iter_limited(mapping: dict, limit: int) -> Iterator:
-    """Iterate at most ``limit`` items of ``mapping`` (evaluation-time sampling)."""
-    for n, item in enumerate(mapping.items()):
-        if n >= limit:
-            return
-        yield item

@@ -8,6 +8,8 @@ import re
 DATABASE_BROKER_SCHEMES = frozenset((
     "sqla", "sqlalchemy", "django", "mongodb", "mongodb+srv", "couchdb", "zookeeper",
 ))
+#: kombu transports that speak AMQP to RabbitMQ, which counts each queue's consumers
+AMQP_SCHEMES = frozenset(("amqp", "amqps", "pyamqp", "librabbitmq"))
 #: result backends that store results in an SQL database
 DATABASE_BACKEND_SCHEMES = frozenset(("db", "django-db"))
 
@@ -20,8 +22,17 @@ def scheme(url: str | None) -> str:
     return head.split("+", 1)[0].lower()
 
 
+#: why no event stream runs on a database broker (the stream status says it)
+NO_EVENTS_ON_DATABASE = "the broker is a database: Celery events cannot flow over it"
+
+
 def is_database_broker(url: str | None) -> bool:
     return scheme(url) in DATABASE_BROKER_SCHEMES
+
+
+def is_amqp_broker(url: str | None) -> bool:
+    """The broker is RabbitMQ over AMQP (it reports consumer counts itself)."""
+    return scheme(url) in AMQP_SCHEMES
 
 
 def is_database_backend(url: str | None) -> bool:

@@ -1,7 +1,7 @@
 """The practice catalogue: ids, titles, default severities, descriptions and runbook links.
 
-The ids are a public contract (see PRACTICES.md): dashboards, alert rules and users'
-automation depend on them. Do not rename.
+The ids are a public contract (README, "The practices it polices"): dashboards, alert
+rules and users' automation depend on them. Do not rename.
 """
 
 from __future__ import annotations

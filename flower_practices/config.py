@@ -171,20 +171,29 @@ def _check_range(where: str, key: str, value: Any, default: Any) -> None:
     if isinstance(default, bool) or isinstance(value, bool):
         return
     if isinstance(default, (list, tuple)):
-        bad = next((item for item in value if not isinstance(item, str)), None)
-        if bad is not None:
-            raise ConfigError(f"{where}: expected a list of strings, "
-                              f"found {_value_text(bad)}")
+        _check_names(where, value)
+    elif not isinstance(default, (int, float)) or not isinstance(value, (int, float)):
         return
-    if not isinstance(default, (int, float)) or not isinstance(value, (int, float)):
-        return
-    if isinstance(default, int):
-        if not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        if not 1 <= value <= MAX_COUNT:
-            raise ConfigError(
-                f"{where}: must be an integer from 1 to {MAX_COUNT}, got {value!r}")
-        return
+    elif isinstance(default, int):
+        _check_count(where, value)
+    else:
+        _check_number(where, key, value)
+
+
+def _check_names(where: str, value: Any) -> None:
+    bad = next((item for item in value if not isinstance(item, str)), None)
+    if bad is not None:
+        raise ConfigError(f"{where}: expected a list of strings, found {_value_text(bad)}")
+
+
+def _check_count(where: str, value: int | float) -> None:
+    if not isinstance(value, int):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if not 1 <= value <= MAX_COUNT:
+        raise ConfigError(f"{where}: must be an integer from 1 to {MAX_COUNT}, got {value!r}")
+
+
+def _check_number(where: str, key: str, value: int | float) -> None:
     if not math.isfinite(value):
         raise ConfigError(f"{where}: must be a finite number, got {value!r}")
     if key in EXPORTER_BOUNDS:
@@ -193,15 +202,17 @@ def _check_range(where: str, key: str, value: Any, default: Any) -> None:
             raise ConfigError(f"{where}: must be from {low:g} to {high:g} seconds, "
                               f"got {value!r}")
         return
-    if value > MAX_SECONDS and key not in ("percentile",) and not key.endswith("share"):
-        raise ConfigError(f"{where}: must be at most {MAX_SECONDS:g}, got {value!r}")
     if key == "percentile":
         if not 0 < value <= 100:
             raise ConfigError(f"{where}: must be in (0, 100], got {value!r}")
-    elif key.endswith("share"):
+        return
+    if key.endswith("share"):
         if not 0 < value <= 1:
             raise ConfigError(f"{where}: must be in (0, 1], got {value!r}")
-    elif key in ZERO_ALLOWED_SECONDS:
+        return
+    if value > MAX_SECONDS:
+        raise ConfigError(f"{where}: must be at most {MAX_SECONDS:g}, got {value!r}")
+    if key in ZERO_ALLOWED_SECONDS:
         if value < 0:
             raise ConfigError(f"{where}: must be >= 0, got {value!r}")
     elif value <= 0:

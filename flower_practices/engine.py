@@ -1,10 +1,12 @@
 """The rules engine: feeds events to state and rules, evaluates rules periodically.
 
-``observe`` is the hot path (validation, state update, the rules' hooks for that event
-type). ``evaluate`` runs off the hot path (timer or thread) and turns rule conditions
-into findings. Both take ``lock``; so do probes applying results and the metrics
-collector, which makes the engine safe to feed from a consumer thread while an IOLoop
-or HTTP thread reads it.
+``observe`` is the hot path (validation in :mod:`~flower_practices.events.validate`, the
+state update, the task listeners -- the exposition's accumulators -- and the rules'
+hooks for that event type). ``evaluate`` runs off the hot path (timer or thread) and
+turns rule conditions into findings. Both take ``lock``; so do the probe API
+(``apply_*_probes``) and the read API (``view``, used by the metrics collector), which
+makes the engine safe to feed from a consumer thread while an IOLoop or HTTP thread reads
+it. The engine knows no HTTP and no JSON: the documents are :mod:`flower_practices.api`'s.
 """
 
 from __future__ import annotations
@@ -12,19 +14,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from .appinfo import AppInfo
 from .catalogue import BY_ID, PRACTICES, practice
 from .config import Settings, resolve_practice_options
-from .events.sanitize import MAX_UUID_LENGTH, TASK_FIELDS, WORKER_FIELDS, clean_event
-from .events.status import KNOWN_EVENTS, TASK_EVENTS, StreamStatus
-from .findings import FindingTracker
+from .events.status import KNOWN_EVENTS, StreamStatus
+from .events.validate import validate
+from .findings import Finding, FindingTracker
 from .metrics import BaseMetrics
 from .rules import ALL_RULES
 from .rules.base import Hook, ProbeFailed, Rule, RuleContext
-from .state import TERMINAL, RuntimeState
+from .state import TERMINAL, RuntimeState, TaskRecord
 from .store import Snapshot, StateStore
 
 log = logging.getLogger("flower_practices.engine")
@@ -52,7 +56,11 @@ class Engine:
         self.started_at = time.time()
         self.lock = threading.RLock()
         self.metrics = BaseMetrics(self.settings.max_series_per_metric)
-        self.state = RuntimeState(self.settings, self.metrics)
+        self.state = RuntimeState(self.settings)
+        #: called with (etype, event, record) after the state took a task event, before
+        #: the rules' hooks: the exposition's accumulators listen here
+        self.task_listeners: list[Callable[[str, dict, TaskRecord], None]] = [
+            partial(_accumulate, self.metrics, self.state)]
         if app is not None:
             self.state.default_queue = app.default_queue
             # declared queues stay tracked even while idle and unconsumed
@@ -96,50 +104,16 @@ class Engine:
         """Feed one raw event (a dict as Celery sends it). Never raises."""
         status = self.stream_status
         status.events += 1
-        if not isinstance(event, dict):
-            status.decode_error("not_a_mapping")
+        etype = validate(event, status, self._hooks)
+        if etype is None:
             return
-        etype = event.get("type")
-        if not isinstance(etype, str):
-            status.decode_error("missing_type")
-            return
-        hooks = self._hooks.get(etype)
-        if hooks is None:
-            status.decode_error("unknown_type", etype[:64])
-            return
-        if etype in TASK_EVENTS:
-            fields = TASK_FIELDS
-            uuid = event.get("uuid")
-            if not isinstance(uuid, str) or not uuid:
-                status.decode_error("missing_uuid")
-                return
-            if len(uuid) > MAX_UUID_LENGTH:
-                status.decode_error("bad_uuid")
-                return
-        else:
-            fields = WORKER_FIELDS
-        # label values and keys: strings, encodable, no control characters, length capped
-        clean_event(event, status, fields)
-        get = event.get
-        # a Unix time, finite, before year 5138: else now (counted unless just missing)
-        now = time.time()
-        ts = get("timestamp")
-        if type(ts) is not float or not 0.0 < ts < 1e11:
-            if type(ts) is int and 0 < ts < 1e11:
-                event["timestamp"] = float(ts)
-            else:
-                event["timestamp"] = now
-                if ts is not None:
-                    status.decode_error("bad_field", "timestamp", kept=True)
-        received = get("local_received")
-        if received is not None and (type(received) is not float
-                                     or not 0.0 < received < 1e11):
-            event["local_received"] = now
-            status.decode_error("bad_field", "local_received", kept=True)
-        status.last_event_at = now
+        hooks = self._hooks[etype]
         with self.lock:
             try:
                 rec = self.state.apply(etype, event)
+                if rec is not None:
+                    for listener in self.task_listeners:
+                        listener(etype, event, rec)
             except Exception:  # a field of an unexpected type deep in the event
                 status.decode_error("bad_field")
                 log.debug("state update failed for %s", etype, exc_info=True)
@@ -189,7 +163,7 @@ class Engine:
         with self.lock:
             for rule in self.rules:
                 options = self._rule_options[rule.id]
-                severity = self._severity(rule.id)
+                severity = self.severity(rule.id)
                 clear_after = options.get("clear_after_seconds",
                                           self.settings.clear_after_seconds)
                 if rule.id in failed:
@@ -226,7 +200,7 @@ class Engine:
                 except Exception:
                     log.warning("could not restore the saved memory of rule %s; it starts "
                                 "empty", rule.id, exc_info=True)
-            severities = {rule.id: self._severity(rule.id) for rule in self.rules}
+            severities = {rule.id: self.severity(rule.id) for rule in self.rules}
             n = self.findings.restore(snapshot.findings, now, _Labels(self.state), severities)
             by_id = {rule.id: rule for rule in self.rules}
             for finding in self.findings.active():
@@ -267,7 +241,8 @@ class Engine:
             except Exception:
                 self._evaluation_failed(rule.id, "judge a restored finding")
 
-    def _severity(self, rule_id: str) -> str:
+    def severity(self, rule_id: str) -> str:
+        """The practice's effective severity (configured, else the catalogue's)."""
         return self._rule_options.get(rule_id, {}).get("severity") or practice(rule_id).severity
 
     def _prepare_rule(self, rule: Rule, now: float) -> bool:
@@ -292,15 +267,63 @@ class Engine:
                           "flower_practices_rule_errors_total (logged once); its findings "
                           "clear clear_after_seconds after last seen", rule_id, phase)
 
+    # -- probes (flower_practices.probes): the one way they write into the state ----------
+    def queues_to_probe(self) -> list[str]:
+        """Queues known from events, the app's configuration and workers' active_queues
+        (at most ``max_queues``)."""
+        names: dict[str, None] = {}
+        app = self.ctx.app
+        if app is not None:
+            names[app.default_queue] = None
+            names.update(dict.fromkeys(app.queues))
+            names.update(dict.fromkeys(t.queue for t in app.tasks.values() if t.queue))
+        with self.lock:
+            names.update(dict.fromkeys(self.state.known_queue_names()))
+        names.pop("", None)
+        return list(names)[: self.settings.max_queues]
+
+    def apply_worker_probes(self, samples: Mapping[str, Any]) -> None:
+        """Workers' answers to remote control: hostname -> sample with ``queues``,
+        ``prefetch`` and ``concurrency`` (a ``probes.workers.WorkerSample``)."""
+        with self.lock:
+            for hostname, sample in samples.items():
+                self.state.probed_worker(hostname, sample.queues, sample.prefetch,
+                                         sample.concurrency)
+
+    def apply_queue_probes(self, samples: Mapping[str, Any], now: float, *,
+                           consumers_from_workers: bool) -> None:
+        """Queue lengths (and RabbitMQ's consumer counts): queue -> sample with
+        ``lengths``, ``total`` and ``consumers``
+        (a ``probes.queues.QueueSample``). Where the broker counts
+        no consumers, a queue's are the live workers whose active_queues include it."""
+        with self.lock:
+            consuming = self.state.consumers_by_queue(now) if consumers_from_workers else {}
+            for name, sample in samples.items():
+                consumers = consuming.get(name, 0) if consumers_from_workers \
+                    else sample.consumers
+                self.state.probed_queue(name, sample.lengths, sample.total, consumers, now)
+
     def count_probe_error(self, probe: str) -> None:
         with self.lock:
             self.probe_errors[probe] = self.probe_errors.get(probe, 0) + 1
 
-    def with_lock(self, fn: Callable[[], Any]) -> Any:
-        with self.lock:
-            return fn()
-
     # -- reporting -----------------------------------------------------------------------
+    def view(self, now: float) -> EngineView:
+        """What exposition reads, in one place; call under ``lock`` (the counters and
+        findings are the live objects, not copies: read them before releasing it)."""
+        state = self.state
+        lengths, consumers = state.queue_gauges()
+        ups, busy = state.worker_gauges(now)
+        return EngineView(
+            findings=self.findings.active(), metrics=self.metrics, stream=self.stream_status,
+            queue_lengths=lengths, queue_consumers=consumers, workers_up=ups,
+            workers_busy=busy, probe_errors=self.probe_errors, rule_errors=self.rule_errors,
+            label_overflow=state.label_overflow(), tasks_evicted=state.tasks.evicted,
+            tracked_tasks=len(state.tasks), last_evaluation_seconds=self.last_evaluation_seconds,
+            started_at=self.started_at,
+            state_errors=self.store.errors if self.store is not None else {},
+        )
+
     def coverage(self) -> dict[str, str]:
         out: dict[str, str] = {}
         for rule in self.rules:
@@ -315,26 +338,40 @@ class Engine:
         return {p.id: out[p.id] for p in PRACTICES}
 
     def practices_payload(self) -> dict[str, Any]:
-        """The ``/api/practices`` document (PRACTICES.md HTTP contract)."""
-        base = self.settings.runbook_base_url
-        with self.lock:
-            findings = [f.as_dict() for f in self.findings.sorted()]
-            coverage = self.coverage()
-        practices = []
-        for p in PRACTICES:
-            severity = self._rule_options.get(p.id, {}).get("severity") or p.severity
-            practices.append({
-                "id": p.id, "title": p.title, "severity": severity,
-                "description": p.description,
-                "runbook": p.runbook_url(base) if base else p.runbook_url(),
-            })
-        return {"findings": findings, "practices": practices, "coverage": coverage}
+        """The ``/api/practices`` findings, practices and coverage (built by
+        :func:`flower_practices.api.practices_document`, which both front ends serve)."""
+        from .api import practices_document
 
-    def health(self) -> tuple[bool, str]:
-        status = self.stream_status
-        if status.connected:
-            return True, "event stream connected"
-        return False, status.reason()
+        return practices_document(self, stream=False)
+
+
+@dataclass(slots=True)
+class EngineView:
+    """The engine as exposition sees it (see :meth:`Engine.view`)."""
+
+    findings: list[Finding]
+    metrics: BaseMetrics
+    stream: StreamStatus
+    #: (queue label, priority) -> messages; queue label -> consumers (records sharing a
+    #: capped label summed)
+    queue_lengths: dict[tuple[str, str], float]
+    queue_consumers: dict[str, float]
+    #: worker label -> 1/0; worker label -> [reserved, running] of the live ones
+    workers_up: dict[str, float]
+    workers_busy: dict[str, list[int]]
+    probe_errors: dict[str, int]
+    rule_errors: dict[str, int]
+    label_overflow: dict[str, int]
+    tasks_evicted: int
+    tracked_tasks: int
+    last_evaluation_seconds: float
+    started_at: float
+    state_errors: dict[str, int]
+
+
+def _accumulate(metrics: BaseMetrics, state: RuntimeState, etype: str, event: dict,
+                rec: TaskRecord) -> None:
+    metrics.on_task_event(etype, event, rec, state)
 
 
 class _Labels:
@@ -348,4 +385,4 @@ class _Labels:
         self.worker_label = state.worker_label
 
 
-__all__ = ["BY_ID", "Engine"]
+__all__ = ["BY_ID", "Engine", "EngineView"]

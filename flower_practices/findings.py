@@ -3,7 +3,7 @@
 A rule's :meth:`evaluate` yields :class:`Condition` objects describing what holds *now*.
 :class:`FindingTracker` turns them into :class:`Finding` objects that stay active while
 their condition holds and clear once it has been false for ``clear_after_seconds``
-(PRACTICES.md contract). Evidence holds names, counts and percentiles only, never
+(README, "How it works"). Evidence holds names, counts and percentiles only, never
 argument values, results or exception messages.
 
 A finding's ``count`` is the offending occurrences its rule counted through
@@ -19,7 +19,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+from .catalogue import SEVERITIES
+
+#: most severe first (the one order: :data:`~flower_practices.catalogue.SEVERITIES`)
+SEVERITY_ORDER = {severity: rank for rank, severity in enumerate(SEVERITIES)}
 
 
 @dataclass(slots=True)
@@ -193,10 +196,6 @@ class FindingTracker:
 
     def drop(self, key: tuple) -> None:
         self._findings.pop(key, None)
-
-    def clear_practice(self, practice: str) -> None:
-        for key in [k for k in self._findings if k[0] == practice]:
-            del self._findings[key]
 
     def active(self) -> list[Finding]:
         return list(self._findings.values())

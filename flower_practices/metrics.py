@@ -14,7 +14,6 @@ Metric names are a public contract (dashboards and alert rules use them): see
 
 from __future__ import annotations
 
-import math
 import time
 from bisect import bisect_left
 from collections.abc import Iterator
@@ -30,9 +29,10 @@ from prometheus_client.registry import Collector
 
 from .bounded import OTHER
 from .config import DEFAULT_MAX_SERIES_PER_METRIC
+from .state import RuntimeState, TaskRecord, finite_seconds
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .engine import Engine, EngineView
 
 RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0, 300.0, 600.0, 1800.0, 3600.0)
@@ -130,8 +130,17 @@ def _fmt(bound: float) -> str:
     return repr(float(bound))
 
 
+def _task_label(state: RuntimeState, rec: TaskRecord) -> str:
+    return state.task_label(rec.name) if rec.name else ""
+
+
+def _queue_label(state: RuntimeState, rec: TaskRecord) -> str:
+    return state.queue_label(rec.queue) if rec.queue else ""
+
+
 class BaseMetrics:
-    """Accumulators fed by :class:`~flower_practices.state.RuntimeState` per event.
+    """Accumulators fed per task event by the engine (:meth:`on_task_event`, a listener
+    called after the state took the event) and by the rules (:meth:`count_violation`).
 
     The per-(task, queue) families -- task events, runtime histogram, violations_total --
     export at most ``max_series_per_metric`` series each (checked only when a key is new,
@@ -157,6 +166,34 @@ class BaseMetrics:
         self.violations_total: dict[tuple[str, str, str], int] = {}
         #: family name -> /metrics renderings that left it out (see render_metrics)
         self.render_errors: dict[str, int] = {}
+
+    def on_task_event(self, etype: str, event: dict, rec: TaskRecord,
+                      state: RuntimeState) -> None:
+        """Count one task event the state applied to ``rec``; observe a start's queue
+        wait (measured by the state) and a finished run's runtime."""
+        if etype == "task-started":
+            if rec.wait is not None:
+                q = state.queues.get(rec.queue) if rec.queue else None
+                label = q.label if q is not None else \
+                    (state.queue_label(rec.queue) if rec.queue else "")
+                self.observe_wait(label, rec.wait)
+        elif etype == "task-succeeded" or etype == "task-failed":
+            self._observe_run(etype, event, rec, state)
+        self.count_task_event(etype, _task_label(state, rec), _queue_label(state, rec))
+
+    def _observe_run(self, etype: str, event: dict, rec: TaskRecord,
+                     state: RuntimeState) -> None:
+        ts = event.get("timestamp") or 0.0
+        if etype == "task-succeeded":
+            runtime = finite_seconds(event.get("runtime"))
+            if runtime is None and rec.started_at:
+                runtime = max(0.0, ts - rec.started_at)
+            if runtime is not None:
+                self.observe_runtime(_task_label(state, rec), _queue_label(state, rec),
+                                     "succeeded", runtime)
+        elif rec.started_at and ts:
+            self.observe_runtime(_task_label(state, rec), _queue_label(state, rec),
+                                 "failed", max(0.0, ts - rec.started_at))
 
     def count_task_event(self, etype: str, task: str, queue: str) -> None:
         counts = self.task_events
@@ -249,141 +286,119 @@ class PracticesCollector(Collector):
         yield from families
 
     def _collect_locked(self, engine: Engine) -> list[Metric]:
-        state, base, stream = engine.state, engine.metrics, engine.stream_status
-        now = time.time()
-        out: list[Metric] = []
+        view = engine.view(time.time())
+        return [*_finding_families(view), *_task_families(view.metrics),
+                *_queue_families(view), *_worker_families(view), *_stream_families(view),
+                *_self_families(view)]
 
-        # Findings are keyed by raw names but exported through capped labels, so several
-        # findings can share one label set (e.g. task="__other__"): export each distinct
-        # label set once, value 1 ("at least one active finding with these labels").
-        fam = _family("celery_practice_violation")
-        labelsets = {(f.practice, f.severity, f.queue_label, f.task_label, f.worker_label)
-                     for f in engine.findings.active()}
-        for labels in sorted(labelsets):
-            fam.add_metric(list(labels), 1.0)
-        out.append(fam)
 
-        fam = _family("celery_practice_violations_total")
-        for key, n in base.violations_total.items():
+def _finding_families(view: EngineView) -> list[Metric]:
+    # Findings are keyed by raw names but exported through capped labels, so several
+    # findings can share one label set (e.g. task="__other__"): export each distinct
+    # label set once, value 1 ("at least one active finding with these labels").
+    fam = _family("celery_practice_violation")
+    labelsets = {(f.practice, f.severity, f.queue_label, f.task_label, f.worker_label)
+                 for f in view.findings}
+    for labels in sorted(labelsets):
+        fam.add_metric(list(labels), 1.0)
+    return [fam]
+
+
+def _task_families(base: BaseMetrics) -> list[Metric]:
+    out = []
+    for name, counts in (("celery_practice_violations_total", base.violations_total),
+                         ("celery_task_events_total", base.task_events)):
+        fam = _family(name)
+        for key, n in counts.items():
             fam.add_metric(list(key), n)
         out.append(fam)
-
-        fam = _family("celery_task_events_total")
-        for key, n in base.task_events.items():
-            fam.add_metric(list(key), n)
-        out.append(fam)
-
-        fam = _family("celery_task_runtime_seconds")
-        for key, hist in base.runtime.items():
-            fam.add_metric(list(key), hist.buckets(RUNTIME_BUCKETS), hist.sum)
-        out.append(fam)
-
-        fam = _family("celery_task_queue_wait_seconds")
-        for queue, hist in base.wait.items():
-            fam.add_metric([queue], hist.buckets(WAIT_BUCKETS), hist.sum)
-        out.append(fam)
-
-        # Records past a label cap share the label "__other__": sum them, so that every
-        # label set is exported once (a duplicate series is invalid exposition).
-        lengths: dict[tuple[str, str], float] = {}
-        consumer_counts: dict[str, float] = {}
-        for q in state.queues.values():
-            for priority, n in (q.lengths or {}).items():
-                key = (q.label, priority)
-                lengths[key] = lengths.get(key, 0) + n
-            if q.consumers is not None:
-                consumer_counts[q.label] = consumer_counts.get(q.label, 0) + q.consumers
-        length = _family("celery_queue_length")
-        for key, n in lengths.items():
-            length.add_metric(list(key), n)
-        consumers = _family("celery_queue_consumers")
-        for label, n in consumer_counts.items():
-            consumers.add_metric([label], n)
-        out += [length, consumers]
-
-        ups: dict[str, float] = {}
-        busy: dict[str, list[int]] = {}
-        for w in state.workers.values():
-            alive = state.worker_alive(w, now)
-            if not alive and w.offline_at:
-                continue  # said goodbye (warm shutdown, scale-down): not a worker down
-            ups[w.label] = max(ups.get(w.label, 0.0), 1.0 if alive else 0.0)
-            if alive:
-                counts = busy.setdefault(w.label, [0, 0])
-                counts[0] += w.reserved
-                counts[1] += w.running
-        up = _family("celery_worker_up")
-        for label, value in ups.items():
-            up.add_metric([label], value)
-        reserved = _family("celery_worker_tasks_reserved")
-        running = _family("celery_worker_tasks_running")
-        for label, (n_reserved, n_running) in busy.items():
-            reserved.add_metric([label], n_reserved)
-            running.add_metric([label], n_running)
-        out += [up, reserved, running]
-
-        fam = _family("flower_practices_events_total")
-        fam.add_metric([], stream.events)
-        out.append(fam)
-        fam = _family("flower_practices_event_decode_errors_total")
-        for kind, n in stream.decode_errors.items():
-            fam.add_metric([kind], n)
-        out.append(fam)
-        fam = _family("flower_practices_broker_reconnects_total")
-        fam.add_metric([], stream.reconnects)
-        out.append(fam)
-        fam = _family("flower_practices_event_stream_connected")
-        fam.add_metric([], 1.0 if stream.connected else 0.0)
-        out.append(fam)
-        fam = _family("flower_practices_event_stream_disconnected_seconds_total")
-        fam.add_metric([], stream.disconnected_seconds())
-        out.append(fam)
-        fam = _family("flower_practices_event_stream_gaps_total")
-        fam.add_metric([], stream.gaps)
-        out.append(fam)
-        fam = _family("flower_practices_last_event_timestamp_seconds")
-        fam.add_metric([], stream.last_event_at)
-        out.append(fam)
-        fam = _family("flower_practices_probe_errors_total")
-        for probe, n in engine.probe_errors.items():
-            fam.add_metric([probe], n)
-        out.append(fam)
-        fam = _family("flower_practices_rule_errors_total")
-        for practice, n in engine.rule_errors.items():
-            fam.add_metric([practice], n)
-        out.append(fam)
-        fam = _family("flower_practices_label_overflow_total")
-        for label, n in state.label_overflow().items():
-            fam.add_metric([label], n)
-        fam.add_metric(["series"], base.series_overflow)
-        fam.add_metric(["length"], stream.labels_truncated)
-        out.append(fam)
-        fam = _family("flower_practices_render_errors_total")
-        for family, n in base.render_errors.items():
-            fam.add_metric([family], n)
-        out.append(fam)
-        fam = _family("flower_practices_tasks_evicted_total")
-        fam.add_metric([], state.tasks.evicted)
-        out.append(fam)
-        fam = _family("flower_practices_evaluation_duration_seconds")
-        fam.add_metric([], engine.last_evaluation_seconds)
-        out.append(fam)
-        fam = _family("flower_practices_tracked_tasks")
-        fam.add_metric([], len(state.tasks))
-        out.append(fam)
-        fam = _family("flower_practices_start_time_seconds")
-        fam.add_metric([], engine.started_at)
-        out.append(fam)
-        fam = _family("flower_practices_state_errors_total")
-        store = engine.store
-        for kind in ("load", "save"):
-            fam.add_metric([kind], store.errors.get(kind, 0) if store is not None else 0)
-        out.append(fam)
-        return out
+    fam = _family("celery_task_runtime_seconds")
+    for key, hist in base.runtime.items():
+        fam.add_metric(list(key), hist.buckets(RUNTIME_BUCKETS), hist.sum)
+    out.append(fam)
+    fam = _family("celery_task_queue_wait_seconds")
+    for queue, hist in base.wait.items():
+        fam.add_metric([queue], hist.buckets(WAIT_BUCKETS), hist.sum)
+    out.append(fam)
+    return out
 
 
-def finite(value: float) -> bool:
-    return not (math.isnan(value) or math.isinf(value))
+def _queue_families(view: EngineView) -> list[Metric]:
+    length = _family("celery_queue_length")
+    for key, n in view.queue_lengths.items():
+        length.add_metric(list(key), n)
+    consumers = _family("celery_queue_consumers")
+    for label, n in view.queue_consumers.items():
+        consumers.add_metric([label], n)
+    return [length, consumers]
+
+
+def _worker_families(view: EngineView) -> list[Metric]:
+    up = _family("celery_worker_up")
+    for label, value in view.workers_up.items():
+        up.add_metric([label], value)
+    reserved = _family("celery_worker_tasks_reserved")
+    running = _family("celery_worker_tasks_running")
+    for label, (n_reserved, n_running) in view.workers_busy.items():
+        reserved.add_metric([label], n_reserved)
+        running.add_metric([label], n_running)
+    return [up, reserved, running]
+
+
+def _stream_families(view: EngineView) -> list[Metric]:
+    stream = view.stream
+    out = [_gauge("flower_practices_events_total", stream.events)]
+    fam = _family("flower_practices_event_decode_errors_total")
+    for kind, n in stream.decode_errors.items():
+        fam.add_metric([kind], n)
+    out.append(fam)
+    out += [
+        _gauge("flower_practices_broker_reconnects_total", stream.reconnects),
+        _gauge("flower_practices_event_stream_connected", 1.0 if stream.connected else 0.0),
+        _gauge("flower_practices_event_stream_disconnected_seconds_total",
+               stream.disconnected_seconds()),
+        _gauge("flower_practices_event_stream_gaps_total", stream.gaps),
+        _gauge("flower_practices_last_event_timestamp_seconds", stream.last_event_at),
+    ]
+    return out
+
+
+def _self_families(view: EngineView) -> list[Metric]:
+    out = []
+    for name, counts in (("flower_practices_probe_errors_total", view.probe_errors),
+                         ("flower_practices_rule_errors_total", view.rule_errors)):
+        fam = _family(name)
+        for key, n in counts.items():
+            fam.add_metric([key], n)
+        out.append(fam)
+    fam = _family("flower_practices_label_overflow_total")
+    for label, n in view.label_overflow.items():
+        fam.add_metric([label], n)
+    fam.add_metric(["series"], view.metrics.series_overflow)
+    fam.add_metric(["length"], view.stream.labels_truncated)
+    out.append(fam)
+    fam = _family("flower_practices_render_errors_total")
+    for family, n in view.metrics.render_errors.items():
+        fam.add_metric([family], n)
+    out.append(fam)
+    out += [
+        _gauge("flower_practices_tasks_evicted_total", view.tasks_evicted),
+        _gauge("flower_practices_evaluation_duration_seconds", view.last_evaluation_seconds),
+        _gauge("flower_practices_tracked_tasks", view.tracked_tasks),
+        _gauge("flower_practices_start_time_seconds", view.started_at),
+    ]
+    fam = _family("flower_practices_state_errors_total")
+    for kind in ("load", "save"):
+        fam.add_metric([kind], view.state_errors.get(kind, 0))
+    out.append(fam)
+    return out
+
+
+def _gauge(name: str, value: float) -> Metric:
+    """A family of one unlabelled sample."""
+    fam = _family(name)
+    fam.add_metric([], value)
+    return fam
 
 
 def render_text(registry: Collector, errors: dict[str, int] | None = None) -> bytes:

@@ -13,7 +13,7 @@ from celery import Celery
 
 from .appinfo import AppInfo, snapshot_app
 from .apploader import BROKER_SOURCE_ATTR
-from .brokers import is_database_broker, redact
+from .brokers import NO_EVENTS_ON_DATABASE, is_database_broker, redact
 from .config import Settings
 from .engine import Engine
 from .events.status import StreamStatus
@@ -72,8 +72,7 @@ class EngineRunner:
             self.stream = make_event_stream(app, engine.observe, engine.stream_status,
                                             consumer=engine.settings.event_consumer)
         else:
-            engine.stream_status.mark_disconnected(
-                "the broker is a database: Celery events cannot flow over it", final=True)
+            engine.stream_status.mark_disconnected(NO_EVENTS_ON_DATABASE, final=True)
         self.poller = ProbePoller(app, engine) if engine.ctx.events_supported else None
         self._stop_event = threading.Event()
         self._evaluator = threading.Thread(target=self._evaluate_loop,

@@ -121,7 +121,8 @@ def test_an_unknown_worker_neither_resets_nor_hides_the_condition() -> None:
         heartbeat(engine, "a@h", T0 + dt)
         engine.evaluate(T0 + dt)
     (f,) = engine.findings.active()
-    first_seen, since = f.first_seen, orphan.first_unconsumed_at
+    unconsumed_since = engine.ctx.queue_facts.unconsumed_since
+    first_seen, since = f.first_seen, unconsumed_since["orphan"]
     assert since == T0 and f.count == 4
     # a worker starts elsewhere and does not answer remote control yet
     worker_up(engine, "b@h", T0 + 13)
@@ -133,7 +134,7 @@ def test_an_unknown_worker_neither_resets_nor_hides_the_condition() -> None:
         assert f.last_seen == T0 + dt and f.first_seen == first_seen
         assert f.evidence["workers_not_answering"] == ["b@h"]
         assert f.evidence["consumers"] == "unknown"
-    assert orphan.first_unconsumed_at == since
+    assert unconsumed_since["orphan"] == since
     # it answers: other queues only
     state.workers["b@h"].active_queues = ("other",)
     heartbeat(engine, "a@h", T0 + 30)

@@ -404,7 +404,7 @@ def test_zero_window_is_a_config_error_not_an_error_per_event() -> None:
 
 def test_records_sharing_the_other_label_export_one_summed_series() -> None:
     """Queues/workers past a label cap share ``__other__``: one series each, summed."""
-    from flower_practices.state import QueueRecord, WorkerRecord
+    from flower_practices.state import QueueRecord, TaskRecord, WorkerRecord
 
     e = engine(EventsDisabled)
     now = time.time()
@@ -413,7 +413,9 @@ def test_records_sharing_the_other_label_export_one_summed_series() -> None:
         q.lengths, q.consumers = {"0": length}, consumers
     for host in ("w1@h", "w2@h"):
         w = e.state.workers[host] = WorkerRecord(host, OTHER)
-        w.online, w.last_seen, w.freq, w.reserved, w.running = True, now, 2.0, 1, 2
+        w.online, w.last_seen, w.freq = True, now, 2.0
+        w.reserved_tasks = {"r": TaskRecord("r")}
+        w.running_tasks = {"a": TaskRecord("a"), "b": TaskRecord("b")}
     lengths = samples(e, "celery_queue_length")
     assert [(s.labels, s.value) for s in lengths] == [({"queue": OTHER, "priority": "0"}, 7)]
     assert [s.value for s in samples(e, "celery_queue_consumers")] == [3]

@@ -503,12 +503,13 @@ def test_sweep_runs_at_most_once_per_interval() -> None:
 # -- invariant: reserved/running are exactly what the records say, whatever the order ---------
 _HOSTS = ["w1@h", "w2@h"]
 _task_event = st.builds(
-    lambda etype, uuid, host, dt: ev(etype, T0 + dt, uuid=uuid, hostname=host, name="a",
-                                     queue="q"),
+    lambda etype, uuid, host, dt, queue, eta: ev(
+        etype, T0 + dt, uuid=uuid, hostname=host, name="a", queue=queue,
+        **({"eta": "2026-01-01T00:00:00"} if eta else {})),
     st.sampled_from(["task-sent", "task-received", "task-started", "task-succeeded",
                      "task-failed", "task-retried", "task-revoked"]),
     st.sampled_from(["u1", "u2", "u3", "u4"]), st.sampled_from(_HOSTS),
-    st.floats(0, 100))
+    st.floats(0, 100), st.sampled_from(["q", "r"]), st.booleans())
 _worker_event = st.builds(
     lambda etype, host, dt, processed: ev(etype, T0 + dt, hostname=host, freq=2.0,
                                           processed=processed),
@@ -530,6 +531,19 @@ def test_worker_counts_always_match_the_records(events: list[dict], cap: int) ->
             assert worker.running == sum(1 for r in mine if r.state == "STARTED")
             assert worker.reserved == sum(1 for r in mine if r.state == "RECEIVED")
             assert len(mine) == worker.running + worker.reserved
+            # the per-worker indexes the rules read hold exactly those records
+            assert set(worker.running_tasks) == {r.uuid for r in mine if r.state == "STARTED"}
+            assert set(worker.reserved_tasks) == {r.uuid for r in mine
+                                                  if r.state == "RECEIVED"}
+            for rec in worker.orphans.values():
+                assert rec.hostname == host and rec.counted_epoch != worker.epoch
+                assert state.tasks.get(rec.uuid) is rec and rec.state == "STARTED"
+        for name, queue in state.queues.items():
+            assert all(r.state == "SENT" and r.pending and not r.eta and r.queue == name
+                       and state.tasks.get(r.uuid) is r for r in queue.pending.values())
+        for rec in state.tasks.values():
+            if rec.pending and rec.queue in state.queues:
+                assert state.queues[rec.queue].pending.get(rec.uuid) is rec
     eng.evaluate(T0 + 200)
     eng.state.sweep(T0 + 200)
     assert eng.rule_errors == {}

@@ -21,6 +21,7 @@ from prometheus_client.exposition import (
     generate_latest,
 )
 
+from ..api import health_document, practices_document
 from ..engine import Engine
 from ..events.sanitize import json_bytes
 from ..metrics import render_metrics
@@ -94,17 +95,17 @@ class MetricsHandler(_EngineHandler):
 class PracticesApiHandler(_EngineHandler):
     def get(self) -> None:
         self.set_header("Content-Type", "application/json")
-        self.write(json_bytes(self.engine.practices_payload()))
+        self.write(json_bytes(practices_document(self.engine)))
 
 
 class HealthHandler(_EngineHandler):
     open_endpoint = True
 
     def get(self) -> None:
-        ok, reason = self.engine.health()
-        self.set_status(200 if ok else 503)
+        code, doc = health_document(self.engine)
+        self.set_status(code)
         self.set_header("Content-Type", "application/json")
-        self.write(json.dumps({"status": "ok" if ok else "unavailable", "reason": reason}))
+        self.write(json.dumps(doc))
 
 
 class IndexHandler(_EngineHandler):

@@ -35,7 +35,7 @@ from celery.events import EventReceiver
 from prometheus_client import REGISTRY
 from tornado.ioloop import PeriodicCallback
 
-from ..brokers import broker_url_problem, is_database_broker, redact
+from ..brokers import NO_EVENTS_ON_DATABASE, broker_url_problem, redact
 from ..config import ConfigError, Settings, load_settings
 from ..engine import Engine
 from ..events.sanitize import clean_event, clean_text
@@ -240,8 +240,7 @@ class PracticesPlugin:
         self.status = StreamStatus()
         self.engine = build_engine(capp, settings, app_loaded=app_loaded,
                                    stream_status=self.status, state_dir=state_dir)
-        broker_url = str(capp.conf.broker_url or "")
-        self.events_supported = not is_database_broker(broker_url)
+        self.events_supported = self.engine.ctx.events_supported
         self.poller = ProbePoller(capp, self.engine) if self.events_supported else None
         self._timers: list[PeriodicCallback] = []
         self._busy: set[str] = set()
@@ -259,8 +258,7 @@ class PracticesPlugin:
         tap_state(app.events, self.engine.observe, self.status)
         watch_connection(app.events, self.status)
         if not self.events_supported:
-            self.status.mark_disconnected(
-                "the broker is a database: Celery events cannot flow over it", final=True)
+            self.status.mark_disconnected(NO_EVENTS_ON_DATABASE, final=True)
         register_metrics(self.engine)
 
     # -- timers ------------------------------------------------------------------------

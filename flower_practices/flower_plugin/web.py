@@ -30,6 +30,7 @@ from tornado import web
 from tornado.template import Loader, Template
 from tornado.web import RequestHandler, url
 
+from .. import api
 from ..catalogue import BY_ID
 from ..events.sanitize import json_bytes
 
@@ -56,18 +57,8 @@ def _prefix(handler: web.RequestHandler) -> str:
 
 
 def practices_document(plugin: Any) -> dict[str, Any]:
-    """``/api/practices``: the engine's contract document plus the event stream's state."""
-    payload = plugin.engine.practices_payload()
-    status = plugin.status
-    ok, reason = plugin.engine.health()
-    payload["stream"] = {
-        "connected": ok, "reason": reason if ok else (status.last_error or reason),
-        "events": status.events,
-        "last_event_at": status.last_event_at or None,
-        "connected_since": (status.connected_since or None) if ok else None,
-        "disconnected_since": None if ok else (status.disconnected_since or None),
-    }
-    return payload
+    """``/api/practices``: the document both front ends serve (:mod:`flower_practices.api`)."""
+    return api.practices_document(plugin.engine)
 
 
 def script_json(value: Any) -> str:
@@ -122,13 +113,10 @@ class PracticesApi(BaseHandler):
 
 class PracticesHealth(BaseHandler):
     def get(self) -> None:
-        plugin = _plugin(self)
-        ok, reason = plugin.engine.health()
-        since = plugin.status.connected_since if ok else plugin.status.disconnected_since
-        self.set_status(200 if ok else 503)
+        code, doc = api.health_document(_plugin(self).engine)
+        self.set_status(code)
         self.set_header("Content-Type", "application/json")
-        self.write(json.dumps({"status": "ok" if ok else "unavailable", "reason": reason,
-                               "since": since or None}))
+        self.write(json.dumps(doc))
 
 
 def runbook_available(practice_id: str) -> bool:

@@ -1,7 +1,9 @@
 """Background poller: runs the broker probes every ``probe_interval`` seconds.
 
-Probes never run on the scrape path or the event path. Results are applied to the
-engine's state under its lock; failures are logged (once per streak) and counted in
+Probes never run on the scrape path or the event path. Results are written through the
+engine's probe API (:meth:`~flower_practices.engine.Engine.apply_worker_probes`,
+:meth:`~flower_practices.engine.Engine.apply_queue_probes`), which takes its lock;
+failures are logged (once per streak) and counted in
 ``flower_practices_probe_errors_total{probe}``.
 """
 
@@ -22,61 +24,16 @@ log = logging.getLogger("flower_practices.probes")
 
 def queues_to_probe(engine: Engine) -> list[str]:
     """Queues known from events, the app's configuration and workers' active_queues."""
-    state = engine.state
-    names: dict[str, None] = {}
-    app = engine.ctx.app
-    if app is not None:
-        names[app.default_queue] = None
-        for q in app.queues:
-            names[q] = None
-        for task in app.tasks.values():
-            if task.queue:
-                names[task.queue] = None
-    with engine.lock:
-        for name in state.queues:
-            names[name] = None
-        for worker in state.workers.values():
-            for q in worker.active_queues or ():
-                names[q] = None
-    names.pop("", None)
-    return list(names)[: engine.settings.max_queues]
+    return engine.queues_to_probe()
 
 
 def apply_worker_samples(engine: Engine, samples: dict[str, WorkerSample]) -> None:
-    state = engine.state
-    with engine.lock:
-        for hostname, sample in samples.items():
-            worker = state.worker(hostname)
-            if worker is None:
-                continue
-            worker.active_queues = sample.queues
-            worker.prefetch = sample.prefetch
-            worker.concurrency = sample.concurrency
-            for q in sample.queues:
-                state.queue(q)
+    engine.apply_worker_probes(samples)
 
 
 def apply_queue_samples(engine: Engine, samples: dict[str, QueueSample], now: float,
                         consumers_from_workers: bool) -> None:
-    state = engine.state
-    with engine.lock:
-        consuming: dict[str, int] = {}
-        if consumers_from_workers:
-            for worker in state.workers.values():
-                if worker.active_queues is not None and state.worker_alive(worker, now):
-                    for q in worker.active_queues:
-                        consuming[q] = consuming.get(q, 0) + 1
-        for name, sample in samples.items():
-            queue = state.queue(name)
-            if queue is None:
-                continue
-            queue.lengths = sample.lengths
-            queue.length = sample.total
-            queue.probed_at = now
-            if consumers_from_workers:
-                queue.consumers = consuming.get(name, 0)
-            else:
-                queue.consumers = sample.consumers
+    engine.apply_queue_probes(samples, now, consumers_from_workers=consumers_from_workers)
 
 
 class ProbePoller(threading.Thread):

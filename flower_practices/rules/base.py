@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..findings import Condition, Finding
+from .queue_view import QueueFacts
 
 if TYPE_CHECKING:
     from ..appinfo import AppInfo
@@ -48,7 +49,8 @@ class RuleContext:
     events_supported: bool = True
     #: where ``broker_url`` came from (the exporter's option or the app's configuration)
     broker_source: str = "app configuration (broker_url)"
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: facts about queues one rule establishes for others (see ``queue_view``)
+    queue_facts: QueueFacts = field(default_factory=QueueFacts)
 
 
 class ProbeFailed(Exception):
@@ -64,20 +66,56 @@ class ProbeFailed(Exception):
         self.probe = probe
 
 
+@dataclass(frozen=True, slots=True)
+class NoOptions:
+    """A rule without options of its own (only enabled/severity/clear_after_seconds)."""
+
+
+def _typed(value: Any, default: Any) -> Any:
+    """A validated option value as its default's type (TOML ints for float options)."""
+    if isinstance(default, float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, tuple):
+        return tuple(value)
+    return value
+
+
 class Rule:
-    """Base class: set ``id`` and ``defaults``; override what you need."""
+    """Base class: set ``id`` and an ``Options`` dataclass; override what you need."""
 
     id: ClassVar[str] = ""
-    #: documented default thresholds; every key may be overridden in [practices.<id>]
+    #: the rule's typed options: a frozen dataclass whose fields (with their ``#:``
+    #: comments, the README's reference) are the documented defaults; each may be
+    #: overridden in ``[practices.<id>]``. Read as ``self.opts.<name>``.
+    Options: ClassVar[type] = NoOptions
+    #: the same defaults as a mapping (derived from ``Options``: config validation and
+    #: the README reference read it)
     defaults: ClassVar[dict[str, Any]] = {}
     #: the rule works from Celery events: ``unsupported`` where none can flow
     needs_events: ClassVar[bool] = True
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Options" in cls.__dict__:
+            cls.defaults = {f.name: f.default for f in fields(cls.Options)}
+
     def __init__(self, ctx: RuleContext, options: dict[str, Any]) -> None:
         self.ctx = ctx
+        #: the resolved options (defaults merged with the configuration, validated), with
+        #: the keys every practice has (enabled, severity, clear_after_seconds)
         self.options = options
+        self.opts: Any = self.Options(**{
+            f.name: _typed(options[f.name], f.default) for f in fields(self.Options)
+            if f.name in options})
         #: (queue, task, worker) -> occurrences counted, the source of findings' count
         self.occurred: dict[tuple[str | None, str | None, str | None], int] = {}
+
+    @classmethod
+    def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
+        """What breaks this practice in the app's configuration and task definitions
+        alone (``flower-practices check``, no broker, no events): (task or None, message)
+        pairs. None by default (the practice can only be seen at run time)."""
+        return []
 
     def hooks(self) -> dict[str, Hook]:
         """Map event type -> callable(event, task_record) run on the hot path."""

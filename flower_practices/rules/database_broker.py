@@ -11,11 +11,14 @@ running (``/healthz`` answers 503 saying why) and this finding is all it can rep
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..brokers import is_database_broker, scheme
 from ..findings import Condition
 from .base import Rule
+
+if TYPE_CHECKING:
+    from ..appinfo import AppInfo
 
 
 class DatabaseBroker(Rule):
@@ -56,3 +59,10 @@ class DatabaseBroker(Rule):
                    "polled, loads the database and cannot carry Celery events, so tasks "
                    "cannot be monitored; use Redis or RabbitMQ")
         yield Condition(summary=summary, evidence=evidence)
+
+    @classmethod
+    def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
+        if not is_database_broker(app.broker_url):
+            return []
+        return [(None, f"broker transport '{scheme(app.broker_url)}' is a database: it is "
+                       "polled, loads the database and cannot carry monitoring events")]

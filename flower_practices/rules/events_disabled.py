@@ -42,11 +42,15 @@ are added to the evidence (``"source": "app config"``).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..bounded import WindowCounter
 from ..findings import Condition
 from .base import Rule
+
+if TYPE_CHECKING:
+    from ..appinfo import AppInfo
 
 _MAX_NAMES = 2000
 #: heartbeats resuming after this many missed intervals restart a worker's baseline
@@ -111,24 +115,31 @@ class _Unsent:
 
 class EventsDisabled(Rule):
     id = "events_disabled"
-    defaults = {
+
+    @dataclass(frozen=True, slots=True)
+    class Options:
+        """Typed options (the documented defaults; each may be overridden in
+        ``[practices.events_disabled]``)."""
+
         #: tasks a worker must process (heartbeat ``processed``) with no task event from it
-        "min_processed": 5,
+        min_processed: int = 5
         #: task-received events of one task name within window_seconds, with no task-sent
         #: ever, for a finding
-        "min_received": 5,
+        min_received: int = 5
         #: a worker's finding holds while its blind count grew within this many seconds;
         #: task-received counts per name are taken over this window
-        "window_seconds": 300.0,
+        window_seconds: float = 300.0
         #: task-received events are not counted this long after the exporter starts
         #: listening (or the stream resumes): messages published before have no task-sent
-        "warmup_seconds": 60.0,
-    }
+        warmup_seconds: float = 60.0
+
+    #: this rule's options, typed (set by :class:`Rule`)
+    opts: Options
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
-        self.window = float(options["window_seconds"])
-        self.warmup = float(options["warmup_seconds"])
+        self.window = self.opts.window_seconds
+        self.warmup = self.opts.warmup_seconds
         #: worker hostname -> baseline (only workers the state tracks: <= max_workers)
         self.workers: dict[str, _Worker] = {}
         self.sent_names: set[str] = set()
@@ -251,7 +262,7 @@ class EventsDisabled(Rule):
     def _workers(self, now: float) -> Iterable[Condition]:
         """Heartbeat ``processed`` counts task acceptances; compare with task-started."""
         state = self.ctx.state
-        min_processed = int(self.options["min_processed"])
+        min_processed = self.opts.min_processed
         for host in [h for h in self.workers if h not in state.workers]:
             del self.workers[host]
         for host, tally in self.workers.items():
@@ -264,7 +275,7 @@ class EventsDisabled(Rule):
                 tally.blind_max = blind
                 tally.grew_at = now
             if blind < min_processed or now - tally.grew_at > self.window \
-                    or not state.worker_alive(worker, now):
+                    or not worker.alive(now):
                 continue
             new = blind - tally.counted
             if new > 0:
@@ -283,7 +294,7 @@ class EventsDisabled(Rule):
             yield Condition(summary=summary, worker=host, evidence=evidence)
 
     def _clients(self, now: float) -> Iterable[Condition]:
-        min_received = int(self.options["min_received"])
+        min_received = self.opts.min_received
         for name in [n for n, e in self.unsent.items() if now - e.last_at > self.window]:
             del self.unsent[name]
         for name, entry in self.unsent.items():
@@ -307,3 +318,15 @@ class EventsDisabled(Rule):
     def evaluate(self, now: float) -> Iterable[Condition]:
         yield from self._workers(now)
         yield from self._clients(now)
+
+    @classmethod
+    def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
+        """``task_send_sent_event`` or ``worker_send_task_events`` is off."""
+        off = [setting for setting, on in (("task_send_sent_event", app.send_sent_event),
+                                           ("worker_send_task_events",
+                                            app.worker_send_task_events)) if not on]
+        if not off:
+            return []
+        seen = "task-sent events" if off == ["task_send_sent_event"] else "tasks"
+        return [(None, f"{' and '.join(off)} off: monitoring cannot see {seen}"
+                       " (workers may still enable events with -E)")]

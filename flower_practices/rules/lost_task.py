@@ -1,8 +1,10 @@
 """lost_task: a task started on a worker that went offline without a completion event.
 
-:meth:`evaluate` scans the bounded in-flight task records for STARTED tasks whose worker
-sent worker-offline ``offline_grace_seconds`` ago, whose heartbeats expired (Celery's
-2 x freq rule) more than ``grace_seconds`` ago, or which restarted after the task started
+:meth:`evaluate` reads each worker's running tasks and orphans (the state's per-worker
+indexes, never every tracked task) for STARTED tasks whose worker sent worker-offline
+``offline_grace_seconds`` ago, whose heartbeats expired
+(:meth:`~flower_practices.state.WorkerRecord.alive`) more than ``grace_seconds`` ago, or
+which restarted after the task started
 (worker-online, a heartbeat after worker-offline, or ``processed`` going down, as the
 state records them) -- a restart the task did not survive.
 
@@ -22,6 +24,7 @@ same tasks, neither forgotten nor counted twice.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from ..bounded import LRUDict
@@ -38,15 +41,22 @@ def _s(value: Any) -> str:
 
 class LostTask(Rule):
     id = "lost_task"
-    defaults = {
+
+    @dataclass(frozen=True, slots=True)
+    class Options:
+        """Typed options (the documented defaults; each may be overridden in
+        ``[practices.lost_task]``)."""
+
         #: seconds after a worker's heartbeats expired before its started tasks count as lost
-        "grace_seconds": 10.0,
+        grace_seconds: float = 10.0
         #: seconds after worker-offline: a warm shutdown sends worker-offline first and
         #: then lets running tasks finish, so give them this long
-        "offline_grace_seconds": 60.0,
+        offline_grace_seconds: float = 60.0
         #: a finding stays active this long after the last lost task was detected
-        "window_seconds": 3600.0,
-    }
+        window_seconds: float = 3600.0
+
+    #: this rule's options, typed (set by :class:`Rule`)
+    opts: Options
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
@@ -79,36 +89,43 @@ class LostTask(Rule):
         if lost and event["uuid"] in lost:  # redelivered or finished: not lost after all
             del lost[event["uuid"]]
 
-    def _reason(self, rec: Any, now: float, grace: float, offline_grace: float) -> str | None:
-        state = self.ctx.state
-        worker = state.workers.get(rec.hostname)
-        if worker is None or worker.last_seen == 0.0:
-            return None
+    def _reason(self, worker: Any, rec: Any, now: float, grace: float,
+                offline_grace: float) -> str | None:
         if worker.restarted_at > rec.started_at:
             return "worker restarted after the task started"
         if worker.offline_at and not worker.online:
             return "worker-offline event" if now - worker.offline_at >= offline_grace else None
         if worker.online_since == 0.0:
             return None  # never saw a heartbeat from it: cannot judge
-        expiry = max(worker.freq * 2.0, 4.0)
-        if now - worker.last_seen > expiry + grace:
+        if not worker.alive(now - grace):
             return f"heartbeats expired ({now - worker.last_seen:.0f}s since the last one)"
         return None
 
+    def _candidates(self, now: float) -> list[tuple[Any, str]]:
+        """Started tasks whose worker is gone: each worker's orphans (running when it
+        went offline or restarted) and its running tasks (its heartbeats may have
+        expired) -- never a scan of every tracked task."""
+        grace = self.opts.grace_seconds
+        offline_grace = self.opts.offline_grace_seconds
+        found: list[tuple[Any, str]] = []
+        for worker in self.ctx.state.workers.values():
+            if worker.last_seen == 0.0 or not (worker.orphans or worker.running_tasks):
+                continue
+            for rec in (*worker.orphans.values(), *worker.running_tasks.values()):
+                if rec.state != "STARTED":
+                    continue
+                reason = self._reason(worker, rec, now, grace, offline_grace)
+                if reason is not None:
+                    found.append((rec, reason))
+        return found
+
     def evaluate(self, now: float) -> Iterable[Condition]:
-        grace = float(self.options["grace_seconds"])
-        offline_grace = float(self.options["offline_grace_seconds"])
         state = self.ctx.state
-        for rec in state.tasks.values():  # marking a record does not resize the dict
-            if rec.state != "STARTED" or not rec.hostname:
-                continue
-            reason = self._reason(rec, now, grace, offline_grace)
-            if reason is None:
-                continue
+        for rec, reason in self._candidates(now):
             self.lost.put(rec.uuid, (now, rec.queue, rec.name, rec.hostname, reason))
             self.count(rec.queue or None, rec.name or None, worker=rec.hostname)
             state.mark_lost(rec, now)
-        window = float(self.options["window_seconds"])
+        window = self.opts.window_seconds
         groups: dict[tuple[str, str, str], list[tuple[float, str, str]]] = {}
         for uuid in [u for u, v in self.lost.items() if now - v[0] > window]:
             del self.lost[uuid]

@@ -3,8 +3,9 @@ without a time limit.
 
 Completed runs are seen in the task-succeeded/task-failed hooks (runtime from the event
 -- unless it is not a finite, non-negative number -- or started->finished); running tasks
-are found in :meth:`evaluate` by scanning the bounded in-flight task records, skipping
-those whose worker is dead or restarted since they started (lost, not long: ``lost_task``
+are found in :meth:`evaluate` from each worker's running tasks (the state's per-worker
+index, never every tracked task), skipping those whose worker is dead or restarted since
+they started (lost, not long: ``lost_task``
 reports them). Whether a task has a time limit is known only when the app is loaded
 (``-A proj``); without it the evidence says the limit is unknown.
 """
@@ -12,12 +13,16 @@ reports them). Whether a task has a time limit is known only when the app is loa
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..bounded import LRUDict
 from ..findings import Condition
 from ..state import finite_seconds
 from .base import Rule
+
+if TYPE_CHECKING:
+    from ..appinfo import AppInfo
 
 _MAX_KEYS = 2000
 
@@ -33,16 +38,23 @@ class _Tally:
 
 class MissingTimeLimit(Rule):
     id = "missing_time_limit"
-    defaults = {
+
+    @dataclass(frozen=True, slots=True)
+    class Options:
+        """Typed options (the documented defaults; each may be overridden in
+        ``[practices.missing_time_limit]``)."""
+
         #: a run longer than this (seconds) without a time limit is a finding
-        "max_runtime_seconds": 300.0,
+        max_runtime_seconds: float = 300.0
         #: a finding from completed runs stays active this long after the last one
-        "window_seconds": 3600.0,
-    }
+        window_seconds: float = 3600.0
+
+    #: this rule's options, typed (set by :class:`Rule`)
+    opts: Options
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
-        self.limit = float(options["max_runtime_seconds"])
+        self.limit = self.opts.max_runtime_seconds
         self.tallies: dict[tuple[str, str], _Tally] = {}
         #: long-running tasks already counted while running (count each run once)
         self.counted: LRUDict[str, bool] = LRUDict(10_000)
@@ -78,27 +90,30 @@ class MissingTimeLimit(Rule):
         if not self.counted.pop(rec.uuid, None):
             self.count(rec.queue or None, rec.name or None)
 
+    def _running_over_limit(self, now: float) -> dict[tuple[str, str], list[float]]:
+        """(queue, task) -> ages of the runs over the limit, from each live worker's
+        running tasks (the state's per-worker index); a worker that is gone or restarted
+        since holds none here (lost, not long: ``lost_task`` reports them)."""
+        running: dict[tuple[str, str], list[float]] = {}
+        for worker in self.ctx.state.workers.values():
+            if not worker.running_tasks or (worker.online_since and not worker.alive(now)):
+                continue
+            for rec in worker.running_tasks.values():
+                age = now - rec.started_at
+                if not rec.started_at or worker.restarted_at > rec.started_at \
+                        or age <= self.limit or self._has_limit(rec.name):
+                    continue
+                running.setdefault((rec.queue, rec.name), []).append(age)
+                if rec.uuid not in self.counted:
+                    self.counted.put(rec.uuid, True)
+                    self.count(rec.queue or None, rec.name or None)
+        return running
+
     def evaluate(self, now: float) -> Iterable[Condition]:
-        window = float(self.options["window_seconds"])
+        window = self.opts.window_seconds
         for key in [k for k, t in self.tallies.items() if now - t.last_seen > window]:
             del self.tallies[key]
-        running: dict[tuple[str, str], list[float]] = {}
-        state = self.ctx.state
-        for rec in list(state.tasks.values()):
-            if rec.state != "STARTED" or not rec.started_at:
-                continue
-            worker = state.workers.get(rec.hostname)
-            if worker is not None and (
-                    worker.restarted_at > rec.started_at
-                    or (worker.online_since and not state.worker_alive(worker, now))):
-                continue  # its worker is gone or restarted: lost, not a long run
-            age = now - rec.started_at
-            if age <= self.limit or self._has_limit(rec.name):
-                continue
-            running.setdefault((rec.queue, rec.name), []).append(age)
-            if rec.uuid not in self.counted:
-                self.counted.put(rec.uuid, True)
-                self.count(rec.queue or None, rec.name or None)
+        running = self._running_over_limit(now)
         app = self.ctx.app
         for key in set(self.tallies) | set(running):
             queue, task = key
@@ -125,3 +140,10 @@ class MissingTimeLimit(Rule):
                 summary=(f"{task or 'a task'} ran {longest:.0f}s (> {self.limit:g}s); "
                          f"{note}"),
                 queue=queue or None, task=task or None, evidence=evidence)
+
+    @classmethod
+    def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
+        """Tasks with no ``time_limit``/``soft_time_limit`` (task or app-wide)."""
+        return [(name, "no time_limit/soft_time_limit: a hung call holds a worker slot "
+                       "forever")
+                for name, task in sorted(app.tasks.items()) if not task.has_time_limit]

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..findings import Condition
 from .base import Rule
+
+if TYPE_CHECKING:
+    from ..appinfo import AppInfo
 
 _MAX_KEYS = 2000
 #: characters of one Django ``__str__`` searched for its closing ``>`` (nesting-aware)
@@ -220,3 +223,16 @@ class OrmObjectArgument(Rule):
                 summary=(f"{task or 'a task'}: {tally.count} message(s) carry model "
                          f"instances ({', '.join(classes)}); pass primary keys instead"),
                 queue=queue or None, task=task or None, evidence=evidence)
+
+    @classmethod
+    def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
+        """The pickle serializer is used or accepted."""
+        pickle = [s for s in ("task_serializer", "result_serializer")
+                  if getattr(app, s) == "pickle"]
+        if "pickle" in app.accept_content or \
+                "application/x-python-serialize" in app.accept_content:
+            pickle.append("accept_content")
+        if not pickle:
+            return []
+        return [(None, f"pickle is enabled ({', '.join(pickle)}): model instances can "
+                       "travel as task arguments; use json and pass primary keys")]

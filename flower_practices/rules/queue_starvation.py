@@ -2,8 +2,9 @@
 
 Hooks: task-started adds the task's wait (task-sent -> task-started; task-received ->
 task-started when sent events are off) to a per-queue ring, skipping tasks that carry an
-``eta`` (they wait on purpose), and counts each wait over ``max_wait_seconds``; task
-runtimes are added per (worker, queue) to windowed counters of busy time. ``evaluate``
+``eta`` (they wait on purpose; the state marks them), and counts each wait over
+``max_wait_seconds``; task runtimes are added per (worker, queue) to windowed counters
+of busy time. ``evaluate``
 flags a queue whose wait p95 over ``window_seconds`` (at least ``min_samples`` waits), or
 whose oldest waiting task, exceeds ``max_wait_seconds``. A queue with no consumer
 (:func:`~flower_practices.rules.queue_view.no_consumer`, the fact
@@ -16,53 +17,58 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from ..bounded import SampleRing, WindowCounter, percentile
 from ..findings import Condition
 from .base import Rule
-from .queue_view import EtaTasks, live_workers, no_consumer, routed_tasks
+from .queue_view import live_workers, no_consumer, routed_tasks
 
 _MAX_PAIRS = 5000
 
 
 class QueueStarvation(Rule):
     id = "queue_starvation"
-    defaults = {
+
+    @dataclass(frozen=True, slots=True)
+    class Options:
+        """Typed options (the documented defaults; each may be overridden in
+        ``[practices.queue_starvation]``)."""
+
         #: a queue's wait p95 (or its oldest waiting task) above this is starvation
-        "max_wait_seconds": 60.0,
+        max_wait_seconds: float = 60.0
         #: window the p95 and the workers' busy time are taken over
-        "window_seconds": 300.0,
+        window_seconds: float = 300.0
         #: waits needed in the window before the p95 is judged
-        "min_samples": 5,
+        min_samples: int = 5
         #: percentile of the wait compared with max_wait_seconds
-        "percentile": 95.0,
-    }
+        percentile: float = 95.0
+
+    #: this rule's options, typed (set by :class:`Rule`)
+    opts: Options
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
-        self.window = float(options["window_seconds"])
-        self.max_wait = float(options["max_wait_seconds"])
-        self.eta = EtaTasks()
+        self.window = self.opts.window_seconds
+        self.max_wait = self.opts.max_wait_seconds
         self.waits: dict[str, SampleRing] = {}
         self.from_received: dict[str, int] = {}
         #: (worker, queue) -> (tasks started, busy milliseconds) in the window
         self.busy: dict[tuple[str, str], tuple[WindowCounter, WindowCounter]] = {}
         self._running: dict[tuple[str, str], int] = {}
+        #: (worker, queue) -> (tasks started, busy ms) in the window, as of this round
+        self._busy_now: dict[tuple[str, str], tuple[float, float]] = {}
 
     def hooks(self):
-        return {"task-sent": self._on_eta, "task-received": self._on_eta,
-                "task-started": self._on_started, "task-succeeded": self._on_done,
+        return {"task-started": self._on_started, "task-succeeded": self._on_done,
                 "task-failed": self._on_done, "task-retried": self._on_done}
 
     def coverage(self) -> str:
         if not self.ctx.events_supported:
             return "unsupported: the broker is a database; no task events can flow"
         return "active"
-
-    def _on_eta(self, event: dict, rec: Any) -> None:
-        if event.get("eta"):
-            self.eta.observe(event)
 
     def _pair(self, worker: str, queue: str) -> tuple[WindowCounter, WindowCounter] | None:
         key = (worker, queue)
@@ -82,7 +88,7 @@ class QueueStarvation(Rule):
             pair = self._pair(host, rec.queue)
             if pair is not None:
                 pair[0].add(ts)
-        if rec.uuid in self.eta:
+        if rec.eta:
             return
         base = rec.sent_at or rec.received_at
         if not base:
@@ -111,42 +117,38 @@ class QueueStarvation(Rule):
             pair[1].add(event["timestamp"], ms)
 
     def _scan(self, now: float) -> dict[str, tuple[float, int]]:
-        """One pass over in-flight records: queue -> (oldest waiting age, tasks waiting);
-        also fills ``self._running`` with (worker, queue) -> tasks running now."""
+        """queue -> (oldest waiting age, tasks waiting), from the state's indexes (never
+        every tracked task): each queue's pending tasks (sent, no eta, not taken yet;
+        left out when the probe shows the queue empty: consumed without events) and each
+        live worker's reserved tasks; also fills ``self._running`` with (worker, queue)
+        -> tasks running now."""
         state = self.ctx.state
         out: dict[str, tuple[float, int]] = {}
+        for name, q in state.queues.items():
+            if q.pending and q.length != 0:
+                # pending is oldest first; a few heads cover re-sent (retried) records
+                oldest = max(now - rec.sent_at for rec in islice(q.pending.values(), 8))
+                out[name] = (oldest, len(q.pending))
         running: dict[tuple[str, str], int] = {}
         self._running = running
-        for rec in list(state.tasks.values()):
-            if rec.state == "STARTED":
-                if rec.queue and isinstance(rec.hostname, str):
-                    key = (rec.hostname, rec.queue)
+        for worker in state.workers.values():
+            if not worker.alive(now):
+                continue
+            for rec in worker.running_tasks.values():
+                if rec.queue:
+                    key = (worker.hostname, rec.queue)
                     running[key] = running.get(key, 0) + 1
-                continue
-            if rec.state not in ("SENT", "RECEIVED") or not rec.queue or rec.uuid in self.eta:
-                continue
-            if rec.state == "SENT":
-                q = state.queues.get(rec.queue)
-                if q is not None and q.length == 0:
-                    continue  # not in the broker any more (consumed without events)
-                base = rec.sent_at
-            else:
-                worker = state.workers.get(rec.hostname) \
-                    if isinstance(rec.hostname, str) else None
-                if worker is None or not state.worker_alive(worker, now):
-                    continue
+            for rec in worker.reserved_tasks.values():
                 base = rec.sent_at or rec.received_at
-            if not base:
-                continue
-            age, n = out.get(rec.queue, (0.0, 0))
-            out[rec.queue] = (max(age, now - base), n + 1)
+                if not rec.queue or rec.eta or not base:
+                    continue
+                age, n = out.get(rec.queue, (0.0, 0))
+                out[rec.queue] = (max(age, now - base), n + 1)
         return out
 
     def _unconsumed(self, queue: str, now: float) -> bool:
         """The queue has no consumer: queue_without_consumer's finding, not this one's."""
-        state = self.ctx.state
-        rec = state.queues.get(queue)
-        return rec is not None and no_consumer(rec)
+        return no_consumer(self.ctx.queue_facts, queue)
 
     def _inversion(self, queue: str, now: float) -> dict[str, Any]:
         """Which queues' tasks occupied the workers that consume ``queue``."""
@@ -154,14 +156,14 @@ class QueueStarvation(Rule):
         shared = {w.hostname for w in live_workers(state, now)
                   if w.active_queues is not None and queue in w.active_queues}
         if not shared:
-            shared = {w for (w, q), pair in self.busy.items()
-                      if q == queue and pair[0].total(now)}
+            shared = {w for (w, q), (started, _) in self._busy_now.items()
+                      if q == queue and started}
         per_queue: dict[str, list[float]] = {}
-        for (worker, q), (started, busy_ms) in self.busy.items():
+        for (worker, q), (started, busy_ms) in self._busy_now.items():
             if worker in shared:
                 acc = per_queue.setdefault(q, [0.0, 0.0])
-                acc[0] += started.total(now)
-                acc[1] += busy_ms.total(now) / 1000.0
+                acc[0] += started
+                acc[1] += busy_ms / 1000.0
         running: dict[str, int] = {}
         for (worker, q), n in self._running.items():
             if worker in shared:
@@ -182,49 +184,56 @@ class QueueStarvation(Rule):
 
     def evaluate(self, now: float) -> Iterable[Condition]:
         cutoff = now - self.window
-        pct = float(self.options["percentile"])
-        min_samples = int(self.options["min_samples"])
-        for key in [k for k, p in self.busy.items() if not p[0].total(now)
-                    and not p[1].total(now)]:
+        pct = self.opts.percentile
+        min_samples = self.opts.min_samples
+        # each (worker, queue)'s totals in the window, once per round; idle pairs dropped
+        self._busy_now = {k: (p[0].total(now), p[1].total(now)) for k, p in self.busy.items()}
+        for key in [k for k, (started, ms) in self._busy_now.items() if not started and not ms]:
             del self.busy[key]
+            del self._busy_now[key]
         oldest = self._scan(now)
         for queue in sorted(set(self.waits) | set(oldest)):
+            if self._unconsumed(queue, now):
+                continue  # one cause, one finding: queue_without_consumer reports it
             ring = self.waits.get(queue)
             values = ring.since(cutoff) if ring is not None else []
             p = percentile(values, pct) if len(values) >= min_samples else math.nan
-            if self._unconsumed(queue, now):
-                continue  # one cause, one finding: queue_without_consumer reports it
             age, waiting = oldest.get(queue, (0.0, 0))
             reasons = []
             if not math.isnan(p) and p > self.max_wait:
                 reasons.append(f"wait p{pct:g} {p:.1f}s over {len(values)} task(s)")
             if age > self.max_wait:
                 reasons.append(f"oldest waiting task {age:.0f}s old")
-            if not reasons:
-                continue
-            inversion = self._inversion(queue, now)
-            evidence: dict[str, Any] = {
-                f"wait_p{pct:g}_seconds": None if math.isnan(p) else round(p, 2),
-                "samples": len(values), "oldest_waiting_seconds": round(age, 1),
-                "tasks_waiting": waiting, "max_wait_seconds": self.max_wait,
-                "window_seconds": self.window,
-                "wait_measured_from": "task-received" if self.from_received.get(queue)
-                else "task-sent",
-                **inversion,
-            }
-            others = [o for o in inversion["occupied_by"] if o["queue"] != queue
-                      and (o["busy_seconds"] or o["running_now"])]
-            summary = f"queue '{queue}' is starved: " + "; ".join(reasons) + \
-                f" (limit {self.max_wait:g}s)"
-            if others:
-                top = others[0]
-                share = top["busy_share"]
-                summary += (f"; its workers are occupied by '{top['queue']}' tasks"
-                            + (f" ({share:.0%} of their busy time)" if share else "")
-                            + " (priority inversion)")
-            app = self.ctx.app
-            if app is not None:
-                evidence["source"] = "app config"
-                evidence["routed_tasks"] = routed_tasks(app, queue)
-                evidence["prefetch_multiplier"] = app.prefetch_multiplier
-            yield Condition(summary=summary, queue=queue, evidence=evidence)
+            if reasons:
+                evidence: dict[str, Any] = {
+                    f"wait_p{pct:g}_seconds": None if math.isnan(p) else round(p, 2),
+                    "samples": len(values), "oldest_waiting_seconds": round(age, 1),
+                    "tasks_waiting": waiting,
+                }
+                yield self._condition(queue, reasons, evidence, now)
+
+    def _condition(self, queue: str, reasons: list[str], evidence: dict[str, Any],
+                   now: float) -> Condition:
+        inversion = self._inversion(queue, now)
+        evidence.update({
+            "max_wait_seconds": self.max_wait, "window_seconds": self.window,
+            "wait_measured_from": "task-received" if self.from_received.get(queue)
+            else "task-sent",
+            **inversion,
+        })
+        others = [o for o in inversion["occupied_by"] if o["queue"] != queue
+                  and (o["busy_seconds"] or o["running_now"])]
+        summary = f"queue '{queue}' is starved: " + "; ".join(reasons) + \
+            f" (limit {self.max_wait:g}s)"
+        if others:
+            top = others[0]
+            share = top["busy_share"]
+            summary += (f"; its workers are occupied by '{top['queue']}' tasks"
+                        + (f" ({share:.0%} of their busy time)" if share else "")
+                        + " (priority inversion)")
+        app = self.ctx.app
+        if app is not None:
+            evidence["source"] = "app config"
+            evidence["routed_tasks"] = routed_tasks(app, queue)
+            evidence["prefetch_multiplier"] = app.prefetch_multiplier
+        return Condition(summary=summary, queue=queue, evidence=evidence)

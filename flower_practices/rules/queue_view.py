@@ -13,13 +13,11 @@
   queue with messages waiting would have received one by then). It never makes every
   queue unknown.
 - :func:`no_consumer` reads the one fact "no consumer of this queue is known":
-  ``QueueRecord.first_unconsumed_at``, set and reset by ``queue_without_consumer`` only
+  ``QueueFacts.unconsumed_since``, set and reset by ``queue_without_consumer`` only
   (with its options), which reports such a queue once it is decided (see above), while
   ``queue_starvation`` leaves it alone: one cause, one finding. The condition's start
   survives probe gaps and undecided rounds; only a known consumer (or no demand) resets
   it.
-- :class:`EtaTasks` remembers (bounded) which task ids carry an ``eta``/``countdown``:
-  they wait on purpose and must not count as waiting for a consumer.
 """
 
 from __future__ import annotations
@@ -27,23 +25,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..bounded import LRUDict
-from ..brokers import scheme
+from ..brokers import is_amqp_broker
 
 if TYPE_CHECKING:
     from ..appinfo import AppInfo
     from ..state import QueueRecord, RuntimeState, WorkerRecord
 
-AMQP_SCHEMES = frozenset(("amqp", "amqps", "pyamqp", "librabbitmq"))
-
-
 def counts_consumers(broker_url: str) -> bool:
     """True when the broker itself reports consumer counts (RabbitMQ)."""
-    return scheme(broker_url) in AMQP_SCHEMES
+    return is_amqp_broker(broker_url)
 
 
 def live_workers(state: RuntimeState, now: float) -> list[WorkerRecord]:
-    return [w for w in state.workers.values() if state.worker_alive(w, now)]
+    return [w for w in state.workers.values() if w.alive(now)]
 
 
 def present(state: RuntimeState, worker: WorkerRecord, now: float,
@@ -51,7 +45,7 @@ def present(state: RuntimeState, worker: WorkerRecord, now: float,
     """Alive by its heartbeats, or silent for less than ``silent_grace`` seconds without
     having said goodbye (no worker-offline): a solo pool running a long task sends no
     heartbeat and no event until it is done, yet it still consumes its queues."""
-    return state.worker_alive(worker, now) or (
+    return worker.alive(now) or (
         worker.online and now - worker.last_seen <= silent_grace)
 
 
@@ -102,11 +96,21 @@ def queue_consumers(state: RuntimeState, queue: QueueRecord, now: float, amqp: b
     return out
 
 
-def no_consumer(queue: QueueRecord) -> bool:
+@dataclass(slots=True)
+class QueueFacts:
+    """Facts about queues that one rule establishes and others read, kept in the rules
+    layer (``RuleContext.queue_facts``), never on the state's records."""
+
+    #: queue -> since when no consumer of it is known while it has demand (set and reset
+    #: by ``queue_without_consumer`` only)
+    unconsumed_since: dict[str, float] = field(default_factory=dict)
+
+
+def no_consumer(facts: QueueFacts, queue: str) -> bool:
     """The fact "no consumer of this queue is known" (none, or only unanswered workers
     that might consume it) while it has demand, as ``queue_without_consumer`` last
     established it (it runs first; with that rule disabled the fact is never set)."""
-    return queue.first_unconsumed_at > 0.0
+    return facts.unconsumed_since.get(queue, 0.0) > 0.0
 
 
 def routed_tasks(app: AppInfo | None, queue: str, limit: int = 10) -> list[str] | None:
@@ -114,19 +118,3 @@ def routed_tasks(app: AppInfo | None, queue: str, limit: int = 10) -> list[str] 
     if app is None:
         return None
     return sorted(name for name, t in app.tasks.items() if t.queue == queue)[:limit]
-
-
-class EtaTasks:
-    """Task ids seen with an ``eta`` (countdown/retry delay), bounded LRU."""
-
-    __slots__ = ("ids",)
-
-    def __init__(self, limit: int = 20_000) -> None:
-        self.ids: LRUDict[str, bool] = LRUDict(limit)
-
-    def observe(self, event: dict) -> None:
-        if event.get("eta"):
-            self.ids.put(event["uuid"], True)
-
-    def __contains__(self, uuid: str) -> bool:
-        return uuid in self.ids

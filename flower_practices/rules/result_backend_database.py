@@ -9,11 +9,14 @@ otherwise) counts one row written, in ``celery_practice_violations_total``.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..brokers import is_database_backend, scheme
 from ..findings import Condition
 from .base import Rule
+
+if TYPE_CHECKING:
+    from ..appinfo import AppInfo
 
 
 class ResultBackendDatabase(Rule):
@@ -65,3 +68,10 @@ class ResultBackendDatabase(Rule):
         if not self.ctx.events_supported:
             evidence["results_written_seen"] = None
         yield Condition(summary=summary, evidence=evidence)
+
+    @classmethod
+    def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
+        if not is_database_backend(app.result_backend):
+            return []
+        return [(None, f"result backend '{scheme(app.result_backend)}' writes every result "
+                       "as a row in an SQL database")]

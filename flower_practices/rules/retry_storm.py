@@ -25,12 +25,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..bounded import LRUDict, WindowCounter
 from ..findings import Condition
 from .base import Rule
+
+if TYPE_CHECKING:
+    from ..appinfo import AppInfo
 
 _MAX_KEYS = 2000
 #: seconds a received retry waits for its own task-sent before task-retried stands in
@@ -90,24 +94,31 @@ class _Stats:
 
 class RetryStorm(Rule):
     id = "retry_storm"
-    defaults = {
+
+    @dataclass(frozen=True, slots=True)
+    class Options:
+        """Typed options (the documented defaults; each may be overridden in
+        ``[practices.retry_storm]``)."""
+
         #: sliding window the counts below are taken over
-        "window_seconds": 300.0,
+        window_seconds: float = 300.0
         #: more retries than this per task and queue within the window is a storm
-        "max_retries_per_window": 100,
+        max_retries_per_window: int = 100
         #: a retry scheduled (eta) sooner than this after task-retried has no back-off
-        "zero_delay_seconds": 0.5,
+        zero_delay_seconds: float = 0.5
         #: zero-delay retries within the window needed for a finding
-        "min_zero_delay_retries": 5,
+        min_zero_delay_retries: int = 5
         #: ... and the share of measured retries they must make (jittered back-off
         #: draws some 0 s delays on purpose: it is not a storm)
-        "min_zero_delay_share": 0.8,
-    }
+        min_zero_delay_share: float = 0.8
+
+    #: this rule's options, typed (set by :class:`Rule`)
+    opts: Options
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
-        self.window = float(options["window_seconds"])
-        self.zero = float(options["zero_delay_seconds"])
+        self.window = self.opts.window_seconds
+        self.zero = self.opts.zero_delay_seconds
         #: uuid -> (task-retried time, retry number), awaiting the retry's task-received
         self.pending: LRUDict[str, tuple[float, int]] = LRUDict(20_000)
         self.stats: dict[tuple[str, str], _Stats] = {}
@@ -116,6 +127,25 @@ class RetryStorm(Rule):
         #: retries received whose task-sent may still come: (task id, retry number) ->
         #: (arrived, eta, queue, task, task-retried time, event time)
         self.provisional: LRUDict[tuple[str, int], tuple] = LRUDict(20_000)
+
+    @classmethod
+    def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
+        """Tasks that retry with no delay: ``self.retry(countdown=0)`` in the body, or
+        ``default_retry_delay=0`` without back-off (tasks with no retry policy at all are
+        ``retryless_failure``'s)."""
+        out: list[tuple[str | None, str]] = []
+        for name, task in sorted(app.tasks.items()):
+            if not task.has_retry_policy:
+                continue
+            if task.retries_without_delay:
+                out.append((name, "calls self.retry(countdown=0): retries hammer the failing "
+                                  "dependency; use a countdown with back-off (or "
+                                  "retry_backoff)"))
+            elif not task.retry_backoff and task.default_retry_delay is not None \
+                    and task.default_retry_delay <= 0:
+                out.append((name, "retries with default_retry_delay=0 and no retry_backoff: "
+                                  "retries hammer the failing dependency"))
+        return out
 
     def hooks(self):
         return {"task-retried": self._on_retried, "task-received": self._on_received,
@@ -215,7 +245,7 @@ class RetryStorm(Rule):
         more than the task's jittered back-off draws by chance."""
         zero = st.zero_delay.total(now)
         measured = zero + st.delayed.total(now)
-        if not measured or zero / measured < float(self.options["min_zero_delay_share"]):
+        if not measured or zero / measured < self.opts.min_zero_delay_share:
             return False
         expected = st.expected_zero_milli.total(now) / 1000.0
         return not expected or zero > expected + 3.0 * math.sqrt(expected) + 1.0
@@ -233,8 +263,8 @@ class RetryStorm(Rule):
 
     def evaluate(self, now: float) -> Iterable[Condition]:
         self._settle(now)
-        limit = self.options["max_retries_per_window"]
-        min_zero = self.options["min_zero_delay_retries"]
+        limit = self.opts.max_retries_per_window
+        min_zero = self.opts.min_zero_delay_retries
         app = self.ctx.app
         for key in [k for k, s in self.stats.items() if now - s.last_seen > self.window]:
             del self.stats[key]
@@ -257,7 +287,7 @@ class RetryStorm(Rule):
                 "retries_in_window": retries, "window_seconds": self.window,
                 "zero_delay_retries": zero, "delayed_retries": delayed,
                 "zero_delay_share": round(zero / measured, 3) if measured else None,
-                "min_zero_delay_share": self.options["min_zero_delay_share"],
+                "min_zero_delay_share": self.opts.min_zero_delay_share,
                 "min_delay_seconds": _round(st.min_delay),
                 "max_delay_seconds": _round(st.max_delay),
                 "delay_measured_from": _measured_from(st),

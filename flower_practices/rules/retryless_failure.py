@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..bounded import LRUDict
 from ..findings import Condition
 from .base import Rule
+
+if TYPE_CHECKING:
+    from ..appinfo import AppInfo
 
 #: exception class names (bare or dotted) treated as transient by default
 TRANSIENT_EXCEPTIONS = [
@@ -73,21 +77,28 @@ class _Tally:
 
 class RetrylessFailure(Rule):
     id = "retryless_failure"
-    defaults = {
+
+    @dataclass(frozen=True, slots=True)
+    class Options:
+        """Typed options (the documented defaults; each may be overridden in
+        ``[practices.retryless_failure]``)."""
+
         #: exception class names (bare like "OperationalError" or dotted) that look transient
-        "transient_exceptions": TRANSIENT_EXCEPTIONS,
+        transient_exceptions: tuple[str, ...] = tuple(TRANSIENT_EXCEPTIONS)
         #: extra names added to the list above (keeps the defaults)
-        "extra_transient_exceptions": [],
+        extra_transient_exceptions: tuple[str, ...] = tuple([])
         #: a finding stays active this long after the last retry-less transient failure
-        "window_seconds": 600.0,
+        window_seconds: float = 600.0
         #: failures needed (per task and queue) before a finding is raised
-        "min_failures": 1,
-    }
+        min_failures: int = 1
+
+    #: this rule's options, typed (set by :class:`Rule`)
+    opts: Options
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
         self.matcher = TransientMatcher(
-            list(options["transient_exceptions"]) + list(options["extra_transient_exceptions"]))
+            list(self.opts.transient_exceptions) + list(self.opts.extra_transient_exceptions))
         self.retried: LRUDict[str, bool] = LRUDict(20_000)
         self.tallies: dict[tuple[str, str], _Tally] = {}
 
@@ -120,12 +131,12 @@ class RetrylessFailure(Rule):
         self.count(queue or None, task or None)
 
     def evaluate(self, now: float) -> Iterable[Condition]:
-        window = float(self.options["window_seconds"])
+        window = self.opts.window_seconds
         app = self.ctx.app
         for key in [k for k, t in self.tallies.items() if now - t.last_seen > window]:
             del self.tallies[key]
         for (queue, task), tally in self.tallies.items():
-            if tally.count < self.options["min_failures"]:
+            if tally.count < self.opts.min_failures:
                 continue
             evidence: dict[str, Any] = {
                 "failures_without_retry": tally.count,
@@ -153,3 +164,10 @@ class RetrylessFailure(Rule):
                     summary += "; autoretry_for does not cover these exceptions"
             yield Condition(summary=summary, queue=queue or None, task=task or None,
                             evidence=evidence)
+
+    @classmethod
+    def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
+        """Tasks with no retry policy (no ``autoretry_for``, no ``self.retry()`` call)."""
+        return [(name, "no retry policy (no autoretry_for, no self.retry() call): a "
+                       "transient error fails the task for good")
+                for name, task in sorted(app.tasks.items()) if not task.has_retry_policy]

@@ -11,25 +11,36 @@ default queue is the app's ``task_default_queue`` when the app is loaded, else t
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..findings import Condition
 from .base import Rule
 from .queue_view import live_workers
+
+if TYPE_CHECKING:
+    from ..appinfo import AppInfo
 
 _MAX_NAMES = 2000
 
 
 class SingleDefaultQueue(Rule):
     id = "single_default_queue"
-    defaults = {
+
+    @dataclass(frozen=True, slots=True)
+    class Options:
+        """Typed options (the documented defaults; each may be overridden in
+        ``[practices.single_default_queue]``)."""
+
         #: distinct task names needed before "everything in one queue" is a finding
-        "min_tasks": 2,
+        min_tasks: int = 2
         #: task names not seen for this long are forgotten
-        "window_seconds": 3600.0,
+        window_seconds: float = 3600.0
         #: the default queue when the app is not loaded ("" = Celery's "celery")
-        "default_queue": "",
-    }
+        default_queue: str = ""
+
+    #: this rule's options, typed (set by :class:`Rule`)
+    opts: Options
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
@@ -61,34 +72,18 @@ class SingleDefaultQueue(Rule):
         app = self.ctx.app
         if app is not None:
             return app.default_queue, "app config"
-        return self.options["default_queue"] or "celery", "default"
+        return self.opts.default_queue or "celery", "default"
 
     def evaluate(self, now: float) -> Iterable[Condition]:
-        window = float(self.options["window_seconds"])
+        window = self.opts.window_seconds
         for key in [k for k, ts in self.seen.items() if now - ts > window]:
             del self.seen[key]
-        if not self.seen:
-            self.pending.clear()
-            return
         default, default_source = self.default_queue()
-        queues = {q for q, _ in self.seen if q}
-        if queues - {default}:
-            self.pending.clear()
-            return  # a second queue is in use
         workers = [w for w in live_workers(self.ctx.state, now) if w.active_queues is not None]
-        consumed = {q for w in workers for q in w.active_queues or ()}
-        if consumed - {default}:
-            self.pending.clear()
-            return  # some worker consumes another queue
+        source = self._only_default(default, workers)
+        if source is None:
+            return
         names = sorted({t for _, t in self.seen})
-        if len(names) < int(self.options["min_tasks"]):
-            return  # messages stay pending: they count once a second task shows up
-        if queues:
-            source = "task-sent queue"
-        elif consumed:
-            source = "workers' active_queues"
-        else:
-            return  # neither task-sent queues nor workers' queues known: cannot tell
         pending, self.pending = self.pending, {}
         for (queue, task), n in pending.items():
             self.count(queue or default, task, n)
@@ -97,6 +92,25 @@ class SingleDefaultQueue(Rule):
             "distinct_tasks": len(names), "tasks": names[:20], "queue_source": source,
             "workers_consuming": len(workers), "window_seconds": window,
         }
+        yield self._condition(default, names, evidence)
+
+    def _only_default(self, default: str, workers: list[Any]) -> str | None:
+        """Where the default queue was seen to be the only one in use, or None: no
+        traffic, a second queue in use or consumed (pending occurrences dropped), fewer
+        than ``min_tasks`` task names (kept pending), or no queue known at all."""
+        queues = {q for q, _ in self.seen if q}
+        consumed = {q for w in workers for q in w.active_queues or ()}
+        if not self.seen or queues - {default} or consumed - {default}:
+            self.pending.clear()
+            return None
+        if len({t for _, t in self.seen}) < self.opts.min_tasks:
+            return None  # messages stay pending: they count once a second task shows up
+        if queues:
+            return "task-sent queue"
+        return "workers' active_queues" if consumed else None
+
+    def _condition(self, default: str, names: list[str], evidence: dict[str, Any]
+                   ) -> Condition:
         summary = (f"{len(names)} distinct tasks all run through the default queue "
                    f"'{default}': slow or bulk work delays everything else")
         app = self.ctx.app
@@ -106,4 +120,14 @@ class SingleDefaultQueue(Rule):
             evidence["task_queues_declared"] = list(app.queues)
             if not app.has_routes:
                 summary += " (task_routes is not set)"
-        yield Condition(summary=summary, queue=default, evidence=evidence)
+        return Condition(summary=summary, queue=default, evidence=evidence)
+
+    @classmethod
+    def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
+        """Two or more tasks and every one goes to the default queue."""
+        tasks = app.tasks
+        routed = {t.queue or app.default_queue for t in tasks.values()}
+        if len(tasks) < 2 or not routed <= {app.default_queue}:
+            return []
+        return [(None, f"all {len(tasks)} tasks go to the default queue "
+                       f"'{app.default_queue}' (no task_routes, no per-task queue)")]

@@ -69,12 +69,16 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
-from typing import Any, NoReturn
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..bounded import LRUDict
 from ..brokers import scheme
 from ..findings import Condition
 from .base import ProbeFailed, Rule, RuleContext
+
+if TYPE_CHECKING:
+    from ..appinfo import AppInfo
 
 log = logging.getLogger("flower_practices.rules.unread_results")
 
@@ -96,43 +100,50 @@ _MAX_SNAPSHOTS = 4096
 
 class UnreadResults(Rule):
     id = "unread_results"
-    defaults = {
+
+    @dataclass(frozen=True, slots=True)
+    class Options:
+        """Typed options (the documented defaults; each may be overridden in
+        ``[practices.unread_results]``)."""
+
         #: a result is checked this long after its task-succeeded event
-        "grace_seconds": 60.0,
+        grace_seconds: float = 60.0
         #: share of sampled results left unread needed for a finding
-        "min_share": 0.9,
+        min_share: float = 0.9
         #: checked results (per task and queue) needed before judging
-        "min_samples": 20,
+        min_samples: int = 20
         #: verdicts kept per task and queue (the share is taken over these)
-        "max_samples": 100,
+        max_samples: int = 100
         #: verdicts older than this are forgotten, so a finding clears once a task stops running
-        "window_seconds": 3600.0,
+        window_seconds: float = 3600.0
         #: sample one success in every N per task (1: every success)
-        "sample_every": 1,
+        sample_every: int = 1
         #: sampled ids waiting for their check, at most (older ones are dropped)
-        "max_pending": 5000,
+        max_pending: int = 5000
         #: OBJECT IDLETIME lookups per evaluation (one pipelined round trip)
-        "max_checks_per_evaluation": 500,
+        max_checks_per_evaluation: int = 500
         #: slack (seconds) for clock skew and Redis' 1-second idle-time resolution
-        "tolerance_seconds": 2.0,
+        tolerance_seconds: float = 2.0
         #: after a failed Redis call, wait this long before trying again
-        "error_backoff_seconds": 60.0,
+        error_backoff_seconds: float = 60.0
         #: task names never sampled
-        "ignore_tasks": [],
+        ignore_tasks: tuple[str, ...] = tuple([])
         #: result channels read per snapshot of the clients' subscriptions
-        "max_subscribed_per_evaluation": 10_000,
+        max_subscribed_per_evaluation: int = 10_000
         #: results never seen subscribed count as unread only once this many snapshots
         #: would have caught a caller waiting on them (expected catches, summed over
         #: the task's results: a caller waiting on all of them goes unseen with a chance
         #: of about e^-N); before that, only results seen unsubscribed while pending count
-        "min_unread_evidence": 3.0,
-    }
+        min_unread_evidence: float = 3.0
+
+    #: this rule's options, typed (set by :class:`Rule`)
+    opts: Options
 
     def __init__(self, ctx: RuleContext, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
         # pending and seen are shared with the hook; the rest is touched by the
         # evaluation only (prepare holds the engine lock whenever it touches any of it)
-        self.pending: deque[Sample] = deque(maxlen=int(options["max_pending"]))
+        self.pending: deque[Sample] = deque(maxlen=self.opts.max_pending)
         self.seen: dict[tuple[str, str], int] = {}
         self.verdicts: dict[tuple[str, str], deque[Verdict]] = {}
         #: round trips done by prepare, applied by evaluate: (checked at, ids, idle times)
@@ -151,7 +162,7 @@ class UnreadResults(Rule):
         self._retry_at = 0.0
         self._failing = False
         self.checked = 0
-        self.ignore = frozenset(options["ignore_tasks"])
+        self.ignore = frozenset(self.opts.ignore_tasks)
 
     # -- coverage ---------------------------------------------------------------------------
     def coverage(self) -> str:
@@ -184,7 +195,7 @@ class UnreadResults(Rule):
                 return
             n = 0
         self.seen[key] = n + 1
-        if n % self.options["sample_every"]:
+        if n % self.opts.sample_every:
             return
         at = event.get("local_received")
         if not isinstance(at, float):
@@ -221,7 +232,7 @@ class UnreadResults(Rule):
                          "assuming an LRU policy")
         try:  # who holds results right now (clients waiting over pub/sub)
             held, complete = results.subscribed(
-                int(self.options["max_subscribed_per_evaluation"]))
+                self.opts.max_subscribed_per_evaluation)
         except Exception as exc:
             self._failed(exc, [], lock)
         taken = time.time()
@@ -247,7 +258,7 @@ class UnreadResults(Rule):
     def _failed(self, exc: Exception, due: list[Sample],
                 lock: AbstractContextManager[Any]) -> NoReturn:
         """Keep ``due`` for later, back off, log once, and raise :class:`ProbeFailed`."""
-        backoff = float(self.options["error_backoff_seconds"])
+        backoff = self.opts.error_backoff_seconds
         with lock:
             self.pending.extendleft(reversed(due))
             self._retry_at = time.time() + backoff
@@ -261,8 +272,8 @@ class UnreadResults(Rule):
         raise ProbeFailed(PROBE) from exc
 
     def _due(self, now: float) -> list[Sample]:
-        grace = float(self.options["grace_seconds"])
-        limit = int(self.options["max_checks_per_evaluation"])
+        grace = self.opts.grace_seconds
+        limit = self.opts.max_checks_per_evaluation
         pending = self.pending
         due = []
         while pending and len(due) < limit and now - pending[0][1] >= grace:
@@ -306,8 +317,8 @@ class UnreadResults(Rule):
         return i < len(times) and times[i] <= end
 
     def _judge(self, now: float, due: list[Sample], idle: dict[str, int | None]) -> None:
-        tolerance = float(self.options["tolerance_seconds"])
-        keep = int(self.options["max_samples"])
+        tolerance = self.opts.tolerance_seconds
+        keep = self.opts.max_samples
         for uuid, ts, queue, task, since, until in due:
             if uuid not in idle:  # error reply for this key: no verdict
                 continue
@@ -349,11 +360,11 @@ class UnreadResults(Rule):
     def _pubsub(self, key: tuple[str, str], now: float) -> bool:
         """Results of this task were seen read over pub/sub within the window."""
         seen = self.pubsub_seen.get(key)
-        return seen is not None and now - seen <= float(self.options["window_seconds"])
+        return seen is not None and now - seen <= self.opts.window_seconds
 
     def _age(self, now: float) -> None:
         """Forget verdicts older than ``window_seconds`` (rings are in check order)."""
-        oldest = now - float(self.options["window_seconds"])
+        oldest = now - self.opts.window_seconds
         for key in list(self.verdicts):
             ring = self.verdicts[key]
             while ring and ring[0][0] <= oldest:
@@ -378,57 +389,88 @@ class UnreadResults(Rule):
                 "missing": values.count(MISSING)}
 
     def _conditions(self, now: float) -> Iterable[Condition]:
-        min_samples = int(self.options["min_samples"])
-        min_share = float(self.options["min_share"])
-        min_evidence = float(self.options["min_unread_evidence"])
-        app = self.ctx.app
+        min_samples = self.opts.min_samples
+        min_share = self.opts.min_share
+        min_evidence = self.opts.min_unread_evidence
         for key, ring in self.verdicts.items():
-            queue, task = key
-            values = [v for _, v, _ in ring]
-            by_key, by_pubsub = values.count(READ_KEY), values.count(READ_PUBSUB)
-            confirmed, unobserved = values.count(UNREAD), values.count(UNOBSERVED)
-            pubsub = self._pubsub(key, now)
-            # snapshots that would have caught a caller waiting, had there been one
-            weight = confirmed + sum(c for _, v, c in ring if v == UNOBSERVED)
-            decided = not pubsub and weight >= min_evidence
-            unread = confirmed + unobserved if decided else confirmed
-            n = unread + by_key + by_pubsub
-            tally = self.unread_total.get(key)
-            share = unread / n if n else 0.0
-            if n < min_samples or share < min_share:
-                if tally is not None:
-                    tally[1], tally[2] = tally[0], False
-                continue
-            if tally is None:
-                tally = self.unread_total[key] = [unread, 0, False]
-            new = tally[0] - tally[1] if tally[2] else unread
-            if new > 0:
-                self.count(queue or None, task or None, new)
-            tally[1], tally[2] = tally[0], True
-            evidence: dict[str, Any] = {
-                "sampled_results": n, "unread_results": unread,
-                "unread_share": round(share, 3),
-                "read_by_key": by_key, "read_over_pubsub": by_pubsub,
-                "unread_seen_unsubscribed_while_pending": confirmed,
-                "unread_unobserved": unobserved,
-                "pubsub_readers_seen": pubsub,
-                "unread_evidence": round(weight, 1),
-                "min_unread_evidence": min_evidence,
-                "method": ("OBJECT IDLETIME of the result key, and snapshots of the "
-                           "clients' subscriptions to its pub/sub channel"),
-                "missing_results": values.count(MISSING),
-                "checked_after_seconds": self.options["grace_seconds"],
-                "window_seconds": self.options["window_seconds"],
-            }
-            summary = (f"{task}: {unread} of {n} sampled results were never read "
-                       f"({share:.0%}), neither by key nor over pub/sub; "
-                       "set ignore_result=True")
-            info = app.task(task) if app is not None else None
-            if app is None:
-                evidence["ignore_result"] = "unknown (app not loaded)"
-            elif info is not None:
-                evidence["ignore_result"] = info.ignore_result
-                if not info.ignore_result:
-                    summary += " (ignore_result is not set on this task)"
-            yield Condition(summary=summary, queue=queue or None, task=task,
-                            evidence=evidence)
+            stats = self._stats(key, ring, now, min_evidence)
+            if self._tally(key, stats, stats["n"] >= min_samples
+                           and stats["share"] >= min_share):
+                yield self._condition(key, stats, min_evidence)
+
+    def _stats(self, key: tuple[str, str], ring: Any, now: float,
+               min_evidence: float) -> dict[str, Any]:
+        """One task's verdicts in the window, and how many count as unread."""
+        values = [v for _, v, _ in ring]
+        by_key, by_pubsub = values.count(READ_KEY), values.count(READ_PUBSUB)
+        confirmed, unobserved = values.count(UNREAD), values.count(UNOBSERVED)
+        pubsub = self._pubsub(key, now)
+        # snapshots that would have caught a caller waiting, had there been one
+        weight = confirmed + sum(c for _, v, c in ring if v == UNOBSERVED)
+        decided = not pubsub and weight >= min_evidence
+        unread = confirmed + unobserved if decided else confirmed
+        n = unread + by_key + by_pubsub
+        return {"values": values, "by_key": by_key, "by_pubsub": by_pubsub,
+                "confirmed": confirmed, "unobserved": unobserved, "pubsub": pubsub,
+                "weight": weight, "unread": unread, "n": n,
+                "share": unread / n if n else 0.0}
+
+    def _tally(self, key: tuple[str, str], stats: dict[str, Any], holds: bool) -> bool:
+        """Count the unread results new since the last round the condition held; return
+        ``holds``."""
+        tally = self.unread_total.get(key)
+        if not holds:
+            if tally is not None:
+                tally[1], tally[2] = tally[0], False
+            return False
+        unread = stats["unread"]
+        if tally is None:
+            tally = self.unread_total[key] = [unread, 0, False]
+        new = tally[0] - tally[1] if tally[2] else unread
+        if new > 0:
+            self.count(key[0] or None, key[1] or None, new)
+        tally[1], tally[2] = tally[0], True
+        return True
+
+    def _condition(self, key: tuple[str, str], stats: dict[str, Any],
+                   min_evidence: float) -> Condition:
+        queue, task = key
+        unread, n, share = stats["unread"], stats["n"], stats["share"]
+        evidence: dict[str, Any] = {
+            "sampled_results": n, "unread_results": unread,
+            "unread_share": round(share, 3),
+            "read_by_key": stats["by_key"], "read_over_pubsub": stats["by_pubsub"],
+            "unread_seen_unsubscribed_while_pending": stats["confirmed"],
+            "unread_unobserved": stats["unobserved"],
+            "pubsub_readers_seen": stats["pubsub"],
+            "unread_evidence": round(stats["weight"], 1),
+            "min_unread_evidence": min_evidence,
+            "method": ("OBJECT IDLETIME of the result key, and snapshots of the "
+                       "clients' subscriptions to its pub/sub channel"),
+            "missing_results": stats["values"].count(MISSING),
+            "checked_after_seconds": self.opts.grace_seconds,
+            "window_seconds": self.opts.window_seconds,
+        }
+        summary = (f"{task}: {unread} of {n} sampled results were never read "
+                   f"({share:.0%}), neither by key nor over pub/sub; "
+                   "set ignore_result=True")
+        app = self.ctx.app
+        info = app.task(task) if app is not None else None
+        if app is None:
+            evidence["ignore_result"] = "unknown (app not loaded)"
+        elif info is not None:
+            evidence["ignore_result"] = info.ignore_result
+            if not info.ignore_result:
+                summary += " (ignore_result is not set on this task)"
+        return Condition(summary=summary, queue=queue or None, task=task,
+                         evidence=evidence)
+
+    @classmethod
+    def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
+        """A result backend is configured and no task ignores its result."""
+        tasks = app.tasks
+        if not app.result_backend or not tasks or any(t.ignore_result for t in tasks.values()):
+            return []
+        return [(None, f"a result backend is configured and all {len(tasks)} tasks store "
+                       "their results: set ignore_result=True on tasks whose results "
+                       "nobody reads (or task_ignore_result=True)")]

@@ -1,0 +1,70 @@
+"""Evaluation reads the state's indexes, never every tracked task.
+
+The task table is swapped for one whose iteration raises: a rule that scanned it would
+fail (counted in ``rule_errors``) and its finding would be missing. The scenario makes
+the four rules that used to scan it fire: ``lost_task``, ``missing_time_limit``,
+``queue_starvation`` and ``prefetch_starvation``.
+"""
+
+from __future__ import annotations
+
+from flower_practices.bounded import LRUDict
+from flower_practices.config import Settings
+from flower_practices.engine import Engine
+from flower_practices.probes.workers import WorkerSample
+
+T0 = 1_700_000_000.0
+
+
+class NoScan(LRUDict):
+    """A task table that refuses to be iterated (lookups by id still work)."""
+
+    def _refuse(self, *args: object) -> None:
+        raise AssertionError("evaluation iterated every tracked task")
+
+    __iter__ = values = items = keys = _refuse  # type: ignore[assignment]
+
+
+def ev(etype: str, ts: float, **fields: object) -> dict:
+    return {"type": etype, "timestamp": ts, "local_received": ts, **fields}
+
+
+def beat(host: str, ts: float) -> dict:
+    return ev("worker-heartbeat", ts, hostname=host, freq=2.0, active=0, processed=0)
+
+
+def test_rules_fire_without_iterating_the_task_table() -> None:
+    engine = Engine(Settings(), broker_url="redis://localhost:6379/0")
+    engine.state.tasks.__class__ = NoScan
+    feed = engine.observe
+    for host in ("busy@h", "idle@h", "gone@h"):
+        feed(ev("worker-online", T0, hostname=host, freq=2.0))
+    engine.apply_worker_probes({
+        "busy@h": WorkerSample(("q",), prefetch=4, concurrency=1),
+        "idle@h": WorkerSample(("q",), prefetch=4, concurrency=1),
+        "gone@h": WorkerSample(("other",), prefetch=4, concurrency=1),
+    })
+    # a long run on busy@h, a task reserved behind it, tasks waiting in the queue
+    for uuid, state in (("run", "started"), ("res", "received"), ("w1", "sent"),
+                        ("w2", "sent")):
+        feed(ev("task-sent", T0, uuid=uuid, name="proj.job", queue="q"))
+        if state != "sent":
+            feed(ev("task-received", T0, uuid=uuid, name="proj.job", hostname="busy@h"))
+        if state == "started":
+            feed(ev("task-started", T0 + 1, uuid=uuid, hostname="busy@h"))
+    # a task started on gone@h, which then says goodbye
+    feed(ev("task-sent", T0, uuid="lost", name="proj.other", queue="other"))
+    feed(ev("task-received", T0, uuid="lost", name="proj.other", hostname="gone@h"))
+    feed(ev("task-started", T0 + 1, uuid="lost", hostname="gone@h"))
+    feed(ev("worker-offline", T0 + 2, hostname="gone@h"))
+    for step in range(1, 40):
+        t = T0 + 10.0 * step
+        feed(beat("busy@h", t))
+        feed(beat("idle@h", t))
+        engine.evaluate(t)
+    assert sum(engine.stream_status.decode_errors.values()) == 0
+    assert engine.rule_errors == {}
+    fired = {f.practice for f in engine.findings.active()}
+    assert {"lost_task", "missing_time_limit", "queue_starvation",
+            "prefetch_starvation"} <= fired, fired
+    assert engine.state.tasks["run"].state == "STARTED"  # lookups by id still work
