@@ -12,6 +12,10 @@ declaring exactly what the receiver declares:
   (milliseconds, as kombu converts them), bound with routing key ``#``;
 - ``basic.consume`` with ``no_ack``.
 
+py-amqp does the handshake and the declarations; deliveries are then read off the socket
+by :class:`~.amqp_frames.DeliveryReader` (large reads, frames cut in place), skipping
+py-amqp's per-frame objects and dispatch.
+
 Each message body is decoded directly: the ``compression`` header is honoured within the
 caps of :mod:`.limits`, a JSON body (``application/json``, any other content type is
 refused as ``undecodable_body``, as kombu's accept list would) is parsed with stdlib
@@ -45,6 +49,7 @@ import amqp
 from celery import Celery
 from celery.utils.time import utcoffset
 
+from .amqp_frames import DeliveryReader
 from .fast_redis import EventDecoder, _loads_body
 from .limits import MAX_EVENTS_PER_MESSAGE, MAX_MESSAGE_BYTES, MessageRefused, inflate
 from .reconnect import ReconnectingStream
@@ -102,13 +107,16 @@ class AmqpBodyDecoder:
         self.decoder = decoder
         self.status = decoder.status
 
-    def feed(self, msg: Any) -> None:
-        """Decode ``msg`` (a py-amqp Message) within the caps of :mod:`.limits`; never
-        raises."""
+    def refuse(self) -> None:
+        """Count a message whose body was announced over the cap (skipped unread)."""
+        self.status.events += 1
+        self.status.decode_error("oversized_message")
+
+    def feed(self, body: bytes, props: dict) -> None:
+        """Decode one message (body bytes and its basic properties) within the caps of
+        :mod:`.limits`; never raises."""
         status = self.status
         try:
-            body = msg.body
-            props = msg.properties
             headers = props.get("application_headers")
             compression = headers.get("compression") if type(headers) is dict else None
             if type(body) is str:
@@ -193,7 +201,8 @@ class AmqpEventStream(ReconnectingStream):
         channel.queue_declare(queue, durable=self.durable, exclusive=self.exclusive,
                               auto_delete=not self.durable, arguments=self.arguments)
         channel.queue_bind(queue, self.exchange, routing_key="#")
-        channel.basic_consume(queue, callback=self.body_decoder.feed, no_ack=True)
+        # deliveries are read by DeliveryReader, never by py-amqp's own callback path
+        channel.basic_consume(queue, callback=_unused, no_ack=True)
         return queue
 
     def _session(self) -> None:
@@ -231,22 +240,26 @@ class AmqpEventStream(ReconnectingStream):
 
     def _consume(self, conn: amqp.Connection) -> None:
         transport = conn.transport
-        transport.sock.settimeout(TICK_SECONDS)
-        read_frame = transport.read_frame
-        on_frame = conn.on_inbound_frame
+        sock = transport.sock
+        sock.settimeout(TICK_SECONDS)
+        feed = self.body_decoder.feed
+        reader = DeliveryReader(sock, feed, self.body_decoder.refuse,
+                                max_body=MAX_MESSAGE_BYTES,
+                                initial=bytes(transport._read_buffer or b""))
+        transport._read_buffer = b""
+        read = reader.read
         stopped = self._stop_event.is_set
-        tick = conn.heartbeat_tick
         monotonic = time.monotonic
-        next_tick = monotonic() + TICK_SECONDS
-        conn.heartbeat_tick()
+        base = conn.bytes_recv
+        next_tick = 0.0
         while not stopped():
-            try:
-                frame = read_frame()
-            except TimeoutError:
-                pass
-            else:
-                on_frame(frame)
-                if monotonic() < next_tick:
-                    continue
+            if read() and monotonic() < next_tick:
+                continue
+            # at most once a second, busy or idle: send ours, check the broker's
             next_tick = monotonic() + TICK_SECONDS
-            tick()
+            conn.bytes_recv = base + reader.received
+            conn.heartbeat_tick()
+
+
+def _unused(message: Any) -> None:  # pragma: no cover - DeliveryReader reads deliveries
+    raise AssertionError("py-amqp delivered a message the frame reader should have read")
