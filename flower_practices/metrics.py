@@ -56,8 +56,12 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "histogram", "Time from task-sent (or task-received) to task-started, per queue",
         ("queue",)),
     "celery_queue_length": (
-        "gauge", "Messages waiting in a broker queue (priority sub-queues separately)",
-        ("queue", "priority")),
+        "gauge", "Messages waiting in a broker queue: per priority sub-queue where the broker "
+        "tells (Redis: priority 0-9), else the whole depth as priority=\"\" (RabbitMQ, "
+        "other transports)", ("queue", "priority")),
+    "celery_queue_reserved_tasks": (
+        "gauge", "Tasks of a queue received by live workers but not started (prefetched, no "
+        "longer in celery_queue_length; from events)", ("queue",)),
     "celery_queue_consumers": (
         "gauge", "Consumers of a broker queue (RabbitMQ count, else workers' active_queues)",
         ("queue",)),
@@ -298,6 +302,14 @@ class PracticesCollector(Collector):
         for label, n in consumer_counts.items():
             consumers.add_metric([label], n)
         out += [length, consumers]
+        # backlog prefetched by workers, beside the broker's own length (0 when none)
+        reserved_by_label = dict.fromkeys((q.label for q in state.queues.values()), 0)
+        for q, n in state.reserved_by_queue(now).items():
+            reserved_by_label[q.label] = reserved_by_label.get(q.label, 0) + n
+        fam = _family("celery_queue_reserved_tasks")
+        for label, n in reserved_by_label.items():
+            fam.add_metric([label], n)
+        out.append(fam)
 
         ups: dict[str, float] = {}
         busy: dict[str, list[int]] = {}

@@ -13,7 +13,10 @@ Lifecycle (what leaves the state, and when):
   completion or a redelivery still finds its name and queue.
 - Each record remembers what it is counted as on its worker (reserved or running) and in
   which generation of that worker, so ``reserved``/``running`` are decremented exactly
-  once, and a worker's counts restart from zero when it goes offline or restarts.
+  once, and a worker's counts restart from zero when it goes offline or restarts. A
+  reserved record is also counted per queue on its worker (``queue_reserved``), so the
+  backlog prefetched by live workers is known per queue without a scan of the tasks
+  (:meth:`RuntimeState.reserved_by_queue`).
 - A worker restart is a worker-online event, a heartbeat after worker-offline, or a
   heartbeat whose ``processed`` counter went down (a new process counts from zero).
 - At ``max_workers`` a dead worker among the least recently seen makes room for a new
@@ -64,7 +67,7 @@ class TaskRecord:
 
     __slots__ = ("uuid", "name", "queue", "sent_at", "received_at", "started_at", "hostname",
                  "retries", "state", "has_sent", "updated_at", "counted", "counted_epoch",
-                 "straggler")
+                 "straggler", "counted_queue")
 
     def __init__(self, uuid: str) -> None:
         self.uuid = uuid
@@ -85,6 +88,8 @@ class TaskRecord:
         self.counted_epoch = 0
         #: created by a late event of a task that had already finished (see ``finished``)
         self.straggler = False
+        #: the queue it is counted reserved in, on its worker (``WorkerRecord.queue_reserved``)
+        self.counted_queue: QueueRecord | None = None
 
 
 #: events by which a worker shows it took a task from a queue
@@ -99,7 +104,7 @@ class WorkerRecord:
     __slots__ = ("hostname", "online", "last_seen", "freq", "processed", "active",
                  "first_processed", "task_events", "reserved", "running", "active_queues",
                  "sw_ident", "label", "online_since", "prefetch", "concurrency", "epoch",
-                 "restarted_at", "offline_at", "created_at", "queues_seen")
+                 "restarted_at", "offline_at", "created_at", "queues_seen", "queue_reserved")
 
     def __init__(self, hostname: str, label: str) -> None:
         self.hostname = hostname
@@ -128,6 +133,8 @@ class WorkerRecord:
         #: queue -> when it last received/started a task from it (consumer knowledge that
         #: needs no remote control: a busy solo pool cannot answer inspect); bounded
         self.queues_seen: dict[str, float] = {}
+        #: queue -> tasks of it received here but not started (``reserved`` by queue)
+        self.queue_reserved: dict[QueueRecord, int] = {}
 
 
 class QueueRecord:
@@ -267,6 +274,7 @@ class RuntimeState:
         worker.epoch = self._epoch
         worker.reserved = 0
         worker.running = 0
+        worker.queue_reserved.clear()
 
     def _count(self, rec: TaskRecord, worker: WorkerRecord, kind: int) -> None:
         rec.counted = kind
@@ -275,6 +283,11 @@ class RuntimeState:
             worker.running += 1
         else:
             worker.reserved += 1
+            q = self.queue(rec.queue) if rec.queue else None
+            if q is not None:
+                rec.counted_queue = q
+                per_queue = worker.queue_reserved
+                per_queue[q] = per_queue.get(q, 0) + 1
 
     def _release(self, rec: TaskRecord) -> None:
         """Undo what ``rec`` is counted as on its worker (exactly once)."""
@@ -282,6 +295,7 @@ class RuntimeState:
         if not kind:
             return
         rec.counted = NOT_COUNTED
+        q, rec.counted_queue = rec.counted_queue, None
         worker = self.workers.get(rec.hostname)
         if worker is None or worker.epoch != rec.counted_epoch:
             return
@@ -290,6 +304,13 @@ class RuntimeState:
                 worker.running -= 1
         elif worker.reserved > 0:
             worker.reserved -= 1
+        if q is not None:
+            per_queue = worker.queue_reserved
+            n = per_queue.get(q, 0) - 1
+            if n > 0:
+                per_queue[q] = n
+            else:
+                per_queue.pop(q, None)
 
     # -- hot path ------------------------------------------------------------------------
     def apply(self, etype: str, event: dict) -> TaskRecord | None:
@@ -562,6 +583,16 @@ class RuntimeState:
     def worker_alive(self, worker: WorkerRecord, now: float) -> bool:
         """Celery's rule: a worker is alive while its last heartbeat is < 2 x freq old."""
         return worker.online and (now - worker.last_seen) <= max(worker.freq * 2.0, 4.0)
+
+    def reserved_by_queue(self, now: float) -> dict[QueueRecord, int]:
+        """Tasks received by live workers but not started yet, per queue (periodic: one
+        pass over the workers' per-queue counters, never over the tasks)."""
+        out: dict[QueueRecord, int] = {}
+        for worker in self.workers.values():
+            if worker.queue_reserved and self.worker_alive(worker, now):
+                for q, n in worker.queue_reserved.items():
+                    out[q] = out.get(q, 0) + n
+        return out
 
     def label_overflow(self) -> dict[str, int]:
         """Values folded into ``__other__`` or not tracked at all, per capped label."""

@@ -9,7 +9,9 @@ whose oldest waiting task, exceeds ``max_wait_seconds``. A queue with no consume
 (:func:`~flower_practices.rules.queue_view.no_consumer`, the fact
 ``queue_without_consumer`` reports) is never reported here: one cause, one finding.
 The evidence names the queues whose tasks occupied the workers that consume the starved
-queue (priority inversion).
+queue (priority inversion), and the backlog both ways: ``queue_length`` (the broker's
+count) and ``reserved_on_workers`` (received by live workers, not started: prefetched
+messages the broker no longer counts).
 """
 
 from __future__ import annotations
@@ -188,6 +190,7 @@ class QueueStarvation(Rule):
                     and not p[1].total(now)]:
             del self.busy[key]
         oldest = self._scan(now)
+        reserved: dict[str, int] | None = None
         for queue in sorted(set(self.waits) | set(oldest)):
             ring = self.waits.get(queue)
             values = ring.since(cutoff) if ring is not None else []
@@ -203,11 +206,19 @@ class QueueStarvation(Rule):
             if not reasons:
                 continue
             inversion = self._inversion(queue, now)
+            if reserved is None:  # once per evaluation, only when something is flagged
+                reserved = {q.name: n for q, n in
+                            self.ctx.state.reserved_by_queue(now).items()}
+            qrec = self.ctx.state.queues.get(queue)
             evidence: dict[str, Any] = {
                 f"wait_p{pct:g}_seconds": None if math.isnan(p) else round(p, 2),
                 "samples": len(values), "oldest_waiting_seconds": round(age, 1),
                 "tasks_waiting": waiting, "max_wait_seconds": self.max_wait,
                 "window_seconds": self.window,
+                # the backlog as the operator sees it: in the broker, and prefetched by
+                # live workers but not started (celery_queue_reserved_tasks)
+                "queue_length": qrec.length if qrec is not None else None,
+                "reserved_on_workers": reserved.get(queue, 0),
                 "wait_measured_from": "task-received" if self.from_received.get(queue)
                 else "task-sent",
                 **inversion,
