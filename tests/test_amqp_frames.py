@@ -115,3 +115,46 @@ def test_closed_socket_ends_the_session(harness: Harness) -> None:
     harness.a.close()
     with pytest.raises(BrokerClosed):
         harness.reader.read()
+
+
+# -- which consumer, and what it declares ----------------------------------------------------
+@pytest.mark.parametrize(("broker", "serializer", "direct"), [
+    ("amqp://guest:guest@127.0.0.1:5672//", "json", True),
+    ("pyamqp://guest:guest@127.0.0.1:5672/vh", "json", True),
+    ("amqp://guest:guest@127.0.0.1:5672//", "pickle", False),
+    ("amqps://guest:guest@127.0.0.1:5671//", "json", False),
+    ("amqp://a:5672//;amqp://b:5672//", "json", False),
+    ("redis://127.0.0.1:6379/0", "json", False),
+    ("memory://", "json", False),
+])
+def test_direct_amqp_consumer_selection(broker: str, serializer: str, direct: bool) -> None:
+    from celery import Celery
+
+    from flower_practices.events.fast_amqp import AmqpEventStream
+    from flower_practices.events.status import StreamStatus
+    from flower_practices.events.stream import EventStream, make_event_stream
+
+    app = Celery("sel", broker=broker, set_as_current=False)
+    app.conf.event_serializer = serializer
+    stream = make_event_stream(app, lambda e: None, StreamStatus(), consumer="auto")
+    assert isinstance(stream, AmqpEventStream) is direct
+    forced = make_event_stream(app, lambda e: None, StreamStatus(), consumer="kombu")
+    assert isinstance(forced, EventStream)
+
+
+def test_event_queue_declared_as_celerys_receiver_declares_it() -> None:
+    from celery import Celery
+    from kombu import Queue
+
+    from flower_practices.events.fast_amqp import AmqpEventStream, queue_arguments
+    from flower_practices.events.status import StreamStatus
+
+    app = Celery("decl", broker="amqp://guest:guest@127.0.0.1:5672//", set_as_current=False)
+    for ttl, expires in ((5.0, 60.0), (0.5, 2.25)):
+        app.conf.event_queue_ttl, app.conf.event_queue_expires = ttl, expires
+        # kombu's conversion of the receiver's message_ttl/expires (seconds -> ms)
+        assert queue_arguments(app) == Queue("x", message_ttl=ttl,
+                                             expires=expires).queue_arguments
+    stream = AmqpEventStream(app, lambda e: None, StreamStatus())
+    assert (stream.exchange, stream.queue_prefix) == ("celeryev", "celeryev")
+    assert stream.exclusive and not stream.durable
