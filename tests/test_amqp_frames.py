@@ -144,7 +144,7 @@ def test_direct_amqp_consumer_selection(broker: str, serializer: str, direct: bo
 
 def test_event_queue_declared_as_celerys_receiver_declares_it() -> None:
     from celery import Celery
-    from kombu import Queue
+    from kombu.transport.base import to_rabbitmq_queue_arguments
 
     from flower_practices.events.fast_amqp import AmqpEventStream, queue_arguments
     from flower_practices.events.status import StreamStatus
@@ -153,8 +153,8 @@ def test_event_queue_declared_as_celerys_receiver_declares_it() -> None:
     for ttl, expires in ((5.0, 60.0), (0.5, 2.25)):
         app.conf.event_queue_ttl, app.conf.event_queue_expires = ttl, expires
         # kombu's conversion of the receiver's message_ttl/expires (seconds -> ms)
-        assert queue_arguments(app) == Queue("x", message_ttl=ttl,
-                                             expires=expires).queue_arguments
+        assert queue_arguments(app) == to_rabbitmq_queue_arguments(
+            {}, message_ttl=ttl, expires=expires)
     stream = AmqpEventStream(app, lambda e: None, StreamStatus())
     assert (stream.exchange, stream.queue_prefix) == ("celeryev", "celeryev")
     assert stream.exclusive and not stream.durable
