@@ -17,7 +17,9 @@ Events are published with py-amqp as Celery's dispatcher does (``basic.publish``
 ``hostname`` header, non-persistent); with ``group`` > 1 each worker's task events go
 out as list bodies of up to ``group`` events (routing key ``task.multi``).
 
-Nothing lost is checked, not assumed: each subject's count of events received is read at
+Every subject loads :mod:`bench.amqp_bench_app` (event queue message TTL 600 s instead of
+5 s, so a subject that falls behind on a busy machine catches up rather than losing
+events). Nothing lost is checked, not assumed: each subject's count of events received is read at
 the end (``a``: its own count; ``b``: ``flower_practices_events_total``; ``c``/``d``:
 Flower's ``flower_events_total``) and compared with the events published. CPU is read
 from ``/proc/<pid>/stat`` as in :mod:`bench.stream_bench`.
@@ -52,6 +54,8 @@ from bench.stream_bench import (
 )
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672"
+#: every subject loads this app: event queues keep messages 10 min, not 5 s (see there)
+BENCH_APP = "bench.amqp_bench_app"
 LABELS = {
     "a": "bare celery Receiver, counting handler",
     "b": "flower-practices exporter, all rules (direct AMQP consumer)",
@@ -154,7 +158,12 @@ def run_stream(url: str, vhost: str, which: list[str], n_events: int, rate: floa
         s.label = LABELS.get(s.key, s.label)
         if s.key == "a":
             s.argv = [sys.executable, str(ROOT / "bench" / "counting_receiver.py"), url,
-                      str(count_file)]
+                      str(count_file), BENCH_APP]
+        elif s.key in ("c", "d"):  # celery -A <app> --broker ... flower
+            i = s.argv.index("celery") + 1
+            s.argv[i:i] = ["-A", BENCH_APP]
+        else:
+            s.argv += ["--app", BENCH_APP]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for s in subs:
         s.log = workdir / f"{s.key}.log"

@@ -1,6 +1,7 @@
 """Benchmark subject (a) on RabbitMQ: Celery's own ``EventReceiver``, counting events.
 
-Usage: ``python bench/counting_receiver.py BROKER_URL COUNT_FILE`` (runs until killed);
+Usage: ``python bench/counting_receiver.py BROKER_URL COUNT_FILE [APP]`` (runs until
+killed; APP: a module whose ``app`` supplies the configuration, e.g. the event queue TTL);
 on SIGUSR1 it writes the number of events received to COUNT_FILE, so the benchmark can
 check that nothing was lost. The handler is one integer increment (negligible next to
 the receiver's per-event work).
@@ -8,6 +9,7 @@ the receiver's per-event work).
 
 from __future__ import annotations
 
+import importlib
 import signal
 import sys
 from pathlib import Path
@@ -15,8 +17,10 @@ from pathlib import Path
 from celery import Celery
 
 
-def main(broker: str, count_file: str) -> None:
+def main(broker: str, count_file: str, app_module: str | None = None) -> None:
     app = Celery("bench", broker=broker, set_as_current=False)
+    if app_module:
+        app.conf.update(importlib.import_module(app_module).app.conf.changes)
     seen = [0]
 
     def handler(event: dict) -> None:
@@ -32,4 +36,4 @@ def main(broker: str, count_file: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])
