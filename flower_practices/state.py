@@ -283,11 +283,16 @@ class RuntimeState:
             worker.running += 1
         else:
             worker.reserved += 1
-            q = self.queue(rec.queue) if rec.queue else None
-            if q is not None:
-                rec.counted_queue = q
-                per_queue = worker.queue_reserved
-                per_queue[q] = per_queue.get(q, 0) + 1
+            if rec.queue:
+                self._count_queue(rec, worker, self.queue(rec.queue))
+
+    @staticmethod
+    def _count_queue(rec: TaskRecord, worker: WorkerRecord, q: QueueRecord | None) -> None:
+        """Count reserved ``rec`` in its queue ``q`` on ``worker`` (none: not counted)."""
+        if q is not None:
+            rec.counted_queue = q
+            per_queue = worker.queue_reserved
+            per_queue[q] = per_queue.get(q, 0) + 1
 
     def _release(self, rec: TaskRecord) -> None:
         """Undo what ``rec`` is counted as on its worker (exactly once)."""
@@ -399,6 +404,11 @@ class RuntimeState:
                 q.last_sent_at = ts
                 q.last_active = self.last_event_at
                 self.queues.move_to_end(queue)
+                if rec.counted == RESERVED and rec.counted_queue is None:
+                    # its task-received came first, when its queue was not known yet
+                    worker = self.workers.get(rec.hostname)
+                    if worker is not None and worker.epoch == rec.counted_epoch:
+                        self._count_queue(rec, worker, q)
         rec.sent_at = ts
         rec.has_sent = True
         retries = event.get("retries")
