@@ -151,8 +151,11 @@ def _params(url: str) -> dict:
 
 
 def run_stream(url: str, vhost: str, which: list[str], n_events: int, rate: float,
-               idle_seconds: float, workdir: Path, group: int) -> tuple[list[Subject], dict]:
-    subs = subjects(url, which, workdir)
+               idle_seconds: float, workdir: Path, group: int,
+               subs: list[Subject]) -> dict:
+    """Run the stream; ``subs`` (empty) is filled with the subjects as they are started,
+    so that the caller stops them whatever happens."""
+    subs += subjects(url, which, workdir)
     count_file = workdir / "a.count"
     for s in subs:
         s.label = LABELS.get(s.key, s.label)
@@ -176,7 +179,9 @@ def run_stream(url: str, vhost: str, which: list[str], n_events: int, rate: floa
             if s.proc.poll() is not None:
                 raise SystemExit(f"subject {s.key} exited:\n{s.log.read_text()[-3000:]}")
         if time.time() > deadline:
-            raise SystemExit("subjects did not subscribe within 90 s")
+            logs = "\n".join(f"--- {s.key}:\n{s.log.read_text()[-1500:]}" for s in subs)
+            raise SystemExit(f"subjects did not subscribe within 90 s "
+                             f"({event_consumers(vhost)} of {len(subs)}):\n{logs}")
         time.sleep(0.5)
     time.sleep(3.0)  # start-up work (wake-up broadcast, first evaluation) settles
 
@@ -230,7 +235,7 @@ def run_stream(url: str, vhost: str, which: list[str], n_events: int, rate: floa
                 if count_file.exists() else None
     meta = {"broker": "rabbitmq", "events": n_events, "messages": len(msgs), "group": group,
             "rate": rate, "publish_seconds": publish_seconds}
-    return subs, meta
+    return meta
 
 
 def bench_amqp_stream(which: list[str], n_events: int, rate: float, idle_seconds: float,
@@ -246,8 +251,8 @@ def bench_amqp_stream(which: list[str], n_events: int, rate: float, idle_seconds
     workdir = Path(tempfile.mkdtemp(prefix="fp-bench-amqp-"))
     subs: list[Subject] = []
     try:
-        subs, meta = run_stream(url, vhost, which, n_events, rate, idle_seconds, workdir,
-                                group)
+        meta = run_stream(url, vhost, which, n_events, rate, idle_seconds, workdir, group,
+                          subs)
         meta["subjects"] = {s.key: {"label": s.label, **s.result} for s in subs}
         lost = {k: v.get("events_seen") for k, v in meta["subjects"].items()
                 if v.get("events_seen") != meta["events"]}

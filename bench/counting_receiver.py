@@ -20,7 +20,9 @@ from celery import Celery
 def main(broker: str, count_file: str, app_module: str | None = None) -> None:
     app = Celery("bench", broker=broker, set_as_current=False)
     if app_module:
-        app.conf.update(importlib.import_module(app_module).app.conf.changes)
+        conf = importlib.import_module(app_module).app.conf
+        for key in ("event_queue_ttl", "event_queue_expires"):  # not its broker_url
+            app.conf[key] = conf[key]
     seen = [0]
 
     def handler(event: dict) -> None:
