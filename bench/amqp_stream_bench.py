@@ -21,12 +21,15 @@ Every subject loads :mod:`bench.amqp_bench_app` (event queue message TTL 600 s i
 5 s, so a subject that falls behind on a busy machine catches up rather than losing
 events). Nothing lost is checked, not assumed: each subject's count of events received is read at
 the end (``a``: its own count; ``b``: ``flower_practices_events_total``; ``c``/``d``:
-Flower's ``flower_events_total``) and compared with the events published. CPU is read
+Flower's ``flower_events_total``, which counts task events only) and compared with the
+events published; CPU is read once every subject has counted all of them (Flower queues
+events on its IOLoop, so its receiver going idle does not mean it is done). CPU is read
 from ``/proc/<pid>/stat`` as in :mod:`bench.stream_bench`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -119,6 +122,21 @@ def flower_event_count(s: Subject) -> float | None:
                if line.startswith("flower_events_total{"))
 
 
+def event_count(s: Subject, count_file: Path) -> float | None:
+    """Events ``s`` has counted so far (None if unreadable)."""
+    if s.key.startswith("b"):
+        return exporter_event_count(s)
+    if s.key in ("c", "d"):
+        return flower_event_count(s)
+    count_file.unlink(missing_ok=True)
+    s.proc.send_signal(signal.SIGUSR1)
+    for _ in range(50):
+        with contextlib.suppress(OSError, ValueError):
+            return float(count_file.read_text())
+        time.sleep(0.1)
+    return None
+
+
 def _publish(url: str, msgs: list, rate: float) -> float:
     conn = amqp.Connection(**_params(url))
     conn.connect()
@@ -199,8 +217,21 @@ def run_stream(url: str, vhost: str, which: list[str], n_events: int, rate: floa
         s.cpu0, s.t0 = cpu_seconds(s.proc.pid), time.time()
     print(f"  publishing at {rate:.0f} events/s to vhost {vhost}...", file=sys.stderr)
     publish_seconds = _publish(url, msgs, rate)
+    # what each subject must count: Flower's flower_events_total counts task events only
+    worker_events = sum(n for key, _, _, n in msgs if key.startswith("worker."))
+    expected = {s.key: n_events - worker_events if s.key in ("c", "d") else n_events
+                for s in subs}
+
+    def counts() -> dict[str, float | None]:
+        return {s.key: event_count(s, count_file) for s in subs}
+
+    # done when every subject has counted all its events (Flower queues events on its
+    # IOLoop, so an idle receiver thread does not mean done) and its CPU is back at idle;
+    # or, if some never get there, when the counts stop moving
     prev = {s.key: cpu_seconds(s.proc.pid) for s in subs}
-    settle_deadline = time.time() + 180
+    last: dict[str, float | None] = {}
+    still = 0
+    settle_deadline = time.time() + 300
     while time.time() < settle_deadline:
         time.sleep(1.0)
         busy = False
@@ -209,7 +240,10 @@ def run_stream(url: str, vhost: str, which: list[str], n_events: int, rate: floa
             if now - prev[s.key] > s.idle_rate * 1.0 + 2.0 / TICK:
                 busy = True
             prev[s.key] = now
-        if not busy:
+        seen = counts()
+        still = still + 1 if seen == last else 0
+        last = seen
+        if not busy and (seen == expected or still >= 5):
             break
     for s in subs:
         cpu1, t1 = cpu_seconds(s.proc.pid), time.time()
@@ -219,20 +253,9 @@ def run_stream(url: str, vhost: str, which: list[str], n_events: int, rate: floa
             "cpu_seconds": cpu1 - s.cpu0,
             "idle_cpu_percent": s.idle_rate * 100.0,
             "peak_rss_mib": peak_rss_mib(s.proc.pid),
+            "events_seen": last.get(s.key),
+            "events_expected": expected[s.key],
         }
-    for s in subs:
-        if s.key.startswith("b"):
-            s.result["events_seen"] = exporter_event_count(s)
-        elif s.key in ("c", "d"):
-            s.result["events_seen"] = flower_event_count(s)
-        elif s.key == "a":
-            s.proc.send_signal(signal.SIGUSR1)
-            for _ in range(50):
-                if count_file.exists() and count_file.read_text().strip():
-                    break
-                time.sleep(0.1)
-            s.result["events_seen"] = float(count_file.read_text()) \
-                if count_file.exists() else None
     meta = {"broker": "rabbitmq", "events": n_events, "messages": len(msgs), "group": group,
             "rate": rate, "publish_seconds": publish_seconds}
     return meta
@@ -255,7 +278,7 @@ def bench_amqp_stream(which: list[str], n_events: int, rate: float, idle_seconds
                           subs)
         meta["subjects"] = {s.key: {"label": s.label, **s.result} for s in subs}
         lost = {k: v.get("events_seen") for k, v in meta["subjects"].items()
-                if v.get("events_seen") != meta["events"]}
+                if v.get("events_seen") != v["events_expected"]}
         meta["lost"] = lost
         return meta
     finally:

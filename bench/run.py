@@ -45,9 +45,10 @@ def print_stream(result: dict) -> None:
     print(f"\n(d) vs (c) CPU: {ratio(subjects, 'd', 'c')}")
     for key, s in subjects.items():
         if "events_seen" in s:
-            print(f"({key}) events received = {s['events_seen']}")
+            expected = f" of {s['events_expected']}" if "events_expected" in s else ""
+            print(f"({key}) events received = {s['events_seen']}{expected}")
     if "lost" in result:
-        print(f"events lost (subject: received, of {result['events']}): {result['lost'] or 'none'}")
+        print(f"subjects that lost events: {result['lost'] or 'none'}")
 
 
 def main(argv: list[str] | None = None) -> int:
