@@ -10,12 +10,16 @@
 - The backlog prefetched by a worker (received, not started) appears as
   ``celery_queue_reserved_tasks`` beside ``celery_queue_length``, and in
   ``queue_starvation``'s evidence; it goes back to 0 once the worker catches up.
+- Flower with the plugin keeps a busy RabbitMQ stream (heartbeats sent while events
+  flow): nothing lost, no reconnect.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import uuid
 
 import pytest
 from celery import Celery
@@ -154,3 +158,39 @@ def test_prefetched_backlog_of_a_starved_queue(broker: str,
                                         task="queues.quick") == 7, timeout=40,
                  message="backlog done")
         wait_for(lambda: split() == (0.0, 0.0), timeout=10, message="nothing left waiting")
+
+
+def test_flower_plugin_keeps_a_busy_rabbitmq_stream(amqp_url: str, tmp_path) -> None:
+    """Events arriving more often than Flower's drain timeout for longer than two AMQP
+    heartbeat intervals (RabbitMQ drops a silent client ~30 s after its last frame): the plugin's receiver must keep sending heartbeats,
+    or RabbitMQ drops it and its event queue with the events in it."""
+    from tests.support.events import publish_raw
+    from tests.test_flower_plugin_integration import FlowerProcess
+
+    flower = FlowerProcess(amqp_url, ["flower-practices"], tmp_path)
+    try:
+        wait_for(lambda: flower.get("/healthz")[0] == 200, timeout=60,
+                 message=f"Flower's /healthz 200\n{flower.output()}")
+        sent = 0
+        t_end = time.time() + 45.0
+        while time.time() < t_end:
+            batch = [("task.sent", json.dumps({
+                "type": "task-sent", "uuid": str(uuid.uuid4()), "name": "busy.task",
+                "queue": "celery", "hostname": "client@h", "timestamp": time.time(),
+                "utcoffset": 0, "clock": 1}).encode(), {}) for _ in range(10)]
+            sent += publish_raw(amqp_url, batch)
+            time.sleep(0.1)
+
+        def counted() -> float:
+            return sum(float(line.rsplit(" ", 1)[1])
+                       for line in flower.get("/metrics")[1].splitlines()
+                       if line.startswith("flower_events_total{")
+                       and 'task="busy.task"' in line)
+
+        wait_for(lambda: counted() == sent, timeout=30,
+                 message=f"Flower counted all {sent} events")
+        metrics = flower.get("/metrics")[1]
+        assert "flower_practices_broker_reconnects_total 0.0" in metrics
+        assert "flower_practices_event_stream_gaps_total 0.0" in metrics
+    finally:
+        flower.stop()
