@@ -161,9 +161,10 @@ def test_prefetched_backlog_of_a_starved_queue(broker: str,
 
 
 def test_flower_plugin_keeps_a_busy_rabbitmq_stream(amqp_url: str, tmp_path) -> None:
-    """Events arriving more often than Flower's drain timeout for longer than two AMQP
-    heartbeat intervals (RabbitMQ drops a silent client ~30 s after its last frame): the plugin's receiver must keep sending heartbeats,
-    or RabbitMQ drops it and its event queue with the events in it."""
+    """Events arriving more often than Flower's drain timeout for longer than RabbitMQ
+    waits on a silent client (~30 s after its last frame): the plugin's receiver must
+    keep sending heartbeats, or RabbitMQ drops it and its event queue with the events
+    in it."""
     from tests.support.events import publish_raw
     from tests.test_flower_plugin_integration import FlowerProcess
 
