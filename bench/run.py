@@ -35,7 +35,8 @@ def ratio(subjects: dict, key: str, ref: str) -> str:
 
 def print_stream(result: dict) -> None:
     subjects = result["subjects"]
-    print(f"\n## Event stream: {result['events']} events in {result['messages']} messages "
+    print(f"\n## Event stream ({result.get('broker', 'redis')}): {result['events']} events "
+          f"in {result['messages']} messages "
           f"(group {result['group']}) at {result['rate']:.0f} events/s "
           f"(published in {result['publish_seconds']:.1f} s)\n")
     print("| subject | CPU µs/event | vs (a) | peak RSS MiB | idle CPU % |")
@@ -47,7 +48,10 @@ def print_stream(result: dict) -> None:
     print(f"\n(d) vs (c) CPU: {ratio(subjects, 'd', 'c')}")
     for key, s in subjects.items():
         if "events_seen" in s:
-            print(f"({key}) flower_practices_events_total = {s['events_seen']}")
+            expected = f" of {s['events_expected']}" if "events_expected" in s else ""
+            print(f"({key}) events received = {s['events_seen']}{expected}")
+    if "lost" in result:
+        print(f"subjects that lost events: {result['lost'] or 'none'}")
     print_targets(result)
 
 
@@ -109,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="events in the sustained benchmark (default 300000)")
     parser.add_argument("--idle-seconds", type=float, default=5.0,
                         help="seconds of idle CPU measured per subject (default 5)")
+    parser.add_argument("--broker", default="redis", choices=("redis", "rabbitmq"),
+                        help="broker carrying the stream (rabbitmq: bench/amqp_stream_bench.py,"
+                             " a fresh vhost on --amqp-url)")
+    parser.add_argument("--amqp-url", default=None,
+                        help="RabbitMQ for --broker rabbitmq (default amqp://guest:guest@"
+                             "127.0.0.1:5672)")
     parser.add_argument("--redis-url", default=None,
                         help="use this Redis instead of a private redis-server")
     parser.add_argument("--tasks", type=int, default=1_000_000,
@@ -131,8 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         results["stream"] = []
         for group in (int(g) for g in args.group.split(",")):
             print(f"stream benchmark (group {group})...", file=sys.stderr)
-            stream = bench_stream(args.subjects.split(","), args.events, args.rate,
-                                  args.idle_seconds, args.redis_url, group)
+            if args.broker == "rabbitmq":
+                from bench.amqp_stream_bench import bench_amqp_stream
+
+                stream = bench_amqp_stream(args.subjects.split(","), args.events, args.rate,
+                                           args.idle_seconds, args.amqp_url, group)
+            else:
+                stream = bench_stream(args.subjects.split(","), args.events, args.rate,
+                                      args.idle_seconds, args.redis_url, group)
             stream["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
             results["stream"].append(stream)
             print_stream(stream)

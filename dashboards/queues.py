@@ -39,7 +39,8 @@ def build() -> db.Dashboard:
     board = dashboard(
         UID, "Celery / Queues",
         "Broker queues as flower-practices sees them: messages waiting (priority "
-        "sub-queues separately), consumers, how long tasks wait before they start, and "
+        "sub-queues separately where the broker tells them), tasks prefetched by workers, "
+        "consumers, how long tasks wait before they start, and "
         "starved or unconsumed queues.",
         [label_variable("queue", "Queue",
                         'label_values(celery_queue_length{job=~"$job"}, queue)')])
@@ -65,13 +66,24 @@ def build() -> db.Dashboard:
         f"max({wait_quantile(0.95)})", steps=[(None, "green"), (60, "orange")]))
     board.with_panel(graph(
         "Queue length by queue and priority",
-        "Messages waiting per queue; priority sub-queues (Redis) have their own series "
-        "(priority \"0\" is the plain queue).", "short",
+        "Messages waiting per queue. Redis: one series per priority sub-queue (priority "
+        "\"0\"-\"9\"; a plain queue has only \"0\"). RabbitMQ (and other transports) cannot "
+        "split a queue's depth by priority: its whole depth is one series with priority "
+        "\"\" (empty), x-max-priority queue or not.", "short",
         [query(f"sum by (queue, priority) ({length})", "{{queue}} priority {{priority}}")]))
     board.with_panel(graph(
         "Consumers by queue",
         "Consumers per queue (RabbitMQ's count, else workers' active_queues).", "short",
         [query(f"sum by (queue) ({consumers})", "{{queue}}")]))
+    board.with_panel(graph(
+        "Backlog: in the broker and prefetched by workers",
+        "Per queue: messages in the broker (celery_queue_length, all priorities) and tasks "
+        "received by live workers but not started (celery_queue_reserved_tasks, from "
+        "events). Prefetched messages leave the broker's count: during a priority "
+        "inversion the broker can say 0 while workers hold the backlog.", "short",
+        [query(f"sum by (queue) ({length})", "{{queue}} in broker", ref="A"),
+         query(f"sum by (queue) ({series('celery_queue_reserved_tasks', Q)})",
+               "{{queue}} reserved on workers", ref="B")], width=24))
     board.with_row(row("Queue wait"))
     board.with_panel(graph(
         "Queue wait p50 / p95 / p99",

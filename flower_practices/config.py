@@ -61,8 +61,9 @@ class Settings:
     max_series_per_metric: int = DEFAULT_MAX_SERIES_PER_METRIC
     #: ask workers to enable task events (off: we want to detect when they are off)
     enable_events: bool = False
-    #: event ingestion: "auto" (direct Redis pub/sub when the broker is plain Redis, else
-    #: Celery's receiver) or "kombu" (always Celery's generic receiver)
+    #: event ingestion: "auto" (direct Redis pub/sub when the broker is plain Redis, the
+    #: direct AMQP consumer on amqp:// and pyamqp://, else Celery's receiver) or "kombu"
+    #: (always Celery's generic receiver)
     event_consumer: str = "auto"
     #: standalone exporter: `/metrics` is rendered at most once per this many seconds per
     #: format, off the event loop; concurrent scrapers share one rendering (0: render for

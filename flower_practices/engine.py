@@ -316,7 +316,8 @@ class Engine:
         ups, busy = state.worker_gauges(now)
         return EngineView(
             findings=self.findings.active(), metrics=self.metrics, stream=self.stream_status,
-            queue_lengths=lengths, queue_consumers=consumers, workers_up=ups,
+            queue_lengths=lengths, queue_consumers=consumers,
+            queue_reserved=state.reserved_gauges(now), workers_up=ups,
             workers_busy=busy, probe_errors=self.probe_errors, rule_errors=self.rule_errors,
             label_overflow=state.label_overflow(), tasks_evicted=state.tasks.evicted,
             tracked_tasks=len(state.tasks), last_evaluation_seconds=self.last_evaluation_seconds,
@@ -356,6 +357,8 @@ class EngineView:
     #: capped label summed)
     queue_lengths: dict[tuple[str, str], float]
     queue_consumers: dict[str, float]
+    #: queue label -> tasks received by live workers, not started (every known queue)
+    queue_reserved: dict[str, float]
     #: worker label -> 1/0; worker label -> [reserved, running] of the live ones
     workers_up: dict[str, float]
     workers_busy: dict[str, list[int]]

@@ -56,8 +56,12 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "histogram", "Time from task-sent (or task-received) to task-started, per queue",
         ("queue",)),
     "celery_queue_length": (
-        "gauge", "Messages waiting in a broker queue (priority sub-queues separately)",
-        ("queue", "priority")),
+        "gauge", "Messages waiting in a broker queue: per priority sub-queue where the broker "
+        "tells (Redis: priority 0-9), else the whole depth as priority=\"\" (RabbitMQ, "
+        "other transports)", ("queue", "priority")),
+    "celery_queue_reserved_tasks": (
+        "gauge", "Tasks of a queue received by live workers but not started (prefetched, no "
+        "longer in celery_queue_length; from events)", ("queue",)),
     "celery_queue_consumers": (
         "gauge", "Consumers of a broker queue (RabbitMQ count, else workers' active_queues)",
         ("queue",)),
@@ -330,7 +334,11 @@ def _queue_families(view: EngineView) -> list[Metric]:
     consumers = _family("celery_queue_consumers")
     for label, n in view.queue_consumers.items():
         consumers.add_metric([label], n)
-    return [length, consumers]
+    # the backlog prefetched by live workers, beside the broker's own length (0 when none)
+    reserved = _family("celery_queue_reserved_tasks")
+    for label, n in view.queue_reserved.items():
+        reserved.add_metric([label], n)
+    return [length, consumers, reserved]
 
 
 def _worker_families(view: EngineView) -> list[Metric]:

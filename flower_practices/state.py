@@ -18,6 +18,9 @@ Lifecycle (what leaves the state, and when):
   offline or restarts (its running tasks then become its ``orphans``, for ``lost_task``).
   A sent task without an eta is in its queue's ``pending`` index until a worker takes it.
   These indexes are what evaluation reads: it never scans every tracked task.
+  A reserved record is also counted per queue on its worker (``queue_reserved``), so the
+  backlog prefetched by live workers is known per queue without a scan of the tasks
+  (:meth:`RuntimeState.reserved_by_queue`).
 - A worker restart is a worker-online event, a heartbeat after worker-offline, or a
   heartbeat whose ``processed`` counter went down (a new process counts from zero).
 - At ``max_workers`` a dead worker among the least recently seen makes room for a new
@@ -72,7 +75,7 @@ class TaskRecord:
 
     __slots__ = ("uuid", "name", "queue", "sent_at", "received_at", "started_at", "hostname",
                  "retries", "state", "has_sent", "updated_at", "counted", "counted_epoch",
-                 "straggler", "eta", "pending", "wait")
+                 "straggler", "eta", "pending", "wait", "counted_queue")
 
     def __init__(self, uuid: str) -> None:
         self.uuid = uuid
@@ -99,6 +102,8 @@ class TaskRecord:
         self.pending = False
         #: seconds its last start waited (since sent, else received); None: not measured
         self.wait: float | None = None
+        #: the queue it is counted reserved in, on its worker (``WorkerRecord.queue_reserved``)
+        self.counted_queue: QueueRecord | None = None
 
 
 #: events by which a worker shows it took a task from a queue
@@ -114,7 +119,7 @@ class WorkerRecord:
                  "first_processed", "task_events", "reserved_tasks", "running_tasks",
                  "orphans", "active_queues",
                  "sw_ident", "label", "online_since", "prefetch", "concurrency", "epoch",
-                 "restarted_at", "offline_at", "created_at", "queues_seen")
+                 "restarted_at", "offline_at", "created_at", "queues_seen", "queue_reserved")
 
     def __init__(self, hostname: str, label: str) -> None:
         self.hostname = hostname
@@ -148,6 +153,8 @@ class WorkerRecord:
         #: queue -> when it last received/started a task from it (consumer knowledge that
         #: needs no remote control: a busy solo pool cannot answer inspect); bounded
         self.queues_seen: dict[str, float] = {}
+        #: queue -> tasks of it received here but not started (``reserved`` by queue)
+        self.queue_reserved: dict[QueueRecord, int] = {}
 
     @property
     def reserved(self) -> int:
@@ -318,6 +325,7 @@ class RuntimeState:
             worker.orphans.update(worker.running_tasks)
             worker.running_tasks = {}
         worker.reserved_tasks = {}
+        worker.queue_reserved.clear()
 
     def _count(self, rec: TaskRecord, worker: WorkerRecord, kind: int) -> None:
         rec.counted = kind
@@ -326,6 +334,16 @@ class RuntimeState:
             worker.running_tasks[rec.uuid] = rec
         else:
             worker.reserved_tasks[rec.uuid] = rec
+            if rec.queue:
+                self._count_queue(rec, worker, self.queue(rec.queue))
+
+    @staticmethod
+    def _count_queue(rec: TaskRecord, worker: WorkerRecord, q: QueueRecord | None) -> None:
+        """Count reserved ``rec`` in its queue ``q`` on ``worker`` (none: not counted)."""
+        if q is not None:
+            rec.counted_queue = q
+            per_queue = worker.queue_reserved
+            per_queue[q] = per_queue.get(q, 0) + 1
 
     def _release(self, rec: TaskRecord) -> None:
         """Undo what ``rec`` is counted as on its worker and in its queue (exactly once):
@@ -336,15 +354,24 @@ class RuntimeState:
         if not kind:
             return
         rec.counted = NOT_COUNTED
+        q, rec.counted_queue = rec.counted_queue, None
         worker = self.workers.get(rec.hostname)
         if worker is None:
             return
         if worker.epoch != rec.counted_epoch:
-            worker.orphans.pop(rec.uuid, None)
-        elif kind == RUNNING:
+            worker.orphans.pop(rec.uuid, None)  # its per-queue count went with the epoch
+            return
+        if kind == RUNNING:
             worker.running_tasks.pop(rec.uuid, None)
         else:
             worker.reserved_tasks.pop(rec.uuid, None)
+        if q is not None:
+            per_queue = worker.queue_reserved
+            n = per_queue.get(q, 0) - 1
+            if n > 0:
+                per_queue[q] = n
+            else:
+                per_queue.pop(q, None)
 
     def _unpend(self, rec: TaskRecord) -> None:
         rec.pending = False
@@ -447,6 +474,11 @@ class RuntimeState:
                 q.last_sent_at = ts
                 q.last_active = self.last_event_at
                 self.queues.move_to_end(queue)
+                if rec.counted == RESERVED and rec.counted_queue is None:
+                    # its task-received came first, when its queue was not known yet
+                    worker = self.workers.get(rec.hostname)
+                    if worker is not None and worker.epoch == rec.counted_epoch:
+                        self._count_queue(rec, worker, q)
         elif rec.queue:
             q = self.queues.get(rec.queue)
         rec.sent_at = ts
@@ -702,6 +734,14 @@ class RuntimeState:
                 consumers[q.label] = consumers.get(q.label, 0) + q.consumers
         return lengths, consumers
 
+    def reserved_gauges(self, now: float) -> dict[str, float]:
+        """Queue label -> tasks received by live workers but not started, for every known
+        queue (0 when none; records sharing a capped label summed)."""
+        out: dict[str, float] = dict.fromkeys((q.label for q in self.queues.values()), 0)
+        for q, n in self.reserved_by_queue(now).items():
+            out[q.label] = out.get(q.label, 0) + n
+        return out
+
     def worker_gauges(self, now: float) -> tuple[dict[str, float], dict[str, list[int]]]:
         """Worker label -> up (1/0), and -> [reserved, running] of the live ones. A worker
         that said goodbye (worker-offline: a warm shutdown, a scale-down) is not a worker
@@ -718,6 +758,16 @@ class RuntimeState:
                 counts[0] += w.reserved
                 counts[1] += w.running
         return ups, busy
+
+    def reserved_by_queue(self, now: float) -> dict[QueueRecord, int]:
+        """Tasks received by live workers but not started yet, per queue (periodic: one
+        pass over the workers' per-queue counters, never over the tasks)."""
+        out: dict[QueueRecord, int] = {}
+        for worker in self.workers.values():
+            if worker.queue_reserved and self.worker_alive(worker, now):
+                for q, n in worker.queue_reserved.items():
+                    out[q] = out.get(q, 0) + n
+        return out
 
     def label_overflow(self) -> dict[str, int]:
         """Values folded into ``__other__`` or not tracked at all, per capped label."""

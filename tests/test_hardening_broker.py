@@ -418,10 +418,13 @@ def _beam_pid(node: PrivateRabbit) -> int:
     return int(pidfile.read_text().strip())
 
 
-def test_frozen_rabbitmq_turns_healthz_503(private_rabbit: PrivateRabbit) -> None:
-    """SIGSTOP leaves the TCP connection open and silent: only heartbeats can tell."""
+@pytest.mark.parametrize("consumer", ["auto", "kombu"], ids=["direct-amqp", "kombu"])
+def test_frozen_rabbitmq_turns_healthz_503(private_rabbit: PrivateRabbit, consumer: str) -> None:
+    """SIGSTOP leaves the TCP connection open and silent: only heartbeats can tell (on the
+    direct AMQP consumer and on Celery's generic receiver)."""
     app, _ = load_app(None, private_rabbit.url)
-    with RunningExporter(app) as exporter:
+    cfg = Settings(evaluation_interval=1.0, probe_interval=1.0, event_consumer=consumer)
+    with RunningExporter(app, cfg) as exporter:
         wait_for(lambda: exporter.get("/healthz")[0] == 200, timeout=60,
                  message="healthz 200")
         pid = _beam_pid(private_rabbit)

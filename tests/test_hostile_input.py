@@ -1,6 +1,7 @@
 """Hostile input is normal input: batches of hostile events published into a real Redis
 and a real RabbitMQ (its own vhost), consumed by the real exporter process
-(``python -m flower_practices exporter``) on each consumer path, and through a real Flower
+(``python -m flower_practices exporter``) on each consumer path (direct Redis, direct
+AMQP, kombu on both), and through a real Flower
 with the plugin. After every batch: the process is alive, ``/metrics`` answers 200 and
 parses (text and OpenMetrics), ``/api/practices`` is strict JSON, every label value is at
 most 200 characters, the batch is counted under its own kind, and a normal event sent
@@ -58,8 +59,10 @@ OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 class ExporterProcess(RunningExporter):
     """``python -m flower_practices exporter`` as a subprocess; reads as RunningExporter."""
 
-    def __init__(self, broker: str, config: str) -> None:  # noqa: D107 - no super(): no app
+    def __init__(self, broker: str, config: str,  # noqa: D107 - no super(): no app
+                 log_level: str = "warning") -> None:
         self.port = free_port()
+        self.log_level = log_level
         self.broker = broker
         fd, path = tempfile.mkstemp(prefix="fp-hostile-", suffix=".toml")
         os.write(fd, config.encode())
@@ -73,7 +76,7 @@ class ExporterProcess(RunningExporter):
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "flower_practices", "exporter", "--broker", self.broker,
                  "--config", str(self.config), "--host", "127.0.0.1", "--port",
-                 str(self.port), "--log-level", "warning"],
+                 str(self.port), "--log-level", self.log_level],
                 stdout=out, stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         wait_for(lambda: self.alive() and self.get("/healthz")[0] == 200, timeout=40,
@@ -293,14 +296,19 @@ event_consumer = "{consumer}"
 @pytest.fixture(params=[
     pytest.param(("redis", "auto"), marks=pytest.mark.redis, id="redis-direct"),
     pytest.param(("redis", "kombu"), marks=pytest.mark.redis, id="redis-kombu"),
+    pytest.param(("amqp", "auto"), marks=pytest.mark.rabbitmq, id="rabbitmq-direct"),
     pytest.param(("amqp", "kombu"), marks=pytest.mark.rabbitmq, id="rabbitmq-kombu"),
 ])
 def hostile_exporter(request: pytest.FixtureRequest) -> Iterator[tuple[ExporterProcess, str]]:
     kind, consumer = request.param
     broker = fresh_redis_url() if kind == "redis" else request.getfixturevalue("amqp_url")
-    exporter = ExporterProcess(broker, CONFIG.format(consumer=consumer))
+    exporter = ExporterProcess(broker, CONFIG.format(consumer=consumer), log_level="info")
     try:
         exporter.start()
+        if consumer == "auto":  # the lean consumer of that broker, not the fallback
+            path = "direct Redis pub/sub" if kind == "redis" else "direct AMQP consumer"
+            wait_for(lambda: f"connected to the broker ({path})" in exporter.output(),
+                     timeout=10, message=f"{path} in use\n{exporter.output()}")
         yield exporter, broker
     finally:
         exporter.stop()

@@ -271,16 +271,34 @@ EVENT_CONSUMERS = ("auto", "kombu")
 
 def make_event_stream(app: Celery, handler: Callable[[dict], None], status: StreamStatus,
                       *, consumer: str = "auto", **kwargs: Any) -> threading.Thread:
-    """The event consumer thread for ``app``: the direct Redis path when it can be used
-    (``consumer="auto"``), else (or with ``consumer="kombu"``) Celery's generic receiver."""
+    """The event consumer thread for ``app``: the direct Redis path or the direct AMQP
+    consumer when one can be used (``consumer="auto"``), else (or with
+    ``consumer="kombu"``) Celery's generic receiver."""
     if consumer == "auto":
+        from .fast_amqp import AMQP_TRANSPORTS, AmqpEventStream, fast_amqp_unsupported
         from .fast_redis import RedisEventStream, fast_path_unsupported
 
-        why = fast_path_unsupported(app)
+        amqp_broker = _transport(app) in AMQP_TRANSPORTS
+        path = "direct AMQP consumer" if amqp_broker else "direct Redis path"
+        why = fast_amqp_unsupported(app) if amqp_broker else fast_path_unsupported(app)
         if why is None:
             try:
+                if amqp_broker:
+                    return AmqpEventStream(app, handler, status, **kwargs)
                 return RedisEventStream(app, handler, status, **kwargs)
             except Exception as exc:  # pragma: no cover - defensive: use the generic path
                 why = f"{type(exc).__name__}: {exc}"
-        log.info("using Celery's generic event receiver (direct Redis path: %s)", why)
+        log.info("using Celery's generic event receiver (%s: %s)", path, why)
     return EventStream(app, handler, status, **kwargs)
+
+
+def _transport(app: Celery) -> str:
+    """The transport name of ``app``'s broker URL ("" when it cannot be parsed)."""
+    try:
+        conn = app.connection_for_read()
+    except Exception:
+        return ""
+    try:
+        return str(conn.transport_cls)
+    finally:
+        conn.release()

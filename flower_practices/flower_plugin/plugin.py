@@ -27,6 +27,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -148,11 +149,25 @@ class StatusReceiver(EventReceiver):
         conn = super().create_connection()
         return with_liveness(conn) if self._status() is not None else conn
 
+    def on_iteration(self) -> None:
+        # ConsumerMixin checks heartbeats only when a drain times out; on a busy stream
+        # that is never, and RabbitMQ drops a silent consumer after two missed heartbeats
+        # (its exclusive queue, and the events in it, deleted with it). Check at most once
+        # a second while events flow, as the exporter's receiver does.
+        connection = getattr(self, "_fp_consuming", None)
+        if connection is None:
+            return
+        now = time.monotonic()
+        if now >= getattr(self, "_fp_next_heartbeat_check", 0.0):
+            self._fp_next_heartbeat_check = now + 1.0
+            connection.heartbeat_check()
+
     def on_consume_ready(self, connection: Any, channel: Any, consumers: Any,
                          wakeup: bool = True, **kwargs: Any) -> None:
         status = self._status()
         if status is not None:
             report_missed_heartbeat(connection, status)
+            self._fp_consuming = connection
         # Flower's wakeup broadcast first: if the broker freezes during it, the call fails
         # (bounded reads) and the stream was never reported connected
         super().on_consume_ready(connection, channel, consumers, wakeup=wakeup, **kwargs)

@@ -5,6 +5,17 @@
   supplies it).
 - RabbitMQ (AMQP): a passive ``queue.declare`` returns message and consumer counts.
 - Other kombu virtual transports (memory, filesystem...): the channel's own size.
+
+The ``priority`` label means one thing on every broker (:data:`PRIORITY_UNKNOWN`):
+
+- ``"0"``..``"9"``: messages in that priority sub-queue, as the broker can tell (Redis;
+  a plain Redis queue has only ``"0"``);
+- ``""``: the queue's whole depth, split by priority unknown. RabbitMQ cannot tell the
+  split (a passive ``queue.declare`` returns only message and consumer counts, not even
+  the queue's ``x-max-priority``; the management API is a plugin we cannot count on;
+  ``task-sent`` events carry no priority), so every RabbitMQ queue, priority queue or
+  not, is reported as ``priority=""``, as are other transports. ``"0"`` therefore never
+  stands for a queue's total on a broker that cannot split it.
 """
 
 from __future__ import annotations
@@ -18,11 +29,14 @@ from kombu import Connection
 PRIORITY_SEP = "\x06\x16"
 #: priorities probed on Redis: kombu maps priorities 0..9 onto at most 10 sub-queues
 REDIS_PRIORITIES = tuple(range(10))
+#: the ``priority`` label of a depth whose split by priority the broker cannot tell
+PRIORITY_UNKNOWN = ""
 
 
 @dataclass(slots=True)
 class QueueSample:
-    """Lengths by priority label (``"0"`` is the plain queue) and consumers, if known."""
+    """Lengths by priority label (``"0"``..``"9"``: that sub-queue; :data:`PRIORITY_UNKNOWN`:
+    the whole depth, split unknown) and consumers, if known."""
 
     lengths: dict[str, int] = field(default_factory=dict)
     consumers: int | None = None
@@ -70,7 +84,8 @@ def probe_amqp(conn: Connection, queues: list[str]) -> dict[str, QueueSample]:
                     channel.close()
                 channel = conn.channel()
                 continue
-            out[queue] = QueueSample(lengths={"0": int(messages)}, consumers=int(consumers))
+            out[queue] = QueueSample(lengths={PRIORITY_UNKNOWN: int(messages)},
+                                     consumers=int(consumers))
     finally:
         with contextlib.suppress(Exception):
             channel.close()
@@ -85,7 +100,7 @@ def probe_virtual(conn: Connection, queues: list[str]) -> dict[str, QueueSample]
             n = channel._size(queue)
         except Exception:
             n = 0
-        out[queue] = QueueSample(lengths={"0": int(n or 0)})
+        out[queue] = QueueSample(lengths={PRIORITY_UNKNOWN: int(n or 0)})
     return out
 
 

@@ -10,7 +10,9 @@ whose oldest waiting task, exceeds ``max_wait_seconds``. A queue with no consume
 (:func:`~flower_practices.rules.queue_view.no_consumer`, the fact
 ``queue_without_consumer`` reports) is never reported here: one cause, one finding.
 The evidence names the queues whose tasks occupied the workers that consume the starved
-queue (priority inversion).
+queue (priority inversion), and the backlog both ways: ``queue_length`` (the broker's
+count) and ``reserved_on_workers`` (received by live workers, not started: prefetched
+messages the broker no longer counts).
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class QueueStarvation(Rule):
         self._running: dict[tuple[str, str], int] = {}
         #: (worker, queue) -> (tasks started, busy ms) in the window, as of this round
         self._busy_now: dict[tuple[str, str], tuple[float, float]] = {}
+        #: queue -> tasks prefetched by live workers, as of this round (built on demand)
+        self._reserved: dict[str, int] | None = None
 
     def hooks(self):
         return {"task-started": self._on_started, "task-succeeded": self._on_done,
@@ -192,6 +196,7 @@ class QueueStarvation(Rule):
             del self.busy[key]
             del self._busy_now[key]
         oldest = self._scan(now)
+        self._reserved = None  # built once per round, when something is flagged
         for queue in sorted(set(self.waits) | set(oldest)):
             if self._unconsumed(queue, now):
                 continue  # one cause, one finding: queue_without_consumer reports it
@@ -215,8 +220,16 @@ class QueueStarvation(Rule):
     def _condition(self, queue: str, reasons: list[str], evidence: dict[str, Any],
                    now: float) -> Condition:
         inversion = self._inversion(queue, now)
+        if self._reserved is None:
+            self._reserved = {q.name: n for q, n in
+                              self.ctx.state.reserved_by_queue(now).items()}
+        qrec = self.ctx.state.queues.get(queue)
         evidence.update({
             "max_wait_seconds": self.max_wait, "window_seconds": self.window,
+            # the backlog as the operator sees it: in the broker, and prefetched by live
+            # workers but not started (celery_queue_reserved_tasks)
+            "queue_length": qrec.length if qrec is not None else None,
+            "reserved_on_workers": self._reserved.get(queue, 0),
             "wait_measured_from": "task-received" if self.from_received.get(queue)
             else "task-sent",
             **inversion,
