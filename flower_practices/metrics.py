@@ -97,6 +97,9 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "counter", "In-flight task records evicted because of the max_tracked_tasks cap", ()),
     "flower_practices_evaluation_duration_seconds": (
         "gauge", "Duration of the last rules evaluation", ()),
+    "flower_practices_last_evaluation_timestamp_seconds": (
+        "gauge", "Unix time the last finished rules evaluation started (0 before the first)",
+        ()),
     "flower_practices_tracked_tasks": ("gauge", "In-flight task records held", ()),
     "flower_practices_start_time_seconds": (
         "gauge", "Unix time this exporter (or the Flower plugin's engine) started", ()),
@@ -363,6 +366,9 @@ class PracticesCollector(Collector):
         out.append(fam)
         fam = _family("flower_practices_evaluation_duration_seconds")
         fam.add_metric([], engine.last_evaluation_seconds)
+        out.append(fam)
+        fam = _family("flower_practices_last_evaluation_timestamp_seconds")
+        fam.add_metric([], engine.last_evaluation_at)
         out.append(fam)
         fam = _family("flower_practices_tracked_tasks")
         fam.add_metric([], len(state.tasks))
