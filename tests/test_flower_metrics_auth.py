@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.exporter import free_port, wait_for
+from tests.support.process import log_tail, stop_process
 from tests.support.worker import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -58,16 +58,10 @@ class Flower:
             return 0, ""
 
     def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
+        return log_tail(self.log)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 @pytest.mark.parametrize("protected", [True, False], ids=["option-on", "option-off"])

@@ -25,6 +25,7 @@ from tests.apps.models import User
 from tests.conftest import make_producer
 from tests.support.brokers import fresh_redis_url, in_ci, release_redis_dbs
 from tests.support.exporter import free_port, wait_for
+from tests.support.process import log_tail, stop_process
 from tests.support.worker import ROOT, WorkerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -76,16 +77,10 @@ class FlowerProcess:
             return 0, ""
 
     def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
+        return log_tail(self.log)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -11,6 +10,8 @@ import time
 from pathlib import Path
 
 from celery import Celery
+
+from tests.support.process import kill_process, log_tail, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,23 +58,14 @@ class WorkerProcess:
         raise RuntimeError(f"worker did not answer ping within {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
-        return self.logfile.read_text(errors="replace")[-5000:]
+        return log_tail(self.logfile, 5000)
 
     def stop(self, timeout: float = 15.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop_process(self.proc, timeout)
 
     def kill(self) -> None:
         """SIGKILL: the worker dies without sending worker-offline or task results."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
+        kill_process(self.proc)
 
     def __enter__(self) -> WorkerProcess:
         return self
