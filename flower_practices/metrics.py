@@ -61,7 +61,9 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "celery_queue_consumers": (
         "gauge", "Consumers of a broker queue (RabbitMQ count, else workers' active_queues)",
         ("queue",)),
-    "celery_worker_up": ("gauge", "1 while a worker's heartbeats are fresh", ("worker",)),
+    "celery_worker_up": (
+        "gauge", "1 while a worker's heartbeats are fresh, 0 once they stopped without a "
+        "worker-offline (a worker that left cleanly has no series)", ("worker",)),
     "celery_worker_tasks_reserved": (
         "gauge", "Tasks received but not started, per worker (from events)", ("worker",)),
     "celery_worker_tasks_running": (
@@ -306,6 +308,8 @@ class PracticesCollector(Collector):
         busy: dict[str, list[int]] = {}
         for w in state.workers.values():
             alive = state.worker_alive(w, now)
+            if not alive and w.offline_at:
+                continue  # said goodbye (warm shutdown, scale-down): not a worker down
             ups[w.label] = max(ups.get(w.label, 0.0), 1.0 if alive else 0.0)
             if alive:
                 counts = busy.setdefault(w.label, [0, 0])

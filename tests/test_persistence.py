@@ -31,7 +31,7 @@ CLI = [sys.executable, "-m", "flower_practices"]
 CONFIG = """
 [exporter]
 evaluation_interval = 0.5
-probe_interval = 0.5
+probe_interval = 1.0
 
 [practices.lost_task]
 grace_seconds = 1

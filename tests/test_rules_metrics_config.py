@@ -464,3 +464,19 @@ def test_retry_storm_counts_each_offending_retry_exactly_once(received_first: bo
     e.evaluate(T0 + 20)
     # 4 zero-delay retries (two of them also over the limit of 2): 4 offending retries
     assert e.metrics.violations_total == {("retry_storm", "q", "t.flaky"): 4}
+
+
+# -- celery_worker_up: a clean goodbye is not a worker down -----------------------------------
+def test_worker_up_drops_a_worker_that_went_offline_but_keeps_a_vanished_one_at_zero() -> None:
+    e = Engine(Settings())
+    now = time.time()
+    for host in ("w-clean", "w-killed"):
+        e.observe(ev("worker-online", now - 100, hostname=host, freq=2.0))
+        e.observe(heartbeat(host, now - 99, 0))
+    e.observe(ev("worker-offline", now - 98, hostname="w-clean", freq=2.0))
+    ups = {s.labels["worker"]: s.value for s in samples(e, "celery_worker_up")}
+    # w-killed's heartbeats stopped 99 s ago (freq 2 s): down, and says so; w-clean left
+    assert ups == {"w-killed": 0.0}
+    e.observe(heartbeat("w-clean", time.time(), 0))  # back: exported again
+    ups = {s.labels["worker"]: s.value for s in samples(e, "celery_worker_up")}
+    assert ups == {"w-killed": 0.0, "w-clean": 1.0}

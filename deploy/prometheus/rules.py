@@ -304,8 +304,9 @@ def operations_rules(options: Options) -> list[dict[str, Any]]:
             "annotations": {
                 "summary": "Celery worker {{ $labels.worker }} is down",
                 "description": ("Worker {{ $labels.worker }} sent no heartbeat for "
-                                f"{options.worker_down_for} (it went offline or died); its "
-                                "queues are consumed by fewer workers, and tasks it was "
+                                f"{options.worker_down_for} and never said goodbye (killed, "
+                                "OOM, lost the broker); its queues are consumed by fewer "
+                                "workers, and tasks it was "
                                 "running may be lost."),
                 "runbook_url": options.runbook("worker_down"),
                 "dashboard_url": options.dashboard(
@@ -332,6 +333,7 @@ def blindness_rules(options: Options) -> list[dict[str, Any]]:
                             "findings and task metrics have holes. Blind time: "
                             "flower_practices_event_stream_disconnected_seconds_total."),
             "runbook_url": options.runbook("event_stream_gaps"),
+            "dashboard_url": options.dashboard(WORKERS_DASHBOARD),
         },
     }]
 

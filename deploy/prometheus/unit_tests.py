@@ -413,9 +413,9 @@ def operations_cases(options: Options) -> list[dict[str, Any]]:
                          "summary": "Celery worker w2@host is down",
                          "description": (
                              "Worker w2@host sent no heartbeat for "
-                             f"{options.worker_down_for} (it went offline or died); its "
-                             "queues are consumed by fewer workers, and tasks it was running "
-                             "may be lost."),
+                             f"{options.worker_down_for} and never said goodbye (killed, OOM, "
+                             "lost the broker); its queues are consumed by fewer workers, and "
+                             "tasks it was running may be lost."),
                          "runbook_url": options.runbook("worker_down"),
                          "dashboard_url": base.format(WORKERS_DASHBOARD, "var-worker=w2@host"),
                      }}]},
@@ -446,7 +446,8 @@ def blindness_cases(options: Options) -> list[dict[str, Any]]:
                                        "metrics have holes. Blind time: "
                                        "flower_practices_event_stream_disconnected_seconds"
                                        "_total.",
-                        "runbook_url": options.runbook("event_stream_gaps")}}]},
+                        "runbook_url": options.runbook("event_stream_gaps"),
+                        "dashboard_url": options.dashboard(WORKERS_DASHBOARD)}}]},
                 {"eval_time": "60m", "alertname": alert, "exp_alerts": []},
             ],
         },
