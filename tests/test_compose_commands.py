@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -69,6 +70,7 @@ class Service:
         return stop_process(self.proc, 20)
 
 
+@pytest.mark.slow
 def test_compose_app_services_run_outside_docker(redis_url):
     spec = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     flower_port, exporter_port = free_port(), free_port()

@@ -77,6 +77,7 @@ def test_demo_practices_are_implemented_rules():
     assert {cls.id for cls in ALL_RULES} >= DEMO_PRACTICES
 
 
+@pytest.mark.slow
 def test_demo_shows_findings_and_metrics_and_stops_on_sigint():
     demo = Demo()
     try:

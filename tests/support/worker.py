@@ -26,7 +26,10 @@ class WorkerProcess:
         self.name = name or f"w{os.getpid()}-{int(time.time() * 1000) % 100000}@fp-test"
         self.broker = broker
         self.logfile = Path(tempfile.mkstemp(prefix="fp-worker-", suffix=".log")[1])
-        args = [sys.executable, "-m", "celery", "-A", app_module, "worker",
+        # FP_TEST_WORKER_PYTHON: the monitored workers' own environment (.ci/floors runs the
+        # exporter at the dependency floors against workers on a current Celery)
+        python = os.environ.get("FP_TEST_WORKER_PYTHON") or sys.executable
+        args = [python, "-m", "celery", "-A", app_module, "worker",
                 "--loglevel=INFO", "-n", self.name, "-P", pool, "-c", str(concurrency),
                 "--without-mingle", "--without-gossip"]
         if events:
