@@ -12,13 +12,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.support.exporter import free_port, wait_for
+from tests.support.http import get_text
 from tests.support.process import log_tail, stop_process
 from tests.support.worker import ROOT
 
@@ -45,17 +44,9 @@ class Flower:
         return self.get("/healthcheck")[0] == 200
 
     def get(self, path: str, auth: bool = False) -> tuple[int, str]:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}")
-        if auth:
-            token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-            request.add_header("Authorization", f"Basic {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode(errors="replace")
-        except OSError:
-            return 0, ""
+        token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        return get_text(f"http://127.0.0.1:{self.port}{path}", timeout=10,
+                        headers={"Authorization": f"Basic {token}"} if auth else None)
 
     def output(self) -> str:
         return log_tail(self.log)

@@ -13,8 +13,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 import zlib
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from tests.apps.models import User
 from tests.conftest import make_producer
 from tests.support.brokers import fresh_redis_url, in_ci, release_redis_dbs
 from tests.support.exporter import free_port, wait_for
+from tests.support.http import get_text
 from tests.support.process import log_tail, stop_process
 from tests.support.worker import ROOT, WorkerProcess
 
@@ -68,13 +67,7 @@ class FlowerProcess:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(self.url(path), timeout=5) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode(errors="replace")
-        except OSError:
-            return 0, ""
+        return get_text(self.url(path))
 
     def output(self) -> str:
         return log_tail(self.log)
