@@ -321,7 +321,7 @@ class Engine:
             workers_busy=busy, probe_errors=self.probe_errors, rule_errors=self.rule_errors,
             label_overflow=state.label_overflow(), tasks_evicted=state.tasks.evicted,
             tracked_tasks=len(state.tasks), last_evaluation_seconds=self.last_evaluation_seconds,
-            started_at=self.started_at,
+            last_evaluation_at=self.last_evaluation_at, started_at=self.started_at,
             state_errors=self.store.errors if self.store is not None else {},
         )
 
@@ -368,6 +368,8 @@ class EngineView:
     tasks_evicted: int
     tracked_tasks: int
     last_evaluation_seconds: float
+    #: when the last finished rules evaluation started (0: none yet)
+    last_evaluation_at: float
     started_at: float
     state_errors: dict[str, int]
 

@@ -103,6 +103,9 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "counter", "In-flight task records evicted because of the max_tracked_tasks cap", ()),
     "flower_practices_evaluation_duration_seconds": (
         "gauge", "Duration of the last rules evaluation", ()),
+    "flower_practices_last_evaluation_timestamp_seconds": (
+        "gauge", "Unix time the last finished rules evaluation started (0 before the first)",
+        ()),
     "flower_practices_tracked_tasks": ("gauge", "In-flight task records held", ()),
     "flower_practices_start_time_seconds": (
         "gauge", "Unix time this exporter (or the Flower plugin's engine) started", ()),
@@ -392,6 +395,7 @@ def _self_families(view: EngineView) -> list[Metric]:
     out += [
         _gauge("flower_practices_tasks_evicted_total", view.tasks_evicted),
         _gauge("flower_practices_evaluation_duration_seconds", view.last_evaluation_seconds),
+        _gauge("flower_practices_last_evaluation_timestamp_seconds", view.last_evaluation_at),
         _gauge("flower_practices_tracked_tasks", view.tracked_tasks),
         _gauge("flower_practices_start_time_seconds", view.started_at),
     ]

@@ -31,6 +31,7 @@ from tests.conftest import make_producer
 from tests.support.binaries import require_binary
 from tests.support.brokers import reachable
 from tests.support.exporter import free_port, wait_for
+from tests.support.process import stop_process
 from tests.support.worker import WorkerProcess
 from tests.test_persistence import CONFIG, ExporterProcess, saved_practices
 
@@ -97,7 +98,7 @@ class Alertmanager:
         urllib.request.urlopen(req, timeout=10).close()
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
 
 
 class Prometheus:
@@ -124,17 +125,7 @@ class Prometheus:
         return [a for a in out["data"]["alerts"] if a["labels"]["alertname"] == name]
 
     def stop(self) -> None:
-        _stop(self.proc)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(self.proc)
 
 
 @pytest.mark.slow

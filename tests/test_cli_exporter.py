@@ -82,21 +82,34 @@ def test_unloadable_app_is_a_clear_error() -> None:
     assert "Traceback" not in out.stderr
 
 
-def test_serves_and_stops_cleanly_on_sigterm(redis_url: str) -> None:
+def serving(redis_url: str) -> tuple[subprocess.Popen, int]:
+    """The console script's exporter on a free port, once /healthz answers 200 (the
+    caller stops it; output on ``proc.stdout``)."""
     port = free_port()
     proc = subprocess.Popen(CLI + ["exporter", "--broker", redis_url, "--host", "127.0.0.1",
                                    "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-                    return r.status == 200
-            except OSError:
-                return False
 
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    try:
         wait_for(healthy, timeout=30, message="exporter /healthz 200")
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc, port
+
+
+def test_serves_and_stops_cleanly_on_sigterm(redis_url: str) -> None:
+    proc, port = serving(redis_url)
+    try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
             text = resp.read().decode()
         assert "flower_practices_event_stream_connected 1.0" in text
@@ -113,20 +126,8 @@ def test_serves_and_stops_cleanly_on_sigterm(redis_url: str) -> None:
 
 def test_sighup_stops_cleanly(redis_url: str) -> None:
     """Documented choice: SIGHUP stops like SIGTERM (exit 0); no reload."""
-    port = free_port()
-    proc = subprocess.Popen(CLI + ["exporter", "--broker", redis_url, "--host", "127.0.0.1",
-                                   "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc, _ = serving(redis_url)
     try:
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
-        wait_for(healthy, timeout=30, message="exporter /healthz 200")
         proc.send_signal(signal.SIGHUP)
         output, _ = proc.communicate(timeout=20)
         assert proc.returncode == 0, output

@@ -11,18 +11,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.exporter import free_port
 from tests.support.http import get
+from tests.support.process import log_tail, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 #: findings the demo traffic produces within its first phase on a real broker
@@ -60,23 +61,16 @@ class Service:
                                          env=env, cwd=str(ROOT))
 
     def log(self) -> str:
-        return self.logfile.read_text(errors="replace")[-4000:]
+        return log_tail(self.logfile)
 
     def alive(self) -> None:
         assert self.proc.poll() is None, f"{self.name} exited:\n{self.log()}"
 
     def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                return None
-        return self.proc.returncode
+        return stop_process(self.proc, 20)
 
 
+@pytest.mark.slow
 def test_compose_app_services_run_outside_docker(redis_url):
     spec = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     flower_port, exporter_port = free_port(), free_port()

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from flower_practices.rules import ALL_RULES
-from tests.support.exporter import free_port
+from tests.support.exporter import free_port, wait_for
 from tests.support.http import get
 
 #: the practices the demo's traffic is designed to break (see flower_practices/demo/traffic.py)
@@ -53,6 +53,15 @@ class Demo:
             time.sleep(0.3)
         pytest.fail("the demo did not start serving /api/practices")
 
+    def metric(self, name: str) -> float:
+        """Sum of the samples named ``name`` on the demo's /metrics (0.0 if none, or if
+        the page is not served yet)."""
+        status, text = get(self.url("/metrics", metrics=True))
+        if status != 200:
+            return 0.0
+        return sum(s.value for f in text_string_to_metric_families(text.decode())
+                   for s in f.samples if s.name == name)
+
     def stop(self, sig: int) -> tuple[int, str, str]:
         self.proc.send_signal(sig)
         try:
@@ -68,6 +77,7 @@ def test_demo_practices_are_implemented_rules():
     assert {cls.id for cls in ALL_RULES} >= DEMO_PRACTICES
 
 
+@pytest.mark.slow
 def test_demo_shows_findings_and_metrics_and_stops_on_sigint():
     demo = Demo()
     try:
@@ -119,7 +129,10 @@ def test_demo_stops_cleanly_on_sigterm():
     demo = Demo()
     try:
         demo.wait_up()
-        time.sleep(3)  # let the worker, traffic and probes get going
+        # the worker, traffic and rules at work: tasks counted and evaluations run
+        wait_for(lambda: demo.metric("celery_task_events_total") > 0
+                 and demo.metric("flower_practices_last_evaluation_timestamp_seconds") > 0,
+                 timeout=60, message="the demo's traffic counted and evaluated")
     finally:
         code, out, err = demo.stop(signal.SIGTERM)
     assert code == 0, err[-3000:]

@@ -16,7 +16,6 @@ import gzip
 import hashlib
 import os
 import re
-import signal
 import socket
 import ssl
 import subprocess
@@ -35,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.binaries import require_binary
 from tests.support.events import publish_events, task_events
 from tests.support.exporter import free_port, wait_for
+from tests.support.process import log_tail, stop_process
 from tests.support.worker import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -85,16 +85,10 @@ class ExporterProcess:
             return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
     def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
+        return log_tail(self.log)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
     def __enter__(self) -> ExporterProcess:
         return self

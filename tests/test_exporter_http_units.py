@@ -43,7 +43,8 @@ def test_concurrent_requests_share_one_render_and_it_is_cached() -> None:
     async def main() -> None:
         waiters = [asyncio.ensure_future(cache.get("text")) for _ in range(50)]
         other = asyncio.ensure_future(cache.get("openmetrics"))
-        await asyncio.sleep(0.05)
+        while len(calls) < 1:  # the first render in flight, every request arrived
+            await asyncio.sleep(0.005)
         release.set()
         bodies = await asyncio.gather(*waiters)
         assert set(bodies) == {b"text-1"}  # fifty scrapers, one rendering
@@ -87,7 +88,10 @@ def test_a_failed_render_reaches_every_waiter_and_is_not_cached() -> None:
 def test_a_cancelled_scraper_does_not_cancel_the_shared_render() -> None:
     release = threading.Event()
 
+    started = threading.Event()
+
     def render(key: object) -> bytes:
+        started.set()
         release.wait(10)
         return b"page"
 
@@ -96,7 +100,8 @@ def test_a_cancelled_scraper_does_not_cancel_the_shared_render() -> None:
     async def main() -> None:
         first = asyncio.ensure_future(cache.get("k"))
         second = asyncio.ensure_future(cache.get("k"))
-        await asyncio.sleep(0.01)
+        while not started.is_set():  # the shared render in flight
+            await asyncio.sleep(0.005)
         first.cancel()  # the client hung up
         release.set()
         assert await second == b"page"

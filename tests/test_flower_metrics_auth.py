@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.support.exporter import free_port, wait_for
+from tests.support.http import get_text
+from tests.support.process import log_tail, stop_process
 from tests.support.worker import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -45,29 +44,15 @@ class Flower:
         return self.get("/healthcheck")[0] == 200
 
     def get(self, path: str, auth: bool = False) -> tuple[int, str]:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}")
-        if auth:
-            token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-            request.add_header("Authorization", f"Basic {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode(errors="replace")
-        except OSError:
-            return 0, ""
+        token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        return get_text(f"http://127.0.0.1:{self.port}{path}", timeout=10,
+                        headers={"Authorization": f"Basic {token}"} if auth else None)
 
     def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
+        return log_tail(self.log)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 @pytest.mark.parametrize("protected", [True, False], ids=["option-on", "option-off"])

@@ -13,8 +13,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 import zlib
 from pathlib import Path
 
@@ -25,6 +23,8 @@ from tests.apps.models import User
 from tests.conftest import make_producer
 from tests.support.brokers import fresh_redis_url, in_ci, release_redis_dbs
 from tests.support.exporter import free_port, wait_for
+from tests.support.http import get_text
+from tests.support.process import log_tail, stop_process
 from tests.support.worker import ROOT, WorkerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -67,25 +67,13 @@ class FlowerProcess:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(self.url(path), timeout=5) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode(errors="replace")
-        except OSError:
-            return 0, ""
+        return get_text(self.url(path))
 
     def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
+        return log_tail(self.log)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 @pytest.fixture(scope="module")

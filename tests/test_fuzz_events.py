@@ -99,6 +99,7 @@ def _check(engine: Engine, batch: list) -> None:
     assert not engine.metrics.render_errors, engine.metrics.render_errors  # all rendered
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.lists(anything, max_size=25))
 def test_observe_never_raises_and_counts_drops(batch: list) -> None:
@@ -124,6 +125,7 @@ def test_observe_counts_each_kind() -> None:
             errors["missing_uuid"], errors["bad_field"]) == (1, 1, 1, 1, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not ALL_RULES, reason="no rules registered in ALL_RULES yet")
 @pytest.mark.parametrize("rule_class", ALL_RULES, ids=lambda c: c.id)
 @FUZZ_RULE

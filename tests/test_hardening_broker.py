@@ -253,7 +253,11 @@ def test_redis_restart_on_generic_kombu_path(private_redis: dict) -> None:
             private_redis["kill"]()
             wait_for(lambda: exporter.get("/healthz")[0] == 503, timeout=15,
                      message="healthz 503")
-            time.sleep(3)
+            # the outage lasts: reconnect attempts fail for a while (blind time accrues)
+            blind = exporter.total("flower_practices_event_stream_disconnected_seconds_total")
+            wait_for(lambda: exporter.total(
+                "flower_practices_event_stream_disconnected_seconds_total") >= blind + 3,
+                timeout=30, message="3 s of counted blind time")
             frozen = pumped(exporter)
             private_redis["start"]()
             wait_for(lambda: exporter.get("/healthz")[0] == 200, timeout=60,

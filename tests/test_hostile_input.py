@@ -14,7 +14,6 @@ import bz2
 import json
 import lzma
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -51,6 +50,7 @@ from flower_practices.metrics import PracticesCollector, render_metrics
 from tests.support.brokers import fresh_redis_url, release_redis_dbs
 from tests.support.events import RawMessage, publish_raw
 from tests.support.exporter import RunningExporter, free_port, wait_for
+from tests.support.process import log_tail, stop_process
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
@@ -107,16 +107,10 @@ class ExporterProcess(RunningExporter):
         raise AssertionError("no VmRSS")
 
     def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
+        return log_tail(self.log)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self.config.unlink(missing_ok=True)
 
 

@@ -23,6 +23,7 @@ from flower_practices.findings import Condition
 from flower_practices.store import Snapshot, StateStore, state_file_name
 from tests.conftest import make_producer
 from tests.support.exporter import free_port, wait_for
+from tests.support.process import kill_process, log_tail, stop_process
 from tests.support.worker import ROOT, WorkerProcess
 
 CLI = [sys.executable, "-m", "flower_practices"]
@@ -90,21 +91,13 @@ class ExporterProcess:
         return found
 
     def output(self) -> str:
-        return self.log.read_text(errors="replace")[-5000:]
+        return log_tail(self.log, 5000)
 
     def kill9(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
+        kill_process(self.proc)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 def saved_practices(path: Path) -> set[str]:

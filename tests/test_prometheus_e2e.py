@@ -30,6 +30,7 @@ from tests.conftest import make_producer
 from tests.support.binaries import require_binary
 from tests.support.brokers import in_ci, reachable
 from tests.support.exporter import RunningExporter, free_port, wait_for
+from tests.support.process import stop_process
 from tests.support.worker import WorkerProcess
 
 pytestmark = pytest.mark.slow
@@ -90,13 +91,7 @@ class Prometheus:
             return False
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
     def api(self, path: str, **params: str) -> dict:
         url = f"http://127.0.0.1:{self.port}/api/v1/{path}"

@@ -77,8 +77,9 @@ def test_finding_is_stable_under_worker_churn(redis_url: str) -> None:
                 churn = worker(redis_url, "other", f"churn{round_}").start(producer)
                 procs.append(churn)
                 producer.send_task("queues.quick", args=(round_,), queue="other")
-                deadline = time.time() + 3.0
-                while time.time() < deadline:
+                deadline, seen = time.time() + 3.0, 0
+                while time.time() < deadline or seen < 5:  # 3 s and 5 looks at least
+                    seen += 1
                     found = orphan_findings(exporter, "orphan")
                     assert len(found) == 1, found
                     assert found[0]["first_seen"] == first["first_seen"]
@@ -125,10 +126,12 @@ def test_queue_of_a_busy_solo_worker_is_not_unconsumed(redis_url: str) -> None:
             assert producer.control.ping(destination=[solo.name], timeout=1.0) == []
             # well past grace_seconds, unanswered_worker_grace_seconds and the expiry of
             # its last heartbeat
-            end = time.time() + 10.0
-            while time.time() < end:
+            judged_until = time.time() + 10.0
+            while exporter.evaluated_at() < judged_until:
                 assert not orphan_findings(exporter, "solo")
                 time.sleep(0.5)
+            exporter.wait_evaluated(since=judged_until, rounds=1)
+            assert not orphan_findings(exporter, "solo")
             assert exporter.total("celery_practice_violations_total",
                                   practice="queue_without_consumer") == 0
         finally:

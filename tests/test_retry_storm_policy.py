@@ -45,7 +45,7 @@ def test_backoff_with_jitter_is_no_storm_and_zero_delay_is() -> None:
                      message="all back-off tasks succeeded after two retries each")
             assert events(exporter, "retried", "retries.jittery") == 24
             assert events(exporter, "retried", "retries.runbook") == 12
-            time.sleep(1.5)  # a few evaluations after the last retry
+            exporter.wait_evaluated()  # evaluations that judged every retry
             assert exporter.findings("retry_storm") == []
             assert exporter.total("celery_practice_violations_total",
                                   practice="retry_storm") == 0
@@ -66,11 +66,13 @@ def test_backoff_with_jitter_is_no_storm_and_zero_delay_is() -> None:
             ev = f["evidence"]
             assert ev["zero_delay_retries"] == 24 and ev["zero_delay_share"] == 1.0
             assert ev["delay_measured_from"] == "the retry's task-sent event"
-            assert 0.19 <= ev["min_delay_seconds"] <= ev["max_delay_seconds"] <= 0.25, ev
+            # countdown=0.2, measured from the retry's task-sent event, which is stamped
+            # after the eta was computed (on a busy machine tens of ms later): at most 0.2
+            assert 0.1 <= ev["min_delay_seconds"] <= ev["max_delay_seconds"] <= 0.25, ev
             assert ev["retry_policy"]["retry_backoff"] is False
             assert "retry_backoff is not set" in f["summary"]
             # count: the storm's retries, the same figure as the violations series
-            time.sleep(1.0)
+            exporter.wait_evaluated()
             f = [x for x in exporter.findings("retry_storm") if x["task"] == "retries.tight"][0]
             assert f["count"] == 24
             assert exporter.total("celery_practice_violations_total", practice="retry_storm",

@@ -36,6 +36,10 @@ OPTIONS = {
     "prefetch_starvation": {"min_wait_seconds": 1.5},
 }
 
+#: the longest of the time thresholds above
+LONGEST_THRESHOLD = max(v for o in OPTIONS.values() for k, v in o.items()
+                        if k.endswith("_seconds") and k != "clear_after_seconds")
+
 
 def settings(**over: dict) -> Settings:
     practices = {k: dict(v) for k, v in OPTIONS.items()}
@@ -145,7 +149,7 @@ def test_database_backend_with_redis_broker(redis_url: str) -> None:
 def test_redis_broker_and_backend_raise_no_database_findings(redis_url: str) -> None:
     app = make_app(redis_url, backend=redis_url)
     with running(app) as exporter:
-        time.sleep(1.5)  # several evaluations
+        exporter.wait_evaluated()  # evaluations that judged the app's configuration
         for rid in ("database_broker", "result_backend_database"):
             assert exporter.findings(rid) == []
             assert gauge(exporter, rid) == 0 and total(exporter, rid) == 0
@@ -237,7 +241,9 @@ def test_queue_without_consumer_on_rabbitmq(amqp_url: str) -> None:
         assert f["evidence"]["messages_waiting"] == 2
         assert gauge(exporter, "queue_without_consumer", queue="orphan") == 1
         done(exporter, "queues.quick", 2)
-        time.sleep(2.5)  # past grace_seconds for the consumed queues
+        # judged past grace_seconds for the consumed queues
+        exporter.wait_evaluated(since=time.time() + OPTIONS["queue_without_consumer"]
+                                ["grace_seconds"])
         assert [x["queue"] for x in exporter.findings("queue_without_consumer")] == ["orphan"]
         with workers(producer, worker(amqp_url, "orphan", "late")):
             wait_for(lambda: not exporter.findings("queue_without_consumer"), timeout=30,
@@ -251,7 +257,10 @@ def test_queue_starvation_names_the_occupying_queue(redis_url: str) -> None:
     with running(producer) as exporter, workers(producer, shared):
         for _ in range(3):
             producer.send_task("queues.slow", args=(2.0,), queue="bulk")
-        time.sleep(0.3)
+        # the worker is busy with (and has prefetched) bulk work before 'high' gets a task
+        wait_for(lambda: exporter.total("celery_task_events_total", type="started",
+                                        task="queues.slow") >= 1,
+                 message="a bulk task started on the shared worker")
         producer.send_task("queues.quick", args=(1,), queue="high")
         f = finding(exporter, "queue_starvation", queue="high")
         ev = f["evidence"]
@@ -303,7 +312,8 @@ def test_well_behaved_queues_raise_no_queue_findings(redis_url: str) -> None:
             producer.send_task("queues.slow", args=(0.5,))  # routed to 'bulk'
         done(exporter, "queues.slow", 4)
         done(exporter, "queues.report", 4)
-        time.sleep(3.0)  # past every short threshold: a wrong finding would show now
+        # judged past every short threshold: a wrong finding would show now
+        exporter.wait_evaluated(since=time.time() + LONGEST_THRESHOLD)
         assert exporter.total("celery_task_events_total", type="sent") == 12
         payload = exporter.practices()
         assert all(payload["coverage"][rid] == "active" for rid in QUEUE_RULES)

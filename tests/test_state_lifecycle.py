@@ -393,7 +393,9 @@ def test_sweep_forgets_long_dead_workers_and_their_up_series() -> None:
     assert sorted(eng.state.workers) == ["live@h", "recent@h"]
     text = scrape(eng)
     assert 'worker="gone@h"' not in text and 'worker="expired@h"' not in text
-    assert 'celery_worker_up{worker="recent@h"} 0.0' in text
+    # recent@h is remembered, but said goodbye (worker-offline): no up series, not "down"
+    assert 'celery_worker_up{worker="recent@h"}' not in text
+    assert 'celery_worker_up{worker="live@h"}' in text
     # their label slots are free again
     assert eng.state.worker_label.known == {"live@h", "recent@h"}
 

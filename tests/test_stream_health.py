@@ -3,40 +3,66 @@ URL check (no broker needed; the real outages are in tests/test_hardening_broker
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from flower_practices.brokers import broker_url_problem
+from flower_practices.events import status as status_module
 from flower_practices.events.reconnect import MAX_BACKOFF, MIN_BACKOFF, jittered
 from flower_practices.events.status import StreamStatus
-from tests.support.exporter import wait_for
 
 
-def test_blind_time_counts_from_the_start_and_includes_the_ongoing_gap() -> None:
+class FakeClock:
+    """Stands in for the ``time`` module inside :mod:`flower_practices.events.status`:
+    time moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(status_module, "time", fake)
+    return fake
+
+
+def test_blind_time_counts_from_the_start_and_includes_the_ongoing_gap(
+        clock: FakeClock) -> None:
     status = StreamStatus()
     assert status.disconnected_seconds() == 0.0  # not consuming yet: not blind
+    clock.advance(5)
+    assert status.disconnected_seconds() == 0.0
     status.begin()
-    wait_for(lambda: status.disconnected_seconds() > 0.05, timeout=5, interval=0.01)
+    clock.advance(1.5)
+    assert status.disconnected_seconds() == 1.5  # connecting at start-up is blind time
     status.mark_connected()
-    start_up = status.disconnected_seconds()
-    time.sleep(0.05)
-    assert status.disconnected_seconds() == start_up  # frozen while connected
+    clock.advance(10)
+    assert status.disconnected_seconds() == 1.5  # frozen while connected
     assert status.gaps == 0
 
     status.mark_disconnected("ConnectionError: gone")
     assert status.gaps == 1
-    first = status.disconnected_seconds()
-    wait_for(lambda: status.disconnected_seconds() > first + 0.05, timeout=5,
-             interval=0.01, message="the ongoing gap grows the counter")
+    clock.advance(2)
+    assert status.disconnected_seconds() == 3.5  # the ongoing gap grows the counter
     status.mark_disconnected("ConnectionRefusedError: refused")  # a failed retry
     assert status.gaps == 1  # the same gap
+    clock.advance(1)
     status.mark_connected()
+    assert status.disconnected_seconds() == 4.5
     status.mark_disconnected("again")
     assert status.gaps == 2
 
 
-def test_reason_is_current() -> None:
+def test_reason_is_current(clock: FakeClock) -> None:
     status = StreamStatus()
     status.begin()
     status.mark_connected()
@@ -45,20 +71,24 @@ def test_reason_is_current() -> None:
     reason = status.reason()
     assert reason.startswith("event stream not connected: ConnectionRefusedError")
     assert "disconnected for 0s" in reason and "last attempt 0s ago" in reason
-    status._down_since -= 42  # as if the gap had begun 42 s ago
+    clock.advance(42)
     assert "disconnected for 42s" in status.reason()
+    assert "last attempt 42s ago" in status.reason()
+    status.mark_disconnected("ConnectionRefusedError: [Errno 111] refused")
+    assert "disconnected for 42s, last attempt 0s ago" in status.reason()
 
 
-def test_a_stopped_stream_and_a_database_broker_are_not_blind_time() -> None:
+def test_a_stopped_stream_and_a_database_broker_are_not_blind_time(clock: FakeClock) -> None:
     status = StreamStatus()
     status.mark_disconnected("the broker is a database", final=True)
-    time.sleep(0.02)
+    clock.advance(30)
     assert status.disconnected_seconds() == 0.0 and status.gaps == 0
     status.begin()
     status.mark_connected()
+    clock.advance(3)
     status.mark_disconnected("stopped", final=True)
     frozen = status.disconnected_seconds()
-    time.sleep(0.02)
+    clock.advance(30)
     assert status.disconnected_seconds() == frozen
 
 

@@ -37,6 +37,9 @@ OPTIONS = {
 }
 
 
+#: Celery's liveness rule with the workers' default heartbeat frequency (2 x 2 s)
+HEARTBEAT_EXPIRY_SECONDS = 4.0
+
 #: the bad app accepts pickle; Celery refuses that as root unless forced (test containers)
 PICKLE_AS_ROOT = {"C_FORCE_ROOT": "1"}
 
@@ -76,9 +79,11 @@ class Env:
         wait_for(lambda: self.events(etype, task) >= n, timeout=45,
                  message=f"{n} {etype} events for {task}")
 
-    def settle(self, seconds: float) -> None:
-        """Let evaluations run (so a wrong finding would have appeared)."""
-        time.sleep(seconds)
+    def settle(self, threshold: float = 0.0) -> None:
+        """Wait for two evaluations that started ``threshold`` seconds from now or later:
+        the workload's events (already counted) were judged, past the rule's threshold, so
+        a wrong finding would have appeared."""
+        self.exporter.wait_evaluated(since=time.time() + threshold)
 
 
 def _env(module, queues: list[str], env: dict[str, str] | None = None) -> Iterator[Env]:
@@ -148,7 +153,7 @@ def test_retries_with_backoff_raise_no_retryless_failure(good: Env) -> None:
     good.wait_events("succeeded", "good.fetch", succeeded + 3)
     # each good.fetch fails twice with ConnectionError and retries with back-off
     assert good.events("retried", "good.fetch") == retried + 6
-    good.settle(2)
+    good.settle()
     no_finding(good, "retryless_failure")
 
 
@@ -190,7 +195,7 @@ def test_backoff_retries_raise_no_retry_storm(good: Env) -> None:
     good.app.send_task("good.fetch", args=(99,))
     good.wait_events("succeeded", "good.fetch", succeeded + 1)
     assert good.events("retried", "good.fetch") == retried + 2
-    good.settle(2)
+    good.settle()
     no_finding(good, "retry_storm")
 
 
@@ -211,9 +216,12 @@ def test_unread_results_found(bad: Env) -> None:
 def test_results_read_raise_no_unread_results(good: Env) -> None:
     sent = [good.app.send_task("good.report", args=(i,)) for i in range(6)]
     good.wait_events("succeeded", "good.report", 6)
-    time.sleep(2.5)  # read later than the idle-time resolution (the realistic poll-later case)
+    # the workload, not a wait: the caller reads its results later than the idle-time
+    # resolution (the realistic poll-later case)
+    time.sleep(2.5)
     assert [good.app.AsyncResult(r.id).get(timeout=10) for r in sent] == list(range(1, 7))
-    good.settle(OPTIONS["unread_results"]["grace_seconds"] + 3)
+    unread = OPTIONS["unread_results"]
+    good.settle(unread["grace_seconds"] + unread["tolerance_seconds"])
     no_finding(good, "unread_results")
 
 
@@ -242,7 +250,7 @@ def test_primary_keys_raise_no_orm_object_argument(good: Env) -> None:
     good.app.send_task("good.touch", args=(user.pk,))
     good.app.send_task("good.touch", kwargs={"user_id": user.pk})
     good.wait_events("succeeded", "good.touch", 2)
-    good.settle(1.5)
+    good.settle()
     no_finding(good, "orm_object_argument")
 
 
@@ -264,7 +272,7 @@ def test_missing_time_limit_found(bad: Env) -> None:
 def test_time_limited_long_task_raises_no_finding(good: Env) -> None:
     good.app.send_task("good.crunch", args=(2.5,))
     good.wait_events("succeeded", "good.crunch", 1)
-    good.settle(1.5)
+    good.settle()
     no_finding(good, "missing_time_limit")
 
 
@@ -308,7 +316,9 @@ def test_graceful_shutdown_loses_no_task(good: Env) -> None:
     wait_for(lambda: good.exporter.total("celery_task_events_total", type="succeeded",
                                          task="good.crunch", queue="batch") == 1,
              message="task finished during warm shutdown")
-    good.settle(6)  # past heartbeat expiry
+    # past heartbeat expiry (Celery's 2 x freq, freq 2 s here; the last heartbeat came
+    # before the worker exited)
+    good.settle(HEARTBEAT_EXPIRY_SECONDS)
     no_finding(good, "lost_task")
 
 

@@ -97,6 +97,31 @@ def test_missing_time_limit_without_app_says_unknown() -> None:
     assert f["evidence"]["running_now_over_limit"] == 1
 
 
+# -- orm_object_argument: one message, one count, whatever the event order ------------------
+def test_orm_object_argument_counts_a_message_once_in_either_event_order() -> None:
+    """task-sent (the producer) and task-received (the worker) come from two publishers
+    with no order between them; a busy producer's task-sent can arrive second."""
+    eng = engine()
+    now = time.time()
+    args = "(<User: bob>,)"
+    sent = {"type": "task-sent", "uuid": "s1", "name": "proj.mail", "queue": "q",
+            "timestamp": now, "args": args, "kwargs": "{}"}
+    received = {"type": "task-received", "uuid": "s1", "name": "proj.mail",
+                "hostname": "w1@h", "timestamp": now, "args": args, "kwargs": "{}"}
+    eng.observe(dict(sent))
+    eng.observe(dict(received))  # in order
+    eng.observe(dict(received, uuid="r2"))
+    eng.observe(dict(sent, uuid="r2"))  # reordered: the same message, not a second one
+    eng.observe(dict(sent, uuid="r3"))  # its worker's events not (yet) in
+    eng.observe(dict(received, uuid="r4"))  # sent events off for this one
+    eng.evaluate(now)
+    found = eng.practices_payload()["findings"]
+    assert {(f["practice"], f["task"]) for f in found} == {("orm_object_argument",
+                                                           "proj.mail")}
+    # a task-received alone does not name the queue: two findings, four messages in all
+    assert sorted(f["evidence"]["messages"] for f in found) == [2, 2]
+
+
 # -- lost_task: worker-offline and restart paths ---------------------------------------------
 def test_lost_task_after_worker_offline_grace_and_cleared_by_late_completion() -> None:
     eng = engine(practices={"lost_task": {"offline_grace_seconds": 30},

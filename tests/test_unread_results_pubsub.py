@@ -50,8 +50,9 @@ def test_pubsub_reads_are_reads_and_dropped_results_are_unread() -> None:
             kept = [later.delay(i) for i in range(8)]
             wait_for(lambda: succeeded(exporter, "results.later") == 8, timeout=30,
                      message="results.later succeeded")
-            time.sleep(2.5)
+            time.sleep(2.5)  # the workload, not a wait: the caller reads seconds later
             assert [r.get(timeout=10) for r in kept] == list(range(1, 9))
+            read_at = time.time()
             del kept
             # 3. fire-and-forget: the AsyncResult is dropped at once, nobody reads
             for i in range(30):
@@ -71,7 +72,8 @@ def test_pubsub_reads_are_reads_and_dropped_results_are_unread() -> None:
             assert f["evidence"]["read_over_pubsub"] == 0
             # the waited and the later-read results were judged (all past their grace)
             # and none is reported
-            time.sleep(OPTIONS["grace_seconds"] + 2)
+            exporter.wait_evaluated(
+                since=read_at + OPTIONS["grace_seconds"] + OPTIONS["tolerance_seconds"])
             reported = {x["task"] for x in exporter.findings("unread_results")}
             assert reported == {"results.dropped", "results.from_worker"}, \
                 exporter.findings("unread_results")

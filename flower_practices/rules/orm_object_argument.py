@@ -18,6 +18,7 @@ of bracket steps; past it a ``__str__`` simply ends at its first ``>``.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,10 @@ _MAX_KEYS = 2000
 _MAX_STR = 256
 #: models reported per message
 _MAX_FOUND = 20
+#: ids of tasks scanned at a task-received that came before their task-sent (two
+#: publishers, no order between them): the late task-sent is the same message, not a
+#: second one. Reordering spans moments, so a short memory suffices.
+_MAX_REORDERED = 1024
 _IDENT = re.compile(r"[A-Za-z_][\w.]{0,120}")
 _HEX = re.compile(r"0x[0-9a-fA-F]{1,16}>")
 _KWNAME = re.compile(r"\s*['\"]([A-Za-z_]\w{0,63})['\"]\s*:\s*$")
@@ -172,13 +177,18 @@ class OrmObjectArgument(Rule):
         self.limit = int(options["max_scan_chars"])
         self.ignore = frozenset(options["ignore_classes"])
         self.tallies: dict[tuple[str, str], _Tally] = {}
+        self._received_first: OrderedDict[str, None] = OrderedDict()
 
     def hooks(self):
         return {"task-sent": self._on_message, "task-received": self._on_message}
 
     def _on_message(self, event: dict, rec: Any) -> None:
-        if event["type"] == "task-received" and rec is not None and rec.has_sent:
+        received = event["type"] == "task-received"
+        if received and rec is not None and rec.has_sent:
             return  # already scanned at task-sent
+        if not received and self._received_first and \
+                self._received_first.pop(event["uuid"], 0) is None:
+            return  # reordered: already counted at its task-received
         args = event.get("args")
         kwargs = event.get("kwargs")
         found: list[tuple[str, str]] = []
@@ -190,6 +200,11 @@ class OrmObjectArgument(Rule):
             found = [f for f in found if f[1] not in self.ignore]
         if not found:
             return
+        if received:
+            received_first = self._received_first
+            received_first[event["uuid"]] = None
+            if len(received_first) > _MAX_REORDERED:
+                received_first.popitem(last=False)
         queue = rec.queue if rec is not None else ""
         task = rec.name if rec is not None else ""
         key = (queue, task)

@@ -128,12 +128,45 @@ class RunningExporter:
         return sum(v for (n, lbls), v in families[family].items()
                    if n == name and all(dict(lbls).get(k) == val for k, val in labels.items()))
 
+    def evaluated_at(self) -> float:
+        """When the last finished rules evaluation started (Unix time; 0 before the first)."""
+        return self.total(LAST_EVALUATION)
+
+    def wait_evaluated(self, since: float | None = None, rounds: int = 2,
+                       timeout: float = 60.0) -> float:
+        """Wait for ``rounds`` rules evaluations that started at or after ``since`` (default:
+        now) to finish; returns when the last of them started. What a "no finding" check
+        waits on: an evaluation that began after the workload's events were counted has
+        judged them (``since`` = a threshold's end: one judged them past the threshold)."""
+        return wait_evaluations(self.evaluated_at, since, rounds, timeout)
+
     def practices(self) -> dict:
         return json.loads(self.get("/api/practices")[1])
 
     def findings(self, practice: str | None = None) -> list[dict]:
         found = self.practices()["findings"]
         return [f for f in found if practice is None or f["practice"] == practice]
+
+
+#: the evaluation mark: when the last finished rules evaluation started
+LAST_EVALUATION = "flower_practices_last_evaluation_timestamp_seconds"
+
+
+def wait_evaluations(evaluated_at: Callable[[], float], since: float | None = None,
+                     rounds: int = 2, timeout: float = 60.0) -> float:
+    """:meth:`RunningExporter.wait_evaluated` for any front end: ``evaluated_at`` reads
+    ``flower_practices_last_evaluation_timestamp_seconds`` from it."""
+    since = time.time() if since is None else since
+    # the timeout counts from ``since`` when that lies ahead (a threshold's end)
+    deadline = max(time.time(), since) + timeout
+    floor = started = since
+    for n in range(1, rounds + 1):
+        started = wait_for(lambda f=floor: (t := evaluated_at()) >= f and t,
+                           timeout=max(deadline - time.time(), 0.5), interval=0.1,
+                           message=f"evaluation {n} of {rounds} started at or after "
+                           f"{since:.3f}")
+        floor = started + 1e-6
+    return started
 
 
 def _family_of(sample: str) -> str:

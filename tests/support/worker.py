@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -11,6 +10,8 @@ import time
 from pathlib import Path
 
 from celery import Celery
+
+from tests.support.process import kill_process, log_tail, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +26,10 @@ class WorkerProcess:
         self.name = name or f"w{os.getpid()}-{int(time.time() * 1000) % 100000}@fp-test"
         self.broker = broker
         self.logfile = Path(tempfile.mkstemp(prefix="fp-worker-", suffix=".log")[1])
-        args = [sys.executable, "-m", "celery", "-A", app_module, "worker",
+        # FP_TEST_WORKER_PYTHON: the monitored workers' own environment (.ci/floors runs the
+        # exporter at the dependency floors against workers on a current Celery)
+        python = os.environ.get("FP_TEST_WORKER_PYTHON") or sys.executable
+        args = [python, "-m", "celery", "-A", app_module, "worker",
                 "--loglevel=INFO", "-n", self.name, "-P", pool, "-c", str(concurrency),
                 "--without-mingle", "--without-gossip"]
         if events:
@@ -57,23 +61,14 @@ class WorkerProcess:
         raise RuntimeError(f"worker did not answer ping within {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
-        return self.logfile.read_text(errors="replace")[-5000:]
+        return log_tail(self.logfile, 5000)
 
     def stop(self, timeout: float = 15.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop_process(self.proc, timeout)
 
     def kill(self) -> None:
         """SIGKILL: the worker dies without sending worker-offline or task results."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
+        kill_process(self.proc)
 
     def __enter__(self) -> WorkerProcess:
         return self
