@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 import uuid as uuidlib
 from collections.abc import Callable
@@ -183,17 +182,7 @@ class AmqpEventStream(ReconnectingStream):
 
     def _ready(self) -> None:
         super()._ready()
-        if self.wakeup:
-            # on a thread of its own: a broker freezing right now must not stall the
-            # consumer (which would then never see the silence and report the loss)
-            threading.Thread(target=self._wake_workers, daemon=True,
-                             name="flower-practices-wakeup").start()
-
-    def _wake_workers(self) -> None:
-        try:
-            self.app.control.broadcast("heartbeat")
-        except Exception as exc:  # waking workers is a nicety, not a requirement
-            log.info("could not ask workers for a heartbeat: %s", exc)
+        self._wake_workers_async()
 
     def _declare(self, channel: Any) -> str:
         queue = f"{self.queue_prefix}.{uuidlib.uuid4()}"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from binascii import a2b_base64 as b64decode
 from collections.abc import Callable
@@ -276,18 +275,7 @@ class RedisEventStream(ReconnectingStream):
 
     def _ready(self) -> None:
         super()._ready()
-        if self.wakeup:
-            # on a thread of its own: kombu's publish has no timeout, and a Redis that
-            # freezes right now must not stall the consumer (which would then never see
-            # the silence and never report the broker lost)
-            threading.Thread(target=self._wake_workers, daemon=True,
-                             name="flower-practices-wakeup").start()
-
-    def _wake_workers(self) -> None:
-        try:
-            self.app.control.broadcast("heartbeat")
-        except Exception as exc:  # waking workers is a nicety, not a requirement
-            log.info("could not ask workers for a heartbeat: %s", exc)
+        self._wake_workers_async()
 
     def _session(self) -> None:
         conn = PubSubSocket(*self._address, username=self._auth[0], password=self._auth[1])

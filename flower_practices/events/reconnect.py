@@ -75,6 +75,21 @@ class ReconnectingStream(threading.Thread):
         self._ever_connected = True
         self.status.mark_connected()
 
+    def _wake_workers_async(self) -> None:
+        """Ask workers for a heartbeat (if ``wakeup``), on a thread of its own: a publish
+        has no timeout, and a broker freezing right now must not stall the consumer, which
+        would then never see the silence and never report the broker lost. For the
+        consumers that publish themselves (the kombu receiver wakes workers on its own)."""
+        if self.wakeup:
+            threading.Thread(target=self._wake_workers, daemon=True,
+                             name="flower-practices-wakeup").start()
+
+    def _wake_workers(self) -> None:
+        try:
+            self.app.control.broadcast("heartbeat")
+        except Exception as exc:  # waking workers is a nicety, not a requirement
+            log.info("could not ask workers for a heartbeat: %s", exc)
+
     def run(self) -> None:
         self.status.begin()
         while not self._stop_event.is_set():
