@@ -51,6 +51,7 @@ from bench.stream_bench import (
     Subject,
     cpu_seconds,
     exporter_event_count,
+    measure_idle_rates,
     peak_rss_mib,
     stop,
     subjects,
@@ -203,12 +204,7 @@ def run_stream(url: str, vhost: str, which: list[str], n_events: int, rate: floa
         time.sleep(0.5)
     time.sleep(3.0)  # start-up work (wake-up broadcast, first evaluation) settles
 
-    idle0 = {s.key: cpu_seconds(s.proc.pid) for s in subs}
-    t_idle = time.time()
-    time.sleep(idle_seconds)
-    dt_idle = time.time() - t_idle
-    for s in subs:
-        s.idle_rate = (cpu_seconds(s.proc.pid) - idle0[s.key]) / dt_idle
+    measure_idle_rates(subs, idle_seconds)
 
     print(f"  encoding {n_events} events...", file=sys.stderr)
     msgs = encode(stream(n_events, start=time.time(), rate=rate), group)

@@ -163,13 +163,7 @@ def run_stream(url: str, db: int, which: list[str], n_events: int, rate: float,
         time.sleep(0.2)
     time.sleep(3.0)  # start-up work (wake-up broadcast, first evaluation) settles
 
-    # idle rate of each process
-    idle0 = {s.key: cpu_seconds(s.proc.pid) for s in subs}
-    t_idle = time.time()
-    time.sleep(idle_seconds)
-    dt_idle = time.time() - t_idle
-    for s in subs:
-        s.idle_rate = (cpu_seconds(s.proc.pid) - idle0[s.key]) / dt_idle
+    measure_idle_rates(subs, idle_seconds)
 
     print(f"  encoding {n_events} events...", file=sys.stderr)
     msgs = encode(stream(n_events, start=time.time(), rate=rate), db, group)
@@ -243,6 +237,16 @@ def stop(subs: list[Subject]) -> None:
             except subprocess.TimeoutExpired:
                 s.proc.kill()
 
+
+
+def measure_idle_rates(subs: list, idle_seconds: float) -> None:
+    """Set each subject's ``idle_rate``: CPU seconds per second while no event flows."""
+    idle0 = {s.key: cpu_seconds(s.proc.pid) for s in subs}
+    t_idle = time.time()
+    time.sleep(idle_seconds)
+    dt_idle = time.time() - t_idle
+    for s in subs:
+        s.idle_rate = (cpu_seconds(s.proc.pid) - idle0[s.key]) / dt_idle
 
 def bench_stream(which: list[str], n_events: int, rate: float, idle_seconds: float,
                  redis_url: str | None, group: int = 1) -> dict:
