@@ -22,7 +22,8 @@ from typing import Any
 from .appinfo import AppInfo
 from .catalogue import BY_ID, PRACTICES, practice
 from .config import Settings, resolve_practice_options
-from .events.status import KNOWN_EVENTS, StreamStatus
+from .events.status import StreamStatus
+from .events.types import KNOWN_EVENTS
 from .events.validate import validate
 from .findings import Finding, FindingTracker
 from .metrics import BaseMetrics

@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from .bounded import OTHER
 from .config import DEFAULT_MAX_SERIES_PER_METRIC
+from .events.types import TASK_FAILED, TASK_STARTED, TASK_SUCCEEDED
 from .state import RuntimeState, TaskRecord, finite_seconds
 
 if TYPE_CHECKING:
@@ -178,20 +179,20 @@ class BaseMetrics:
                       state: RuntimeState) -> None:
         """Count one task event the state applied to ``rec``; observe a start's queue
         wait (measured by the state) and a finished run's runtime."""
-        if etype == "task-started":
+        if etype == TASK_STARTED:
             if rec.wait is not None:
                 q = state.queues.get(rec.queue) if rec.queue else None
                 label = q.label if q is not None else \
                     (state.queue_label(rec.queue) if rec.queue else "")
                 self.observe_wait(label, rec.wait)
-        elif etype == "task-succeeded" or etype == "task-failed":
+        elif etype in (TASK_SUCCEEDED, TASK_FAILED):
             self._observe_run(etype, event, rec, state)
         self.count_task_event(etype, _task_label(state, rec), _queue_label(state, rec))
 
     def _observe_run(self, etype: str, event: dict, rec: TaskRecord,
                      state: RuntimeState) -> None:
         ts = event.get("timestamp") or 0.0
-        if etype == "task-succeeded":
+        if etype == TASK_SUCCEEDED:
             runtime = finite_seconds(event.get("runtime"))
             if runtime is None and rec.started_at:
                 runtime = max(0.0, ts - rec.started_at)

@@ -40,16 +40,29 @@ from functools import partial
 
 from .bounded import OTHER, LabelCap, LRUDict, SampleRing
 from .config import Settings
+from .events.types import (
+    TASK_FAILED,
+    TASK_RECEIVED,
+    TASK_REJECTED,
+    TASK_RETRIED,
+    TASK_REVOKED,
+    TASK_SENT,
+    TASK_STARTED,
+    TASK_SUCCEEDED,
+    TERMINAL_EVENTS,
+    WORKER_OFFLINE,
+    WORKER_ONLINE,
+)
 
-TERMINAL = frozenset(("task-succeeded", "task-failed", "task-revoked", "task-rejected"))
+TERMINAL = TERMINAL_EVENTS
 #: states of a task that waits for a worker to start it
 WAITING = frozenset(("SENT", "RECEIVED", "RETRY", "PENDING"))
 #: finished tasks whose name and queue are kept for late events (see ``finished``)
 FINISHED_KEPT = 10_000
 
 #: a task's state after its terminal event
-_FINAL_STATE = {"task-succeeded": "SUCCESS", "task-failed": "FAILURE",
-                "task-revoked": "REVOKED", "task-rejected": "REJECTED"}
+_FINAL_STATE = {TASK_SUCCEEDED: "SUCCESS", TASK_FAILED: "FAILURE",
+                TASK_REVOKED: "REVOKED", TASK_REJECTED: "REJECTED"}
 
 #: what a task record is counted as on its worker
 NOT_COUNTED, RESERVED, RUNNING = 0, 1, 2
@@ -107,7 +120,7 @@ class TaskRecord:
 
 
 #: events by which a worker shows it took a task from a queue
-_TAKEN = frozenset(("task-received", "task-started"))
+_TAKEN = frozenset((TASK_RECEIVED, TASK_STARTED))
 #: queues remembered per worker in ``WorkerRecord.queues_seen``
 _MAX_QUEUES_SEEN = 64
 
@@ -256,8 +269,8 @@ class RuntimeState:
         self._sweep_pos = 0
         #: task event type (other than task-sent) -> its handler, bound once
         self._on_task = {
-            "task-received": self._received, "task-started": self._start,
-            "task-retried": self._retried,
+            TASK_RECEIVED: self._received, TASK_STARTED: self._start,
+            TASK_RETRIED: self._retried,
             **{t: partial(self._finished, final) for t, final in _FINAL_STATE.items()},
         }
 
@@ -303,7 +316,7 @@ class RuntimeState:
             if done is not None:
                 rec.name, rec.queue = done
                 # a new message (a redelivery) starts a new life; anything else is late
-                rec.straggler = etype != "task-sent" and etype != "task-received"
+                rec.straggler = etype != TASK_SENT and etype != TASK_RECEIVED
             evicted = tasks.put(uuid, rec)
             if evicted is not None:
                 self._release(evicted)
@@ -391,7 +404,7 @@ class RuntimeState:
             return None
         rec = self._task(event["uuid"], etype)
         rec.updated_at = ts
-        if etype == "task-sent":
+        if etype == TASK_SENT:
             self._sent(rec, event, ts)
             return rec
         hostname = event.get("hostname")
@@ -531,12 +544,12 @@ class RuntimeState:
         if worker is None:
             return
         now = worker.last_seen = self.last_event_at
-        if etype == "worker-offline":
+        if etype == WORKER_OFFLINE:
             worker.online = False
             worker.offline_at = now
             self._new_epoch(worker)
             return
-        restarted = etype == "worker-online" or worker.offline_at > 0.0
+        restarted = etype == WORKER_ONLINE or worker.offline_at > 0.0
         processed = event.get("processed")
         if type(processed) is int:
             if processed < worker.processed:

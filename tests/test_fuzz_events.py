@@ -24,7 +24,7 @@ from flower_practices.config import Settings
 from flower_practices.engine import Engine
 from flower_practices.events.fast_redis import EventDecoder
 from flower_practices.events.sanitize import json_bytes
-from flower_practices.events.status import KNOWN_EVENTS
+from flower_practices.events.types import KNOWN_EVENTS
 from flower_practices.metrics import PracticesCollector, render_metrics
 from flower_practices.rules import ALL_RULES
 

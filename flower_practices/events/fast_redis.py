@@ -50,6 +50,7 @@ from .resp import (
     RespError,
 )
 from .status import StreamStatus
+from .types import TASK_SENT
 
 log = logging.getLogger("flower_practices.events")
 
@@ -222,7 +223,7 @@ class EventDecoder:
                 if type(body) is not dict:
                     continue
                 try:
-                    if body["type"] == "task-sent":
+                    if body["type"] == TASK_SENT:
                         # clients never sync so cannot use their clock value
                         c = body["clock"] = (clock.value or 1) + CLIENT_CLOCK_SKEW
                         clock.value = max(clock.value, c) + 1

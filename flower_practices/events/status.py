@@ -17,12 +17,6 @@ import time
 
 log = logging.getLogger("flower_practices.events")
 
-TASK_EVENTS = frozenset((
-    "task-sent", "task-received", "task-started", "task-succeeded", "task-failed",
-    "task-retried", "task-revoked", "task-rejected",
-))
-WORKER_EVENTS = frozenset(("worker-online", "worker-heartbeat", "worker-offline"))
-KNOWN_EVENTS = TASK_EVENTS | WORKER_EVENTS
 
 #: bounded set of decode-error kinds (metric label values)
 DECODE_ERROR_KINDS = (

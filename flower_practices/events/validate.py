@@ -14,7 +14,8 @@ from collections.abc import Container
 from typing import Any
 
 from .sanitize import MAX_UUID_LENGTH, TASK_FIELDS, WORKER_FIELDS, clean_event
-from .status import TASK_EVENTS, StreamStatus
+from .status import StreamStatus
+from .types import TASK_EVENTS
 
 #: Unix times from here on are not believed (year 5138)
 _MAX_TIME = 1e11

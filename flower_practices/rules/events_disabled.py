@@ -46,6 +46,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..bounded import WindowCounter
+from ..events.types import (
+    TASK_RECEIVED,
+    TASK_SENT,
+    TASK_STARTED,
+    WORKER_HEARTBEAT,
+    WORKER_OFFLINE,
+    WORKER_ONLINE,
+)
 from ..findings import Condition
 from .base import Rule
 
@@ -153,9 +161,9 @@ class EventsDisabled(Rule):
         self.ignored_in_warmup = 0
 
     def hooks(self):
-        return {"task-sent": self._on_sent, "task-received": self._on_received,
-                "task-started": self._on_started, "worker-heartbeat": self._on_heartbeat,
-                "worker-online": self._on_online, "worker-offline": self._on_offline}
+        return {TASK_SENT: self._on_sent, TASK_RECEIVED: self._on_received,
+                TASK_STARTED: self._on_started, WORKER_HEARTBEAT: self._on_heartbeat,
+                WORKER_ONLINE: self._on_online, WORKER_OFFLINE: self._on_offline}
 
     def coverage(self) -> str:
         if not self.ctx.events_supported:

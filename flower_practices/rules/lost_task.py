@@ -28,6 +28,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..bounded import LRUDict
+from ..events.types import (
+    TASK_FAILED,
+    TASK_RECEIVED,
+    TASK_REJECTED,
+    TASK_REVOKED,
+    TASK_STARTED,
+    TASK_SUCCEEDED,
+)
 from ..findings import Condition
 from .base import Rule
 
@@ -80,9 +88,9 @@ class LostTask(Rule):
         return now  # the lost tasks themselves are restored: evaluate() decides
 
     def hooks(self):
-        return {"task-received": self._on_task, "task-started": self._on_task,
-                "task-succeeded": self._on_task, "task-failed": self._on_task,
-                "task-revoked": self._on_task, "task-rejected": self._on_task}
+        return {TASK_RECEIVED: self._on_task, TASK_STARTED: self._on_task,
+                TASK_SUCCEEDED: self._on_task, TASK_FAILED: self._on_task,
+                TASK_REVOKED: self._on_task, TASK_REJECTED: self._on_task}
 
     def _on_task(self, event: dict, rec: Any) -> None:
         lost = self.lost

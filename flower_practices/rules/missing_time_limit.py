@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..bounded import LRUDict
+from ..events.types import TASK_FAILED, TASK_SUCCEEDED
 from ..findings import Condition
 from ..state import finite_seconds
 from .base import Rule
@@ -65,7 +66,7 @@ class MissingTimeLimit(Rule):
         return info is not None and info.has_time_limit
 
     def hooks(self):
-        return {"task-succeeded": self._on_done, "task-failed": self._on_done}
+        return {TASK_SUCCEEDED: self._on_done, TASK_FAILED: self._on_done}
 
     def _on_done(self, event: dict, rec: Any) -> None:
         if rec is None:

@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from ..events.types import TASK_RECEIVED, TASK_SENT
 from ..findings import Condition
 from .base import Rule
 
@@ -180,10 +181,10 @@ class OrmObjectArgument(Rule):
         self._received_first: OrderedDict[str, None] = OrderedDict()
 
     def hooks(self):
-        return {"task-sent": self._on_message, "task-received": self._on_message}
+        return {TASK_SENT: self._on_message, TASK_RECEIVED: self._on_message}
 
     def _on_message(self, event: dict, rec: Any) -> None:
-        received = event["type"] == "task-received"
+        received = event["type"] == TASK_RECEIVED
         if received and rec is not None and rec.has_sent:
             return  # already scanned at task-sent
         if not received and self._received_first and \

@@ -16,6 +16,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..bounded import LRUDict
+from ..events.types import (
+    TASK_FAILED,
+    TASK_RECEIVED,
+    TASK_REJECTED,
+    TASK_RETRIED,
+    TASK_REVOKED,
+    TASK_STARTED,
+    TASK_SUCCEEDED,
+)
 from ..findings import Condition
 from .base import Rule
 from .queue_view import live_workers
@@ -42,8 +51,8 @@ class PrefetchStarvation(Rule):
 
     def hooks(self):
         return {t: self._on_task for t in (
-            "task-received", "task-started", "task-succeeded", "task-failed",
-            "task-retried", "task-revoked", "task-rejected")}
+            TASK_RECEIVED, TASK_STARTED, TASK_SUCCEEDED, TASK_FAILED,
+            TASK_RETRIED, TASK_REVOKED, TASK_REJECTED)}
 
     def coverage(self) -> str:
         if not self.ctx.events_supported:

@@ -24,6 +24,14 @@ from itertools import islice
 from typing import Any
 
 from ..bounded import SampleRing, WindowCounter, percentile
+from ..events.types import (
+    TASK_FAILED,
+    TASK_RECEIVED,
+    TASK_RETRIED,
+    TASK_SENT,
+    TASK_STARTED,
+    TASK_SUCCEEDED,
+)
 from ..findings import Condition
 from .base import Rule
 from .queue_view import live_workers, no_consumer, routed_tasks
@@ -66,8 +74,8 @@ class QueueStarvation(Rule):
         self._reserved: dict[str, int] | None = None
 
     def hooks(self):
-        return {"task-started": self._on_started, "task-succeeded": self._on_done,
-                "task-failed": self._on_done, "task-retried": self._on_done}
+        return {TASK_STARTED: self._on_started, TASK_SUCCEEDED: self._on_done,
+                TASK_FAILED: self._on_done, TASK_RETRIED: self._on_done}
 
     def coverage(self) -> str:
         if not self.ctx.events_supported:
@@ -230,8 +238,8 @@ class QueueStarvation(Rule):
             # workers but not started (celery_queue_reserved_tasks)
             "queue_length": qrec.length if qrec is not None else None,
             "reserved_on_workers": self._reserved.get(queue, 0),
-            "wait_measured_from": "task-received" if self.from_received.get(queue)
-            else "task-sent",
+            "wait_measured_from": TASK_RECEIVED if self.from_received.get(queue)
+            else TASK_SENT,
             **inversion,
         })
         others = [o for o in inversion["occupied_by"] if o["queue"] != queue

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..events.types import TASK_SENT
 from ..findings import Condition
 from .base import Rule
 from .queue_view import (
@@ -73,7 +74,7 @@ class QueueWithoutConsumer(Rule):
         self.baseline: dict[str, tuple[int, int]] = {}
 
     def hooks(self):
-        return {"task-sent": self._on_sent}
+        return {TASK_SENT: self._on_sent}
 
     def _on_sent(self, event: dict, rec: Any) -> None:
         if rec is None or rec.queue not in self.flagged:

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..brokers import is_database_backend, scheme
+from ..events.types import TASK_SUCCEEDED
 from ..findings import Condition
 from .base import Rule
 
@@ -36,7 +37,7 @@ class ResultBackendDatabase(Rule):
         self.rows_written = 0
 
     def hooks(self):
-        return {"task-succeeded": self._on_succeeded} if self.backend else {}
+        return {TASK_SUCCEEDED: self._on_succeeded} if self.backend else {}
 
     def _on_succeeded(self, event: dict, rec: Any) -> None:
         if rec is None:

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..bounded import LRUDict, WindowCounter
+from ..events.types import TASK_RECEIVED, TASK_RETRIED, TASK_SENT
 from ..findings import Condition
 from .base import Rule
 
@@ -148,8 +149,8 @@ class RetryStorm(Rule):
         return out
 
     def hooks(self):
-        return {"task-retried": self._on_retried, "task-received": self._on_received,
-                "task-sent": self._on_sent}
+        return {TASK_RETRIED: self._on_retried, TASK_RECEIVED: self._on_received,
+                TASK_SENT: self._on_sent}
 
     def _stats(self, queue: str, task: str) -> _Stats | None:
         key = (queue, task)

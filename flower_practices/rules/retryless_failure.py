@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..bounded import LRUDict
+from ..events.types import TASK_FAILED, TASK_RETRIED
 from ..findings import Condition
 from .base import Rule
 
@@ -103,7 +104,7 @@ class RetrylessFailure(Rule):
         self.tallies: dict[tuple[str, str], _Tally] = {}
 
     def hooks(self):
-        return {"task-retried": self._on_retried, "task-failed": self._on_failed}
+        return {TASK_RETRIED: self._on_retried, TASK_FAILED: self._on_failed}
 
     def _on_retried(self, event: dict, rec: Any) -> None:
         self.retried.put(event["uuid"], True)

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..events.types import TASK_RECEIVED, TASK_SENT
 from ..findings import Condition
 from .base import Rule
 from .queue_view import live_workers
@@ -50,12 +51,12 @@ class SingleDefaultQueue(Rule):
         self.pending: dict[tuple[str, str], int] = {}
 
     def hooks(self):
-        return {"task-sent": self._on_task, "task-received": self._on_task}
+        return {TASK_SENT: self._on_task, TASK_RECEIVED: self._on_task}
 
     def _on_task(self, event: dict, rec: Any) -> None:
         if rec is None or not rec.name:
             return
-        if event["type"] == "task-received" and rec.has_sent:
+        if event["type"] == TASK_RECEIVED and rec.has_sent:
             return  # already seen through its task-sent
         key = (rec.queue, rec.name)
         seen = self.seen

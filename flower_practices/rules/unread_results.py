@@ -74,6 +74,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..bounded import LRUDict
 from ..brokers import scheme
+from ..events.types import TASK_SUCCEEDED
 from ..findings import Condition
 from .base import ProbeFailed, Rule, RuleContext
 
@@ -183,7 +184,7 @@ class UnreadResults(Rule):
     def hooks(self):
         if self.ctx.results is None:
             return {}
-        return {"task-succeeded": self._on_succeeded}
+        return {TASK_SUCCEEDED: self._on_succeeded}
 
     def _on_succeeded(self, event: dict, rec: Any) -> None:
         if rec is None or not rec.name or rec.name in self.ignore:
