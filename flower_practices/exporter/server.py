@@ -31,9 +31,9 @@ from tornado.httpserver import HTTPServer
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.netutil import bind_sockets
 
+from ..assembly import EngineRunner, build_engine
 from ..config import Settings
 from ..metrics import PracticesCollector
-from ..runtime import EngineRunner, build_engine
 from .handlers import make_application
 from .webconfig import BasicAuth, WebConfig
 

@@ -1,6 +1,6 @@
 """The ``flower_practices`` Flower plugin: engine, event tap, timers, pages and metrics.
 
-``install(flower_app)`` builds the engine with :func:`flower_practices.runtime.build_engine`,
+``install(flower_app)`` builds the engine with :func:`flower_practices.assembly.build_engine`,
 feeds it every event Flower's own state handles (on the IOLoop, O(1)), and on ``start()``
 runs rule evaluation and broker probes from tornado ``PeriodicCallback``s whose work goes
 to Flower's executor (both may do network I/O, which must never block the IOLoop).
@@ -36,6 +36,7 @@ from celery.events import EventReceiver
 from prometheus_client import REGISTRY
 from tornado.ioloop import PeriodicCallback
 
+from ..assembly import build_engine
 from ..brokers import NO_EVENTS_ON_DATABASE, broker_url_problem, redact
 from ..config import ConfigError, Settings, load_settings
 from ..engine import Engine
@@ -50,7 +51,6 @@ from ..events.stream import (
 )
 from ..metrics import PracticesCollector
 from ..probes.poller import ProbePoller
-from ..runtime import build_engine
 from ..store import default_state_dir
 from .metrics_auth import metrics_handlers
 from .web import APP_ATTR, handlers, install_loader
