@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..events.types import TASK_RECEIVED, TASK_SENT
@@ -164,19 +165,25 @@ class _Tally:
 
 class OrmObjectArgument(Rule):
     id = "orm_object_argument"
-    defaults = {
+
+    @dataclass(frozen=True, slots=True)
+    class Options:
+        """Typed options (the documented defaults; each may be overridden in
+        ``[practices.orm_object_argument]``)."""
+
         #: characters of each args/kwargs repr scanned (Celery truncates reprs anyway)
-        "max_scan_chars": 4096,
+        max_scan_chars: int = 4096
         #: a finding stays active this long after the last offending message
-        "window_seconds": 600.0,
+        window_seconds: float = 600.0
         #: class names never reported (e.g. value objects with Django-like reprs)
-        "ignore_classes": [],
-    }
+        ignore_classes: tuple[str, ...] = ()
+
+    #: this rule's options, typed (set by :class:`Rule`)
+    opts: Options
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
-        self.limit = int(options["max_scan_chars"])
-        self.ignore = frozenset(options["ignore_classes"])
+        self.ignore = frozenset(self.opts.ignore_classes)
         self.tallies: dict[tuple[str, str], _Tally] = {}
         self._received_first: OrderedDict[str, None] = OrderedDict()
 
@@ -185,27 +192,43 @@ class OrmObjectArgument(Rule):
 
     def _on_message(self, event: dict, rec: Any) -> None:
         received = event["type"] == TASK_RECEIVED
-        if received and rec is not None and rec.has_sent:
-            return  # already scanned at task-sent
-        if not received and self._received_first and \
-                self._received_first.pop(event["uuid"], 0) is None:
-            return  # reordered: already counted at its task-received
-        args = event.get("args")
-        kwargs = event.get("kwargs")
-        found: list[tuple[str, str]] = []
-        if isinstance(args, str) and "<" in args:
-            found = find_models(args, self.limit, keyword=False)
-        if isinstance(kwargs, str) and "<" in kwargs:
-            found += find_models(kwargs, self.limit, keyword=True)
-        if self.ignore:
-            found = [f for f in found if f[1] not in self.ignore]
+        if self._scanned_before(event["uuid"], rec, received):
+            return
+        found = self._models(event)
         if not found:
             return
         if received:
-            received_first = self._received_first
-            received_first[event["uuid"]] = None
-            if len(received_first) > _MAX_REORDERED:
-                received_first.popitem(last=False)
+            self._remember_received(event["uuid"])
+        self._tally(event["timestamp"], rec, found)
+
+    def _scanned_before(self, uuid: str, rec: Any, received: bool) -> bool:
+        """This message was already scanned: at its task-sent (for a task-received), or
+        at a task-received that overtook it (for a late task-sent)."""
+        if received:
+            return rec is not None and rec.has_sent
+        return bool(self._received_first) and self._received_first.pop(uuid, 0) is None
+
+    def _models(self, event: dict) -> list[tuple[str, str]]:
+        """(argument position or keyword, class name) of the model reprs in the message."""
+        args = event.get("args")
+        kwargs = event.get("kwargs")
+        limit = self.opts.max_scan_chars
+        found: list[tuple[str, str]] = []
+        if isinstance(args, str) and "<" in args:
+            found = find_models(args, limit, keyword=False)
+        if isinstance(kwargs, str) and "<" in kwargs:
+            found += find_models(kwargs, limit, keyword=True)
+        if self.ignore:
+            found = [f for f in found if f[1] not in self.ignore]
+        return found
+
+    def _remember_received(self, uuid: str) -> None:
+        received_first = self._received_first
+        received_first[uuid] = None
+        if len(received_first) > _MAX_REORDERED:
+            received_first.popitem(last=False)
+
+    def _tally(self, timestamp: float, rec: Any, found: list[tuple[str, str]]) -> None:
         queue = rec.queue if rec is not None else ""
         task = rec.name if rec is not None else ""
         key = (queue, task)
@@ -215,14 +238,14 @@ class OrmObjectArgument(Rule):
                 return
             tally = self.tallies[key] = _Tally()
         tally.count += 1
-        tally.last_seen = event["timestamp"]
+        tally.last_seen = timestamp
         for where, cls in found:
             if where in tally.arguments or len(tally.arguments) < _MAX_FOUND:
                 tally.arguments[where] = cls
         self.count(queue or None, task or None)
 
     def evaluate(self, now: float) -> Iterable[Condition]:
-        window = float(self.options["window_seconds"])
+        window = self.opts.window_seconds
         for key in [k for k, t in self.tallies.items() if now - t.last_seen > window]:
             del self.tallies[key]
         app = self.ctx.app
