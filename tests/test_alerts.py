@@ -21,6 +21,7 @@ RULES = generate.HERE / generate.RULES_FILE
 MANIFEST = generate.HERE / generate.MANIFEST_FILE
 UNIT_TESTS = generate.HERE / generate.TESTS_FILE
 EXPORTER_ALERTS = {"FlowerPracticesExporterDown": "exporter_down",
+                   "FlowerPracticesExporterReplicaDown": "exporter_down",
                    "FlowerPracticesEventStreamStalled": "event_stream_stalled",
                    "FlowerPracticesEventStreamGaps": "event_stream_gaps"}
 OPERATIONS_ALERTS = {"CeleryTaskFailureRatioHigh": "task_failure_ratio",

@@ -5,7 +5,9 @@ One alert per finding, not two, carrying the cluster and namespace labels of the
 (the rules aggregate ``max without (instance, pod)``); the dashboards count each finding
 once; when one replica dies the alert goes on firing from the survivor -- same
 ``activeAt``, never pending again, never resolved -- while ``keep_firing_for`` is cut to
-1 s, so it is the survivor and not the hold that keeps it.
+1 s, so it is the survivor and not the hold that keeps it. The dead replica raises
+``FlowerPracticesExporterReplicaDown`` (a warning), never the critical
+``FlowerPracticesExporterDown``, which needs every replica down.
 """
 
 from __future__ import annotations
@@ -111,26 +113,29 @@ def test_two_replicas_one_alert_and_a_dying_replica_resolves_nothing(
             assert all(float(r["value"][1]) == 1.0 for r in by_practice
                        if r["metric"]["practice"] in PRACTICES), by_practice
 
-            # One replica dies. Until Prometheus has seen it down (and its own
-            # exporter-down alert fired, 2 s later), every practice alert stays the one
-            # it was: firing, same activeAt.
+            # One replica dies. Until Prometheus has seen it down (and the replica-down
+            # warning fired, 2 s later), every practice alert stays the one it was:
+            # firing, same activeAt.
             dead = replicas.pop("fp-a")
             dead.stop()
 
-            def dead_replica_paged() -> list[dict]:
+            def dead_replica_reported() -> list[dict]:
                 for practice in PRACTICES:
                     alert = one_alert(prom, practice)
                     assert alert, f"{alert_name(practice)} resolved when a replica died"
                     assert alert["activeAt"] == active_at[practice], "re-fired"
-                return [a for a in prom.firing("FlowerPracticesExporterDown")
+                return [a for a in prom.firing("FlowerPracticesExporterReplicaDown")
                         if a["labels"].get("pod") == "fp-a"]
 
-            (down,) = wait_for(dead_replica_paged, timeout=60, interval=0.2,
-                               message="the dead replica's FlowerPracticesExporterDown")
+            (down,) = wait_for(dead_replica_reported, timeout=60, interval=0.2,
+                               message="the dead replica's FlowerPracticesExporterReplicaDown")
             assert down["labels"]["instance"] == f"127.0.0.1:{dead.port}"
-            # the survivor is not reported down
-            assert [a["labels"]["pod"] for a in prom.firing("FlowerPracticesExporterDown")] \
-                == ["fp-a"]
+            assert down["labels"]["severity"] == "warning"
+            # the survivor is not reported down, and one dead replica of two pages nobody
+            assert [a["labels"]["pod"]
+                    for a in prom.firing("FlowerPracticesExporterReplicaDown")] == ["fp-a"]
+            assert prom.firing("FlowerPracticesExporterDown") == []
+            assert instant(prom, 'ALERTS{alertname="FlowerPracticesExporterDown"}') == []
             assert len(instant(prom, 'celery_practice_violation{practice="retryless_failure"}'
                                      )) == 1
             for practice in PRACTICES:

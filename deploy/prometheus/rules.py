@@ -201,21 +201,41 @@ def practice_rule(p: Practice, options: Options) -> dict[str, Any]:
 
 def exporter_rules(options: Options) -> list[dict[str, Any]]:
     up = f'up{{job="{options.job}"}}'
+    # per cluster/namespace/job: every replica down pages; one of several is a warning
+    scope = options.scope()
     return [
         {
             "alert": "FlowerPracticesExporterDown",
-            "expr": f"{up} == 0 or absent({up})",
+            "expr": f"max by ({scope}) ({up}) == 0 or absent({up})",
             "for": options.exporter_down_for,
             "labels": {"severity": options.exporter_down_severity},
             "annotations": {
-                "summary": "flower-practices exporter{{ if $labels.instance }} "
-                           "{{ $labels.instance }}{{ end }} is down or not scraped",
-                "description": (f'Prometheus has not scraped job "{options.job}" for '
-                                f"{options.exporter_down_for} (or the target vanished from "
-                                "service discovery): no new practice alert can fire while "
-                                "the exporter is down. Firing practice alerts keep firing "
-                                f"for {options.keep_firing_for}; a restarted exporter "
-                                "restores its findings from its state file."),
+                "summary": "flower-practices exporter is down or not scraped (job "
+                           "{{ $labels.job }}: no replica answers)",
+                "description": (f'Prometheus has not scraped any replica of job '
+                                f'"{options.job}" for {options.exporter_down_for} (or the '
+                                "target vanished from service discovery): no new practice "
+                                "alert can fire while the exporter is down. Firing practice "
+                                f"alerts keep firing for {options.keep_firing_for}; a "
+                                "restarted exporter restores its findings from its state "
+                                "file."),
+                "runbook_url": options.runbook("exporter_down"),
+                "dashboard_url": options.dashboard(WORKERS_DASHBOARD),
+            },
+        },
+        {
+            "alert": "FlowerPracticesExporterReplicaDown",
+            "expr": f"{up} == 0 and on ({scope}) (max by ({scope}) ({up}) == 1)",
+            "for": options.exporter_down_for,
+            "labels": {"severity": options.exporter_severity},
+            "annotations": {
+                "summary": "flower-practices exporter replica {{ $labels.instance }} is down "
+                           "(another replica still serves)",
+                "description": (f"Prometheus has not scraped this replica of job "
+                                f'"{options.job}" for {options.exporter_down_for}, while '
+                                "another replica answers: findings and alerts still flow "
+                                "from the survivor, but the deployment has lost its "
+                                "redundancy."),
                 "runbook_url": options.runbook("exporter_down"),
                 "dashboard_url": options.dashboard(WORKERS_DASHBOARD),
             },

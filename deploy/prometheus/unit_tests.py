@@ -203,7 +203,9 @@ def exporter_cases(options: Options) -> list[dict[str, Any]]:
                          f"?var-job={DEFAULT_JOB}")
     down_for = _minutes(options.exporter_down_for)
     down_annotations = {
-        "description": (f'Prometheus has not scraped job "{DEFAULT_JOB}" for '
+        "summary": (f"flower-practices exporter is down or not scraped (job {DEFAULT_JOB}: "
+                    "no replica answers)"),
+        "description": (f'Prometheus has not scraped any replica of job "{DEFAULT_JOB}" for '
                         f"{options.exporter_down_for} (or the target vanished from service "
                         "discovery): no new practice alert can fire while the exporter is "
                         f"down. Firing practice alerts keep firing for "
@@ -212,6 +214,8 @@ def exporter_cases(options: Options) -> list[dict[str, Any]]:
         "runbook_url": options.runbook("exporter_down"),
         "dashboard_url": workers_dashboard,
     }
+    replica = f'up{{job="{DEFAULT_JOB}", instance="replica-b:9808"}}'
+    replica_down = "FlowerPracticesExporterReplicaDown"
     stalled_runbook = options.runbook("event_stream_stalled")
     stalled_description = (
         "The exporter is connected to the broker but has received no event (not even a "
@@ -226,11 +230,47 @@ def exporter_cases(options: Options) -> list[dict[str, Any]]:
                 {"eval_time": f"{down_for - 1}m", "alertname": down, "exp_alerts": []},
                 {"eval_time": f"{down_for + 1}m", "alertname": down, "exp_alerts": [{
                     "exp_labels": {"severity": options.exporter_down_severity,
+                                   "job": DEFAULT_JOB},
+                    "exp_annotations": down_annotations}]},
+                # a single replica down is the exporter down: no replica alert besides
+                {"eval_time": f"{down_for + 1}m", "alertname": replica_down,
+                 "exp_alerts": []},
+            ],
+        },
+        {   # two replicas, one down: a warning for that replica, no page
+            "interval": "1m",
+            "input_series": [{"series": up, "values": "0x20"},
+                             {"series": replica, "values": "1x20"}],
+            "alert_rule_test": [
+                {"eval_time": f"{down_for + 1}m", "alertname": down, "exp_alerts": []},
+                {"eval_time": f"{down_for - 1}m", "alertname": replica_down,
+                 "exp_alerts": []},
+                {"eval_time": f"{down_for + 1}m", "alertname": replica_down, "exp_alerts": [{
+                    "exp_labels": {"severity": options.exporter_severity,
                                    "job": DEFAULT_JOB, "instance": INSTANCE},
                     "exp_annotations": {
-                        "summary": f"flower-practices exporter {INSTANCE} is down or not "
-                                   "scraped",
-                        **down_annotations}}]},
+                        "summary": f"flower-practices exporter replica {INSTANCE} is down "
+                                   "(another replica still serves)",
+                        "description": (
+                            f'Prometheus has not scraped this replica of job "{DEFAULT_JOB}" '
+                            f"for {options.exporter_down_for}, while another replica "
+                            "answers: findings and alerts still flow from the survivor, "
+                            "but the deployment has lost its redundancy."),
+                        "runbook_url": options.runbook("exporter_down"),
+                        "dashboard_url": workers_dashboard}}]},
+            ],
+        },
+        {   # two replicas, both down: one page for the job
+            "interval": "1m",
+            "input_series": [{"series": up, "values": "0x20"},
+                             {"series": replica, "values": "0x20"}],
+            "alert_rule_test": [
+                {"eval_time": f"{down_for + 1}m", "alertname": down, "exp_alerts": [{
+                    "exp_labels": {"severity": options.exporter_down_severity,
+                                   "job": DEFAULT_JOB},
+                    "exp_annotations": down_annotations}]},
+                {"eval_time": f"{down_for + 1}m", "alertname": replica_down,
+                 "exp_alerts": []},
             ],
         },
         {   # the job is not scraped at all: absent(up)
@@ -239,9 +279,7 @@ def exporter_cases(options: Options) -> list[dict[str, Any]]:
             "alert_rule_test": [{"eval_time": f"{down_for + 1}m", "alertname": down,
                                  "exp_alerts": [{
                 "exp_labels": {"severity": options.exporter_down_severity, "job": DEFAULT_JOB},
-                "exp_annotations": {
-                    "summary": "flower-practices exporter is down or not scraped",
-                    **down_annotations}}]}],
+                "exp_annotations": down_annotations}]}],
         },
         {   # healthy exporter: connected, events flowing (timestamp follows the clock)
             "interval": "1m",
