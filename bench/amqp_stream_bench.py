@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -47,14 +46,16 @@ import amqp
 from bench.events import stream
 from bench.stream_bench import (
     ROOT,
-    TICK,
     Subject,
     cpu_seconds,
     exporter_event_count,
     measure_idle_rates,
-    peak_rss_mib,
+    record_results,
+    start_subjects,
     stop,
     subjects,
+    wait_settled,
+    wait_subscribed,
 )
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672"
@@ -186,24 +187,8 @@ def run_stream(url: str, vhost: str, which: list[str], n_events: int, rate: floa
             s.argv[i:i] = ["-A", BENCH_APP]
         else:
             s.argv += ["--app", BENCH_APP]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for s in subs:
-        s.log = workdir / f"{s.key}.log"
-        with open(s.log, "wb") as out:
-            s.proc = subprocess.Popen(s.argv, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                      cwd=str(ROOT))
-    deadline = time.time() + 90
-    while event_consumers(vhost) < len(subs):
-        for s in subs:
-            if s.proc.poll() is not None:
-                raise SystemExit(f"subject {s.key} exited:\n{s.log.read_text()[-3000:]}")
-        if time.time() > deadline:
-            logs = "\n".join(f"--- {s.key}:\n{s.log.read_text()[-1500:]}" for s in subs)
-            raise SystemExit(f"subjects did not subscribe within 90 s "
-                             f"({event_consumers(vhost)} of {len(subs)}):\n{logs}")
-        time.sleep(0.5)
-    time.sleep(3.0)  # start-up work (wake-up broadcast, first evaluation) settles
-
+    start_subjects(subs, workdir)
+    wait_subscribed(subs, lambda: event_consumers(vhost), len(subs))
     measure_idle_rates(subs, idle_seconds)
 
     print(f"  encoding {n_events} events...", file=sys.stderr)
@@ -217,41 +202,12 @@ def run_stream(url: str, vhost: str, which: list[str], n_events: int, rate: floa
     worker_events = sum(n for key, _, _, n in msgs if key.startswith("worker."))
     expected = {s.key: n_events - worker_events if s.key in ("c", "d") else n_events
                 for s in subs}
-
-    def counts() -> dict[str, float | None]:
-        return {s.key: event_count(s, count_file) for s in subs}
-
-    # done when every subject has counted all its events (Flower queues events on its
-    # IOLoop, so an idle receiver thread does not mean done) and its CPU is back at idle;
-    # or, if some never get there, when the counts stop moving
-    prev = {s.key: cpu_seconds(s.proc.pid) for s in subs}
-    last: dict[str, float | None] = {}
-    still = 0
-    settle_deadline = time.time() + 300
-    while time.time() < settle_deadline:
-        time.sleep(1.0)
-        busy = False
-        for s in subs:
-            now = cpu_seconds(s.proc.pid)
-            if now - prev[s.key] > s.idle_rate * 1.0 + 2.0 / TICK:
-                busy = True
-            prev[s.key] = now
-        seen = counts()
-        still = still + 1 if seen == last else 0
-        last = seen
-        if not busy and (seen == expected or still >= 5):
-            break
+    seen = wait_settled(subs, timeout=300, expected=expected,
+                        counts=lambda: {s.key: event_count(s, count_file) for s in subs})
+    record_results(subs, n_events)
     for s in subs:
-        cpu1, t1 = cpu_seconds(s.proc.pid), time.time()
-        used = (cpu1 - s.cpu0) - s.idle_rate * (t1 - s.t0)
-        s.result = {
-            "cpu_us_per_event": used / n_events * 1e6,
-            "cpu_seconds": cpu1 - s.cpu0,
-            "idle_cpu_percent": s.idle_rate * 100.0,
-            "peak_rss_mib": peak_rss_mib(s.proc.pid),
-            "events_seen": last.get(s.key),
-            "events_expected": expected[s.key],
-        }
+        s.result["events_seen"] = seen.get(s.key)
+        s.result["events_expected"] = expected[s.key]
     meta = {"broker": "rabbitmq", "events": n_events, "messages": len(msgs), "group": group,
             "rate": rate, "publish_seconds": publish_seconds}
     return meta

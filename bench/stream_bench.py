@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,35 +143,78 @@ def pattern_subscribers(client: redis.Redis) -> int:
     return sum(1 for c in client.client_list() if int(c.get("psub", 0)) > 0)
 
 
-def run_stream(url: str, db: int, which: list[str], n_events: int, rate: float,
-               idle_seconds: float, workdir: Path, group: int) -> tuple[list[Subject], dict]:
-    client = redis.Redis.from_url(url)
-    base_subs = pattern_subscribers(client)
-    subs = subjects(url, which, workdir)
+def start_subjects(subs: list[Subject], workdir: Path) -> None:
+    """Start every subject in its own process, its output in ``<workdir>/<key>.log``."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for s in subs:
         s.log = workdir / f"{s.key}.log"
         with open(s.log, "wb") as out:
             s.proc = subprocess.Popen(s.argv, stdout=out, stderr=subprocess.STDOUT, env=env,
                                       cwd=str(ROOT))
-    deadline = time.time() + 60
-    while pattern_subscribers(client) < base_subs + len(subs):
+
+
+def wait_subscribed(subs: list[Subject], subscribed: Callable[[], int], expected: int,
+                    timeout: float = 90.0) -> None:
+    """Wait until ``subscribed()`` (the broker's count of event consumers) reaches
+    ``expected``; a subject that exits or a timeout ends the benchmark with its logs."""
+    deadline = time.time() + timeout
+    while (n := subscribed()) < expected:
         for s in subs:
             if s.proc.poll() is not None:
                 raise SystemExit(f"subject {s.key} exited:\n{s.log.read_text()[-3000:]}")
         if time.time() > deadline:
-            raise SystemExit("subjects did not subscribe within 60 s")
+            logs = "\n".join(f"--- {s.key}:\n{s.log.read_text()[-1500:]}" for s in subs)
+            raise SystemExit(f"subjects did not subscribe within {timeout:.0f} s "
+                             f"({n} of {expected}):\n{logs}")
         time.sleep(0.2)
     time.sleep(3.0)  # start-up work (wake-up broadcast, first evaluation) settles
 
-    measure_idle_rates(subs, idle_seconds)
 
-    print(f"  encoding {n_events} events...", file=sys.stderr)
-    msgs = encode(stream(n_events, start=time.time(), rate=rate), db, group)
-    n_events = sum(n for _, _, n in msgs)  # ends on a whole task, a few events past target
+def wait_settled(subs: list[Subject], timeout: float,
+                 counts: Callable[[], dict[str, float | None]] | None = None,
+                 expected: dict[str, int] | None = None) -> dict[str, float | None]:
+    """Wait until every subject's CPU is back at its idle rate (its backlog drained) and,
+    when ``counts`` is given, until it counted ``expected`` events (Flower queues events
+    on its IOLoop, so an idle receiver thread does not mean done) -- or, if some never
+    get there, until the counts stop moving. Returns the last counts."""
+    prev = {s.key: cpu_seconds(s.proc.pid) for s in subs}
+    last: dict[str, float | None] = {}
+    still = 0
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(1.0)
+        busy = False
+        for s in subs:
+            now = cpu_seconds(s.proc.pid)
+            if now - prev[s.key] > s.idle_rate * 1.0 + 2.0 / TICK:
+                busy = True
+            prev[s.key] = now
+        if counts is None:
+            if not busy:
+                break
+            continue
+        seen = counts()
+        still = still + 1 if seen == last else 0
+        last = seen
+        if not busy and (seen == expected or still >= 5):
+            break
+    return last
+
+
+def record_results(subs: list[Subject], n_events: int) -> None:
+    """Each subject's CPU µs per event since ``cpu0`` (minus its idle rate) and peak RSS."""
     for s in subs:
-        s.cpu0, s.t0 = cpu_seconds(s.proc.pid), time.time()
-    print(f"  publishing at {rate:.0f} events/s...", file=sys.stderr)
+        cpu1, t1 = cpu_seconds(s.proc.pid), time.time()
+        used = (cpu1 - s.cpu0) - s.idle_rate * (t1 - s.t0)
+        s.result = {
+            "cpu_us_per_event": used / n_events * 1e6,
+            "cpu_seconds": cpu1 - s.cpu0,
+            "idle_cpu_percent": s.idle_rate * 100.0,
+            "peak_rss_mib": peak_rss_mib(s.proc.pid),
+        }
+
+
+def _publish(client: redis.Redis, msgs: list, rate: float) -> float:
     started = time.time()
     batch = 250
     pipe = client.pipeline(transaction=False)
@@ -183,32 +227,31 @@ def run_stream(url: str, db: int, which: list[str], n_events: int, rate: float,
         ahead = started + done / rate - time.time()
         if ahead > 0:
             time.sleep(ahead)
-    publish_seconds = time.time() - started
-    # wait until every subject has gone back to its idle rate (backlog drained)
-    prev = {s.key: cpu_seconds(s.proc.pid) for s in subs}
-    settle_deadline = time.time() + 180
-    while time.time() < settle_deadline:
-        time.sleep(1.0)
-        busy = False
-        for s in subs:
-            now = cpu_seconds(s.proc.pid)
-            if now - prev[s.key] > s.idle_rate * 1.0 + 2.0 / TICK:
-                busy = True
-            prev[s.key] = now
-        if not busy:
-            break
+    return time.time() - started
+
+
+def run_stream(url: str, db: int, which: list[str], n_events: int, rate: float,
+               idle_seconds: float, workdir: Path, group: int, subs: list[Subject]) -> dict:
+    """Run the stream; ``subs`` (empty) is filled with the subjects before they start,
+    so that the caller stops them whatever happens."""
+    client = redis.Redis.from_url(url)
+    base_subs = pattern_subscribers(client)
+    subs += subjects(url, which, workdir)
+    start_subjects(subs, workdir)
+    wait_subscribed(subs, lambda: pattern_subscribers(client), base_subs + len(subs))
+    measure_idle_rates(subs, idle_seconds)
+
+    print(f"  encoding {n_events} events...", file=sys.stderr)
+    msgs = encode(stream(n_events, start=time.time(), rate=rate), db, group)
+    n_events = sum(n for _, _, n in msgs)  # ends on a whole task, a few events past target
     for s in subs:
-        cpu1, t1 = cpu_seconds(s.proc.pid), time.time()
-        used = (cpu1 - s.cpu0) - s.idle_rate * (t1 - s.t0)
-        s.result = {
-            "cpu_us_per_event": used / n_events * 1e6,
-            "cpu_seconds": cpu1 - s.cpu0,
-            "idle_cpu_percent": s.idle_rate * 100.0,
-            "peak_rss_mib": peak_rss_mib(s.proc.pid),
-        }
-    meta = {"events": n_events, "messages": len(msgs), "group": group, "rate": rate,
+        s.cpu0, s.t0 = cpu_seconds(s.proc.pid), time.time()
+    print(f"  publishing at {rate:.0f} events/s...", file=sys.stderr)
+    publish_seconds = _publish(client, msgs, rate)
+    wait_settled(subs, timeout=180)
+    record_results(subs, n_events)
+    return {"events": n_events, "messages": len(msgs), "group": group, "rate": rate,
             "publish_seconds": publish_seconds}
-    return subs, meta
 
 
 def exporter_event_count(s: Subject) -> float | None:
@@ -260,8 +303,8 @@ def bench_stream(which: list[str], n_events: int, rate: float, idle_seconds: flo
     db = redis_db(redis_url.rsplit("/", 1)[-1])
     subs: list[Subject] = []
     try:
-        subs, meta = run_stream(redis_url, db, which, n_events, rate, idle_seconds, workdir,
-                                 group)
+        meta = run_stream(redis_url, db, which, n_events, rate, idle_seconds, workdir, group,
+                          subs)
         for s in subs:
             if s.key.startswith("b"):
                 s.result["events_seen"] = exporter_event_count(s)
@@ -296,21 +339,12 @@ def bench_sustained(rate: float, n_events: int, group: int = 24,
     # /metrics rendered afresh at each poll, so the count read is the count now
     (workdir / "fast.toml").write_text("[exporter]\nprobe_interval = 3600\n"
                                        "metrics_cache_seconds = 0\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     try:
-        s.log = workdir / "b.log"
-        with open(s.log, "wb") as out:
-            s.proc = subprocess.Popen(s.argv, stdout=out, stderr=subprocess.STDOUT,
-                                      env=env, cwd=str(ROOT))
-        deadline = time.time() + 60
-        while pattern_subscribers(client) <= base_subs:
-            if s.proc.poll() is not None or time.time() > deadline:
-                raise SystemExit(f"exporter did not subscribe:\n{s.log.read_text()[-3000:]}")
-            time.sleep(0.2)
+        start_subjects(subs, workdir)
+        wait_subscribed(subs, lambda: pattern_subscribers(client), base_subs + 1, timeout=60)
         print(f"  encoding {n_events} events...", file=sys.stderr)
         msgs = encode(stream(n_events, start=time.time(), rate=rate), db, group)
         n_events = sum(n for _, _, n in msgs)
-        time.sleep(2.0)
         seen0 = exporter_event_count(s) or 0.0
         print(f"  publishing at {rate:.0f} events/s...", file=sys.stderr)
         cpu0 = cpu_seconds(s.proc.pid)
