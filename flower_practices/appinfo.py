@@ -141,7 +141,7 @@ def _unbounded_retries(task: Any) -> bool:
     calls, own = found
     if any(k.arg in ("max_retries", None) for call in calls for k in call.keywords):
         return False
-    kwargs = getattr(task, "retry_kwargs", None)
+    kwargs = getattr(task, "retry_kwargs", None) or {}  # Celery's default: unset
     if getattr(task, "autoretry_for", ()) and isinstance(kwargs, dict) \
             and "max_retries" not in kwargs:
         return True

@@ -100,7 +100,7 @@ def task_location(task: Any) -> Location | None:
     except (TypeError, ValueError):
         return None
     code = getattr(func, "__code__", None)
-    if not path or code is None:
+    if not path or code is None or not os.path.isfile(path):  # e.g. "<string>" (exec)
         return None
     return _display_path(path), code.co_firstlineno
 
