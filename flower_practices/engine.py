@@ -176,8 +176,9 @@ class Engine:
                     self._evaluation_failed(rule.id, "evaluate")
                     self.findings.expire(rule.id, now, clear_after)
                     continue
-                if rule.ignore is not None:  # [practices.<id>] ignore_tasks
-                    conditions = [c for c in conditions if not rule.ignore.ignored(c.task)]
+                if rule.task_ignore is not None:  # [practices.<id>] ignore_tasks
+                    conditions = [c for c in conditions
+                                  if not rule.task_ignore.ignored(c.task)]
                 self.findings.update(rule.id, severity, conditions, now, clear_after,
                                      _Labels(self.state), rule.occurrences)
                 self._refute_restored(rule, now)
@@ -238,7 +239,7 @@ class Engine:
     def _refute_restored(self, rule: Rule, now: float) -> None:
         """Drop restored findings of ``rule`` that its fresh data positively refutes, or
         whose task its ``ignore_tasks`` now matches."""
-        ignore = rule.ignore
+        ignore = rule.task_ignore
         for finding in self.findings.restored(rule.id):
             try:
                 if (ignore is not None and ignore.ignored(finding.task)) \

@@ -111,7 +111,7 @@ class Rule:
         #: (queue, task, worker) -> occurrences counted, the source of findings' count
         self.occurred: dict[tuple[str | None, str | None, str | None], int] = {}
         #: ``ignore_tasks``: occurrences of matching tasks are not counted (see count)
-        self.ignore: TaskIgnore | None = task_ignore(options)
+        self.task_ignore: TaskIgnore | None = task_ignore(options)
 
     @classmethod
     def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
@@ -186,7 +186,7 @@ class Rule:
         queue and task) and the tally findings take their ``count`` from (see
         :meth:`occurrences`). Pass the same queue/task/worker shape as the conditions.
         A task matching the practice's ``ignore_tasks`` is not counted."""
-        if task and self.ignore is not None and self.ignore.ignored(task):
+        if task and self.task_ignore is not None and self.task_ignore.ignored(task):
             return
         key = (queue or None, task or None, worker or None)
         tallies = self.occurred
