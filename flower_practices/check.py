@@ -26,7 +26,8 @@ flagged):
 - ``retry_storm``: a task that retries with no back-off and a zero ``default_retry_delay``,
   or whose body calls ``self.retry(..., countdown=0)`` (read from its source), or that
   retries without limit (``max_retries=None`` with ``autoretry_for`` or a ``self.retry()``
-  call setting no ``max_retries``).
+  call setting no ``max_retries``), or whose automatic retries' back-off is capped at
+  ``retry_backoff_max=0``.
 - ``missing_time_limit``: a task with no ``time_limit``/``soft_time_limit`` (task or
   ``task_time_limit``/``task_soft_time_limit``).
 - ``unread_results``: a result backend is configured and no task ignores its result

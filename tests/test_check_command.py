@@ -170,7 +170,7 @@ def test_findings_point_at_the_task_definitions() -> None:
     doc = json.loads(proc.stdout)
     located = {f["task"]: (f["file"], f["line"]) for f in doc["findings"] if f["file"]}
     assert set(located) == {"gate.fetch", "gate.legacy_fetch", "gate.forever",
-                            "gate.forever_bound"}
+                            "gate.forever_bound", "gate.capped"}
     source = (ROOT / "tests/apps/check_gate.py").read_text().splitlines()
     for task, (path, line) in located.items():
         assert path == "tests/apps/check_gate.py"  # relative: under the working directory
@@ -207,8 +207,11 @@ def test_unbounded_retries_are_flagged_only_when_certain() -> None:
               if f["practice"] == "retry_storm"}
     # autoretry_for or self.retry() with max_retries=None; not with a limit per call, in
     # retry_kwargs or Celery's default
-    assert set(storms) == {"gate.forever", "gate.forever_bound"}
-    assert all("max_retries=None" in m for m in storms.values())
+    assert set(storms) == {"gate.forever", "gate.forever_bound", "gate.capped"}
+    assert all("max_retries=None" in storms[t] for t in ("gate.forever", "gate.forever_bound"))
+    # back-off capped at 0 s: no delay (gate.default_limit's back-off has Celery's 600 s)
+    assert "retry_backoff_max=0" in storms["gate.capped"]
+    assert "max_retries" not in storms["gate.capped"]
     good = run_check("tests.apps.good_tasks", "--format", "json", FP_TEST_BROKER=REDIS)
     assert json.loads(good.stdout)["count"] == 0
 
@@ -223,10 +226,11 @@ def test_ignore_tasks_is_honoured(tmp_path: Path) -> None:
                      FP_TEST_BROKER=REDIS)
     assert proc.returncode == 1, proc.stderr
     assert findings(proc) == {("retryless_failure", "gate.fetch"),
-                              ("retry_storm", "gate.forever")}
+                              ("retry_storm", "gate.forever"), ("retry_storm", "gate.capped")}
     # ignoring every offending task makes the gate pass
     config.write_text('[practices.retryless_failure]\nignore_tasks = ["gate.*"]\n'
-                      '[practices.retry_storm]\nignore_tasks = ["gate.forever*"]\n')
+                      '[practices.retry_storm]\nignore_tasks = ["gate.forever*", '
+                      '"gate.capped"]\n')
     proc = run_check("tests.apps.check_gate", "--config", str(config), FP_TEST_BROKER=REDIS)
     assert proc.returncode == 0, proc.stdout
     assert "0 finding(s)" in proc.stdout

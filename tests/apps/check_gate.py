@@ -8,6 +8,8 @@ on), so the findings are task-level only:
   ignores);
 - ``gate.forever``: ``autoretry_for`` with ``max_retries=None`` (unbounded retries);
 - ``gate.forever_bound``: ``self.retry()`` with ``max_retries=None`` (unbounded retries);
+- ``gate.capped``: ``autoretry_for`` with back-off capped at ``retry_backoff_max=0``
+  (every automatic retry with no delay);
 - ``gate.bounded_call``, ``gate.bounded_kwargs``, ``gate.default_limit``: the same
   without a static finding (a limit per call, in ``retry_kwargs``, Celery's default 3);
 - ``gate.wrapped``: a ``functools.wraps`` decorator under ``@app.task`` (its location is
@@ -76,6 +78,11 @@ def make_app(broker: str) -> Celery:
     @app.task(name="gate.bounded_kwargs", shared=False, autoretry_for=(ConnectionError,),
               retry_backoff=True, max_retries=None, retry_kwargs={"max_retries": 4})
     def bounded_kwargs(n):
+        return n
+
+    @app.task(name="gate.capped", shared=False, autoretry_for=(ConnectionError,),
+              retry_backoff=True, retry_backoff_max=0, max_retries=3)
+    def capped(n):
         return n
 
     @app.task(name="gate.default_limit", shared=False, autoretry_for=(ConnectionError,),
