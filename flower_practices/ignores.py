@@ -5,7 +5,7 @@ One setting, one meaning everywhere: a task whose name matches one of the glob p
 practice from ``flower-practices check``, and at run time (exporter and Flower plugin)
 its occurrences are not counted (no ``celery_practice_violations_total`` increase, no
 finding count) and no finding is raised for it. Findings that name no task (app-wide or
-per-queue ones) are not affected.
+per-queue ones) are still raised; occurrences of ignored tasks do not add to their count.
 
 The match is decided once per task name and cached (bounded), so the runtime cost is a
 dict lookup per counted occurrence.
