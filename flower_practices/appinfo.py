@@ -7,8 +7,10 @@ settings. Built once at start-up, off the hot path.
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,10 @@ class TaskInfo:
     retry_jitter: bool = True
     #: the task body calls ``self.retry(..., countdown=0)`` (read from its source)
     retries_without_delay: bool = False
+    #: certainly retries without limit: ``max_retries=None`` and either ``autoretry_for``
+    #: whose ``retry_kwargs`` leave ``max_retries`` unset, or a ``self.retry(...)`` call
+    #: in the body (read from its source) passing neither ``max_retries`` nor ``**kwargs``
+    unbounded_retries: bool = False
 
     @property
     def has_retry_policy(self) -> bool:
@@ -103,6 +109,45 @@ def _retries_without_delay(task: Any) -> bool:
     return _ZERO_COUNTDOWN.search(source) is not None
 
 
+def _retry_calls(task: Any) -> tuple[list[ast.Call], list[ast.Call]] | None:
+    """``(every .retry(...) call, the <self>.retry(...) ones)`` in the task's body, where
+    ``<self>`` is a bound task's first parameter; None when the source is unreadable."""
+    run = getattr(task, "_orig_run", None) or getattr(task, "run", None)  # autoretry wraps
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(getattr(run, "__func__", run))))
+    except (OSError, TypeError, SyntaxError, ValueError):
+        return None
+    func = next((n for n in ast.walk(tree)
+                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))), None)
+    if func is None:
+        return None
+    calls = [n for n in ast.walk(func) if isinstance(n, ast.Call)
+             and isinstance(n.func, ast.Attribute) and n.func.attr == "retry"]
+    bound = getattr(run, "__self__", None) is task and func.args.args
+    me = func.args.args[0].arg if bound else None
+    return calls, [c for c in calls if isinstance(c.func.value, ast.Name)  # type: ignore
+                   and c.func.value.id == me]
+
+
+def _unbounded_retries(task: Any) -> bool:
+    """See :attr:`TaskInfo.unbounded_retries` (False whenever in doubt: unreadable
+    source, or any ``.retry(...)`` call that passes ``max_retries`` or ``**kwargs``,
+    which Celery also applies to later automatic retries)."""
+    if getattr(task, "max_retries", 0) is not None:
+        return False
+    found = _retry_calls(task)
+    if found is None:
+        return False
+    calls, own = found
+    if any(k.arg in ("max_retries", None) for call in calls for k in call.keywords):
+        return False
+    kwargs = getattr(task, "retry_kwargs", None) or {}  # Celery's default: unset
+    if getattr(task, "autoretry_for", ()) and isinstance(kwargs, dict) \
+            and "max_retries" not in kwargs:
+        return True
+    return bool(own)
+
+
 def _route_queue(app: Celery, name: str) -> str | None:
     try:
         route = app.amqp.router.route({}, name)
@@ -135,6 +180,7 @@ def snapshot_app(app: Celery) -> AppInfo:
             retry_backoff_max=_int(getattr(task, "retry_backoff_max", 600), 600),
             retry_jitter=bool(getattr(task, "retry_jitter", True)),
             retries_without_delay=_retries_without_delay(task),
+            unbounded_retries=_unbounded_retries(task),
         )
     queues = tuple(q.name for q in (conf.task_queues or ()))
     return AppInfo(

@@ -12,6 +12,7 @@ import click
 from . import __version__
 from .apploader import AppLoadError, load_app
 from .brokers import broker_url_problem
+from .check import DEFAULT_FAIL_ON, FAIL_ON_LEVELS
 from .config import ConfigError, load_settings
 
 
@@ -97,28 +98,36 @@ def exporter(broker: str | None, app_path: str | None, result_backend: str | Non
 @click.option("-A", "--app", "app_path", envvar="FLOWER_PRACTICES_APP", required=True,
               help="Celery app to audit (proj or proj.celery:app).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="TOML file: [practices.<id>] enabled/severity apply to the audit too.")
+              help="TOML file: [practices.<id>] enabled/severity/ignore_tasks apply to the "
+                   "audit too.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True, help="Output format.")
-def check(app_path: str, config_path: str | None, fmt: str) -> None:
-    """Static audit of the app's configuration; exit 1 when anything is found, 2 on error."""
+              show_default=True, help="Output format (text: one 'path:line: severity "
+                                      "practice task: message' line per finding).")
+@click.option("--fail-on", "fail_on", type=click.Choice(list(FAIL_ON_LEVELS)),
+              default=DEFAULT_FAIL_ON, show_default=True,
+              help="Exit 1 only when a finding of this severity or a more severe one is "
+                   "found ('none': report only).")
+def check(app_path: str, config_path: str | None, fmt: str, fail_on: str) -> None:
+    """Static audit of the app's configuration.
+
+    Exit status: 0 when nothing at or above --fail-on is found, 1 when something is,
+    2 on a usage or configuration error (bad option, config file or app).
+    """
     from .appinfo import snapshot_app
-    from .check import audit, render_json, render_text
+    from .check import audit, exit_status, locate, render_json, render_text
 
     try:
         settings = load_settings(config_path)
         app, _ = load_app(app_path)
         info = snapshot_app(app)
     except (ConfigError, AppLoadError) as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(2)
+        fail(str(exc))
     except Exception as exc:  # user code failing on import of its task modules
-        click.echo(f"Error: cannot read tasks of {app_path!r}: {type(exc).__name__}: {exc}",
-                   err=True)
-        sys.exit(2)
-    found = audit(info, settings)
-    click.echo(render_json(info, found) if fmt == "json" else render_text(info, found))
-    sys.exit(1 if found else 0)
+        fail(f"cannot read tasks of {app_path!r}: {type(exc).__name__}: {exc}")
+    found = audit(info, settings, locate(app, app_path))
+    render = render_json if fmt == "json" else render_text
+    click.echo(render(info, found, fail_on))
+    sys.exit(exit_status(found, fail_on))
 
 
 @main.command()

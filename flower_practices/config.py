@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalogue import BY_ID, SEVERITIES
+from .ignores import IGNORE_KEY, pattern_problem
 
 #: default of ``[exporter] max_series_per_metric`` (also BaseMetrics' default)
 DEFAULT_MAX_SERIES_PER_METRIC = 10_000
@@ -81,7 +82,8 @@ class Settings:
         return self.practices.get(practice_id, {})
 
 
-COMMON_PRACTICE_KEYS = {"enabled": bool, "severity": str, "clear_after_seconds": (int, float)}
+COMMON_PRACTICE_KEYS = {"enabled": bool, "severity": str, "clear_after_seconds": (int, float),
+                        IGNORE_KEY: (list, tuple)}
 
 
 _TYPE_NAMES = {bool: "a boolean (true or false)", int: "an integer", float: "a number",
@@ -305,6 +307,8 @@ def resolve_practice_options(
             _check_type(where, value, COMMON_PRACTICE_KEYS[key])
             if key == "clear_after_seconds":
                 _check_range(where, key, value, 0.0)
+            elif key == IGNORE_KEY and (problem := pattern_problem(value)):
+                raise ConfigError(f"{where}: {problem}")
             merged[key] = value
             continue
         if key not in defaults:

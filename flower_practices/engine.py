@@ -176,6 +176,9 @@ class Engine:
                     self._evaluation_failed(rule.id, "evaluate")
                     self.findings.expire(rule.id, now, clear_after)
                     continue
+                if rule.task_ignore is not None:  # [practices.<id>] ignore_tasks
+                    conditions = [c for c in conditions
+                                  if not rule.task_ignore.ignored(c.task)]
                 self.findings.update(rule.id, severity, conditions, now, clear_after,
                                      _Labels(self.state), rule.occurrences)
                 self._refute_restored(rule, now)
@@ -234,10 +237,13 @@ class Engine:
         return Snapshot(findings=self.findings.snapshot(), memory=memory, saved_at=now)
 
     def _refute_restored(self, rule: Rule, now: float) -> None:
-        """Drop restored findings of ``rule`` that its fresh data positively refutes."""
+        """Drop restored findings of ``rule`` that its fresh data positively refutes, or
+        whose task its ``ignore_tasks`` now matches."""
+        ignore = rule.task_ignore
         for finding in self.findings.restored(rule.id):
             try:
-                if rule.refutes(finding, now):
+                if (ignore is not None and ignore.ignored(finding.task)) \
+                        or rule.refutes(finding, now):
                     self.findings.drop(finding.key)
             except Exception:
                 self._evaluation_failed(rule.id, "judge a restored finding")

@@ -83,7 +83,7 @@ def practice_options_table() -> str:
         docs = _comments(inspect.getsource(rule))
         if not rule.defaults:
             rows.append(f"| `{p.id}` | — | | only `enabled`, `severity`, "
-                        "`clear_after_seconds` |")
+                        "`clear_after_seconds`, `ignore_tasks` |")
         for key, default in rule.defaults.items():
             rows.append(f"| `{p.id}` | `{key}` | {_value(default)} | "
                         f"{_cell(docs.get(key, ''))} |")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..findings import Condition, Finding
+from ..ignores import TaskIgnore, task_ignore
 from .queue_view import QueueFacts
 
 if TYPE_CHECKING:
@@ -109,6 +110,8 @@ class Rule:
             if f.name in options})
         #: (queue, task, worker) -> occurrences counted, the source of findings' count
         self.occurred: dict[tuple[str | None, str | None, str | None], int] = {}
+        #: ``ignore_tasks``: occurrences of matching tasks are not counted (see count)
+        self.task_ignore: TaskIgnore | None = task_ignore(options)
 
     @classmethod
     def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
@@ -181,7 +184,10 @@ class Rule:
               worker: str | None = None) -> None:
         """Count ``n`` offending occurrences: ``celery_practice_violations_total`` (by
         queue and task) and the tally findings take their ``count`` from (see
-        :meth:`occurrences`). Pass the same queue/task/worker shape as the conditions."""
+        :meth:`occurrences`). Pass the same queue/task/worker shape as the conditions.
+        A task matching the practice's ``ignore_tasks`` is not counted."""
+        if task and self.task_ignore is not None and self.task_ignore.ignored(task):
+            return
         key = (queue or None, task or None, worker or None)
         tallies = self.occurred
         if key in tallies or len(tallies) < _MAX_TALLIES:

@@ -131,21 +131,31 @@ class RetryStorm(Rule):
 
     @classmethod
     def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
-        """Tasks that retry with no delay: ``self.retry(countdown=0)`` in the body, or
-        ``default_retry_delay=0`` without back-off (tasks with no retry policy at all are
-        ``retryless_failure``'s)."""
+        """Tasks that retry with no delay (``self.retry(countdown=0)`` in the body,
+        ``default_retry_delay=0`` without back-off, or ``autoretry_for`` with a back-off
+        capped at ``retry_backoff_max=0``) or without limit (``max_retries=None``
+        with ``autoretry_for`` or a ``self.retry()`` call that sets no limit); tasks with no
+        retry policy at all are ``retryless_failure``'s."""
         out: list[tuple[str | None, str]] = []
         for name, task in sorted(app.tasks.items()):
             if not task.has_retry_policy:
                 continue
+            reasons = []
             if task.retries_without_delay:
-                out.append((name, "calls self.retry(countdown=0): retries hammer the failing "
-                                  "dependency; use a countdown with back-off (or "
-                                  "retry_backoff)"))
+                reasons.append("calls self.retry(countdown=0): retries hammer the failing "
+                               "dependency; use a countdown with back-off (or retry_backoff)")
             elif not task.retry_backoff and task.default_retry_delay is not None \
                     and task.default_retry_delay <= 0:
-                out.append((name, "retries with default_retry_delay=0 and no retry_backoff: "
-                                  "retries hammer the failing dependency"))
+                reasons.append("retries with default_retry_delay=0 and no retry_backoff: "
+                               "retries hammer the failing dependency")
+            elif task.autoretry_for and task.retry_backoff and task.retry_backoff_max <= 0:
+                reasons.append("retry_backoff with retry_backoff_max=0: every automatic "
+                               "retry is scheduled with no delay; raise retry_backoff_max")
+            if task.unbounded_retries:
+                reasons.append("retries without limit (max_retries=None): a persistent "
+                               "failure retries forever; set max_retries")
+            if reasons:
+                out.append((name, "; ".join(reasons)))
         return out
 
     def hooks(self):

@@ -127,7 +127,8 @@ class UnreadResults(Rule):
         tolerance_seconds: float = 2.0
         #: after a failed Redis call, wait this long before trying again
         error_backoff_seconds: float = 60.0
-        #: task names never sampled
+        #: task-name glob patterns never sampled, counted or reported (the ``ignore_tasks``
+        #: every practice has)
         ignore_tasks: tuple[str, ...] = tuple([])
         #: result channels read per snapshot of the clients' subscriptions
         max_subscribed_per_evaluation: int = 10_000
@@ -163,7 +164,6 @@ class UnreadResults(Rule):
         self._retry_at = 0.0
         self._failing = False
         self.checked = 0
-        self.ignore = frozenset(self.opts.ignore_tasks)
 
     # -- coverage ---------------------------------------------------------------------------
     def coverage(self) -> str:
@@ -187,7 +187,8 @@ class UnreadResults(Rule):
         return {TASK_SUCCEEDED: self._on_succeeded}
 
     def _on_succeeded(self, event: dict, rec: Any) -> None:
-        if rec is None or not rec.name or rec.name in self.ignore:
+        if rec is None or not rec.name or (self.task_ignore is not None
+                                           and self.task_ignore.ignored(rec.name)):
             return
         key = (rec.queue, rec.name)
         n = self.seen.get(key)
