@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 
 from .bounded import OTHER, LabelCap
 from .config import DEFAULT_MAX_EXCEPTION_CLASSES, DEFAULT_MAX_SERIES_PER_METRIC
-from .events.sanitize import exception_class
+from .events.sanitize import failure_exception
 from .events.types import TASK_FAILED, TASK_STARTED, TASK_SUCCEEDED
 from .state import RuntimeState, TaskRecord, finite_seconds
 
@@ -208,7 +208,7 @@ class BaseMetrics:
             self._observe_run(etype, event, rec, state)
             if etype == TASK_FAILED:
                 self.count_failure(_task_label(state, rec), _queue_label(state, rec),
-                                   exception_class(event.get("exception")))
+                                   failure_exception(event)[0])
         self.count_task_event(etype, _task_label(state, rec), _queue_label(state, rec))
 
     def _observe_run(self, etype: str, event: dict, rec: TaskRecord,
@@ -239,7 +239,7 @@ class BaseMetrics:
 
     def count_failure(self, task: str, queue: str, exception: str | None) -> None:
         """Count one task-failed event by its exception class (a name from
-        :func:`~flower_practices.events.sanitize.exception_class`, never a message; None:
+        :func:`~flower_practices.events.sanitize.failure_exception`, never a message; None:
         the event names none), through the class cap and the series cap."""
         cls = self.exception_label(exception) if exception else ""
         counts = self.failures

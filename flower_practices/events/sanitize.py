@@ -132,6 +132,41 @@ def exception_class(value: Any) -> str | None:
     return name or None
 
 
+#: billiard's wrapper of exceptions raised in the pool's main process (billiard >= 4.2:
+#: a worker lost, a time limit): its repr, ``ExceptionWithTraceback()``, names no class,
+#: the last line of the event's ``traceback`` does
+EXCEPTION_WRAPPER = "ExceptionWithTraceback"
+#: characters at the end of a ``traceback`` field read for its last line, at most
+_MAX_TRACEBACK_TAIL = 512
+
+
+def failure_exception(event: dict) -> tuple[str | None, str]:
+    """The exception class a task-failed/task-retried ``event`` reports, and the one line
+    it was read from (the ``exception`` repr, or the traceback's last line when the repr
+    is billiard's wrapper :data:`EXCEPTION_WRAPPER`): ``(None, "")`` when it names none.
+
+    A class read from a traceback is given by its bare name, as a repr gives it
+    (``billiard.exceptions.WorkerLostError: ...`` -> ``WorkerLostError``). Only the
+    leading identifier of that line is a name; the line itself is for callers that parse
+    a fixed, bounded pattern of it (the signal of a lost worker), never to keep.
+    """
+    value = event.get("exception")
+    name = exception_class(value)
+    if name is None or name.rsplit(".", 1)[-1] != EXCEPTION_WRAPPER:
+        return name, value if name is not None else ""
+    tb = event.get("traceback")
+    if not isinstance(tb, str) or not tb:
+        return name, value
+    for line in reversed(tb[-_MAX_TRACEBACK_TAIL:].splitlines()):
+        line = line.strip()
+        if line and line.strip('"'):
+            inner = exception_class(line)
+            if inner is None or inner.startswith("File"):
+                return name, value
+            return inner.rsplit(".", 1)[-1], line
+    return name, value
+
+
 def json_bytes(payload: Any) -> bytes:
     """``payload`` as UTF-8 JSON that any strict parser accepts (defence in depth): a lone
     surrogate that reached a string anyway becomes ``?`` instead of failing or producing

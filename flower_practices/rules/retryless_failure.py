@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..bounded import LRUDict
-from ..events.sanitize import exception_class
+from ..events.sanitize import exception_class, failure_exception
 from ..events.types import TASK_FAILED, TASK_RETRIED
 from ..findings import Condition
 from .base import Rule
@@ -99,7 +99,7 @@ class RetrylessFailure(Rule):
         uuid = event["uuid"]
         if self.retried.pop(uuid, None) or (rec is not None and rec.retries):
             return
-        name = exception_class(event.get("exception"))
+        name = failure_exception(event)[0]
         if name is None or not self.matcher(name):
             return
         queue = rec.queue if rec is not None else ""

@@ -6,15 +6,16 @@ with ``billiard.exceptions.WorkerLostError``; the worker itself lives on and kee
 sending heartbeats, so ``lost_task`` (a worker gone) never sees it.
 
 The task-failed hook reads only the exception's *class name*
-(:func:`~flower_practices.events.sanitize.exception_class`) and, for a
-``WorkerLostError``, the signal billiard names in it (``signal 9 (SIGKILL)``:
-:func:`killed_by`, the signal's number and name only; nothing else of the message is
-read). The failure is held until the worker shows it is still up: an event or heartbeat
-from it after the failure while it is alive (:meth:`WorkerRecord.alive`); then it is
-counted once. A failure whose worker shows no such sign within ``confirm_seconds`` (it
-went offline, or died with the pool: ``lost_task``'s case) is dropped. Celery sends no
-task-failed for processes it kills itself in a cold shutdown, nor for a time limit
-(``TimeLimitExceeded``), nor when ``reject_on_worker_lost`` requeues the message.
+(:func:`~flower_practices.events.sanitize.failure_exception`: the ``exception`` repr's,
+or with billiard >= 4.2, whose ``ExceptionWithTraceback()`` wrapper names no class, the
+traceback's last line's) and, for a ``WorkerLostError``, the signal billiard names in
+it (``signal 9 (SIGKILL)``: :func:`killed_by`, the signal's number and name only;
+nothing else of the message is read). The failure is held until the worker shows it is
+still up: an event or heartbeat from it after the failure while it is alive
+(:meth:`WorkerRecord.alive`); then it is counted once. A failure whose worker shows no
+such sign within ``confirm_seconds`` (it went offline, or died with the pool:
+``lost_task``'s case) is dropped. Celery sends no task-failed for processes it kills
+itself in a cold shutdown, nor when ``reject_on_worker_lost`` requeues the message.
 
 The confirmed kills in the window are this rule's memory across restarts.
 """
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..bounded import LRUDict
-from ..events.sanitize import exception_class
+from ..events.sanitize import failure_exception
 from ..events.types import TASK_FAILED
 from ..findings import Condition
 from .base import Rule
@@ -118,8 +119,7 @@ class WorkerProcessKilled(Rule):
         return {TASK_FAILED: self._on_failed}
 
     def _on_failed(self, event: dict, rec: Any) -> None:
-        exc = event.get("exception")
-        name = exception_class(exc)
+        name, line = failure_exception(event)
         if name is None or name.rsplit(".", 1)[-1] != WORKER_LOST:
             return
         hostname = event.get("hostname")
@@ -130,7 +130,7 @@ class WorkerProcessKilled(Rule):
         queue = rec.queue if rec is not None else ""
         task = rec.name if rec is not None else ""
         self.unconfirmed.put(event["uuid"], (self.ctx.state.last_event_at, queue, task,
-                                             hostname, killed_by(exc) or ""))
+                                             hostname, killed_by(line) or ""))
 
     # -- persistence ---------------------------------------------------------------------
     def memory(self) -> Any:
