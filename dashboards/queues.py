@@ -101,6 +101,13 @@ def build() -> db.Dashboard:
         "Tasks started per queue", "Task-started events per second, per queue.", "ops",
         [query(f"sum by (queue) ({rate('celery_task_events_total', STARTED)})",
                "{{queue}}")]))
+    board.with_panel(graph(
+        "Oldest waiting task age",
+        "Per queue: age of the oldest task sent (task-sent seen, no eta/countdown) and not "
+        "yet received by a worker (celery_queue_oldest_task_age_seconds; 0 when none). "
+        "Rises while a queue has no consumer or too few; a good autoscaling signal.", "s",
+        [query(f"max by (queue) ({dedup(series('celery_queue_oldest_task_age_seconds', Q))})",
+               "{{queue}}")]))
     board.with_row(row("Starvation"))
     board.with_panel(instant_table(
         "Starved and unconsumed queues",

@@ -90,6 +90,13 @@ def build() -> db.Dashboard:
     board.with_panel(graph(
         "Revoked and rejected", "Task-revoked and task-rejected events per second per task.",
         "ops", [query(rate_by("task, type", 'type=~"revoked|rejected"'), "{{task}} {{type}}")]))
+    board.with_panel(graph(
+        "Top exceptions",
+        "The 10 exception classes failing tasks most often (task-failed events per second "
+        "by exception class, celery_task_failures_total; class names only, past "
+        "max_exception_classes folded into __other__).", "ops",
+        [query("topk(10, sum by (exception) "
+               f"({rate(series('celery_task_failures_total', *QT))}))", "{{exception}}")]))
     board.with_row(row("Runtime"))
     board.with_panel(graph(
         "Runtime p50 / p95 / p99 (succeeded)",

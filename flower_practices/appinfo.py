@@ -35,10 +35,15 @@ class TaskInfo:
     retry_jitter: bool = True
     #: the task body calls ``self.retry(..., countdown=0)`` (read from its source)
     retries_without_delay: bool = False
+<<<<<<< HEAD
     #: certainly retries without limit: ``max_retries=None`` and either ``autoretry_for``
     #: whose ``retry_kwargs`` leave ``max_retries`` unset, or a ``self.retry(...)`` call
     #: in the body (read from its source) passing neither ``max_retries`` nor ``**kwargs``
     unbounded_retries: bool = False
+=======
+    #: ``reject_on_worker_lost`` (task, else ``task_reject_on_worker_lost``)
+    reject_on_worker_lost: bool = False
+>>>>>>> failures
 
     @property
     def has_retry_policy(self) -> bool:
@@ -64,6 +69,9 @@ class AppInfo:
     send_sent_event: bool
     worker_send_task_events: bool
     tasks: dict[str, TaskInfo] = field(default_factory=dict)
+    #: app-wide ``task_acks_late`` and ``task_reject_on_worker_lost``
+    acks_late: bool = False
+    reject_on_worker_lost: bool = False
 
     def task(self, name: str | None) -> TaskInfo | None:
         return self.tasks.get(name) if name else None
@@ -180,7 +188,11 @@ def snapshot_app(app: Celery) -> AppInfo:
             retry_backoff_max=_int(getattr(task, "retry_backoff_max", 600), 600),
             retry_jitter=bool(getattr(task, "retry_jitter", True)),
             retries_without_delay=_retries_without_delay(task),
+<<<<<<< HEAD
             unbounded_retries=_unbounded_retries(task),
+=======
+            reject_on_worker_lost=bool(getattr(task, "reject_on_worker_lost", None)),
+>>>>>>> failures
         )
     queues = tuple(q.name for q in (conf.task_queues or ()))
     return AppInfo(
@@ -197,6 +209,8 @@ def snapshot_app(app: Celery) -> AppInfo:
         send_sent_event=bool(conf.task_send_sent_event),
         worker_send_task_events=bool(conf.worker_send_task_events),
         tasks=tasks,
+        acks_late=bool(conf.task_acks_late),
+        reject_on_worker_lost=bool(conf.task_reject_on_worker_lost),
     )
 
 

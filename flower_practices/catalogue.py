@@ -131,6 +131,14 @@ PRACTICES: tuple[Practice, ...] = (
         "queue sits idle (prefetch multiplier too high, or no -O fair).",
         3,
     ),
+    Practice(
+        "worker_process_killed",
+        "Worker pool process killed",
+        "warning",
+        "Tasks fail with WorkerLostError: a pool process was killed by a signal (typically "
+        "the OOM killer) while the worker itself stayed up.",
+        None,
+    ),
 )
 
 BY_ID: dict[str, Practice] = {p.id: p for p in PRACTICES}

@@ -35,6 +35,8 @@ flagged):
 - ``orm_object_argument``: the pickle serializer is used or accepted, which lets model
   instances travel as task arguments.
 - ``events_disabled``: ``task_send_sent_event`` or ``worker_send_task_events`` is off.
+- ``worker_process_killed``: ``task_acks_late`` (app-wide or per task) without
+  ``task_reject_on_worker_lost``: a killed pool process acknowledges the task anyway.
 """
 
 from __future__ import annotations

@@ -29,6 +29,8 @@ from .ignores import IGNORE_KEY, pattern_problem
 
 #: default of ``[exporter] max_series_per_metric`` (also BaseMetrics' default)
 DEFAULT_MAX_SERIES_PER_METRIC = 10_000
+#: default of ``[exporter] max_exception_classes`` (also BaseMetrics' default)
+DEFAULT_MAX_EXCEPTION_CLASSES = 50
 
 
 class ConfigError(ValueError):
@@ -60,6 +62,10 @@ class Settings:
     #: new label sets fold into task and queue "__other__", counted in
     #: `flower_practices_label_overflow_total{label="series"}`
     max_series_per_metric: int = DEFAULT_MAX_SERIES_PER_METRIC
+    #: distinct exception class names used as the `exception` label of
+    #: `celery_task_failures_total`; more fold into "__other__", counted in
+    #: `flower_practices_label_overflow_total{label="exception"}`
+    max_exception_classes: int = DEFAULT_MAX_EXCEPTION_CLASSES
     #: ask workers to enable task events (off: we want to detect when they are off)
     enable_events: bool = False
     #: event ingestion: "auto" (direct Redis pub/sub when the broker is plain Redis, the

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -56,7 +56,8 @@ class Engine:
         #: Unix time the engine started (flower_practices_start_time_seconds)
         self.started_at = time.time()
         self.lock = threading.RLock()
-        self.metrics = BaseMetrics(self.settings.max_series_per_metric)
+        self.metrics = BaseMetrics(self.settings.max_series_per_metric,
+                                   self.settings.max_exception_classes)
         self.state = RuntimeState(self.settings)
         #: called with (etype, event, record) after the state took a task event, before
         #: the rules' hooks: the exposition's accumulators listen here
@@ -330,6 +331,7 @@ class Engine:
             tracked_tasks=len(state.tasks), last_evaluation_seconds=self.last_evaluation_seconds,
             last_evaluation_at=self.last_evaluation_at, started_at=self.started_at,
             state_errors=self.store.errors if self.store is not None else {},
+            queue_oldest_age=state.oldest_pending_ages(now),
         )
 
     def coverage(self) -> dict[str, str]:
@@ -379,6 +381,9 @@ class EngineView:
     last_evaluation_at: float
     started_at: float
     state_errors: dict[str, int]
+    #: queue label -> age (s) of its oldest task sent (no eta) and not yet received, 0
+    #: when none, for every known queue (``RuntimeState.oldest_pending_ages``)
+    queue_oldest_age: dict[str, float] = field(default_factory=dict)
 
 
 def _accumulate(metrics: BaseMetrics, state: RuntimeState, etype: str, event: dict,

@@ -27,8 +27,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from .bounded import OTHER
-from .config import DEFAULT_MAX_SERIES_PER_METRIC
+from .bounded import OTHER, LabelCap
+from .config import DEFAULT_MAX_EXCEPTION_CLASSES, DEFAULT_MAX_SERIES_PER_METRIC
+from .events.sanitize import failure_exception
 from .events.types import TASK_FAILED, TASK_STARTED, TASK_SUCCEEDED
 from .state import RuntimeState, TaskRecord, finite_seconds
 
@@ -56,6 +57,11 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "celery_task_queue_wait_seconds": (
         "histogram", "Time from task-sent (or task-received) to task-started, per queue",
         ("queue",)),
+    "celery_task_failures_total": (
+        "counter", "Task-failed events by task, queue and exception class (the class name "
+        "only, never the message; empty when the event names none). At most "
+        "max_exception_classes distinct classes, more fold into \"__other__\"",
+        ("task", "queue", "exception")),
     "celery_queue_length": (
         "gauge", "Messages waiting in a broker queue: per priority sub-queue where the broker "
         "tells (Redis: priority 0-9), else the whole depth as priority=\"\" (RabbitMQ, "
@@ -66,6 +72,11 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "celery_queue_consumers": (
         "gauge", "Consumers of a broker queue (RabbitMQ count, else workers' active_queues)",
         ("queue",)),
+    "celery_queue_oldest_task_age_seconds": (
+        "gauge", "Age of the oldest task known to wait in a queue: sent (task-sent seen, "
+        "without eta/countdown) and not yet received by a worker, from its task-sent "
+        "timestamp; 0 when the queue has no such task (needs task_send_sent_event and "
+        "worker task events)", ("queue",)),
     "celery_worker_up": (
         "gauge", "1 while a worker's heartbeats are fresh, 0 once they stopped without a "
         "worker-offline (a worker that left cleanly has no series)", ("worker",)),
@@ -96,7 +107,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "flower_practices_label_overflow_total": (
         "counter", "Label values replaced by __other__ because of a cardinality cap "
         "(label series: task and queue folded by the per-family series cap; label length: "
-        "values cut to 200 characters, ending in the marker U+2026)", ("label",)),
+        "values cut to 200 characters, ending in the marker U+2026; label exception: "
+        "classes past max_exception_classes)", ("label",)),
     "flower_practices_render_errors_total": (
         "counter", "Metric families left out of a /metrics page because they could not be "
         "rendered, by family (the rest of the page is served)", ("family",)),
@@ -160,9 +172,12 @@ class BaseMetrics:
     counted in ``series_overflow``.
     """
 
-    def __init__(self, max_series_per_metric: int = DEFAULT_MAX_SERIES_PER_METRIC) -> None:
+    def __init__(self, max_series_per_metric: int = DEFAULT_MAX_SERIES_PER_METRIC,
+                 max_exception_classes: int = DEFAULT_MAX_EXCEPTION_CLASSES) -> None:
         if max_series_per_metric < 1:
             raise ValueError("max_series_per_metric must be >= 1")
+        if max_exception_classes < 1:
+            raise ValueError("max_exception_classes must be >= 1")
         self.max_series = max_series_per_metric
         #: runtime-histogram keys allowed: each exports its buckets, +Inf, _sum and _count
         self.max_runtime_keys = max(1, max_series_per_metric // (len(RUNTIME_BUCKETS) + 3))
@@ -174,6 +189,10 @@ class BaseMetrics:
         self.violations_total: dict[tuple[str, str, str], int] = {}
         #: family name -> /metrics renderings that left it out (see render_metrics)
         self.render_errors: dict[str, int] = {}
+        #: (task, queue, exception class) -> task-failed events (celery_task_failures_total)
+        self.failures: dict[tuple[str, str, str], int] = {}
+        #: the exception label's cap: past it a new class is "__other__" (overflow counted)
+        self.exception_label = LabelCap("exception", max_exception_classes)
 
     def on_task_event(self, etype: str, event: dict, rec: TaskRecord,
                       state: RuntimeState) -> None:
@@ -187,6 +206,9 @@ class BaseMetrics:
                 self.observe_wait(label, rec.wait)
         elif etype in (TASK_SUCCEEDED, TASK_FAILED):
             self._observe_run(etype, event, rec, state)
+            if etype == TASK_FAILED:
+                self.count_failure(_task_label(state, rec), _queue_label(state, rec),
+                                   failure_exception(event)[0])
         self.count_task_event(etype, _task_label(state, rec), _queue_label(state, rec))
 
     def _observe_run(self, etype: str, event: dict, rec: TaskRecord,
@@ -212,6 +234,22 @@ class BaseMetrics:
             if len(counts) >= self.max_series:
                 self.series_overflow += 1
                 key = (key[0], OTHER, OTHER)
+                n = counts.get(key, 0)
+        counts[key] = n + 1
+
+    def count_failure(self, task: str, queue: str, exception: str | None) -> None:
+        """Count one task-failed event by its exception class (a name from
+        :func:`~flower_practices.events.sanitize.failure_exception`, never a message; None:
+        the event names none), through the class cap and the series cap."""
+        cls = self.exception_label(exception) if exception else ""
+        counts = self.failures
+        key = (task, queue, cls)
+        n = counts.get(key)
+        if n is None:
+            n = 0
+            if len(counts) >= self.max_series:
+                self.series_overflow += 1
+                key = (OTHER, OTHER, cls)
                 n = counts.get(key, 0)
         counts[key] = n + 1
 
@@ -315,7 +353,8 @@ def _finding_families(view: EngineView) -> list[Metric]:
 def _task_families(base: BaseMetrics) -> list[Metric]:
     out = []
     for name, counts in (("celery_practice_violations_total", base.violations_total),
-                         ("celery_task_events_total", base.task_events)):
+                         ("celery_task_events_total", base.task_events),
+                         ("celery_task_failures_total", base.failures)):
         fam = _family(name)
         for key, n in counts.items():
             fam.add_metric(list(key), n)
@@ -342,7 +381,10 @@ def _queue_families(view: EngineView) -> list[Metric]:
     reserved = _family("celery_queue_reserved_tasks")
     for label, n in view.queue_reserved.items():
         reserved.add_metric([label], n)
-    return [length, consumers, reserved]
+    oldest = _family("celery_queue_oldest_task_age_seconds")
+    for label, age in view.queue_oldest_age.items():
+        oldest.add_metric([label], age)
+    return [length, consumers, reserved, oldest]
 
 
 def _worker_families(view: EngineView) -> list[Metric]:
@@ -388,6 +430,7 @@ def _self_families(view: EngineView) -> list[Metric]:
         fam.add_metric([label], n)
     fam.add_metric(["series"], view.metrics.series_overflow)
     fam.add_metric(["length"], view.stream.labels_truncated)
+    fam.add_metric(["exception"], view.metrics.exception_label.overflow)
     out.append(fam)
     fam = _family("flower_practices_render_errors_total")
     for family, n in view.metrics.render_errors.items():

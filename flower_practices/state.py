@@ -782,6 +782,28 @@ class RuntimeState:
                     out[q] = out.get(q, 0) + n
         return out
 
+    def oldest_pending_ages(self, now: float) -> dict[str, float]:
+        """Queue label -> seconds since the task-sent of the oldest task waiting in it
+        (its ``pending`` index: sent without an eta, not yet received by a worker), 0 when
+        it has none, for every known queue; records sharing a capped label take the max.
+
+        O(queues): ``pending`` is in the order tasks became pending, so its first record
+        is the oldest (by arrival of task-sent; its age is read from the producer's
+        timestamp, clamped at 0 against clock skew). Never a scan of the tasks.
+        """
+        out: dict[str, float] = {}
+        for q in self.queues.values():
+            age = 0.0
+            pending = q.pending
+            if pending:
+                sent_at = next(iter(pending.values())).sent_at
+                if sent_at and now > sent_at:
+                    age = now - sent_at
+            label = q.label
+            if age > out.get(label, -1.0):
+                out[label] = age
+        return out
+
     def label_overflow(self) -> dict[str, int]:
         """Values folded into ``__other__`` or not tracked at all, per capped label."""
         return {

@@ -165,6 +165,9 @@ def test_requested_panels_are_there() -> None:
     assert f"sum by (type) ({DEDUP}rate(celery_task_events_total" in tasks
     assert 'type="failed"' in tasks and 'type="retried"' in tasks
     assert "celery_task_runtime_seconds_bucket" in tasks
+    assert ("topk(10, sum by (exception) ("
+            f"{DEDUP}rate(celery_task_failures_total") in tasks
+    assert f"max by (queue) ({DEDUP}celery_queue_oldest_task_age_seconds" in queues
     health = " ".join(exprs(by_title["Celery / Workers & exporter health"]))
     for needle in ("celery_worker_up", "rate(flower_practices_events_total",
                    "time() - max by (instance) (flower_practices_last_event_timestamp_seconds",
@@ -176,6 +179,8 @@ def test_requested_panels_are_there() -> None:
     assert units["Queue wait p50 / p95 / p99"] == "s"
     assert units["Failure ratio by task"] == "percentunit"
     assert units["Event lag"] == "s"
+    assert units["Top exceptions"] == "ops"
+    assert units["Oldest waiting task age"] == "s"
 
 
 def test_practices_dashboard_links_every_runbook() -> None:

@@ -206,6 +206,7 @@ def check_dashboard_queries(prom: Prometheus) -> None:
         results[where] = answer["data"]["result"]
     for where in ("Celery / Practices / Active findings by practice and severity",
                   "Celery / Tasks / Task events by state",
+                  "Celery / Tasks / Top exceptions",
                   "Celery / Workers & exporter health / Worker up",
                   "Celery / Workers & exporter health / Event lag"):
         assert results[where], f"no data for {where}"

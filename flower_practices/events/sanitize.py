@@ -17,7 +17,9 @@ Flower's state sees the event.
   ``Engine.observe`` drops the event (decode-error kind ``bad_uuid``).
 
 Free text is never used as a label: of ``exception`` only the leading class name is read
-(``rules/retryless_failure.py``: word characters, at most 200), never the message.
+(:func:`exception_class`: word characters and dots, at most 200), never the message; the
+rules (``retryless_failure``, ``worker_process_killed``) and the metrics
+(``celery_task_failures_total``) share that one parser.
 
 The common case costs a length check and ``str.isprintable`` on a short string; only
 values that fail it take the slow path.
@@ -106,6 +108,63 @@ def label_text(value: object) -> str | None:
     if len(value) <= MAX_LABEL_LENGTH and value.isprintable():
         return value
     return clean_text(value)[0]
+
+
+_EXCEPTION_CLASS = re.compile(r"\s*([A-Za-z_][\w.]{0,199})")
+#: characters of an ``exception`` field the class-name parser looks at, at most
+_MAX_EXCEPTION_SCAN = 256
+
+
+def exception_class(value: Any) -> str | None:
+    """``"redis.exceptions.ConnectionError('x')"`` -> ``"redis.exceptions.ConnectionError"``.
+
+    Only the leading identifier of a task-failed/task-retried ``exception`` field (a repr)
+    is read, within its first 256 characters; the message (between the parentheses)
+    never is. The result is at most 200 word characters and dots: fit to be a label value.
+    None when the field is not a string or does not start with an identifier.
+    """
+    if not isinstance(value, str) or not value:
+        return None
+    m = _EXCEPTION_CLASS.match(value, 0, _MAX_EXCEPTION_SCAN)
+    if m is None:
+        return None
+    name = m.group(1).strip(".")
+    return name or None
+
+
+#: billiard's wrapper of exceptions raised in the pool's main process (billiard >= 4.2:
+#: a worker lost, a time limit): its repr, ``ExceptionWithTraceback()``, names no class,
+#: the last line of the event's ``traceback`` does
+EXCEPTION_WRAPPER = "ExceptionWithTraceback"
+#: characters at the end of a ``traceback`` field read for its last line, at most
+_MAX_TRACEBACK_TAIL = 512
+
+
+def failure_exception(event: dict) -> tuple[str | None, str]:
+    """The exception class a task-failed/task-retried ``event`` reports, and the one line
+    it was read from (the ``exception`` repr, or the traceback's last line when the repr
+    is billiard's wrapper :data:`EXCEPTION_WRAPPER`): ``(None, "")`` when it names none.
+
+    A class read from a traceback is given by its bare name, as a repr gives it
+    (``billiard.exceptions.WorkerLostError: ...`` -> ``WorkerLostError``). Only the
+    leading identifier of that line is a name; the line itself is for callers that parse
+    a fixed, bounded pattern of it (the signal of a lost worker), never to keep.
+    """
+    value = event.get("exception")
+    name = exception_class(value)
+    if name is None or name.rsplit(".", 1)[-1] != EXCEPTION_WRAPPER:
+        return name, value if name is not None else ""
+    tb = event.get("traceback")
+    if not isinstance(tb, str) or not tb:
+        return name, value
+    for line in reversed(tb[-_MAX_TRACEBACK_TAIL:].splitlines()):
+        line = line.strip()
+        if line and line.strip('"'):
+            inner = exception_class(line)
+            if inner is None or inner.startswith("File"):
+                return name, value
+            return inner.rsplit(".", 1)[-1], line
+    return name, value
 
 
 def json_bytes(payload: Any) -> bytes:

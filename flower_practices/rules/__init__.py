@@ -23,9 +23,11 @@ from .orm_object_argument import OrmObjectArgument
 from .retry_storm import RetryStorm
 from .retryless_failure import RetrylessFailure
 from .unread_results import UnreadResults
+from .worker_process_killed import WorkerProcessKilled
 
 TASK_RULES: list[type[Rule]] = [
     RetrylessFailure, RetryStorm, UnreadResults, OrmObjectArgument, MissingTimeLimit, LostTask,
+    WorkerProcessKilled,
 ]
 # end task rules
 

@@ -7,15 +7,17 @@ when the task record shows no retry (``retries == 0`` and no task-retried seen).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..bounded import LRUDict
+from ..events.sanitize import exception_class, failure_exception
 from ..events.types import TASK_FAILED, TASK_RETRIED
 from ..findings import Condition
 from .base import Rule
+
+__all__ = ["RetrylessFailure", "TransientMatcher", "exception_class"]
 
 if TYPE_CHECKING:
     from ..appinfo import AppInfo
@@ -37,23 +39,7 @@ TRANSIENT_EXCEPTIONS = [
     "ServiceUnavailable", "TemporaryFailure", "TransientError",
 ]
 
-_CLASS = re.compile(r"\s*([A-Za-z_][\w.]{0,199})")
-_MAX_SCAN = 256
 _MAX_KEYS = 2000
-
-
-def exception_class(value: Any) -> str | None:
-    """``"redis.exceptions.ConnectionError('x')"`` -> ``"redis.exceptions.ConnectionError"``.
-
-    Only the leading identifier is read; the message (between the parentheses) never is.
-    """
-    if not isinstance(value, str) or not value:
-        return None
-    m = _CLASS.match(value, 0, _MAX_SCAN)
-    if m is None:
-        return None
-    name = m.group(1).strip(".")
-    return name or None
 
 
 class TransientMatcher:
@@ -113,7 +99,7 @@ class RetrylessFailure(Rule):
         uuid = event["uuid"]
         if self.retried.pop(uuid, None) or (rec is not None and rec.retries):
             return
-        name = exception_class(event.get("exception"))
+        name = failure_exception(event)[0]
         if name is None or not self.matcher(name):
             return
         queue = rec.queue if rec is not None else ""

@@ -27,6 +27,7 @@ def make_app(broker: str, backend: str | None) -> Celery:
         task_time_limit=60,
         task_soft_time_limit=50,
         task_acks_late=True,
+        task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
     )
 

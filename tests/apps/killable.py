@@ -1,0 +1,57 @@
+"""Tasks whose pool process a test can kill, and tasks that fail by exception class.
+
+``killable.hog`` / ``killable.sleepy`` publish their process id to the Redis key they are
+given (on the broker's Redis) and sleep, so a test can SIGKILL exactly the pool process
+running them. ``killable.boom`` raises the built-in exception class it is named.
+``make_app(broker)`` builds a fresh copy for tests (broker from FP_TEST_BROKER).
+"""
+
+import builtins
+import os
+import time
+
+from celery import Celery
+
+#: exception classes ``killable.boom`` may raise (built-ins only, by name)
+BOOM = ("ValueError", "KeyError", "TypeError", "LookupError")
+
+
+def make_app(broker: str) -> Celery:
+    app = Celery("killable", broker=broker, set_as_current=False)
+    app.conf.update(
+        task_send_sent_event=True,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+    )
+
+    def publish_pid(key: str) -> None:
+        import redis
+
+        redis.Redis.from_url(broker).set(key, os.getpid(), ex=600)
+
+    @app.task(name="killable.hog", shared=False)
+    def hog(key, seconds):
+        publish_pid(key)
+        time.sleep(seconds)
+
+    @app.task(name="killable.sleepy", shared=False)
+    def sleepy(key, seconds):
+        publish_pid(key)
+        time.sleep(seconds)
+
+    @app.task(name="killable.boom", shared=False)
+    def boom(kind):
+        if kind not in BOOM:
+            raise RuntimeError("unknown kind")
+        raise getattr(builtins, kind)("secret-message-never-exported")
+
+    @app.task(name="killable.quick", shared=False)
+    def quick():
+        return None
+
+    return app
+
+
+app = make_app(os.environ.get("FP_TEST_BROKER", "memory://"))
