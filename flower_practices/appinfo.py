@@ -35,15 +35,12 @@ class TaskInfo:
     retry_jitter: bool = True
     #: the task body calls ``self.retry(..., countdown=0)`` (read from its source)
     retries_without_delay: bool = False
-<<<<<<< HEAD
     #: certainly retries without limit: ``max_retries=None`` and either ``autoretry_for``
     #: whose ``retry_kwargs`` leave ``max_retries`` unset, or a ``self.retry(...)`` call
     #: in the body (read from its source) passing neither ``max_retries`` nor ``**kwargs``
     unbounded_retries: bool = False
-=======
     #: ``reject_on_worker_lost`` (task, else ``task_reject_on_worker_lost``)
     reject_on_worker_lost: bool = False
->>>>>>> failures
 
     @property
     def has_retry_policy(self) -> bool:
@@ -188,11 +185,8 @@ def snapshot_app(app: Celery) -> AppInfo:
             retry_backoff_max=_int(getattr(task, "retry_backoff_max", 600), 600),
             retry_jitter=bool(getattr(task, "retry_jitter", True)),
             retries_without_delay=_retries_without_delay(task),
-<<<<<<< HEAD
             unbounded_retries=_unbounded_retries(task),
-=======
             reject_on_worker_lost=bool(getattr(task, "reject_on_worker_lost", None)),
->>>>>>> failures
         )
     queues = tuple(q.name for q in (conf.task_queues or ()))
     return AppInfo(
