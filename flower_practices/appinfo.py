@@ -58,6 +58,11 @@ class AppInfo:
     send_sent_event: bool
     worker_send_task_events: bool
     tasks: dict[str, TaskInfo] = field(default_factory=dict)
+    #: ``broker_transport_options['visibility_timeout']`` when set (None: the transport's
+    #: default, 3600 s on Redis)
+    visibility_timeout: float | None = None
+    #: task name -> the source file of the module that defines it (static scans)
+    task_files: dict[str, str] = field(default_factory=dict)
 
     def task(self, name: str | None) -> TaskInfo | None:
         return self.tasks.get(name) if name else None
@@ -151,7 +156,29 @@ def snapshot_app(app: Celery) -> AppInfo:
         send_sent_event=bool(conf.task_send_sent_event),
         worker_send_task_events=bool(conf.worker_send_task_events),
         tasks=tasks,
+        visibility_timeout=_visibility_timeout(conf.broker_transport_options),
+        task_files=_task_files(app, tasks),
     )
+
+
+def _visibility_timeout(options: Any) -> float | None:
+    value = options.get("visibility_timeout") if isinstance(options, dict) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    return None
+
+
+def _task_files(app: Celery, names: Any) -> dict[str, str]:
+    """Task name -> the source file of the module defining it (None skipped)."""
+    out: dict[str, str] = {}
+    for name in names:
+        try:
+            path = inspect.getsourcefile(_task_function(app.tasks[name]))
+        except (TypeError, OSError, KeyError):
+            continue
+        if path:
+            out[name] = path
+    return out
 
 
 def _int(value: object, default: int) -> int:
