@@ -17,14 +17,15 @@ for ``threshold_seconds``:
   watch began;
 - no listing worker received a task from it (this rule's task-received hook: worker and
   queue -> last receipt), counted from the latest of the watch's start, the worker's
-  last receipt from the queue, when it came online, and when it was last seen busy;
+  last receipt from the queue and when it came online;
 - at least one listing worker had free capacity all along -- not saturation. A worker
   is *busy* when its running tasks (the larger of the state's per-worker running index
   and the ``active`` count of its heartbeats) reach its pool size (``inspect stats``
   ``pool.max-concurrency``; 1 when unknown), or when its running plus reserved tasks
   without an ETA reach its prefetch count (``inspect stats`` ``prefetch_count``):
-  such a worker fetches nothing by design. A worker seen busy restarts its stall clock,
-  so a saturated worker between two tasks is never taken for a zombie.
+  such a worker fetches nothing by design. Only workers not seen busy for
+  ``threshold_seconds`` are reported (their stall counted from when they were last
+  busy), so a saturated worker between two tasks is never taken for a zombie.
 
 A queue ``queue_without_consumer`` explains (no known consumer: ``QueueFacts``) is left
 to it: one cause, one finding.
@@ -73,7 +74,8 @@ class StalledConsumer(Rule):
         super().__init__(ctx, options)
         #: (worker, queue) -> local time of its last task-received from the queue
         self.received: dict[tuple[str, str], float] = {}
-        #: queue -> [watch start, length when it began, length last counted]
+        #: queue -> [watch start, length when it began, length last counted, 1.0 once
+        #: reported in this watch (its growth is then counted)]
         self.watch: dict[str, list[float]] = {}
         #: worker -> when it was last seen busy (saturated)
         self.busy_at: dict[str, float] = {}
@@ -146,14 +148,15 @@ class StalledConsumer(Rule):
             return None  # (a stale probe keeps the watch, judges nothing)
         watch = self.watch.get(name)
         if watch is None or length < watch[1]:
-            watch = self.watch[name] = [now, float(length), float(length)]
+            watch = self.watch[name] = [now, float(length), float(length), 0.0]
         threshold = self.opts.threshold_seconds
         grown = length - watch[1]
         stalled = [(w, self._stalled_since(w, name, watch[0])) for w in consumers]
         if grown < self.opts.min_growth \
                 or any(now - since < threshold for _, since in stalled):
             return None
-        free = [(w, since) for w, since in stalled if self.busy_at.get(w.hostname, 0.0) < since]
+        free = [(w, max(since, busy)) for w, since in stalled
+                if now - (busy := self.busy_at.get(w.hostname, 0.0)) >= threshold]
         if not free:
             return None
         self._count(name, length, watch)
@@ -163,12 +166,14 @@ class StalledConsumer(Rule):
         """Since when ``worker`` took nothing from ``queue`` while it was watched."""
         last = self.received.get((worker.hostname, queue), 0.0)
         came = worker.online_since or worker.created_at
-        busy = self.busy_at.get(worker.hostname, 0.0)
-        return max(watch_start, last, came, busy)
+        return max(watch_start, last, came)
 
     def _count(self, name: str, length: int, watch: list[float]) -> None:
-        if name not in self.flagged:
+        """Count the messages that entered the queue while stalled (once per watch: a
+        report that pauses and resumes, or survives a restart, does not count again)."""
+        if not watch[3]:
             self.count(name, None, max(1, int(length - watch[1])))
+            watch[3] = 1.0
         elif length > watch[2]:
             self.count(name, None, int(length - watch[2]))
         watch[2] = max(watch[2], float(length))
@@ -176,7 +181,7 @@ class StalledConsumer(Rule):
     def _condition(self, queue: Any, watch: list[float], stalled: list[tuple[Any, float]],
                    free: list[tuple[Any, float]], now: float) -> Condition:
         name, length = queue.name, queue.length
-        since = max(s for _, s in stalled)
+        since = max(s for _, s in free)
         details = [{"worker": w.hostname, "nothing_received_since": round(s, 3),
                     "nothing_received_for_seconds": round(now - s, 1),
                     "last_received_from_queue": round(r, 3) if (r := self.received.get(
@@ -205,7 +210,7 @@ class StalledConsumer(Rule):
 
     # -- restarts (flower_practices.store) -------------------------------------------------
     def memory(self) -> Any:
-        """The reported queues' watch (start, length at the start, length last counted), so
+        """The reported queues' watch (start, lengths at the start and last counted), so
         a restart does not count the messages again. The workers' receipts are not kept:
         after a restart the stall must last ``threshold_seconds`` again from the workers'
         first heartbeats (the restored finding is held meanwhile, see ``restore_hold``)."""
@@ -217,7 +222,7 @@ class StalledConsumer(Rule):
         state = self.ctx.state
         for name, item in list(data.items())[:state.settings.max_queues]:
             try:
-                start, base, counted = item
+                start, base, counted = item[:3]
                 start, base, counted = float(start), float(base), float(counted)
             except (TypeError, ValueError):
                 continue
@@ -226,5 +231,5 @@ class StalledConsumer(Rule):
             queue = state.queue(str(name))
             if queue is None:
                 continue
-            self.watch[queue.name] = [start, base, counted]
+            self.watch[queue.name] = [start, base, counted, 1.0]
             self.flagged.add(queue.name)
