@@ -48,6 +48,8 @@ from .queue_view import live_workers, no_consumer
 
 #: (worker, queue) receipts remembered at most
 _MAX_RECEIPTS = 50_000
+#: seconds between two passes that drop what the state forgot
+_FORGET_INTERVAL = 60.0
 _MAX_NAMES = 10
 
 
@@ -80,6 +82,7 @@ class StalledConsumer(Rule):
         #: worker -> when it was last seen busy (saturated)
         self.busy_at: dict[str, float] = {}
         self.flagged: set[str] = set()
+        self._forgot_at = 0.0
 
     def hooks(self):
         return {TASK_RECEIVED: self._on_received}
@@ -111,6 +114,11 @@ class StalledConsumer(Rule):
         return False
 
     def _forget(self, now: float) -> None:
+        """Drop receipts, busy marks and watches of workers and queues the state forgot
+        (at most once a minute: the tables are bounded, the pass need not run each round)."""
+        if now - self._forgot_at < _FORGET_INTERVAL:
+            return
+        self._forgot_at = now
         workers = self.ctx.state.workers
         queues = self.ctx.state.queues
         for key in [k for k in self.received if k[0] not in workers or k[1] not in queues]:
