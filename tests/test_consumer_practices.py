@@ -105,7 +105,8 @@ def test_stalled_consumer_fires_on_a_half_open_consuming_connection(redis_url: s
         assert f["severity"] == "critical"
         ev = f["evidence"]
         assert ev["queue_length"] >= 1 and ev["queue_growth"] >= 1
-        assert [s["worker"] for s in ev["stalled_workers"]] == [w.name]
+        assert [s["worker"] for s in ev["stalled_workers"]] == [w.name] \
+            == ev["listing_workers"]
         assert ev["stalled_workers"][0]["nothing_received_for_seconds"] >= STALL
         assert ev["stalled_workers"][0]["last_received_from_queue"] is not None
         assert ev["saturated_workers"] == []

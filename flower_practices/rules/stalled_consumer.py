@@ -201,6 +201,7 @@ class StalledConsumer(Rule):
             "queue_length": length, "queue_length_at_watch_start": int(watch[1]),
             "queue_growth": int(length - watch[1]),
             "watched_since": round(watch[0], 3), "stalled_for_seconds": round(now - since, 1),
+            "listing_workers": sorted(w.hostname for w, _ in stalled)[:_MAX_NAMES],
             "stalled_workers": details,
             "saturated_workers": sorted({w.hostname for w, _ in stalled}
                                         - {w.hostname for w, _ in free})[:_MAX_NAMES],
