@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
 #: Redis' (kombu's) default visibility timeout, seconds
 REDIS_DEFAULT_VISIBILITY_TIMEOUT = 3600.0
+#: kombu's SQS default visibility timeout, seconds
+SQS_DEFAULT_VISIBILITY_TIMEOUT = 1800.0
 #: at most this many task ids in a finding's evidence (the most recent)
 MAX_TASK_IDS = 10
 #: candidates waiting for their judgement at most (a flood keeps the newest)
@@ -204,8 +206,9 @@ class DuplicateDelivery(Rule):
         else:
             evidence["source"] = "app config"
             configured = app.visibility_timeout
-            evidence["visibility_timeout"] = configured if configured is not None \
+            default = SQS_DEFAULT_VISIBILITY_TIMEOUT if evidence["transport"] == "sqs" \
                 else REDIS_DEFAULT_VISIBILITY_TIMEOUT
+            evidence["visibility_timeout"] = configured if configured is not None else default
             evidence["visibility_timeout_source"] = (
                 "broker_transport_options" if configured is not None else "transport default")
         return evidence
