@@ -149,11 +149,11 @@ class StalledConsumer(Rule):
 
     def _judge(self, name: str, queue: Any, consumers: Any, now: float) -> Condition | None:
         length = queue.length
-        if not consumers or not length or now - queue.probed_at > self.opts.stale_probe_seconds \
-                or no_consumer(self.ctx.queue_facts, name):
-            if not consumers or not length or no_consumer(self.ctx.queue_facts, name):
-                self.watch.pop(name, None)
-            return None  # (a stale probe keeps the watch, judges nothing)
+        if not consumers or not length or no_consumer(self.ctx.queue_facts, name):
+            self.watch.pop(name, None)  # nothing waiting, or queue_without_consumer's case
+            return None
+        if now - queue.probed_at > self.opts.stale_probe_seconds:
+            return None  # a stale probe keeps the watch and judges nothing
         watch = self.watch.get(name)
         if watch is None or length < watch[1]:
             watch = self.watch[name] = [now, float(length), float(length), 0.0]
