@@ -7,7 +7,9 @@ is dead. It must not fire for a saturated worker, a queue nobody consumes
 (``queue_without_consumer``'s finding) or a worker consuming normally under load.
 
 duplicate_delivery: Redis with ``visibility_timeout=3`` and a task with ``countdown=8``:
-the reserved ETA message goes back to the queue after 3 s and is received again. It must
+the reserved ETA message goes back to the queue after 3 s and is received again; so does
+an ``acks_late`` task still running after 3 s (kombu's unacked restore runs every second
+in tests/apps/redelivery.py; by default it sweeps about every 100 s). It must
 not fire for retries with a countdown, an ETA shorter than the visibility timeout, or a
 message restored by a worker's warm shutdown.
 """
@@ -192,6 +194,29 @@ def test_duplicate_delivery_fires_when_eta_outlives_the_visibility_timeout(
         assert latest["count"] == received - 1 \
             == total(exporter, "duplicate_delivery", task="redelivery.later")
         assert gauge(exporter, "duplicate_delivery", task="redelivery.later") == 1
+
+
+def test_duplicate_delivery_fires_when_an_acks_late_run_outlives_the_visibility_timeout(
+        redis_url: str) -> None:
+    app: Celery = redelivery_app(redis_url, visibility_timeout=3.0)
+    cfg = settings(duplicate_delivery={"grace_seconds": 2.0})
+    with RunningExporter(app, cfg, app_loaded=True) as exporter:
+        workers = [redelivery_worker(redis_url, f"a{i}", 3.0) for i in range(2)]
+        try:
+            for w in workers:
+                w.start(app)
+            result = app.send_task("redelivery.acks_late", args=[7.0])
+            f = finding(exporter, "duplicate_delivery", timeout=60, task="redelivery.acks_late")
+            wait_for(lambda: events(exporter, "succeeded", "redelivery.acks_late") >= 2,
+                     timeout=40, message="the redelivered run finished too")
+        finally:
+            for w in workers:
+                w.stop()
+        ev = f["evidence"]
+        assert result.id in ev["task_ids"] and ev["eta_delay_seconds_max"] is None
+        assert ev["runtime_at_redelivery_seconds_max"] >= 2.0
+        assert ev["visibility_timeout"] == 3.0
+        assert "a run longer" in f["summary"]
 
 
 def test_duplicate_delivery_silent_on_retries_short_eta_and_warm_shutdown(

@@ -36,6 +36,12 @@ def make_app(broker: str, *, visibility_timeout: float = 3.0) -> Celery:
         time.sleep(seconds)
         return None
 
+    @app.task(name="redelivery.acks_late", shared=False, ignore_result=True, acks_late=True,
+              time_limit=60)
+    def acks_late(seconds):
+        time.sleep(seconds)
+        return None
+
     @app.task(name="redelivery.flaky", shared=False, bind=True, ignore_result=True,
               max_retries=2, time_limit=30)
     def flaky(self, countdown):
