@@ -69,6 +69,11 @@ class AppInfo:
     #: app-wide ``task_acks_late`` and ``task_reject_on_worker_lost``
     acks_late: bool = False
     reject_on_worker_lost: bool = False
+    #: ``broker_transport_options['visibility_timeout']`` when set (None: the transport's
+    #: default, 3600 s on Redis)
+    visibility_timeout: float | None = None
+    #: task name -> the source file of the module that defines it (static scans)
+    task_files: dict[str, str] = field(default_factory=dict)
 
     def task(self, name: str | None) -> TaskInfo | None:
         return self.tasks.get(name) if name else None
@@ -205,7 +210,29 @@ def snapshot_app(app: Celery) -> AppInfo:
         tasks=tasks,
         acks_late=bool(conf.task_acks_late),
         reject_on_worker_lost=bool(conf.task_reject_on_worker_lost),
+        visibility_timeout=_visibility_timeout(conf.broker_transport_options),
+        task_files=_task_files(app, tasks),
     )
+
+
+def _visibility_timeout(options: Any) -> float | None:
+    value = options.get("visibility_timeout") if isinstance(options, dict) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    return None
+
+
+def _task_files(app: Celery, names: Any) -> dict[str, str]:
+    """Task name -> the source file of the module defining it (None skipped)."""
+    out: dict[str, str] = {}
+    for name in names:
+        try:
+            path = inspect.getsourcefile(_task_function(app.tasks[name]))
+        except (TypeError, OSError, KeyError):
+            continue
+        if path:
+            out[name] = path
+    return out
 
 
 def _int(value: object, default: int) -> int:

@@ -132,6 +132,25 @@ PRACTICES: tuple[Practice, ...] = (
         3,
     ),
     Practice(
+        "stalled_consumer",
+        "Stalled consumer",
+        "critical",
+        "A queue holds and gains messages, live workers list it in their active queues, "
+        "yet none of them has received a task from it for a while: a zombie consumer "
+        "(e.g. a half-open broker connection after a reconnect). Not saturation: the "
+        "workers have free pool slots.",
+        3,
+    ),
+    Practice(
+        "duplicate_delivery",
+        "Task delivered twice",
+        "warning",
+        "The same task message was received or started again with no retry in between: "
+        "an ETA/countdown or an acks_late run longer than the broker's visibility timeout "
+        "(Redis, SQS) or consumer timeout (RabbitMQ).",
+        None,
+    ),
+    Practice(
         "worker_process_killed",
         "Worker pool process killed",
         "warning",

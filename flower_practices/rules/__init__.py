@@ -13,10 +13,12 @@ from .queue_starvation import QueueStarvation
 from .queue_without_consumer import QueueWithoutConsumer
 from .result_backend_database import ResultBackendDatabase
 from .single_default_queue import SingleDefaultQueue
+from .stalled_consumer import StalledConsumer
 
 # end queue and worker rules
 # isort: split
 # task rules
+from .duplicate_delivery import DuplicateDelivery
 from .lost_task import LostTask
 from .missing_time_limit import MissingTimeLimit
 from .orm_object_argument import OrmObjectArgument
@@ -28,6 +30,7 @@ from .worker_process_killed import WorkerProcessKilled
 TASK_RULES: list[type[Rule]] = [
     RetrylessFailure, RetryStorm, UnreadResults, OrmObjectArgument, MissingTimeLimit, LostTask,
     WorkerProcessKilled,
+    DuplicateDelivery,
 ]
 # end task rules
 
@@ -35,6 +38,7 @@ TASK_RULES: list[type[Rule]] = [
 QUEUE_RULES: list[type[Rule]] = [
     DatabaseBroker, ResultBackendDatabase, SingleDefaultQueue, QueueWithoutConsumer,
     QueueStarvation, EventsDisabled, PrefetchStarvation,
+    StalledConsumer,
 ]
 # end queue and worker rules
 

@@ -1,0 +1,195 @@
+"""stalled_consumer and duplicate_delivery on the engine, event by event: the retry and
+warm-shutdown semantics, counting, restarts (state file) and the static check on a real
+app module. The real-worker tests are in tests/test_consumer_practices.py."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from flower_practices.appinfo import snapshot_app
+from flower_practices.config import Settings
+from flower_practices.engine import Engine
+from flower_practices.probes.queues import QueueSample
+from flower_practices.probes.workers import WorkerSample
+from flower_practices.rules.duplicate_delivery import DuplicateDelivery
+from flower_practices.store import StateStore
+
+BROKER = "redis://h/0"
+
+
+def engine(tmp_path: Path | None = None, **practices: dict) -> Engine:
+    store = StateStore(tmp_path, BROKER) if tmp_path is not None else None
+    return Engine(Settings(practices=practices, clear_after_seconds=600.0),
+                  broker_url=BROKER, store=store)
+
+
+def heartbeat(eng: Engine, host: str, t: float, active: int = 0) -> None:
+    eng.observe({"type": "worker-heartbeat", "hostname": host, "timestamp": t,
+                 "local_received": t, "freq": 2.0, "active": active, "processed": 0})
+
+
+def task(eng: Engine, etype: str, uuid: str, t: float, host: str | None = None,
+         **fields: object) -> None:
+    event = {"type": etype, "uuid": uuid, "timestamp": t, "local_received": t,
+             "name": "proj.job", "queue": "q", **fields}
+    if host:
+        event["hostname"] = host
+    eng.observe(event)
+
+
+def found(eng: Engine, practice: str) -> list[dict]:
+    return [f for f in eng.practices_payload()["findings"] if f["practice"] == practice]
+
+
+# -- duplicate_delivery ---------------------------------------------------------------------
+def test_duplicate_delivery_counts_redeliveries_not_retries_nor_warm_shutdown() -> None:
+    eng = engine(duplicate_delivery={"grace_seconds": 5.0})
+    t0 = time.time() - 100
+    for host in ("w1@h", "w2@h"):
+        heartbeat(eng, host, t0)
+    # a retry: its task-received (retries=1, on w2) overtakes w1's task-retried
+    task(eng, "task-sent", "r", t0, retries=0)
+    task(eng, "task-received", "r", t0, "w1@h", retries=0)
+    task(eng, "task-started", "r", t0, "w1@h")
+    task(eng, "task-sent", "r", t0 + 1, retries=1)
+    task(eng, "task-received", "r", t0 + 1, "w2@h", retries=1)
+    task(eng, "task-retried", "r", t0 + 1, "w1@h")
+    task(eng, "task-started", "r", t0 + 2, "w2@h")
+    # a warm shutdown: w1 reserved an ETA task, said goodbye, w2 got the restored message
+    task(eng, "task-sent", "s", t0 + 2, retries=0)
+    task(eng, "task-received", "s", t0 + 2, "w1@h", retries=0, eta="2030-01-01T00:00:00+00:00")
+    task(eng, "task-received", "s", t0 + 3, "w2@h", retries=0)
+    eng.observe({"type": "worker-offline", "hostname": "w1@h", "timestamp": t0 + 4,
+                 "local_received": t0 + 4})
+    # a real duplicate: delivered 3 times to w2, which stays up
+    task(eng, "task-sent", "d", t0 + 5, retries=0)
+    task(eng, "task-received", "d", t0 + 5, "w2@h", retries=0)
+    task(eng, "task-received", "d", t0 + 8, "w2@h", retries=0)
+    heartbeat(eng, "w2@h", t0 + 9)
+    task(eng, "task-received", "d", t0 + 11, "w2@h", retries=0)
+    for _ in range(3):  # the repeated run starts: one more start per delivery, no extra
+        task(eng, "task-started", "d", t0 + 12, "w2@h")
+    heartbeat(eng, "w2@h", t0 + 12)
+    eng.evaluate(t0 + 12)  # within the grace: not judged yet
+    assert found(eng, "duplicate_delivery") == []
+    heartbeat(eng, "w2@h", t0 + 17)
+    eng.evaluate(t0 + 17)
+    [f] = found(eng, "duplicate_delivery")
+    assert f["task"] == "proj.job" and f["queue"] == "q" and f["count"] == 2
+    assert f["evidence"]["task_ids"] == ["d"]
+    assert f["evidence"]["seconds_between_deliveries_min"] == 3.0
+    assert f["evidence"]["visibility_timeout"] == "unknown (app not loaded)"
+
+
+def test_duplicate_delivery_survives_a_restart_without_recount(tmp_path: Path) -> None:
+    t0 = time.time() - 100
+    eng = engine(tmp_path, duplicate_delivery={"grace_seconds": 1.0})
+    heartbeat(eng, "w1@h", t0)
+    task(eng, "task-sent", "d", t0, retries=0)
+    task(eng, "task-received", "d", t0, "w1@h", retries=0)
+    task(eng, "task-received", "d", t0 + 1, "w1@h", retries=0)
+    eng.evaluate(t0 + 3)
+    [before] = found(eng, "duplicate_delivery")
+    assert before["count"] == 1
+    again = engine(tmp_path, duplicate_delivery={"grace_seconds": 1.0})
+    again.evaluate(t0 + 10)
+    [after] = found(again, "duplicate_delivery")
+    assert (after["first_seen"], after["count"]) == (before["first_seen"], 1)
+    assert after["evidence"]["task_ids"] == ["d"]
+
+
+def test_duplicate_delivery_static_check_on_a_real_app(tmp_path: Path, monkeypatch) -> None:
+    module = tmp_path / "fp_dup_app.py"
+    module.write_text(textwrap.dedent("""
+        from celery import Celery
+        app = Celery("fp_dup_app", broker="redis://127.0.0.1:6379/0", set_as_current=False)
+        app.conf.broker_transport_options = {"visibility_timeout": 60}
+
+        @app.task(name="fp_dup_app.remind", bind=True, default_retry_delay=120,
+                  autoretry_for=(OSError,))
+        def remind(self, n):
+            if n:
+                raise self.retry(countdown=30)
+
+        @app.task(name="fp_dup_app.long", acks_late=True, time_limit=600)
+        def long(n):
+            return n
+
+        @app.task(name="fp_dup_app.ok", time_limit=30)
+        def ok(n):
+            remind.apply_async((n,), countdown=7200)
+            remind.apply_async((n,), countdown=5)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        app = importlib.import_module("fp_dup_app").app
+        info = snapshot_app(app)
+    finally:
+        sys.modules.pop("fp_dup_app", None)
+    assert info.visibility_timeout == 60.0
+    found_ = DuplicateDelivery.static_check(info)
+    by_task = {}
+    for name, message in found_:
+        by_task.setdefault(name, []).append(message)
+    assert any("default_retry_delay 120s" in m for m in by_task["fp_dup_app.remind"])
+    assert any("acks_late" in m and "600s" in m for m in by_task["fp_dup_app.long"])
+    assert "fp_dup_app.ok" not in by_task
+    [literal] = by_task[None]  # countdown=7200 only: 30 and 5 are below 60
+    assert f"{module}:" in literal and "apply_async(countdown=7200)" in literal
+    # the transport default (3600 s) when nothing is set; nothing on RabbitMQ
+    info.visibility_timeout = None
+    assert [m for t, m in DuplicateDelivery.static_check(info) if t is None]
+    info.broker_url = "amqp://guest@h//"
+    assert DuplicateDelivery.static_check(info) == []
+
+
+# -- stalled_consumer -----------------------------------------------------------------------
+def stall(eng: Engine, t0: float, start: int, end: int, lengths: callable,
+          concurrency: int = 2, active: int = 0) -> None:
+    """Heartbeats, worker and queue probes and an evaluation every second."""
+    for s in range(start, end):
+        now = t0 + s
+        heartbeat(eng, "w1@h", now, active=active)
+        eng.apply_worker_probes({"w1@h": WorkerSample(("q",), 8, concurrency)})
+        eng.apply_queue_probes({"q": QueueSample(lengths={"0": lengths(s)})}, now,
+                               consumers_from_workers=True)
+        eng.evaluate(now)
+
+
+def test_stalled_consumer_fires_not_when_saturated_and_survives_a_restart(
+        tmp_path: Path) -> None:
+    opts = {"threshold_seconds": 10.0}
+    t0 = time.time() - 1000
+    eng = engine(tmp_path, stalled_consumer=opts)
+    heartbeat(eng, "w1@h", t0)
+    task(eng, "task-sent", "a", t0)
+    task(eng, "task-received", "a", t0, "w1@h", retries=0)
+    task(eng, "task-started", "a", t0, "w1@h")
+    task(eng, "task-succeeded", "a", t0, "w1@h")
+    # saturated: the pool (1) is busy by the heartbeats' count: nothing reported
+    stall(eng, t0, 1, 20, lambda s: 1 + s // 2, concurrency=1, active=1)
+    assert found(eng, "stalled_consumer") == []
+    # free slots and nothing received: reported threshold_seconds after it was last busy
+    stall(eng, t0, 20, 29, lambda s: 1 + s // 2)
+    assert found(eng, "stalled_consumer") == []
+    stall(eng, t0, 29, 32, lambda s: 1 + s // 2)
+    [f] = found(eng, "stalled_consumer")
+    assert f["queue"] == "q" and f["severity"] == "critical"
+    assert f["evidence"]["stalled_workers"][0]["worker"] == "w1@h"
+    assert f["evidence"]["stalled_workers"][0]["pool_size"] == 2
+    growth = f["evidence"]["queue_growth"]
+    assert growth >= 1 and f["count"] == growth
+    # restart: the finding and the counted length are kept, nothing counted twice
+    again = engine(tmp_path, stalled_consumer=opts)
+    [restored] = found(again, "stalled_consumer")
+    assert (restored["first_seen"], restored["count"]) == (f["first_seen"], f["count"])
+    stall(again, t0, 40, 52, lambda s: 16)  # same length: no new occurrence
+    [f2] = found(again, "stalled_consumer")
+    assert f2["first_seen"] == f["first_seen"] and f2["count"] == f["count"] + 0
+    stall(again, t0, 52, 54, lambda s: 18)  # +2 messages while stalled
+    [f3] = found(again, "stalled_consumer")
+    assert f3["count"] == f["count"] + 2
