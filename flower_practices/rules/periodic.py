@@ -3,7 +3,8 @@
 
 **Periodic sends.** Only a ``task-sent`` event with no ``parent_id``, no ``eta`` (so no
 ``countdown`` either) and ``retries`` 0 can be a scheduler's send: a retry, a task sent
-from a task, or one delayed on purpose is never learned as periodic. The event's
+from a task, or one delayed on purpose is never learned as periodic. (A task in the
+app's ``beat_schedule`` may carry an eta: an entry's ``options`` can set a countdown.) The event's
 ``hostname`` is the producer's node name (``gen<pid>@host``: one per beat process),
 sanitised like every label.
 
@@ -241,11 +242,13 @@ class PeriodicTracker:
 
     # -- hooks (O(1)) ---------------------------------------------------------------------
     def on_sent(self, event: dict, task: Any) -> None:
-        if event.get("parent_id") or event.get("eta") or event.get("retries"):
+        if event.get("parent_id") or event.get("retries"):
             return
         name = getattr(task, "name", "") or event.get("name")
         if not name or not isinstance(name, str):
             return
+        if event.get("eta") and name not in self.entries:
+            return  # delayed on purpose; a beat entry's own countdown option is not
         ts = event["timestamp"]
         host = event.get("hostname") or ""
         if not isinstance(host, str):
@@ -301,18 +304,25 @@ class PeriodicTracker:
             hosts[host] = ts
 
     def on_started(self, event: dict, task: Any) -> None:
+        """A run starting while an earlier run of the task has already been running for
+        about a period (within ``tolerance``) overlaps. Runs of a backlog starting
+        together (a worker back after a restart) do not: none has run that long."""
         rec = self.records.get(getattr(task, "name", "") or "")
         if rec is None or not (rec.scheduled or rec.cadence.learned):
             return
         running = rec.running
         uuid = event["uuid"]
         ts = event["timestamp"]
-        others = len(running) - (uuid in running)
-        counted = others > 0
-        if counted:
-            rec.overlaps += 1
-            rec.last_overlap = ts
-        if uuid in running or len(running) < MAX_RUNNING:
+        running.pop(uuid, None)  # a retry of a run starting again
+        period = rec.period()
+        counted = False
+        if running and period > 0.0:
+            oldest = next(iter(running.values()))  # runs are kept in start order
+            if ts - oldest[0] >= (1.0 - self.tolerance) * period:
+                counted = True
+                rec.overlaps += 1
+                rec.last_overlap = ts
+        if len(running) < MAX_RUNNING:
             running[uuid] = [ts, counted]
 
     def on_ended(self, event: dict, task: Any) -> None:

@@ -3,9 +3,11 @@ pile up.
 
 For the periodic tasks (see :mod:`~flower_practices.rules.periodic`), task-started
 registers a run and its completion (task-succeeded, -failed, -retried, -revoked,
--rejected) ends it. A run *overlaps* when it starts while another run of the same task
-is still running, or when it finishes after running longer than the period (one worker
-slot: the next run waits behind it). Each such run is counted once. Runs whose worker
+-rejected) ends it. A run *overlaps* when it starts while an earlier run of the same
+task is still running and has been for about a period (at least (1 - ``tolerance``) x
+the period), or when it finishes after running longer than the period (one worker slot:
+the next run waits behind it). Runs of a backlog that start together (a worker back
+after a restart drains the sends it missed) do not overlap in this sense. Each such run is counted once. Runs whose worker
 died are forgotten after ``window_seconds``. The finding holds for ``window_seconds``
 after the last overlapping run; the evidence gives the period and the longest runtime.
 """
