@@ -100,7 +100,7 @@ class PeriodicOverlap(Rule):
                         "running_now": len(rec.running),
                         "overlapping_runs": rec.overlaps,
                         "last_overlap_at": round(rec.last_overlap, 3)}
-            summary = (f"runs of periodic task {rec.name} last longer than its period "
-                       f"({longest:.3g}s > {period:.3g}s) and pile up: {len(rec.running)} "
-                       f"running now")
+            summary = (f"runs of periodic task {rec.name} last about its period "
+                       f"({period:.3g}s) or longer (longest {longest:.3g}s) and pile up: "
+                       f"{len(rec.running)} running now")
             yield Condition(summary=summary, task=rec.name, evidence=evidence)
