@@ -147,3 +147,38 @@ def test_app_schedule_interval_and_crontab_and_static_checks() -> None:
     e.evaluate(start + 11.5)
     assert sorted(f.task for f in findings(e, "missed_periodic_task")) == [
         "p.every", "p.ghost"]
+
+
+def test_learned_periods_and_duplicates_survive_a_restart(tmp_path) -> None:
+    """The state file keeps what the rules learned: after a restart a task whose beat
+    died is still known as periodic (nothing would teach it again), a duplicate finding
+    keeps its hosts, and nothing is counted twice."""
+    from flower_practices.store import StateStore
+
+    practices = {"missed_periodic_task": {"grace_seconds": 2.0}}
+    url = "redis://x/0"
+    t0 = time.time() - 60
+    first = Engine(Settings(practices=practices), broker_url=url,
+                   store=StateStore(tmp_path, url))
+    for k in range(8):
+        sent(first, "p.tick", t0 + 5 * k, "gen1@a")
+        sent(first, "p.tick", t0 + 5 * k + 0.3, "gen2@b")
+    first.evaluate(t0 + 36.0)
+    (dup,) = findings(first, "duplicate_beat")
+    assert not findings(first, "missed_periodic_task")
+    counted = dup.count
+    first.store.close()
+
+    # the beats die with the exporter; it restarts 1 s later
+    again = Engine(Settings(practices=practices), broker_url=url,
+                   store=StateStore(tmp_path, url))
+    rule = next(r for r in again.rules if isinstance(r, MissedPeriodicTask))
+    assert [r.name for r in rule.tracker.periodic()] == ["p.tick"]
+    restart = rule.tracker.started
+    again.evaluate(restart + 6.5)
+    assert not findings(again, "missed_periodic_task")  # not before a period + grace
+    again.evaluate(restart + 7.5)
+    (missed,) = findings(again, "missed_periodic_task")
+    assert missed.evidence["period_source"] == "learned from sends"
+    (dup,) = findings(again, "duplicate_beat")
+    assert dup.evidence["hosts"] == ["gen1@a", "gen2@b"] and dup.count == counted

@@ -188,6 +188,8 @@ class PeriodicTracker:
         self.min_runs = min_runs
         self.records: LRUDict[str, PeriodicRecord] = LRUDict(
             max(1, ctx.settings.max_task_names))
+        #: the records with a known period (scheduled or learned): what evaluation reads
+        self.known: dict[str, PeriodicRecord] = {}
         #: when watching began (a restart starts again): nothing is overdue before a
         #: period and the grace have passed since
         self.started = time.time()
@@ -214,7 +216,10 @@ class PeriodicTracker:
             rec.scheduled = True
             rec.multi_entry = len(entries) > 1
             self.refresh(rec, self.started)
-        records.put(name, rec)
+            self.known[name] = rec
+        evicted = records.put(name, rec)
+        if evicted is not None:
+            self.known.pop(evicted.name, None)
         return rec
 
     def refresh(self, rec: PeriodicRecord, now: float) -> None:
@@ -237,8 +242,8 @@ class PeriodicTracker:
         return last + period if period > 0.0 and rec.last_sent else None
 
     def periodic(self) -> list[PeriodicRecord]:
-        """The tasks with a known period (scheduled or learned)."""
-        return [r for r in self.records.values() if r.scheduled or r.cadence.learned]
+        """The tasks with a known period (scheduled or learned), never the others."""
+        return list(self.known.values())
 
     # -- hooks (O(1)) ---------------------------------------------------------------------
     def on_sent(self, event: dict, task: Any) -> None:
@@ -277,6 +282,10 @@ class PeriodicTracker:
 
     def _interval(self, rec: PeriodicRecord, producer: Producer, interval: float) -> None:
         verdict = rec.cadence.feed(interval, self.tolerance, self.min_runs)
+        if rec.cadence.learned or rec.scheduled:
+            self.known[rec.name] = rec
+        else:
+            self.known.pop(rec.name, None)
         period = rec.period()
         producer.intervals += 1
         if period > 0.0:
@@ -394,3 +403,5 @@ class PeriodicTracker:
         rec.last_overlap = float(item["last_overlap"])
         rec.max_runtime = float(item["max_runtime"])
         self.refresh(rec, rec.last_sent or self.started)
+        if c.learned or rec.scheduled:
+            self.known[name] = rec
