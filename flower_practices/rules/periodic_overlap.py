@@ -8,8 +8,9 @@ task is still running and has been for about a period (at least (1 - ``tolerance
 the period), or when it finishes after running longer than the period (one worker slot:
 the next run waits behind it). Runs of a backlog that start together (a worker back
 after a restart drains the sends it missed) do not overlap in this sense. Each such run
-is counted once. Runs whose worker died are forgotten after ``window_seconds``. The finding holds for ``window_seconds``
-after the last overlapping run; the evidence gives the period and the longest runtime.
+is counted once. Runs whose worker died are forgotten after ``window_seconds``. The
+finding holds for ``window_seconds`` after the last overlapping run; the evidence gives
+the period and the longest runtime.
 """
 
 from __future__ import annotations
