@@ -56,15 +56,18 @@ class DuplicateBeat(Rule):
     @classmethod
     def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
         """beat_schedule entries that send the same task with the same arguments and
-        options: each run is sent twice."""
+        options on the same schedule: each run is sent twice."""
         out: list[tuple[str | None, str]] = []
-        seen: dict[tuple[str, str], str] = {}
+        seen: dict[tuple[str, str, str], str] = {}
         for entry in app.beat_schedule:
-            key = (entry.task, entry.call)
+            if not entry.task or entry.schedule is None:
+                continue
+            key = (entry.task, entry.call, repr(entry.schedule)[:500])
             first = seen.setdefault(key, entry.name)
-            if first != entry.name and entry.task:
+            if first != entry.name:
                 out.append((entry.task, f"beat_schedule entries {first!r} and {entry.name!r} "
-                                        f"both send {entry.task!r} with the same arguments"))
+                                        f"both send {entry.task!r} with the same arguments "
+                                        f"on the same schedule"))
         return out
 
     def hooks(self):
