@@ -2,7 +2,8 @@
 fresh copy whose ``beat_schedule`` holds the named entries (``FP_TEST_BEAT_ENTRIES``,
 comma separated, for the ``celery beat`` and ``celery worker`` subprocesses):
 
-- ``tick``: ``periodic.tick`` every 2 s, returns at once;
+- ``tick``: ``periodic.tick`` every 2 s, runs 0.3 s (runs of a backlog drained by two
+  worker threads start together: not an overlap);
 - ``slow``: ``periodic.slow`` every 2 s, sleeps 3.5 s (longer than its period);
 - ``flaky``: ``periodic.flaky`` every 3 s, fails with ConnectionError on its first
   attempt and retries with a 1 s back-off.
@@ -36,7 +37,7 @@ def make_app(broker: str, entries: str = "") -> Celery:
 
     @app.task(name="periodic.tick", shared=False)
     def tick() -> None:
-        return None
+        time.sleep(0.3)
 
     @app.task(name="periodic.slow", shared=False)
     def slow() -> None:
