@@ -116,6 +116,7 @@ def test_two_producers_are_a_duplicate_beat_and_a_failover_is_not() -> None:
 
 def test_app_schedule_interval_and_crontab_and_static_checks() -> None:
     app = Celery("p", broker="memory://", set_as_current=False)
+    app.conf.task_send_sent_event = True
 
     @app.task(name="p.every")
     def every() -> None: ...
@@ -182,3 +183,17 @@ def test_learned_periods_and_duplicates_survive_a_restart(tmp_path) -> None:
     assert missed.evidence["period_source"] == "learned from sends"
     (dup,) = findings(again, "duplicate_beat")
     assert dup.evidence["hosts"] == ["gen1@a", "gen2@b"] and dup.count == counted
+
+
+def test_an_app_without_sent_events_is_unsupported_not_missed() -> None:
+    app = Celery("p", broker="memory://", set_as_current=False)
+    app.conf.task_send_sent_event = False
+    app.conf.beat_schedule = {"every": {"task": "p.every", "schedule": 1.0}}
+    e = engine(snapshot_app(app), missed_periodic_task={"grace_seconds": 0.5})
+    cov = e.coverage()
+    assert cov["missed_periodic_task"].startswith("unsupported: task_send_sent_event")
+    assert cov["duplicate_beat"].startswith("unsupported")
+    assert cov["periodic_overlap"] == "active"
+    rule = next(r for r in e.rules if isinstance(r, MissedPeriodicTask))
+    e.evaluate(rule.tracker.started + 10)
+    assert not findings(e, "missed_periodic_task")

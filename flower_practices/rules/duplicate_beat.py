@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..events.types import TASK_SENT
 from ..findings import Condition
 from .base import Rule
-from .periodic import MAX_HOSTS, PeriodicTracker
+from .periodic import MAX_HOSTS, SENT_EVENTS_OFF, PeriodicTracker, sent_events_off
 
 if TYPE_CHECKING:
     from ..appinfo import AppInfo
@@ -88,7 +88,13 @@ class DuplicateBeat(Rule):
     def restore_hold(self, finding, now: float) -> float:
         return now  # the duplicates are restored: evaluate() decides
 
+    def coverage(self) -> str:
+        events = super().coverage()
+        return SENT_EVENTS_OFF if events == "active" and sent_events_off(self.ctx) else events
+
     def evaluate(self, now: float) -> Iterable[Condition]:
+        if sent_events_off(self.ctx):
+            return
         tracker = self.tracker
         for rec in tracker.periodic():
             if not rec.duplicates:

@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any
 from ..events.types import TASK_SENT
 from ..findings import Condition
 from .base import Rule
-from .periodic import MAX_HOSTS, PeriodicRecord, PeriodicTracker
+from .periodic import (
+    MAX_HOSTS,
+    SENT_EVENTS_OFF,
+    PeriodicRecord,
+    PeriodicTracker,
+    sent_events_off,
+)
 
 if TYPE_CHECKING:
     from ..appinfo import AppInfo
@@ -93,7 +99,13 @@ class MissedPeriodicTask(Rule):
     def restore_hold(self, finding, now: float) -> float:
         return now  # the last sends are restored: evaluate() decides
 
+    def coverage(self) -> str:
+        events = super().coverage()
+        return SENT_EVENTS_OFF if events == "active" and sent_events_off(self.ctx) else events
+
     def evaluate(self, now: float) -> Iterable[Condition]:
+        if sent_events_off(self.ctx):
+            return
         tracker = self.tracker
         grace = self.opts.grace_seconds
         for rec in tracker.periodic():

@@ -60,6 +60,17 @@ MAX_HOSTS = 10
 #: a producer is cadenced after this many regular intervals (and half of them regular)
 MIN_PRODUCER_RUNS = 2
 
+#: coverage of the rules that read sends when the loaded app sends no task-sent events
+SENT_EVENTS_OFF = ("unsupported: task_send_sent_event is off in the app, so beat's sends "
+                   "are invisible (turn it on in the configuration beat loads)")
+
+
+def sent_events_off(ctx: RuleContext) -> bool:
+    """The app is loaded (``-A``) and does not send task-sent events: no send is seen,
+    so every scheduled task would look missed."""
+    return ctx.app is not None and not ctx.app.send_sent_event
+
+
 #: what one interval told the learner
 FIRST, REGULAR, GAP, EARLY, IRREGULAR = "first", "regular", "gap", "early", "irregular"
 
