@@ -197,3 +197,20 @@ def test_an_app_without_sent_events_is_unsupported_not_missed() -> None:
     rule = next(r for r in e.rules if isinstance(r, MissedPeriodicTask))
     e.evaluate(rule.tracker.started + 10)
     assert not findings(e, "missed_periodic_task")
+
+
+def test_the_three_rules_share_one_tracker_fed_once_per_event() -> None:
+    e = engine()
+    rules = [r for r in e.rules if r.id in ("missed_periodic_task", "duplicate_beat",
+                                            "periodic_overlap")]
+    assert len(rules) == 3 and len({id(r.tracker) for r in rules}) == 1
+    sent_hooks = [rule_id for rule_id, _ in e._hooks["task-sent"] if rule_id in
+                  {r.id for r in rules}]
+    assert sent_hooks == ["missed_periodic_task"]
+    # different learning options: a tracker of its own, fed by its rule
+    e = engine(duplicate_beat={"tolerance": 0.3})
+    trackers = {r.id: r.tracker for r in e.rules if hasattr(r, "tracker")}
+    assert trackers["duplicate_beat"] is not trackers["missed_periodic_task"]
+    assert trackers["periodic_overlap"] is trackers["missed_periodic_task"]
+    assert {rule_id for rule_id, _ in e._hooks["task-sent"]} >= {
+        "missed_periodic_task", "duplicate_beat"}

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..events.types import TASK_SENT
 from ..findings import Condition
 from .base import Rule
-from .periodic import MAX_HOSTS, SENT_EVENTS_OFF, PeriodicTracker, sent_events_off
+from .periodic import MAX_HOSTS, SENT_EVENTS_OFF, sent_events_off, shared_tracker
 
 if TYPE_CHECKING:
     from ..appinfo import AppInfo
@@ -49,7 +49,10 @@ class DuplicateBeat(Rule):
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
-        self.tracker = PeriodicTracker(ctx, self.opts.tolerance, self.opts.min_regular_runs)
+        #: shared with the other periodic rules; ``owner``: this rule feeds it sends and
+        #: keeps it in its memory
+        self.tracker, self.owner = shared_tracker(ctx, self.opts.tolerance,
+                                                  self.opts.min_regular_runs)
         #: task -> duplicate sends already counted
         self.counted: dict[str, int] = {}
 
@@ -71,10 +74,10 @@ class DuplicateBeat(Rule):
         return out
 
     def hooks(self):
-        return {TASK_SENT: self.tracker.on_sent}
+        return {TASK_SENT: self.tracker.on_sent} if self.owner else {}
 
     def memory(self) -> Any:
-        return {"tasks": self.tracker.memory(), "counted": dict(self.counted)}
+        return {"tasks": self.tracker.memory() if self.owner else [], "counted": dict(self.counted)}
 
     def restore_memory(self, data: Any, now: float) -> None:
         if not isinstance(data, dict):

@@ -26,8 +26,8 @@ from .periodic import (
     MAX_HOSTS,
     SENT_EVENTS_OFF,
     PeriodicRecord,
-    PeriodicTracker,
     sent_events_off,
+    shared_tracker,
 )
 
 if TYPE_CHECKING:
@@ -54,7 +54,10 @@ class MissedPeriodicTask(Rule):
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
-        self.tracker = PeriodicTracker(ctx, self.opts.tolerance, self.opts.min_regular_runs)
+        #: shared with the other periodic rules; ``owner``: this rule feeds it sends and
+        #: keeps it in its memory
+        self.tracker, self.owner = shared_tracker(ctx, self.opts.tolerance,
+                                                  self.opts.min_regular_runs)
         #: task -> (last send the count is for, runs missed counted since it)
         self.counted: dict[str, tuple[float, int]] = {}
 
@@ -79,10 +82,10 @@ class MissedPeriodicTask(Rule):
         return out
 
     def hooks(self):
-        return {TASK_SENT: self.tracker.on_sent}
+        return {TASK_SENT: self.tracker.on_sent} if self.owner else {}
 
     def memory(self) -> Any:
-        return {"tasks": self.tracker.memory(),
+        return {"tasks": self.tracker.memory() if self.owner else [],
                 "counted": [[k, v[0], v[1]] for k, v in self.counted.items()]}
 
     def restore_memory(self, data: Any, now: float) -> None:

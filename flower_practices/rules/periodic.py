@@ -35,6 +35,10 @@ A producer is *cadenced* for a task when at least 2 of its own intervals for it 
 regular and they are at least half of its intervals: a beat process is, a web process
 that sometimes sends the same task by hand is not.
 
+The three rules share one tracker per engine (per state) when their ``tolerance`` and
+``min_regular_runs`` agree (:func:`shared_tracker`): the first rule built feeds it sends
+and keeps it in its memory; ``periodic_overlap`` feeds it starts and ends.
+
 Per-event work is O(1): a dict lookup per event, a record per task name (bounded by the
 state's ``max_task_names``), at most :data:`MAX_PRODUCERS` producers and
 :data:`MAX_RUNNING` running runs per task. Evaluation reads the periodic tasks only.
@@ -44,6 +48,7 @@ from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
 
 from ..bounded import LRUDict
 
@@ -189,6 +194,24 @@ class PeriodicRecord:
         if self.schedule_period > 0.0:
             return self.schedule_period
         return self.cadence.period if self.cadence.learned else 0.0
+
+
+#: state -> (tolerance, min_runs) -> the tracker the periodic rules of that engine share
+_SHARED: WeakKeyDictionary[Any, dict[tuple[float, int], PeriodicTracker]] = \
+    WeakKeyDictionary()
+
+
+def shared_tracker(ctx: RuleContext, tolerance: float,
+                   min_runs: int) -> tuple[PeriodicTracker, bool]:
+    """The tracker of ``ctx``'s engine for these learning options, and whether the caller
+    created it (then it feeds it sends and keeps it in its memory)."""
+    per_state = _SHARED.setdefault(ctx.state, {})
+    key = (tolerance, min_runs)
+    tracker = per_state.get(key)
+    if tracker is not None:
+        return tracker, False
+    tracker = per_state[key] = PeriodicTracker(ctx, tolerance, min_runs)
+    return tracker, True
 
 
 class PeriodicTracker:

@@ -30,7 +30,7 @@ from ..events.types import (
 )
 from ..findings import Condition
 from .base import Rule
-from .periodic import PeriodicTracker
+from .periodic import shared_tracker
 
 
 class PeriodicOverlap(Rule):
@@ -53,19 +53,23 @@ class PeriodicOverlap(Rule):
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
-        self.tracker = PeriodicTracker(ctx, self.opts.tolerance, self.opts.min_regular_runs)
+        #: shared with the other periodic rules; ``owner``: this rule feeds it sends and
+        #: keeps it in its memory
+        self.tracker, self.owner = shared_tracker(ctx, self.opts.tolerance,
+                                                  self.opts.min_regular_runs)
         #: task -> overlapping runs already counted
         self.counted: dict[str, int] = {}
 
     def hooks(self):
         t = self.tracker
-        return {TASK_SENT: t.on_sent, TASK_STARTED: t.on_started,
+        sends = {TASK_SENT: t.on_sent} if self.owner else {}
+        return {**sends, TASK_STARTED: t.on_started,
                 TASK_SUCCEEDED: t.on_ended, TASK_FAILED: t.on_ended,
                 TASK_RETRIED: t.on_ended, TASK_REVOKED: t.on_ended,
                 TASK_REJECTED: t.on_ended}
 
     def memory(self) -> Any:
-        return {"tasks": self.tracker.memory(), "counted": dict(self.counted)}
+        return {"tasks": self.tracker.memory() if self.owner else [], "counted": dict(self.counted)}
 
     def restore_memory(self, data: Any, now: float) -> None:
         if not isinstance(data, dict):
