@@ -214,3 +214,32 @@ def test_the_three_rules_share_one_tracker_fed_once_per_event() -> None:
     assert trackers["periodic_overlap"] is trackers["missed_periodic_task"]
     assert {rule_id for rule_id, _ in e._hooks["task-sent"]} >= {
         "missed_periodic_task", "duplicate_beat"}
+
+
+def test_a_crontab_entry_is_due_as_celery_computes_it() -> None:
+    app = Celery("c", broker="memory://", set_as_current=False)
+    app.conf.task_send_sent_event = True
+
+    @app.task(name="c.minutely")
+    def minutely() -> None: ...
+
+    app.conf.beat_schedule = {"m": {"task": "c.minutely", "schedule": crontab(minute="*")}}
+    e = engine(snapshot_app(app), missed_periodic_task={"grace_seconds": 5.0})
+    rule = next(r for r in e.rules if isinstance(r, MissedPeriodicTask))
+    now = time.time()
+    last = (now // 60) * 60 - 120  # sent on a minute, two minutes ago
+    rule.tracker.started = last - 300
+    sent(e, "c.minutely", last)
+    e.evaluate(now)
+    (f,) = findings(e, "missed_periodic_task")
+    assert f.evidence["period_source"] == "beat_schedule"
+    assert f.evidence["period_seconds"] == 60.0
+    assert abs(f.evidence["due_at"] - (last + 60)) < 1.0
+    assert f.evidence["missed_runs"] >= 1
+    # sent again on the minute just past: on time
+    e2 = engine(snapshot_app(app), missed_periodic_task={"grace_seconds": 5.0})
+    rule2 = next(r for r in e2.rules if isinstance(r, MissedPeriodicTask))
+    rule2.tracker.started = last - 300
+    sent(e2, "c.minutely", (now // 60) * 60)
+    e2.evaluate(now)
+    assert not findings(e2, "missed_periodic_task")
