@@ -243,3 +243,30 @@ def test_a_crontab_entry_is_due_as_celery_computes_it() -> None:
     sent(e2, "c.minutely", (now // 60) * 60)
     e2.evaluate(now)
     assert not findings(e2, "missed_periodic_task")
+
+
+def test_a_run_lost_with_its_worker_is_not_a_pile_up() -> None:
+    e = engine(lost_task={"grace_seconds": 0.0, "offline_grace_seconds": 0.0})
+    t0 = time.time() - 100
+    for k in range(12):
+        ts = t0 + 5 * k
+        uuid = f"p.tick-gen1@beat-{ts}"
+        sent(e, "p.tick", ts)
+        for etype in ("task-received", "task-started"):
+            e.observe({"type": etype, "uuid": uuid, "name": "p.tick", "hostname": "w1@h",
+                       "timestamp": ts + 0.1, "retries": 0})
+        if k < 8:
+            e.observe({"type": "task-succeeded", "uuid": uuid, "hostname": "w1@h",
+                       "timestamp": ts + 0.5, "runtime": 0.4})
+        elif k == 8:  # the worker dies under this run; lost_task declares it lost
+            e.observe({"type": "worker-offline", "hostname": "w1@h", "timestamp": ts + 1})
+            e.evaluate(ts + 2)
+            assert [f.practice for f in e.findings.active()] == ["lost_task"]
+            e.observe({"type": "worker-online", "hostname": "w1@h", "timestamp": ts + 3})
+        else:
+            e.observe({"type": "task-succeeded", "uuid": uuid, "hostname": "w1@h",
+                       "timestamp": ts + 0.5, "runtime": 0.4})
+    e.evaluate(t0 + 60)
+    assert not findings(e, "periodic_overlap")
+    rule = next(r for r in e.rules if r.id == "periodic_overlap")
+    assert [r.name for r in rule.tracker.periodic()] == ["p.tick"]

@@ -220,6 +220,7 @@ class PeriodicTracker:
     def __init__(self, ctx: RuleContext, tolerance: float, min_runs: int) -> None:
         self.tolerance = tolerance
         self.min_runs = min_runs
+        self.state = ctx.state
         self.records: LRUDict[str, PeriodicRecord] = LRUDict(
             max(1, ctx.settings.max_task_names))
         #: the records with a known period (scheduled or learned): what evaluation reads
@@ -357,6 +358,7 @@ class PeriodicTracker:
         uuid = event["uuid"]
         ts = event["timestamp"]
         running.pop(uuid, None)  # a retry of a run starting again
+        self._drop_dead(running)
         period = rec.period()
         counted = False
         if running and period > 0.0:
@@ -367,6 +369,17 @@ class PeriodicTracker:
                 rec.last_overlap = ts
         if len(running) < MAX_RUNNING:
             running[uuid] = [ts, counted]
+
+    def _drop_dead(self, running: dict[str, list]) -> None:
+        """Forget the oldest runs the state no longer knows as started (lost with their
+        worker, or evicted): ``lost_task``'s, not a pile-up. Amortised O(1)."""
+        tasks = self.state.tasks
+        while running:
+            uuid = next(iter(running))
+            rec = tasks.get(uuid)
+            if rec is not None and rec.state == "STARTED":
+                return
+            del running[uuid]
 
     def on_ended(self, event: dict, task: Any) -> None:
         rec = self.records.get(getattr(task, "name", "") or "")
@@ -388,6 +401,7 @@ class PeriodicTracker:
         stale = [u for u, run in rec.running.items() if now - run[0] > keep]
         for uuid in stale:
             del rec.running[uuid]
+        self._drop_dead(rec.running)
 
     def active_producers(self, rec: PeriodicRecord, now: float, within: float) -> list[str]:
         return sorted(h for h, p in rec.producers.items()
