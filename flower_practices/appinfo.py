@@ -12,9 +12,11 @@ import inspect
 import re
 import textwrap
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Celery
+from celery.schedules import schedule as interval_schedule
 
 
 @dataclass(slots=True)
@@ -51,6 +53,47 @@ class TaskInfo:
         return bool(self.time_limit) or bool(self.soft_time_limit)
 
 
+#: beat_schedule entries read (a larger schedule is cut here)
+MAX_BEAT_ENTRIES = 1000
+
+
+@dataclass(slots=True)
+class PeriodicEntry:
+    """One ``beat_schedule`` entry: its name, the task it sends and when.
+
+    ``schedule`` is Celery's own schedule object (a number or a ``timedelta`` becomes a
+    :class:`celery.schedules.schedule`; ``crontab`` and ``solar`` are kept as given), so
+    the next due time is computed the way beat computes it. ``kind`` is ``interval``,
+    ``crontab`` or the schedule's class name; ``schedule`` is None for an entry whose
+    schedule Celery could not use (reported by the static check)."""
+
+    name: str
+    task: str
+    kind: str
+    schedule: Any = None
+    #: the entry's args and kwargs as a repr (for duplicate-entry checks only; never shown)
+    call: str = ""
+
+    def due_after(self, last: float) -> float | None:
+        """Unix time the run after one sent at ``last`` was (or is) due, as beat computes
+        it (``remaining_estimate``); None when unknown."""
+        sched = self.schedule
+        if sched is None:
+            return None
+        try:
+            remaining = sched.remaining_estimate(datetime.fromtimestamp(last, tz=UTC))
+            due = sched.now().timestamp() + remaining.total_seconds()
+        except Exception:  # a user schedule class that raises must not stop us
+            return None
+        return due if due == due else None  # not NaN
+
+    def period_at(self, last: float) -> float | None:
+        """Seconds between the run due after ``last`` and the one after that."""
+        first = self.due_after(last)
+        second = self.due_after(first) if first is not None else None
+        return None if first is None or second is None or second <= first else second - first
+
+
 @dataclass(slots=True)
 class AppInfo:
     main: str
@@ -74,9 +117,15 @@ class AppInfo:
     visibility_timeout: float | None = None
     #: task name -> the source file of the module that defines it (static scans)
     task_files: dict[str, str] = field(default_factory=dict)
+    #: the app's ``beat_schedule`` (empty without one, e.g. a database-backed scheduler)
+    beat_schedule: tuple[PeriodicEntry, ...] = ()
 
     def task(self, name: str | None) -> TaskInfo | None:
         return self.tasks.get(name) if name else None
+
+    def periodic_entries(self, task: str) -> list[PeriodicEntry]:
+        """The ``beat_schedule`` entries that send ``task``."""
+        return [e for e in self.beat_schedule if e.task == task]
 
 
 def _class_names(classes: Any) -> tuple[str, ...]:
@@ -212,6 +261,7 @@ def snapshot_app(app: Celery) -> AppInfo:
         reject_on_worker_lost=bool(conf.task_reject_on_worker_lost),
         visibility_timeout=_visibility_timeout(conf.broker_transport_options),
         task_files=_task_files(app, tasks),
+        beat_schedule=_beat_schedule(app),
     )
 
 
@@ -233,6 +283,34 @@ def _task_files(app: Celery, names: Any) -> dict[str, str]:
         if path:
             out[name] = path
     return out
+
+
+def _entry_schedule(app: Celery, value: Any) -> tuple[str, Any]:
+    """(kind, Celery schedule object) of a ``beat_schedule`` entry's ``schedule``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        value = timedelta(seconds=value)
+    if isinstance(value, timedelta):
+        return ("interval", interval_schedule(value, app=app)) if value.total_seconds() > 0 \
+            else ("interval", None)
+    if not hasattr(value, "remaining_estimate"):
+        return type(value).__name__[:40], None
+    if getattr(value, "_app", True) is None:
+        value.app = app  # bind the app's timezone (beat does the same)
+    kind = "interval" if isinstance(value, interval_schedule) else type(value).__name__[:40]
+    return kind, value
+
+
+def _beat_schedule(app: Celery) -> tuple[PeriodicEntry, ...]:
+    entries: list[PeriodicEntry] = []
+    schedule = app.conf.beat_schedule or {}
+    for name, entry in list(schedule.items())[:MAX_BEAT_ENTRIES]:
+        if not isinstance(entry, dict):
+            continue
+        kind, sched = _entry_schedule(app, entry.get("schedule"))
+        call = repr((entry.get("args"), entry.get("kwargs"), entry.get("options")))
+        entries.append(PeriodicEntry(name=str(name)[:200], task=str(entry.get("task", ""))[:200],
+                                     kind=kind, schedule=sched, call=call[:2000]))
+    return tuple(entries)
 
 
 def _int(value: object, default: int) -> int:

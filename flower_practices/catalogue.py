@@ -132,6 +132,30 @@ PRACTICES: tuple[Practice, ...] = (
         3,
     ),
     Practice(
+        "missed_periodic_task",
+        "Periodic task not sent on time",
+        "critical",
+        "A periodic task (from beat_schedule, or a period learned from its sends) was "
+        "not sent within its period plus a grace: celery beat is down or stuck.",
+        None,
+    ),
+    Practice(
+        "duplicate_beat",
+        "Periodic task sent twice",
+        "warning",
+        "A periodic task is sent more than once per period, or by more than one "
+        "producer: two celery beat processes run at once, so every run happens twice.",
+        None,
+    ),
+    Practice(
+        "periodic_overlap",
+        "Periodic runs pile up",
+        "warning",
+        "Runs of a periodic task last longer than its period, so a run starts while the "
+        "previous one is still running and the backlog grows.",
+        None,
+    ),
+    Practice(
         "stalled_consumer",
         "Stalled consumer",
         "critical",

@@ -43,3 +43,13 @@ QUEUE_RULES: list[type[Rule]] = [
 # end queue and worker rules
 
 ALL_RULES: list[type[Rule]] = [*QUEUE_RULES, *TASK_RULES]
+
+# periodic rules
+# isort: split
+from .duplicate_beat import DuplicateBeat  # noqa: E402
+from .missed_periodic_task import MissedPeriodicTask  # noqa: E402
+from .periodic_overlap import PeriodicOverlap  # noqa: E402
+
+PERIODIC_RULES: list[type[Rule]] = [MissedPeriodicTask, DuplicateBeat, PeriodicOverlap]
+ALL_RULES.extend(PERIODIC_RULES)
+# end periodic rules
