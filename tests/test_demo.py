@@ -21,6 +21,7 @@ from tests.support.http import get
 DEMO_PRACTICES = {
     "retryless_failure", "retry_storm", "orm_object_argument", "missing_time_limit",
     "queue_without_consumer", "queue_starvation", "single_default_queue", "events_disabled",
+    "missed_periodic_task",
 }
 
 

@@ -43,6 +43,10 @@ class User:
 register_type(User, "demo_user", lambda u: [u.pk, u.username], lambda v: User(v[0], v[1]))
 
 
+#: the period of the demo's periodic task (``beat_schedule``)
+DIGEST_PERIOD_SECONDS = 10.0
+
+
 def make_app(broker: str | None = None) -> Celery:
     """The demo app on ``broker``; without it, $CELERY_BROKER_URL (else local Redis) and
     $CELERY_RESULT_BACKEND (results are stored, and never read, only when it is set)."""
@@ -58,6 +62,10 @@ def make_app(broker: str | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        # a periodic task; the demo's own "beat" sends it three times, then dies
+        # (``missed_periodic_task``)
+        beat_schedule={"digest-every-10s": {"task": "demo.send_digest",
+                                            "schedule": DIGEST_PERIOD_SECONDS}},
     )
     _register_tasks(app)
     return app
@@ -103,6 +111,11 @@ def _register_tasks(app: Celery) -> None:
     def resize_image(image_id: int) -> int:
         """Routed to the 'images' queue, which no worker consumes."""
         return image_id
+
+    @app.task(shared=False, name="demo.send_digest", time_limit=30, ignore_result=True)
+    def send_digest() -> None:
+        """Periodic (``beat_schedule``): good on its own; the demo's beat stops sending it."""
+        return None
 
     @app.task(shared=False, name="demo.legacy_cleanup", time_limit=30)
     def legacy_cleanup() -> None:

@@ -49,6 +49,7 @@ def demo_settings() -> Settings:
             "missing_time_limit": {"max_runtime_seconds": 5.0, "window_seconds": 600.0},
             "retry_storm": {"window_seconds": 60.0, "min_zero_delay_retries": 5},
             "single_default_queue": {"window_seconds": 30.0},
+            "missed_periodic_task": {"grace_seconds": 5.0},
             # the in-memory broker starts empty: no backlog to wait out
             "events_disabled": {"min_received": 5, "window_seconds": 120.0,
                                 "warmup_seconds": 0.0},

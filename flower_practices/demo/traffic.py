@@ -12,6 +12,9 @@ The schedule repeats every ``monolith_seconds + routed_seconds``:
   (``missing_time_limit``) occupy them and starve the default queue (``queue_starvation``);
   images go to a queue nobody consumes (``queue_without_consumer``).
 
+At start a stand-in for ``celery beat`` sends the periodic ``demo.send_digest`` on time
+three times and then dies, so the task is missed from then on (``missed_periodic_task``).
+
 Throughout: transient failures with no retry (``retryless_failure``), zero-delay retries
 (``retry_storm``), a model object as an argument (``orm_object_argument``) and a producer
 with task-sent events off (``events_disabled``), next to a steady flow of good tasks.
@@ -29,12 +32,21 @@ import time
 import click
 from celery import Celery
 
-from .app import DEFAULT_QUEUE, IMAGES_QUEUE, REPORTS_QUEUE, User, make_app
+from .app import (
+    DEFAULT_QUEUE,
+    DIGEST_PERIOD_SECONDS,
+    IMAGES_QUEUE,
+    REPORTS_QUEUE,
+    User,
+    make_app,
+)
 
 log = logging.getLogger("flower_practices.demo.traffic")
 
 #: images sent before the unconsumed queue is purged (keeps memory bounded)
 IMAGES_PURGE_EVERY = 200
+#: runs of the periodic task the demo's stand-in beat sends before it "dies"
+BEAT_RUNS = 3
 
 
 def legacy_producer(app: Celery) -> Celery:
@@ -97,6 +109,9 @@ class TrafficGenerator(threading.Thread):
         routed = at >= round(self.monolith_seconds / self.tick)
         self._set_phase("routed" if routed else "monolith")
         self._send("demo.add", (n, n))                                   # good traffic
+        period = round(DIGEST_PERIOD_SECONDS / self.tick)
+        if n % period == 0 and n < BEAT_RUNS * period:
+            self._send("demo.send_digest")                               # beat, then none
         if n % (2 * every) == 0:
             self._send("demo.fetch_exchange_rate", ("EUR",))             # retryless failures
         if n % (4 * every) == 1:
