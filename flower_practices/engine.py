@@ -104,9 +104,11 @@ class Engine:
         """Feed one raw event (a dict as Celery sends it). Never raises."""
         self.observe_many((event,))
 
-    def observe_many(self, events: Iterable[Any]) -> None:
+    def observe_many(self, events: Iterable[Any], *, cleaned: bool = False) -> None:
         """Feed raw events in order, as :meth:`observe` each, under one hold of the lock
-        (the events of one message, a batch of Flower's tap). Never raises."""
+        (the events of one message, a batch of Flower's tap). ``cleaned``: their text
+        fields went through :func:`~.events.sanitize.clean_event` already (Flower's
+        tap), so validation does not check them again. Never raises."""
         status = self.stream_status
         known = self._hooks
         state = self.state
@@ -115,7 +117,7 @@ class Engine:
         with self.lock:
             for event in events:
                 status.events += 1
-                etype = validate(event, status, known)
+                etype = validate(event, status, known, cleaned)
                 if etype is None:
                     continue
                 try:

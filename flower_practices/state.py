@@ -447,7 +447,8 @@ class RuntimeState:
         self.received_events += 1
         # after its own task-started (reordered): nothing to move back
         if rec.state != "STARTED" or rec.hostname != hostname:
-            self._release(rec)
+            if rec.pending or rec.counted:  # else nothing holds it
+                self._release(rec)
             rec.hostname = hostname
             rec.state = "RECEIVED"
             if worker is not None:
@@ -456,7 +457,8 @@ class RuntimeState:
     def _start(self, rec: TaskRecord, event: dict, ts: float, hostname: str,
                worker: WorkerRecord | None) -> None:
         self._started(rec, ts)
-        self._release(rec)
+        if rec.pending or rec.counted:  # else nothing holds it
+            self._release(rec)
         rec.started_at = ts
         rec.hostname = hostname
         rec.state = "STARTED"
@@ -465,12 +467,14 @@ class RuntimeState:
 
     def _finished(self, final: str, rec: TaskRecord, event: dict, ts: float, hostname: str,
                   worker: WorkerRecord | None) -> None:
-        self._release(rec)
+        if rec.pending or rec.counted:  # else nothing holds it
+            self._release(rec)
         rec.state = final
 
     def _retried(self, rec: TaskRecord, event: dict, ts: float, hostname: str,
                  worker: WorkerRecord | None) -> None:
-        self._release(rec)
+        if rec.pending or rec.counted:  # else nothing holds it
+            self._release(rec)
         rec.state = "RETRY"
 
     def _sent(self, rec: TaskRecord, event: dict, ts: float) -> None:
@@ -530,7 +534,8 @@ class RuntimeState:
 
     def forget(self, rec: TaskRecord) -> None:
         """Drop a finished task's record (called after rules saw the terminal event)."""
-        self._release(rec)
+        if rec.pending or rec.counted:  # else nothing holds it
+            self._release(rec)
         self.tasks.pop(rec.uuid, None)
         self.finished.put(rec.uuid, (rec.name, rec.queue))
 
@@ -538,7 +543,8 @@ class RuntimeState:
         """A rule declared ``rec`` lost: it no longer counts as running anywhere and is not
         judged again. It stays, as ``LOST``, for ``orphan_ttl`` so that a late completion
         or a redelivery still finds its name and queue (both are handled as usual)."""
-        self._release(rec)
+        if rec.pending or rec.counted:  # else nothing holds it
+            self._release(rec)
         rec.state = "LOST"
         rec.updated_at = now
 

@@ -28,9 +28,11 @@ from .types import TASK_EVENTS
 _MAX_TIME = 1e11
 
 
-def validate(event: Any, status: StreamStatus, known: Container[str]) -> str | None:
+def validate(event: Any, status: StreamStatus, known: Container[str],
+             cleaned: bool = False) -> str | None:
     """The event's type when ``event`` is a usable event of a type in ``known`` (it is
-    then sanitised in place), else None (counted in ``status``).
+    then sanitised in place), else None (counted in ``status``). ``cleaned``: its text
+    fields and task id went through :func:`~.sanitize.clean_event` already (Flower's tap).
 
     The common case -- clean short strings, float times -- is type and length checks
     inline, no call and no clock read: the event's ``local_received`` (set by every
@@ -60,13 +62,15 @@ def validate(event: Any, status: StreamStatus, known: Container[str]) -> str | N
         uuid = None
         fields = WORKER_FIELDS
     # label values and keys: strings, encodable, no control characters, length capped
-    for key in fields:
-        value = get(key)
-        if value is not None and (type(value) is not str or len(value) > MAX_LABEL_LENGTH
-                                  or not value.isprintable()):
-            clean_field(event, key, value, status)
-    if uuid is not None and type(uuid) is str and not uuid.isprintable():
-        clean_uuid(event, uuid, status)
+    if not cleaned:
+        for key in fields:
+            value = get(key)
+            if value is not None and (type(value) is not str
+                                      or len(value) > MAX_LABEL_LENGTH
+                                      or not value.isprintable()):
+                clean_field(event, key, value, status)
+        if uuid is not None and type(uuid) is str and not uuid.isprintable():
+            clean_uuid(event, uuid, status)
     ts = get("timestamp")
     received = get("local_received")
     if type(received) is float and 0.0 < received < _MAX_TIME:

@@ -65,7 +65,7 @@ BATCH_EVENTS = 2000
 
 def tap_state(events: Any, observe: Callable[[Any], None],
               status: StreamStatus | None = None,
-              observe_many: Callable[[list], None] | None = None) -> None:
+              observe_many: Callable[..., None] | None = None) -> None:
     """Feed every event Flower's state handles to ``observe``, after Flower's handling.
 
     With ``status``, the event's text fields are sanitised (:mod:`..events.sanitize`,
@@ -91,14 +91,16 @@ def tap_state(events: Any, observe: Callable[[Any], None],
         batch = pending[:]
         pending.clear()
         if observe_many is not None:
-            observe_many(batch)  # never raises (Engine.observe_many): one lock hold
+            # never raises (Engine.observe_many): one lock hold; with ``status`` the
+            # text fields were cleaned below, before Flower's state saw them
+            observe_many(batch, cleaned=status is not None)
             return
         for ev in batch:
             observe(ev)  # never raises (Engine.observe)
 
     def event(ev: Any) -> Any:
-        if status is not None and type(ev) is dict:
-            clean_event(ev, status)
+        if status is not None and isinstance(ev, dict):
+            clean_event(ev, status)  # a few length and isprintable checks when clean
             etype = ev.get("type")
             if type(etype) is str and not etype.isprintable():
                 ev["type"] = clean_text(etype, 64)[0]
