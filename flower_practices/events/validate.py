@@ -35,33 +35,56 @@ def validate(event: Any, status: StreamStatus, known: Container[str],
     fields and task id went through :func:`~.sanitize.clean_event` already (Flower's tap).
 
     The common case -- clean short strings, float times -- is type and length checks
-    inline, no call and no clock read: the event's ``local_received`` (set by every
-    consumer when the message arrived) is the time of the last event.
+    inline, no clock read: the event's ``local_received`` (set by every consumer when the
+    message arrived) is the time of the last event.
     """
-    if type(event) is not dict and not isinstance(event, dict):
+    etype = event.get("type") if type(event) is dict else None
+    if type(etype) is not str or etype not in known:
+        etype = _checked_type(event, status, known)  # the slow path: counts what it drops
+        if etype is None:
+            return None
+    if etype in TASK_EVENTS:
+        uuid = event.get("uuid")
+        if (type(uuid) is not str or not 0 < len(uuid) <= MAX_UUID_LENGTH) \
+                and not _uuid_ok(uuid, status):
+            return None
+        _repair(event, status, TASK_FIELDS, uuid, cleaned)
+    else:
+        _repair(event, status, WORKER_FIELDS, event.get("uuid"), cleaned)
+    return etype
+
+
+def _checked_type(event: Any, status: StreamStatus, known: Container[str]) -> str | None:
+    """:func:`validate`'s first step for what its fast check did not pass (also a dict or
+    str subclass): the type, or None (counted)."""
+    if not isinstance(event, dict):
         status.decode_error("not_a_mapping")
         return None
-    get = event.get
-    etype = get("type")
-    if type(etype) is not str and not isinstance(etype, str):
+    etype = event.get("type")
+    if not isinstance(etype, str):
         status.decode_error("missing_type")
         return None
     if etype not in known:
         status.decode_error("unknown_type", etype[:64])
         return None
-    if etype in TASK_EVENTS:
-        uuid = get("uuid")
-        if (type(uuid) is not str and not isinstance(uuid, str)) or not uuid:
-            status.decode_error("missing_uuid")
-            return None
-        if len(uuid) > MAX_UUID_LENGTH:
-            status.decode_error("bad_uuid")
-            return None
-        fields = TASK_FIELDS
-    else:
-        uuid = None
-        fields = WORKER_FIELDS
-    # label values and keys: strings, encodable, no control characters, length capped
+    return etype
+
+
+def _uuid_ok(uuid: Any, status: StreamStatus) -> bool:
+    if not isinstance(uuid, str) or not uuid:
+        status.decode_error("missing_uuid")
+        return False
+    if len(uuid) > MAX_UUID_LENGTH:
+        status.decode_error("bad_uuid")
+        return False
+    return True
+
+
+def _repair(event: dict, status: StreamStatus, fields: tuple[str, ...], uuid: Any,
+            cleaned: bool) -> None:
+    """Label values and keys made strings, encodable, without control characters and
+    length capped (unless ``cleaned``); the timestamps made finite Unix times."""
+    get = event.get
     if not cleaned:
         for key in fields:
             value = get(key)
@@ -69,7 +92,7 @@ def validate(event: Any, status: StreamStatus, known: Container[str],
                                       or len(value) > MAX_LABEL_LENGTH
                                       or not value.isprintable()):
                 clean_field(event, key, value, status)
-        if uuid is not None and type(uuid) is str and not uuid.isprintable():
+        if type(uuid) is str and not uuid.isprintable() and len(uuid) <= MAX_UUID_LENGTH:
             clean_uuid(event, uuid, status)
     ts = get("timestamp")
     received = get("local_received")
@@ -83,7 +106,6 @@ def validate(event: Any, status: StreamStatus, known: Container[str],
     if type(ts) is not float or not 0.0 < ts < _MAX_TIME:
         _fix_timestamp(event, ts, now, status)
     status.last_event_at = now
-    return etype
 
 
 def _fix_timestamp(event: dict, ts: Any, now: float, status: StreamStatus) -> None:
