@@ -81,6 +81,11 @@ class HealthLane:
         #: connections closed at once because ``max_routing`` were being routed
         self.dropped = 0
         self.server: HTTPServer | None = None
+        #: routed to the main lane, not yet adopted there; a wake-up of the main loop is
+        #: scheduled while ``_handover_scheduled`` (both under ``_handover_lock``)
+        self._handover: list[tuple[socket.socket, bytes, Any]] = []
+        self._handover_scheduled = False
+        self._handover_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -128,12 +133,14 @@ class HealthLane:
             self.dropped += 1
             conn.close()
             return
-        conn.setblocking(False)
         if self.ssl_context is None:
             # the listening sockets defer accepting until data arrived (TCP_DEFER_ACCEPT),
-            # so the request line is usually there: route it without a task or a wait
+            # so the request line is usually there: route it without a task or a wait.
+            # Few system calls here: each one gives up the GIL, and under load getting it
+            # back is what this lane waits for (the main lane's stream makes the socket
+            # non-blocking itself)
             try:
-                head = conn.recv(_CHUNK)
+                head = conn.recv(_CHUNK, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 head = None
             except OSError:
@@ -147,6 +154,7 @@ class HealthLane:
                 return
         else:
             head = None
+        conn.setblocking(False)
         self.routing += 1
         asyncio.ensure_future(self._route(conn, address, head or b""))
 
@@ -156,10 +164,30 @@ class HealthLane:
             assert self.server is not None
             adopt(self.server, sock, head, address)
             return
+        # handed over in batches: one wake-up of the main loop for what was routed
+        # meanwhile, not one (a system call) per connection
+        with self._handover_lock:
+            self._handover.append((sock, head, address))
+            if self._handover_scheduled:
+                return
+            self._handover_scheduled = True
         try:
-            self.main_loop.call_soon_threadsafe(adopt, self.main_server, sock, head, address)
+            self.main_loop.call_soon_threadsafe(self._adopt_handed_over)
         except RuntimeError:  # the main loop is gone: stopping
-            sock.close()
+            for sock, _, _ in self._take_handover():
+                sock.close()
+
+    def _take_handover(self) -> list[tuple[socket.socket, bytes, Any]]:
+        with self._handover_lock:
+            batch = self._handover
+            self._handover = []
+            self._handover_scheduled = False
+        return batch
+
+    def _adopt_handed_over(self) -> None:
+        """On the main loop: serve what the lane handed over since it was woken."""
+        for sock, head, address in self._take_handover():
+            adopt(self.main_server, sock, head, address)
 
     async def _route(self, conn: socket.socket, address: Any, head: bytes) -> None:
         holder = [conn]
