@@ -70,7 +70,8 @@ class EngineRunner:
         self.stream: threading.Thread | None = None
         if engine.ctx.events_supported:
             self.stream = make_event_stream(app, engine.observe, engine.stream_status,
-                                            consumer=engine.settings.event_consumer)
+                                            consumer=engine.settings.event_consumer,
+                                            batch_handler=engine.observe_many)
         else:
             engine.stream_status.mark_disconnected(NO_EVENTS_ON_DATABASE, final=True)
         self.poller = ProbePoller(app, engine) if engine.ctx.events_supported else None

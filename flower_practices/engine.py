@@ -14,9 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from .appinfo import AppInfo
@@ -62,7 +61,7 @@ class Engine:
         #: called with (etype, event, record) after the state took a task event, before
         #: the rules' hooks: the exposition's accumulators listen here
         self.task_listeners: list[Callable[[str, dict, TaskRecord], None]] = [
-            partial(_accumulate, self.metrics, self.state)]
+            self.metrics.listener(self.state)]
         if app is not None:
             self.state.default_queue = app.default_queue
             # declared queues stay tracked even while idle and unconsumed
@@ -104,29 +103,40 @@ class Engine:
     # -- hot path ------------------------------------------------------------------------
     def observe(self, event: Any) -> None:
         """Feed one raw event (a dict as Celery sends it). Never raises."""
+        self.observe_many((event,))
+
+    def observe_many(self, events: Iterable[Any], *, cleaned: bool = False) -> None:
+        """Feed raw events in order, as :meth:`observe` each, under one hold of the lock
+        (the events of one message, a batch of Flower's tap). ``cleaned``: their text
+        fields went through :func:`~.events.sanitize.clean_event` already (Flower's
+        tap), so validation does not check them again. Never raises."""
         status = self.stream_status
-        status.events += 1
-        etype = validate(event, status, self._hooks)
-        if etype is None:
-            return
-        hooks = self._hooks[etype]
+        known = self._hooks
+        state = self.state
+        apply = state.apply
+        listeners = self.task_listeners
         with self.lock:
-            try:
-                rec = self.state.apply(etype, event)
-                if rec is not None:
-                    for listener in self.task_listeners:
-                        listener(etype, event, rec)
-            except Exception:  # a field of an unexpected type deep in the event
-                status.decode_error("bad_field")
-                log.debug("state update failed for %s", etype, exc_info=True)
-                return
-            for rule_id, hook in hooks:
+            for event in events:
+                status.events += 1
+                etype = validate(event, status, known, cleaned)
+                if etype is None:
+                    continue
                 try:
-                    hook(event, rec)
-                except Exception:
-                    self._rule_failed(rule_id)
-            if rec is not None and (etype in TERMINAL or rec.straggler):
-                self.state.forget(rec)
+                    rec = apply(etype, event)
+                    if rec is not None:
+                        for listener in listeners:
+                            listener(etype, event, rec)
+                except Exception:  # a field of an unexpected type deep in the event
+                    status.decode_error("bad_field")
+                    log.debug("state update failed for %s", etype, exc_info=True)
+                    continue
+                for rule_id, hook in known[etype]:
+                    try:
+                        hook(event, rec)
+                    except Exception:
+                        self._rule_failed(rule_id)
+                if rec is not None and (etype in TERMINAL or rec.straggler):
+                    state.forget(rec)
 
     def _rule_failed(self, rule_id: str) -> None:
         """Count a hook that raised (logged once per rule); called from ``except``."""
@@ -384,11 +394,6 @@ class EngineView:
     #: queue label -> age (s) of its oldest task sent (no eta) and not yet received, 0
     #: when none, for every known queue (``RuntimeState.oldest_pending_ages``)
     queue_oldest_age: dict[str, float] = field(default_factory=dict)
-
-
-def _accumulate(metrics: BaseMetrics, state: RuntimeState, etype: str, event: dict,
-                rec: TaskRecord) -> None:
-    metrics.on_task_event(etype, event, rec, state)
 
 
 class _Labels:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import (
@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 from .bounded import OTHER, LabelCap
 from .config import DEFAULT_MAX_EXCEPTION_CLASSES, DEFAULT_MAX_SERIES_PER_METRIC
 from .events.sanitize import failure_exception
-from .events.types import TASK_FAILED, TASK_STARTED, TASK_SUCCEEDED
+from .events.types import TASK_EVENTS, TASK_FAILED, TASK_STARTED, TASK_SUCCEEDED
 from .state import RuntimeState, TaskRecord, finite_seconds
 
 if TYPE_CHECKING:
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0, 300.0, 600.0, 1800.0, 3600.0)
 WAIT_BUCKETS = RUNTIME_BUCKETS
+#: the events that end a run (a runtime observed)
+_RUN_ENDS = frozenset((TASK_SUCCEEDED, TASK_FAILED))
 
 #: name -> (type, help, labels). The single source of truth for the README reference.
 METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -194,6 +196,50 @@ class BaseMetrics:
         #: the exception label's cap: past it a new class is "__other__" (overflow counted)
         self.exception_label = LabelCap("exception", max_exception_classes)
 
+    def listener(self, state: RuntimeState) -> Callable[[str, dict, TaskRecord], None]:
+        """The engine's task listener for ``state``: :meth:`on_task_event`, with the
+        label keys of each (task name, queue) looked up once and cached.
+
+        A pair is cached only once both values are known to their label caps (so its
+        labels are the values themselves: task and queue labels are never released);
+        until then, and for values folded into ``__other__``, every event takes
+        :meth:`on_task_event`, which asks the caps (and counts their overflow) as before.
+        """
+        keysets: dict[tuple[str, str], dict[str, tuple[str, str, str]]] = {}
+        tasks_known, queues_known = state.task_label.known, state.queue_label.known
+        limit = self.max_series
+        counts = self.task_events
+        on_task_event = self.on_task_event
+        observe_wait = self.observe_wait
+        observe_run = self._observe_run_labels
+        count_failure = self.count_failure
+
+        def on_event(etype: str, event: dict, rec: TaskRecord) -> None:
+            pair = (rec.name, rec.queue)
+            keys = keysets.get(pair)
+            if keys is None:
+                on_task_event(etype, event, rec, state)
+                name, queue = pair
+                if (not name or name in tasks_known) and (not queue or queue in queues_known) \
+                        and len(keysets) < limit:
+                    keysets[pair] = {t: (t[5:], name, queue) for t in TASK_EVENTS}
+                return
+            key = keys[etype]
+            if etype == TASK_STARTED:
+                if rec.wait is not None:
+                    observe_wait(key[2], rec.wait)
+            elif etype in _RUN_ENDS:
+                observe_run(etype, event, rec, key[1], key[2])
+                if etype == TASK_FAILED:
+                    count_failure(key[1], key[2], failure_exception(event)[0])
+            n = counts.get(key)
+            if n is None:  # a new series: the cap applies
+                self.count_task_event(etype, key[1], key[2])
+            else:
+                counts[key] = n + 1
+
+        return on_event
+
     def on_task_event(self, etype: str, event: dict, rec: TaskRecord,
                       state: RuntimeState) -> None:
         """Count one task event the state applied to ``rec``; observe a start's queue
@@ -224,6 +270,19 @@ class BaseMetrics:
         elif rec.started_at and ts:
             self.observe_runtime(_task_label(state, rec), _queue_label(state, rec),
                                  "failed", max(0.0, ts - rec.started_at))
+
+    def _observe_run_labels(self, etype: str, event: dict, rec: TaskRecord, task: str,
+                            queue: str) -> None:
+        """:meth:`_observe_run` with the labels already known."""
+        ts = event.get("timestamp") or 0.0
+        if etype == TASK_SUCCEEDED:
+            runtime = finite_seconds(event.get("runtime"))
+            if runtime is None and rec.started_at:
+                runtime = max(0.0, ts - rec.started_at)
+            if runtime is not None:
+                self.observe_runtime(task, queue, "succeeded", runtime)
+        elif rec.started_at and ts:
+            self.observe_runtime(task, queue, "failed", max(0.0, ts - rec.started_at))
 
     def count_task_event(self, etype: str, task: str, queue: str) -> None:
         counts = self.task_events

@@ -308,18 +308,16 @@ class RuntimeState:
         return rec
 
     def _task(self, uuid: str, etype: str) -> TaskRecord:
-        tasks = self.tasks
-        rec = tasks.get(uuid)
-        if rec is None:
-            rec = TaskRecord(uuid)
-            done = self.finished.pop(uuid, None)
-            if done is not None:
-                rec.name, rec.queue = done
-                # a new message (a redelivery) starts a new life; anything else is late
-                rec.straggler = etype != TASK_SENT and etype != TASK_RECEIVED
-            evicted = tasks.put(uuid, rec)
-            if evicted is not None:
-                self._release(evicted)
+        """A new record for ``uuid`` (the caller found none)."""
+        rec = TaskRecord(uuid)
+        done = self.finished.pop(uuid, None)
+        if done is not None:
+            rec.name, rec.queue = done
+            # a new message (a redelivery) starts a new life; anything else is late
+            rec.straggler = etype != TASK_SENT and etype != TASK_RECEIVED
+        evicted = self.tasks.put(uuid, rec)
+        if evicted is not None:
+            self._release(evicted)
         return rec
 
     def _name(self, rec: TaskRecord, name: object) -> None:
@@ -395,40 +393,46 @@ class RuntimeState:
     # -- hot path ------------------------------------------------------------------------
     def apply(self, etype: str, event: dict) -> TaskRecord | None:
         """Update state for one validated event; return the task record for task events."""
-        ts = event.get("timestamp") or 0.0
-        received = event.get("local_received")
-        self.last_event_at = received if type(received) is float and \
+        get = event.get
+        ts = get("timestamp") or 0.0
+        received = get("local_received")
+        now = self.last_event_at = received if type(received) is float and \
             0.0 < received < math.inf else ts
         if etype[0] == "w":  # worker-*
             self._worker_event(etype, event, ts)
             return None
-        rec = self._task(event["uuid"], etype)
+        uuid = event["uuid"]
+        rec = self.tasks.get(uuid)
+        if rec is None:
+            rec = self._task(uuid, etype)
         rec.updated_at = ts
         if etype == TASK_SENT:
             self._sent(rec, event, ts)
             return rec
-        hostname = event.get("hostname")
-        if not isinstance(hostname, str):  # the engine counted a wrong type already
-            hostname = ""
-        worker = self._seen_by(rec, hostname, etype)
+        hostname = get("hostname")
+        if not hostname or not isinstance(hostname, str):  # wrong types counted already
+            self._on_task[etype](rec, event, ts, "", None)
+            return rec
+        # the worker of a task event (its record, created if new), which it keeps alive
+        # and which learns the queue it takes tasks from
+        workers = self.workers
+        worker = workers.get(hostname)
+        if worker is not None:
+            workers.move_to_end(hostname)
+        else:
+            worker = self.worker(hostname)
+        if worker is not None:
+            worker.task_events += 1
+            worker.last_seen = now
+            queue = rec.queue
+            if not queue and worker.active_queues and len(worker.active_queues) == 1:
+                queue = rec.queue = worker.active_queues[0]
+            if queue and etype in _TAKEN:
+                seen = worker.queues_seen
+                if queue in seen or len(seen) < _MAX_QUEUES_SEEN:
+                    seen[queue] = now
         self._on_task[etype](rec, event, ts, hostname, worker)
         return rec
-
-    def _seen_by(self, rec: TaskRecord, hostname: str, etype: str) -> WorkerRecord | None:
-        """The worker of a task event (its record, created if new), which it keeps alive
-        and which learns the queue it takes tasks from."""
-        worker = self.worker(hostname) if hostname else None
-        if worker is None:
-            return None
-        worker.task_events += 1
-        worker.last_seen = self.last_event_at
-        if not rec.queue and worker.active_queues and len(worker.active_queues) == 1:
-            rec.queue = worker.active_queues[0]
-        if rec.queue and etype in _TAKEN:
-            seen = worker.queues_seen
-            if rec.queue in seen or len(seen) < _MAX_QUEUES_SEEN:
-                seen[rec.queue] = self.last_event_at
-        return worker
 
     # per task event type (bound once in __init__: ``_on_task``), after task-sent
     def _received(self, rec: TaskRecord, event: dict, ts: float, hostname: str,
@@ -443,7 +447,8 @@ class RuntimeState:
         self.received_events += 1
         # after its own task-started (reordered): nothing to move back
         if rec.state != "STARTED" or rec.hostname != hostname:
-            self._release(rec)
+            if rec.pending or rec.counted:  # else nothing holds it
+                self._release(rec)
             rec.hostname = hostname
             rec.state = "RECEIVED"
             if worker is not None:
@@ -452,7 +457,8 @@ class RuntimeState:
     def _start(self, rec: TaskRecord, event: dict, ts: float, hostname: str,
                worker: WorkerRecord | None) -> None:
         self._started(rec, ts)
-        self._release(rec)
+        if rec.pending or rec.counted:  # else nothing holds it
+            self._release(rec)
         rec.started_at = ts
         rec.hostname = hostname
         rec.state = "STARTED"
@@ -461,12 +467,14 @@ class RuntimeState:
 
     def _finished(self, final: str, rec: TaskRecord, event: dict, ts: float, hostname: str,
                   worker: WorkerRecord | None) -> None:
-        self._release(rec)
+        if rec.pending or rec.counted:  # else nothing holds it
+            self._release(rec)
         rec.state = final
 
     def _retried(self, rec: TaskRecord, event: dict, ts: float, hostname: str,
                  worker: WorkerRecord | None) -> None:
-        self._release(rec)
+        if rec.pending or rec.counted:  # else nothing holds it
+            self._release(rec)
         rec.state = "RETRY"
 
     def _sent(self, rec: TaskRecord, event: dict, ts: float) -> None:
@@ -526,7 +534,8 @@ class RuntimeState:
 
     def forget(self, rec: TaskRecord) -> None:
         """Drop a finished task's record (called after rules saw the terminal event)."""
-        self._release(rec)
+        if rec.pending or rec.counted:  # else nothing holds it
+            self._release(rec)
         self.tasks.pop(rec.uuid, None)
         self.finished.put(rec.uuid, (rec.name, rec.queue))
 
@@ -534,7 +543,8 @@ class RuntimeState:
         """A rule declared ``rec`` lost: it no longer counts as running anywhere and is not
         judged again. It stays, as ``LOST``, for ``orphan_ttl`` so that a late completion
         or a redelivery still finds its name and queue (both are handled as usual)."""
-        self._release(rec)
+        if rec.pending or rec.counted:  # else nothing holds it
+            self._release(rec)
         rec.state = "LOST"
         rec.updated_at = now
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import http.client
 import os
 import re
 import socket
@@ -316,3 +317,45 @@ def test_bad_web_config_file_exits_2_with_one_line(tmp_path: Path, text: str) ->
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"Error: {web}"), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _keep_alive_statuses(port: int, paths: list[str]) -> list[tuple[int, int]]:
+    """GET each of ``paths`` over one keep-alive connection: (status, body bytes)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        out = []
+        for path in paths:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            out.append((response.status, len(response.read())))
+            assert not response.will_close, f"{path} closed the keep-alive connection"
+        return out
+    finally:
+        conn.close()
+
+
+def test_both_lanes_serve_every_endpoint_and_a_split_request_line(redis_url: str) -> None:
+    """The /healthz lane routes on the first request line: a connection that starts with
+    /healthz stays on that lane and is served /metrics and /api/practices there (the
+    render cache shared across the two loops); one that starts with /metrics stays on the
+    main lane and is served /healthz there; a request line arriving in pieces is routed
+    once it is complete."""
+    with ExporterProcess(redis_url) as exp:
+        publish_events(redis_url, task_events("lanes.task", "lanes", "w1@h"))
+        health_first = _keep_alive_statuses(
+            exp.port, ["/healthz", "/metrics", "/api/practices", "/healthz", "/metrics"])
+        assert [s for s, _ in health_first] == [200] * 5, health_first
+        assert health_first[1][1] > 1000 and health_first[4][1] > 1000
+        metrics_first = _keep_alive_statuses(exp.port, ["/metrics", "/healthz", "/metrics"])
+        assert [s for s, _ in metrics_first] == [200] * 3, metrics_first
+
+        for path in (b"/healthz", b"/metrics"):
+            with socket.create_connection(("127.0.0.1", exp.port), timeout=20) as sock:
+                sock.sendall(b"GET " + path[:4])
+                threading.Event().wait(0.3)  # the lane has the first piece, not the line
+                sock.sendall(path[4:] + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                data = b""
+                while chunk := sock.recv(1 << 16):
+                    data += chunk
+            assert data.startswith(b"HTTP/1.1 200"), (path, data[:200])
+        assert exp.proc.poll() is None

@@ -193,3 +193,18 @@ def test_oldest_pending_age_from_the_index() -> None:
     assert state.oldest_pending_ages(t + 10) == {"q": 0.0, "e": 0.0}
     sent("c", t + 20)  # a producer clock ahead of ours: clamped at 0
     assert state.oldest_pending_ages(t + 10) == {"q": 0.0, "e": 0.0}
+
+
+def test_every_failure_of_one_task_counted_by_class_through_the_engine() -> None:
+    """The engine's task listener caches label keys per (task, queue) after the first
+    event; failures taking that cached path are counted by class all the same."""
+    eng = _engine()
+    t = time.time()
+    for i in range(5):
+        _kill(eng, f"k{i}", t + i)
+    plain = {"exception": "ValueError('bad')", "traceback": "..."}
+    for i in range(3):
+        _kill(eng, f"v{i}", t + 10 + i, plain)
+    assert eng.metrics.failures == {("proj.hog", "q", "WorkerLostError"): 5,
+                                    ("proj.hog", "q", "ValueError"): 3}
+    assert eng.metrics.task_events[("failed", "proj.hog", "q")] == 8

@@ -162,9 +162,11 @@ class AmqpEventStream(ReconnectingStream):
     path = " (direct AMQP consumer)"
 
     def __init__(self, app: Celery, handler: Callable[[dict], None], status: StreamStatus,
+                 batch_handler: Callable[[list | tuple], None] | None = None,
                  **kwargs: Any) -> None:
         super().__init__(app, handler, status, name="flower-practices-events-amqp", **kwargs)
-        self.body_decoder = AmqpBodyDecoder(EventDecoder(app, handler, status))
+        self.body_decoder = AmqpBodyDecoder(EventDecoder(app, handler, status,
+                                                         batch_handler))
         with app.connection_for_read() as conn:
             port = int(conn.port or 5672)
             self._params = {

@@ -152,8 +152,12 @@ class EventDecoder:
     """
 
     def __init__(self, app: Celery, handler: Callable[[dict], None],
-                 status: StreamStatus) -> None:
+                 status: StreamStatus,
+                 batch_handler: Callable[[list | tuple], None] | None = None) -> None:
         self.handler = handler
+        #: takes the events of one message at once (``Engine.observe_many``): it counts
+        #: and handles non-mappings itself, and never raises
+        self.batch_handler = batch_handler
         self.status = status
         self.clock = app.clock
         self._accept = {"json", "application/json"}
@@ -244,6 +248,13 @@ class EventDecoder:
                     body["local_received"] = received
                 except Exception:
                     body.setdefault("local_received", received)
+        if self.batch_handler is not None:
+            try:
+                self.batch_handler(bodies)
+            except Exception:  # pragma: no cover - Engine.observe_many never raises
+                status.decode_error("handler_error")
+                log.debug("event handler raised", exc_info=True)
+            return
         handler = self.handler
         for body in bodies:
             if type(body) is not dict:
@@ -263,10 +274,11 @@ class RedisEventStream(ReconnectingStream):
     path = " (direct Redis pub/sub)"
 
     def __init__(self, app: Celery, handler: Callable[[dict], None], status: StreamStatus,
+                 batch_handler: Callable[[list | tuple], None] | None = None,
                  **kwargs: Any) -> None:
         super().__init__(app, handler, status, name="flower-practices-events-redis",
                          **kwargs)
-        self.decoder = EventDecoder(app, handler, status)
+        self.decoder = EventDecoder(app, handler, status, batch_handler)
         with app.connection_for_read() as conn:
             self.db = redis_db(conn.virtual_host)
             self._address = (conn.hostname, int(conn.port or 6379))

@@ -75,28 +75,38 @@ def clean_event(event: dict, status: StreamStatus, _fields: tuple = TEXT_FIELDS,
     get = event.get
     for key in _fields:
         value = get(key)
-        if type(value) is str and len(value) <= _cap and value.isprintable():
-            continue  # the common case
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            event[key] = None
-            status.decode_error("bad_field", key, kept=True)
-            continue
-        if len(value) <= _cap and value.isprintable():  # a str subclass
-            continue
-        cleaned, truncated, bad = clean_text(value)
-        event[key] = cleaned
-        if truncated:
-            status.labels_truncated += 1
-        if bad:
-            status.decode_error("bad_text", key, kept=True)
+        if value is not None and (type(value) is not str or len(value) > _cap
+                                  or not value.isprintable()):
+            clean_field(event, key, value, status)
     uuid = get("uuid")
     if type(uuid) is str and not uuid.isprintable() and len(uuid) <= MAX_UUID_LENGTH:
-        cleaned, _, bad = clean_text(uuid, MAX_UUID_LENGTH)
-        if bad:
-            event["uuid"] = cleaned
-            status.decode_error("bad_text", "uuid", kept=True)
+        clean_uuid(event, uuid, status)
+
+
+def clean_field(event: dict, key: str, value: object, status: StreamStatus) -> None:
+    """The slow path of one field that is not a short printable ``str`` (see
+    :func:`clean_event`)."""
+    if not isinstance(value, str):
+        event[key] = None
+        status.decode_error("bad_field", key, kept=True)
+        return
+    if len(value) <= MAX_LABEL_LENGTH and value.isprintable():  # a str subclass
+        return
+    cleaned, truncated, bad = clean_text(value)
+    event[key] = cleaned
+    if truncated:
+        status.labels_truncated += 1
+    if bad:
+        status.decode_error("bad_text", key, kept=True)
+
+
+def clean_uuid(event: dict, uuid: str, status: StreamStatus) -> None:
+    """A task id (at most :data:`MAX_UUID_LENGTH`) that is not printable: its bad
+    characters replaced, counted as ``bad_text``."""
+    cleaned, _, bad = clean_text(uuid, MAX_UUID_LENGTH)
+    if bad:
+        event["uuid"] = cleaned
+        status.decode_error("bad_text", "uuid", kept=True)
 
 
 def label_text(value: object) -> str | None:

@@ -270,10 +270,13 @@ EVENT_CONSUMERS = ("auto", "kombu")
 
 
 def make_event_stream(app: Celery, handler: Callable[[dict], None], status: StreamStatus,
-                      *, consumer: str = "auto", **kwargs: Any) -> threading.Thread:
+                      *, consumer: str = "auto",
+                      batch_handler: Callable[[list | tuple], None] | None = None,
+                      **kwargs: Any) -> threading.Thread:
     """The event consumer thread for ``app``: the direct Redis path or the direct AMQP
     consumer when one can be used (``consumer="auto"``), else (or with
-    ``consumer="kombu"``) Celery's generic receiver."""
+    ``consumer="kombu"``) Celery's generic receiver. ``batch_handler``: takes the
+    events of one message at once, on the direct paths (``Engine.observe_many``)."""
     if consumer == "auto":
         from .fast_amqp import AMQP_TRANSPORTS, AmqpEventStream, fast_amqp_unsupported
         from .fast_redis import RedisEventStream, fast_path_unsupported
@@ -284,8 +287,8 @@ def make_event_stream(app: Celery, handler: Callable[[dict], None], status: Stre
         if why is None:
             try:
                 if amqp_broker:
-                    return AmqpEventStream(app, handler, status, **kwargs)
-                return RedisEventStream(app, handler, status, **kwargs)
+                    return AmqpEventStream(app, handler, status, batch_handler, **kwargs)
+                return RedisEventStream(app, handler, status, batch_handler, **kwargs)
             except Exception as exc:  # pragma: no cover - defensive: use the generic path
                 why = f"{type(exc).__name__}: {exc}"
         log.info("using Celery's generic event receiver (%s: %s)", path, why)

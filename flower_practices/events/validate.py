@@ -13,7 +13,14 @@ import time
 from collections.abc import Container
 from typing import Any
 
-from .sanitize import MAX_UUID_LENGTH, TASK_FIELDS, WORKER_FIELDS, clean_event
+from .sanitize import (
+    MAX_LABEL_LENGTH,
+    MAX_UUID_LENGTH,
+    TASK_FIELDS,
+    WORKER_FIELDS,
+    clean_field,
+    clean_uuid,
+)
 from .status import StreamStatus
 from .types import TASK_EVENTS
 
@@ -21,9 +28,35 @@ from .types import TASK_EVENTS
 _MAX_TIME = 1e11
 
 
-def validate(event: Any, status: StreamStatus, known: Container[str]) -> str | None:
+def validate(event: Any, status: StreamStatus, known: Container[str],
+             cleaned: bool = False) -> str | None:
     """The event's type when ``event`` is a usable event of a type in ``known`` (it is
-    then sanitised in place), else None (counted in ``status``)."""
+    then sanitised in place), else None (counted in ``status``). ``cleaned``: its text
+    fields and task id went through :func:`~.sanitize.clean_event` already (Flower's tap).
+
+    The common case -- clean short strings, float times -- is type and length checks
+    inline, no clock read: the event's ``local_received`` (set by every consumer when the
+    message arrived) is the time of the last event.
+    """
+    etype = event.get("type") if type(event) is dict else None
+    if type(etype) is not str or etype not in known:
+        etype = _checked_type(event, status, known)  # the slow path: counts what it drops
+        if etype is None:
+            return None
+    if etype in TASK_EVENTS:
+        uuid = event.get("uuid")
+        if (type(uuid) is not str or not 0 < len(uuid) <= MAX_UUID_LENGTH) \
+                and not _uuid_ok(uuid, status):
+            return None
+        _repair(event, status, TASK_FIELDS, uuid, cleaned)
+    else:
+        _repair(event, status, WORKER_FIELDS, event.get("uuid"), cleaned)
+    return etype
+
+
+def _checked_type(event: Any, status: StreamStatus, known: Container[str]) -> str | None:
+    """:func:`validate`'s first step for what its fast check did not pass (also a dict or
+    str subclass): the type, or None (counted)."""
     if not isinstance(event, dict):
         status.decode_error("not_a_mapping")
         return None
@@ -34,15 +67,6 @@ def validate(event: Any, status: StreamStatus, known: Container[str]) -> str | N
     if etype not in known:
         status.decode_error("unknown_type", etype[:64])
         return None
-    if etype in TASK_EVENTS:
-        if not _uuid_ok(event.get("uuid"), status):
-            return None
-        fields = TASK_FIELDS
-    else:
-        fields = WORKER_FIELDS
-    # label values and keys: strings, encodable, no control characters, length capped
-    clean_event(event, status, fields)
-    _fix_times(event, status)
     return etype
 
 
@@ -56,20 +80,39 @@ def _uuid_ok(uuid: Any, status: StreamStatus) -> bool:
     return True
 
 
-def _fix_times(event: dict, status: StreamStatus) -> None:
-    """A Unix time, finite, before year 5138: else now (counted unless just missing)."""
-    now = time.time()
-    ts = event.get("timestamp")
+def _repair(event: dict, status: StreamStatus, fields: tuple[str, ...], uuid: Any,
+            cleaned: bool) -> None:
+    """Label values and keys made strings, encodable, without control characters and
+    length capped (unless ``cleaned``); the timestamps made finite Unix times."""
+    get = event.get
+    if not cleaned:
+        for key in fields:
+            value = get(key)
+            if value is not None and (type(value) is not str
+                                      or len(value) > MAX_LABEL_LENGTH
+                                      or not value.isprintable()):
+                clean_field(event, key, value, status)
+        if type(uuid) is str and not uuid.isprintable() and len(uuid) <= MAX_UUID_LENGTH:
+            clean_uuid(event, uuid, status)
+    ts = get("timestamp")
+    received = get("local_received")
+    if type(received) is float and 0.0 < received < _MAX_TIME:
+        now = received
+    else:
+        now = time.time()
+        if received is not None:
+            event["local_received"] = now
+            status.decode_error("bad_field", "local_received", kept=True)
     if type(ts) is not float or not 0.0 < ts < _MAX_TIME:
-        if type(ts) is int and 0 < ts < _MAX_TIME:
-            event["timestamp"] = float(ts)
-        else:
-            event["timestamp"] = now
-            if ts is not None:
-                status.decode_error("bad_field", "timestamp", kept=True)
-    received = event.get("local_received")
-    if received is not None and (type(received) is not float
-                                 or not 0.0 < received < _MAX_TIME):
-        event["local_received"] = now
-        status.decode_error("bad_field", "local_received", kept=True)
+        _fix_timestamp(event, ts, now, status)
     status.last_event_at = now
+
+
+def _fix_timestamp(event: dict, ts: Any, now: float, status: StreamStatus) -> None:
+    """A Unix time, finite, before year 5138: else ``now`` (counted unless just missing)."""
+    if type(ts) is int and 0 < ts < _MAX_TIME:
+        event["timestamp"] = float(ts)
+    else:
+        event["timestamp"] = now
+        if ts is not None:
+            status.decode_error("bad_field", "timestamp", kept=True)

@@ -6,14 +6,19 @@ per request it multiplies by the number of scrapers. :class:`RenderCache` runs t
 its own worker thread, keeps the bytes for ``max_age`` seconds, and hands requests that arrive
 while a render is in flight the same future (single flight): 1000 scrapers cost one render.
 A failed render is not cached; every waiter of that flight gets the exception.
+
+The cache may be read from several event loops (the exporter's main loop and its
+``/healthz`` lane, :mod:`.lanes`): a flight is a :class:`concurrent.futures.Future`, which
+each waiter awaits on its own loop, and starting one is guarded by a lock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 
 class RenderCache:
@@ -25,7 +30,8 @@ class RenderCache:
         self.max_age = max_age
         self._clock = clock
         self._entries: dict[Hashable, tuple[float, bytes]] = {}
-        self._inflight: dict[Hashable, asyncio.Future[bytes]] = {}
+        self._inflight: dict[Hashable, Future[bytes]] = {}
+        self._lock = threading.RLock()  # a render done before add_done_callback runs it here
         # one thread: renders of different formats queue rather than compete for the GIL
         self._executor = ThreadPoolExecutor(max_workers=1,
                                             thread_name_prefix="flower-practices-render")
@@ -37,25 +43,43 @@ class RenderCache:
         entry = self._entries.get(key)
         if entry is not None and self._clock() - entry[0] < self.max_age:
             return entry[1]
-        flight = self._inflight.get(key)
-        if flight is None:
-            flight = self._start(key)
+        with self._lock:
+            entry = self._entries.get(key)  # finished meanwhile (another loop's flight)
+            if entry is not None and self._clock() - entry[0] < self.max_age:
+                return entry[1]
+            flight = self._inflight.get(key)
+            if flight is None:
+                flight = self._start(key)
         # shield: one scraper hanging up must not cancel the render the others wait on
-        return await asyncio.shield(flight)
+        return await asyncio.shield(asyncio.wrap_future(flight))
 
-    def _start(self, key: Hashable) -> asyncio.Future[bytes]:
-        loop = asyncio.get_running_loop()
+    def _start(self, key: Hashable) -> Future[bytes]:
+        """Submit the render of ``key`` (called under ``_lock``)."""
         started = self._clock()
         self.renders += 1
-        flight = asyncio.ensure_future(loop.run_in_executor(self._executor, self._render, key))
+        loop = asyncio.get_running_loop()
+        flight = self._executor.submit(self._render, key)
         self._inflight[key] = flight
 
-        def done(fut: asyncio.Future[bytes]) -> None:
-            self._inflight.pop(key, None)
+        def forget() -> None:
+            with self._lock:
+                if self._inflight.get(key) is flight:
+                    del self._inflight[key]
+
+        def done(fut: Future[bytes]) -> None:  # in the render thread, before any waiter
             if not fut.cancelled() and fut.exception() is None:
-                self._entries[key] = (started, fut.result())
-            else:
+                with self._lock:
+                    self._entries[key] = (started, fut.result())
+                    self._inflight.pop(key, None)
+                return
+            with self._lock:
                 self._entries.pop(key, None)
+            # a failure is shared by the requests that arrived meanwhile: forgotten once
+            # the loop that started it has run what was ready (not cached either way)
+            try:
+                loop.call_soon_threadsafe(forget)
+            except RuntimeError:  # that loop is closed
+                forget()
 
         flight.add_done_callback(done)
         return flight

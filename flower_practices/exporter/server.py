@@ -10,12 +10,17 @@ HTTP limits (every endpoint is GET-only):
 - connections: at most ``max_connections`` open at once; one more is answered an immediate
   ``503`` with ``Retry-After: 1`` and closed. Connections not yet accepted wait in the listen
   backlog (:data:`LISTEN_BACKLOG`, capped by the kernel's ``net.core.somaxconn``).
+
+``/healthz`` is served on a lane of its own (:mod:`.lanes`: its own thread and loop, which
+also accepts and routes every connection), so ``/metrics`` load cannot delay it; the
+connection cap counts both lanes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import resource
 import signal
@@ -35,6 +40,7 @@ from ..assembly import EngineRunner, build_engine
 from ..config import Settings
 from ..metrics import PracticesCollector
 from .handlers import make_application
+from .lanes import HealthLane
 from .webconfig import BasicAuth, WebConfig
 
 log = logging.getLogger("flower_practices.exporter")
@@ -53,8 +59,17 @@ MAX_REFUSING = 64
 SEND_BUFFER = 64 * 1024
 #: GIL switch interval of the exporter process (CPython's default: 5 ms). While the render
 #: thread runs, the event loop gives up the GIL at every send() and waits up to this long to
-#: get it back; at 5 ms a render made /healthz wait seconds under 1000 scrapers (bench/)
-SWITCH_INTERVAL = 0.001
+#: get it back; at 5 ms a render made /healthz wait seconds under 1000 scrapers (bench/).
+#: The /healthz lane waits this long for the GIL each time it wakes: at 1000 gzip scrapers
+#: p99 250-330 ms at 0.2 ms, 85 ms at 0.1 ms (at the price of ~40 % fewer scrapes served
+#: while saturated, every one still answered)
+SWITCH_INTERVAL = 0.0001
+#: the collector's thresholds in the exporter process (CPython's default: 700, 10, 10). A
+#: /metrics render allocates ~10^5 tracked objects, so at the default a collection of every
+#: generation ran about every second, each holding the GIL for 60-150 ms: that, not the
+#: event loop, was what still delayed the /healthz lane (bench/). Reference counting frees
+#: almost everything; these only make the cycle collector run less often
+GC_THRESHOLDS = (50_000, 20, 10)
 #: file descriptors kept free for the broker connections, probes and logs
 RESERVED_FDS = 64
 
@@ -68,9 +83,12 @@ class BoundedHTTPServer(HTTPServer):
     """Tornado's HTTPServer with a cap on open connections: one more gets a fast 503."""
 
     def initialize(self, *args, max_connections: int = 2048,  # type: ignore[override]
-                   **kwargs) -> None:
+                   peers: list[BoundedHTTPServer] | None = None, **kwargs) -> None:
         super().initialize(*args, **kwargs)
         self.max_connections = max_connections
+        #: the servers whose open connections count against the cap (this one included)
+        self.peers: list[BoundedHTTPServer] = peers if peers is not None else []
+        self.peers.append(self)
         #: connections refused with 503 since start
         self.refused = 0
         self._refusing = 0
@@ -79,7 +97,7 @@ class BoundedHTTPServer(HTTPServer):
         self._refusing -= 1
 
     def handle_stream(self, stream: IOStream, address: tuple) -> None:
-        if len(self._connections) >= self.max_connections:
+        if sum(len(peer._connections) for peer in self.peers) >= self.max_connections:
             self.refused += 1
             if self._refusing >= MAX_REFUSING:  # a flood: no polite answer, close at once
                 stream.close()
@@ -151,14 +169,32 @@ async def serve(app: Celery, settings: Settings, *, app_loaded: bool, host: str,
     registry = make_registry(engine)
     auth = BasicAuth(web_config.users) if web_config.auth_required else None
     application = make_application(engine, registry, auth=auth)
-    server = BoundedHTTPServer(
-        application, xheaders=True, ssl_options=web_config.ssl_context,
-        max_connections=connection_limit(settings.max_connections),
-        max_body_size=MAX_BODY_SIZE, max_header_size=MAX_HEADER_SIZE,
-        idle_connection_timeout=settings.http_idle_timeout_seconds,
-        body_timeout=settings.http_idle_timeout_seconds)
+    limit = connection_limit(settings.max_connections)
+    peers: list[BoundedHTTPServer] = []
+
+    def make_server() -> BoundedHTTPServer:
+        return BoundedHTTPServer(
+            application, xheaders=True, ssl_options=web_config.ssl_context,
+            max_connections=limit, peers=peers,
+            max_body_size=MAX_BODY_SIZE, max_header_size=MAX_HEADER_SIZE,
+            idle_connection_timeout=settings.http_idle_timeout_seconds,
+            body_timeout=settings.http_idle_timeout_seconds)
+
+    server = make_server()
     sockets = bind_sockets(port, address=host or None, backlog=LISTEN_BACKLOG)
-    server.add_sockets(sockets)
+    # the health lane accepts every connection: /healthz stays there, the rest comes here
+    lane = HealthLane(sockets, make_server, server, asyncio.get_running_loop(),
+                      ssl_context=web_config.ssl_context,
+                      header_timeout=settings.http_idle_timeout_seconds,
+                      max_header_size=MAX_HEADER_SIZE, max_routing=limit)
+    lane.start()
+    # what start-up built (Celery, kombu, tornado, the engine: hundreds of thousands of
+    # objects) lives until exit: out of the collector's reach, a full collection no longer
+    # walks it. Those collections hold the GIL -- 60-95 ms each here before, triggered by a
+    # /metrics render's allocations, and the /healthz lane waited for them (bench/)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     try:
@@ -177,6 +213,7 @@ async def serve(app: Celery, settings: Settings, *, app_loaded: bool, host: str,
         await stop.wait()
     finally:
         log.info("stopping exporter")
+        lane.stop()
         server.stop()
         runner.stop()
         if engine.store is not None:

@@ -172,8 +172,10 @@ class EventsDisabled(Rule):
 
     # -- hot path -------------------------------------------------------------------------
     def _listen(self, event: dict) -> float:
-        """Track the listening stretch; return the event's time."""
-        at = _when(event)
+        """Track the listening stretch; return the event's time (as :func:`_when`)."""
+        at = event.get("local_received")
+        if type(at) is not float:
+            at = event["timestamp"]
         if self.listening_since is None or at - self.last_event_at > self.silence:
             self.listening_since = at
         if at > self.last_event_at:

@@ -48,6 +48,7 @@ class PrefetchStarvation(Rule):
         super().__init__(ctx, options)
         self.last_active: dict[str, float] = {}
         self.counted: LRUDict[str, bool] = LRUDict(20_000)
+        self._max_workers = ctx.settings.max_workers
 
     def hooks(self):
         return {t: self._on_task for t in (
@@ -61,9 +62,10 @@ class PrefetchStarvation(Rule):
 
     def _on_task(self, event: dict, rec: Any) -> None:
         host = event.get("hostname")
-        if isinstance(host, str) and (host in self.last_active
-                                      or len(self.last_active) < self.ctx.settings.max_workers):
-            self.last_active[host] = event["timestamp"]
+        last_active = self.last_active
+        if isinstance(host, str) and (host in last_active
+                                      or len(last_active) < self._max_workers):
+            last_active[host] = event["timestamp"]
 
     @staticmethod
     def _reserved(workers: dict[str, Any], now: float, min_wait: float

@@ -97,7 +97,7 @@ class QueueStarvation(Rule):
         ts = event["timestamp"]
         host = event.get("hostname")
         if isinstance(host, str) and host:
-            pair = self._pair(host, rec.queue)
+            pair = self.busy.get((host, rec.queue)) or self._pair(host, rec.queue)
             if pair is not None:
                 pair[0].add(ts)
         if rec.eta:
@@ -123,7 +123,7 @@ class QueueStarvation(Rule):
         host = event.get("hostname") or rec.hostname
         if not isinstance(host, str) or not host:
             return
-        pair = self._pair(host, rec.queue)
+        pair = self.busy.get((host, rec.queue)) or self._pair(host, rec.queue)
         if pair is not None:
             ms = int(max(0.0, event["timestamp"] - rec.started_at) * 1000)
             pair[1].add(event["timestamp"], ms)
