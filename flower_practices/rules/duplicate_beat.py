@@ -18,18 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ..events.types import TASK_SENT
 from ..findings import Condition
-from .base import Rule
-from .periodic import MAX_HOSTS, SENT_EVENTS_OFF, sent_events_off, shared_tracker
+from .periodic import MAX_HOSTS, SENT_EVENTS_OFF, PeriodicRule, sent_events_off
 
 if TYPE_CHECKING:
     from ..appinfo import AppInfo
 
 
-class DuplicateBeat(Rule):
+class DuplicateBeat(PeriodicRule):
     id = "duplicate_beat"
 
     @dataclass(frozen=True, slots=True)
@@ -47,15 +45,6 @@ class DuplicateBeat(Rule):
     #: this rule's options, typed (set by :class:`Rule`)
     opts: Options
 
-    def __init__(self, ctx, options: dict[str, Any]) -> None:
-        super().__init__(ctx, options)
-        #: shared with the other periodic rules; ``owner``: this rule feeds it sends and
-        #: keeps it in its memory
-        self.tracker, self.owner = shared_tracker(ctx, self.opts.tolerance,
-                                                  self.opts.min_regular_runs)
-        #: task -> duplicate sends already counted
-        self.counted: dict[str, int] = {}
-
     @classmethod
     def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
         """beat_schedule entries that send the same task with the same arguments and
@@ -72,24 +61,6 @@ class DuplicateBeat(Rule):
                                         f"both send {entry.task!r} with the same arguments "
                                         f"on the same schedule"))
         return out
-
-    def hooks(self):
-        return {TASK_SENT: self.tracker.on_sent} if self.owner else {}
-
-    def memory(self) -> Any:
-        return {"tasks": self.tracker.memory() if self.owner else [], "counted": dict(self.counted)}
-
-    def restore_memory(self, data: Any, now: float) -> None:
-        if not isinstance(data, dict):
-            return
-        self.tracker.restore(data.get("tasks"))
-        counted = data.get("counted")
-        for name, n in (counted.items() if isinstance(counted, dict) else ()):
-            if isinstance(n, int):
-                self.counted[str(name)[:200]] = n
-
-    def restore_hold(self, finding, now: float) -> float:
-        return now  # the duplicates are restored: evaluate() decides
 
     def coverage(self) -> str:
         events = super().coverage()

@@ -19,22 +19,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..events.types import TASK_SENT
 from ..findings import Condition
-from .base import Rule
 from .periodic import (
     MAX_HOSTS,
     SENT_EVENTS_OFF,
     PeriodicRecord,
+    PeriodicRule,
     sent_events_off,
-    shared_tracker,
 )
 
 if TYPE_CHECKING:
     from ..appinfo import AppInfo
 
 
-class MissedPeriodicTask(Rule):
+class MissedPeriodicTask(PeriodicRule):
     id = "missed_periodic_task"
 
     @dataclass(frozen=True, slots=True)
@@ -51,15 +49,6 @@ class MissedPeriodicTask(Rule):
 
     #: this rule's options, typed (set by :class:`Rule`)
     opts: Options
-
-    def __init__(self, ctx, options: dict[str, Any]) -> None:
-        super().__init__(ctx, options)
-        #: shared with the other periodic rules; ``owner``: this rule feeds it sends and
-        #: keeps it in its memory
-        self.tracker, self.owner = shared_tracker(ctx, self.opts.tolerance,
-                                                  self.opts.min_regular_runs)
-        #: task -> (last send the count is for, runs missed counted since it)
-        self.counted: dict[str, tuple[float, int]] = {}
 
     @classmethod
     def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
@@ -81,18 +70,14 @@ class MissedPeriodicTask(Rule):
                                         f"crontab or solar)"))
         return out
 
-    def hooks(self):
-        return {TASK_SENT: self.tracker.on_sent} if self.owner else {}
+    #: task -> (last send the count is for, runs missed counted since it)
+    counted: dict[str, tuple[float, int]]
 
-    def memory(self) -> Any:
-        return {"tasks": self.tracker.memory() if self.owner else [],
-                "counted": [[k, v[0], v[1]] for k, v in self.counted.items()]}
+    def counted_memory(self) -> Any:
+        return [[k, v[0], v[1]] for k, v in self.counted.items()]
 
-    def restore_memory(self, data: Any, now: float) -> None:
-        if not isinstance(data, dict):
-            return
-        self.tracker.restore(data.get("tasks"))
-        for item in data.get("counted") or ():
+    def restore_counted(self, data: Any) -> None:
+        for item in data if isinstance(data, list) else ():
             try:
                 name, last, n = item
                 self.counted[str(name)[:200]] = (float(last), int(n))

@@ -51,6 +51,8 @@ from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
 from ..bounded import LRUDict
+from ..events.types import TASK_SENT
+from .base import Rule
 
 if TYPE_CHECKING:
     from ..appinfo import PeriodicEntry
@@ -453,3 +455,40 @@ class PeriodicTracker:
         self.refresh(rec, rec.last_sent or self.started)
         if c.learned or rec.scheduled:
             self.known[name] = rec
+
+
+class PeriodicRule(Rule):
+    """What the three periodic rules share: the engine's :class:`PeriodicTracker` for
+    their learning options (``tolerance``, ``min_regular_runs``; the first rule to ask
+    feeds it task-sent events and keeps it in its memory), and their memory of what was
+    counted (``counted``: task name -> occurrences, unless a rule says otherwise)."""
+
+    def __init__(self, ctx: RuleContext, options: dict[str, Any]) -> None:
+        super().__init__(ctx, options)
+        self.tracker, self.owner = shared_tracker(ctx, self.opts.tolerance,
+                                                  self.opts.min_regular_runs)
+        self.counted: dict[str, Any] = {}
+
+    def hooks(self):
+        return {TASK_SENT: self.tracker.on_sent} if self.owner else {}
+
+    def counted_memory(self) -> Any:
+        return dict(self.counted)
+
+    def restore_counted(self, data: Any) -> None:
+        for name, n in (data.items() if isinstance(data, dict) else ()):
+            if isinstance(n, int):
+                self.counted[str(name)[:200]] = n
+
+    def memory(self) -> Any:
+        return {"tasks": self.tracker.memory() if self.owner else [],
+                "counted": self.counted_memory()}
+
+    def restore_memory(self, data: Any, now: float) -> None:
+        if not isinstance(data, dict):
+            return
+        self.tracker.restore(data.get("tasks"))
+        self.restore_counted(data.get("counted"))
+
+    def restore_hold(self, finding, now: float) -> float:
+        return now  # what was counted is restored: evaluate() decides

@@ -17,23 +17,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from ..events.types import (
     TASK_FAILED,
     TASK_REJECTED,
     TASK_RETRIED,
     TASK_REVOKED,
-    TASK_SENT,
     TASK_STARTED,
     TASK_SUCCEEDED,
 )
 from ..findings import Condition
-from .base import Rule
-from .periodic import shared_tracker
+from .periodic import PeriodicRule
 
 
-class PeriodicOverlap(Rule):
+class PeriodicOverlap(PeriodicRule):
     id = "periodic_overlap"
 
     @dataclass(frozen=True, slots=True)
@@ -51,37 +48,12 @@ class PeriodicOverlap(Rule):
     #: this rule's options, typed (set by :class:`Rule`)
     opts: Options
 
-    def __init__(self, ctx, options: dict[str, Any]) -> None:
-        super().__init__(ctx, options)
-        #: shared with the other periodic rules; ``owner``: this rule feeds it sends and
-        #: keeps it in its memory
-        self.tracker, self.owner = shared_tracker(ctx, self.opts.tolerance,
-                                                  self.opts.min_regular_runs)
-        #: task -> overlapping runs already counted
-        self.counted: dict[str, int] = {}
-
     def hooks(self):
         t = self.tracker
-        sends = {TASK_SENT: t.on_sent} if self.owner else {}
-        return {**sends, TASK_STARTED: t.on_started,
+        return {**super().hooks(), TASK_STARTED: t.on_started,
                 TASK_SUCCEEDED: t.on_ended, TASK_FAILED: t.on_ended,
                 TASK_RETRIED: t.on_ended, TASK_REVOKED: t.on_ended,
                 TASK_REJECTED: t.on_ended}
-
-    def memory(self) -> Any:
-        return {"tasks": self.tracker.memory() if self.owner else [], "counted": dict(self.counted)}
-
-    def restore_memory(self, data: Any, now: float) -> None:
-        if not isinstance(data, dict):
-            return
-        self.tracker.restore(data.get("tasks"))
-        counted = data.get("counted")
-        for name, n in (counted.items() if isinstance(counted, dict) else ()):
-            if isinstance(n, int):
-                self.counted[str(name)[:200]] = n
-
-    def restore_hold(self, finding, now: float) -> float:
-        return now  # the overlaps are restored: evaluate() decides
 
     def evaluate(self, now: float) -> Iterable[Condition]:
         tracker = self.tracker
