@@ -9,6 +9,8 @@ bad base64, non-mapping and type-less bodies). They must deliver identical event
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import redis
 from celery import Celery
@@ -16,6 +18,7 @@ from kombu import Producer
 
 from flower_practices.config import ConfigError, settings_from_mapping
 from flower_practices.events.fast_redis import (
+    EventDecoder,
     RedisEventStream,
     fast_path_unsupported,
     subscribe_pattern,
@@ -24,7 +27,7 @@ from flower_practices.events.resp import command, new_reader
 from flower_practices.events.resp import frames as resp_frames
 from flower_practices.events.status import StreamStatus
 from flower_practices.events.stream import EventStream, make_event_stream
-from tests.support.events import publish_events
+from tests.support.events import envelope, publish_events
 from tests.support.exporter import wait_for
 
 pytestmark = pytest.mark.redis
@@ -251,3 +254,23 @@ def test_fast_path_authenticates(private_redis: dict) -> None:
     finally:
         ok.stop()
         wrong.stop()
+
+
+def test_a_senders_local_received_never_becomes_the_last_event_time() -> None:
+    """``local_received`` is the receiver's clock. An event that forges one far in the
+    future (with a field Celery's own decoding chokes on, the path that used to keep the
+    sender's value) must not move the last-event time, or the no-events stall alert
+    would be silenced until then."""
+    from flower_practices.config import Settings
+    from flower_practices.engine import Engine
+
+    status = StreamStatus()
+    engine = Engine(Settings(), broker_url="redis://x/0", stream_status=status)
+    decoder = EventDecoder(Celery("t", broker="memory://", set_as_current=False),
+                           engine.observe, status, batch_handler=engine.observe_many)
+    before = time.time()
+    for utcoffset in (0, "not-a-number"):
+        decoder.feed(envelope({"type": "worker-heartbeat", "hostname": "w@h", "freq": 2.0,
+                               "timestamp": before, "utcoffset": utcoffset, "clock": 1,
+                               "local_received": 9.9e10}))
+        assert before <= status.last_event_at <= time.time(), utcoffset

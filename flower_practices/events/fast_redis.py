@@ -247,7 +247,7 @@ class EventDecoder:
                         body["timestamp"] = timestamp - (offset - here) * 3600
                     body["local_received"] = received
                 except Exception:
-                    body.setdefault("local_received", received)
+                    body["local_received"] = received  # never the sender's value
         if self.batch_handler is not None:
             try:
                 self.batch_handler(bodies)

@@ -220,7 +220,7 @@ class GuardedReceiver(EventReceiver):
             # validate and count it, with the fields Celery would have added.
             event = body
             etype = body.get("type")
-            body.setdefault("local_received", time.time())
+            body["local_received"] = time.time()  # never the sender's value
         try:
             self.process(etype, event)
         except Exception:
