@@ -307,16 +307,21 @@ def test_graceful_shutdown_loses_no_task(good: Env) -> None:
     leaving = WorkerProcess("tests.apps.good_tasks", good.broker, queues="batch",
                             name=f"leaving{int(time.time()) % 10000}@fp-test", concurrency=1)
     leaving.start(good.app)
+
+    def events(etype: str) -> float:
+        # any queue label: on a loaded machine task-started can overtake its task-sent
+        return good.exporter.total("celery_task_events_total", type=etype,
+                                   task="good.crunch")
+
+    started, succeeded = events("started"), events("succeeded")  # earlier tests' runs
     try:
         good.app.send_task("good.crunch", args=(2,), queue="batch")
-        wait_for(lambda: good.exporter.total("celery_task_events_total", type="started",
-                                             task="good.crunch", queue="batch") == 1,
+        wait_for(lambda: events("started") == started + 1, timeout=90,
                  message="task started on the leaving worker")
         leaving.stop()  # warm shutdown: finishes the task, then worker-offline
     finally:
         leaving.kill()
-    wait_for(lambda: good.exporter.total("celery_task_events_total", type="succeeded",
-                                         task="good.crunch", queue="batch") == 1,
+    wait_for(lambda: events("succeeded") == succeeded + 1,
              message="task finished during warm shutdown")
     # past heartbeat expiry (Celery's 2 x freq, freq 2 s here; the last heartbeat came
     # before the worker exited)
