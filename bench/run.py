@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.broker == "rabbitmq":
                 from bench.amqp_stream_bench import bench_amqp_stream
 
-                stream = bench_amqp_stream(args.subjects.split(","), args.events, args.rate,
+                # the floor reads Redis pub/sub: there is no AMQP floor subject
+                which = [k for k in args.subjects.split(",") if k != "floor"]
+                stream = bench_amqp_stream(which, args.events, args.rate,
                                            args.idle_seconds, args.amqp_url, group)
             else:
                 stream = bench_stream(args.subjects.split(","), args.events, args.rate,
