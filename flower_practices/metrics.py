@@ -259,17 +259,8 @@ class BaseMetrics:
 
     def _observe_run(self, etype: str, event: dict, rec: TaskRecord,
                      state: RuntimeState) -> None:
-        ts = event.get("timestamp") or 0.0
-        if etype == TASK_SUCCEEDED:
-            runtime = finite_seconds(event.get("runtime"))
-            if runtime is None and rec.started_at:
-                runtime = max(0.0, ts - rec.started_at)
-            if runtime is not None:
-                self.observe_runtime(_task_label(state, rec), _queue_label(state, rec),
-                                     "succeeded", runtime)
-        elif rec.started_at and ts:
-            self.observe_runtime(_task_label(state, rec), _queue_label(state, rec),
-                                 "failed", max(0.0, ts - rec.started_at))
+        self._observe_run_labels(etype, event, rec, _task_label(state, rec),
+                                 _queue_label(state, rec))
 
     def _observe_run_labels(self, etype: str, event: dict, rec: TaskRecord, task: str,
                             queue: str) -> None:
@@ -284,33 +275,28 @@ class BaseMetrics:
         elif rec.started_at and ts:
             self.observe_runtime(task, queue, "failed", max(0.0, ts - rec.started_at))
 
-    def count_task_event(self, etype: str, task: str, queue: str) -> None:
-        counts = self.task_events
-        key = (etype[5:], task, queue)
-        n = counts.get(key)
-        if n is None:
-            n = 0
+    def _count(self, counts: dict, key: tuple, overflow: tuple, n: int = 1) -> None:
+        """Add ``n`` to ``counts[key]``; a new key past ``max_series`` goes to
+        ``overflow`` instead (counted in ``series_overflow``)."""
+        current = counts.get(key)
+        if current is None:
+            current = 0
             if len(counts) >= self.max_series:
                 self.series_overflow += 1
-                key = (key[0], OTHER, OTHER)
-                n = counts.get(key, 0)
-        counts[key] = n + 1
+                key = overflow
+                current = counts.get(key, 0)
+        counts[key] = current + n
+
+    def count_task_event(self, etype: str, task: str, queue: str) -> None:
+        kind = etype[5:]
+        self._count(self.task_events, (kind, task, queue), (kind, OTHER, OTHER))
 
     def count_failure(self, task: str, queue: str, exception: str | None) -> None:
         """Count one task-failed event by its exception class (a name from
         :func:`~flower_practices.events.sanitize.failure_exception`, never a message; None:
         the event names none), through the class cap and the series cap."""
         cls = self.exception_label(exception) if exception else ""
-        counts = self.failures
-        key = (task, queue, cls)
-        n = counts.get(key)
-        if n is None:
-            n = 0
-            if len(counts) >= self.max_series:
-                self.series_overflow += 1
-                key = (OTHER, OTHER, cls)
-                n = counts.get(key, 0)
-        counts[key] = n + 1
+        self._count(self.failures, (task, queue, cls), (OTHER, OTHER, cls))
 
     def observe_runtime(self, task: str, queue: str, state: str, seconds: float) -> None:
         runtime = self.runtime
@@ -336,16 +322,8 @@ class BaseMetrics:
         hist.count += 1
 
     def count_violation(self, practice: str, queue: str, task: str, n: int = 1) -> None:
-        totals = self.violations_total
-        key = (practice, queue, task)
-        current = totals.get(key)
-        if current is None:
-            current = 0
-            if len(totals) >= self.max_series:
-                self.series_overflow += 1
-                key = (practice, OTHER, OTHER)
-                current = totals.get(key, 0)
-        totals[key] = current + n
+        self._count(self.violations_total, (practice, queue, task),
+                    (practice, OTHER, OTHER), n)
 
 
 def _family(name: str) -> Metric:
