@@ -66,6 +66,15 @@ def test_cadence_follows_a_changed_schedule() -> None:
     assert not c.learned
 
 
+def test_a_sub_second_cadence_is_never_learned() -> None:
+    c = learn([0.4] * 50)
+    assert not c.learned and c.feed(0.4, TOL, RUNS) == REGULAR
+    c = learn([10.0] * 6)  # learned, then the sends become a steady 0.5 s loop
+    for _ in range(6):
+        c.feed(0.5, TOL, RUNS)
+    assert not c.learned
+
+
 # -- engine-level, synthetic events ------------------------------------------------------
 def engine(app=None, **practices) -> Engine:
     return Engine(Settings(practices={k: dict(v) for k, v in practices.items()}),
@@ -98,6 +107,26 @@ def test_learned_task_missed_and_countdown_tasks_not_learned() -> None:
     assert f.task == "p.tick" and f.evidence["period_source"] == "learned from sends"
     assert f.count == 1
     assert {r.name for r in rule.tracker.periodic()} == {"p.tick"}
+
+
+def test_a_steady_sub_second_producer_is_not_periodic() -> None:
+    """A load generator or producer loop sending tasks round-robin many times a second
+    is perfectly regular per task name, but not a schedule: when it stops, nothing is
+    "missed", and its runs are not tracked as periodic runs."""
+    e = engine(missed_periodic_task={"grace_seconds": 1.0})
+    t0 = time.time() - 600
+    rule = next(r for r in e.rules if isinstance(r, MissedPeriodicTask))
+    rule.tracker.started = t0
+    names = [f"load.t{i}" for i in range(20)]
+    for k in range(2000):  # 50 tasks/s: each name exactly every 0.4 s
+        sent(e, names[k % 20], t0 + k * 0.02, "gen7@loadgen")
+    assert not rule.tracker.periodic()
+    e.evaluate(t0 + 120)  # the generator stopped 80 s ago
+    assert not findings(e, "missed_periodic_task")
+    # the same cadence slowed to one send of each name every 2 s is learned
+    for k in range(20 * 8):
+        sent(e, names[k % 20], t0 + 200 + k * 0.1, "gen7@loadgen")
+    assert {r.name for r in rule.tracker.periodic()} == set(names)
 
 
 def test_two_producers_are_a_duplicate_beat_and_a_failover_is_not() -> None:

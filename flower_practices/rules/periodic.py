@@ -21,7 +21,10 @@ cadence of periodic sends, by :class:`Cadence`:
 - an interval close (within ``tolerance`` x k x P) to k x P for k = 2 or 3 is one or two
   missed runs: it neither confirms nor breaks the cadence;
 - any other interval restarts learning with it as the candidate period;
-- after ``min_regular_runs`` regular intervals in a row the period is learned. Once
+- after ``min_regular_runs`` regular intervals in a row the period is learned, if it is
+  at least :data:`MIN_LEARNED_PERIOD` (1 s): a load generator or a producer loop that
+  sends a task many times a second is steady, not scheduled (beat's own loop is not that
+  precise, and a miss of a sub-second "period" is no page). Once
   learned, a different interval does not unlearn it at once: ``min_regular_runs``
   consecutive intervals that agree with each other (a changed schedule) replace it, and
   ``min_regular_runs`` intervals in a row that fit neither it (nor 2 or 3 periods) nor
@@ -64,6 +67,8 @@ MAX_PRODUCERS = 8
 MAX_RUNNING = 32
 #: hosts named in a finding's evidence
 MAX_HOSTS = 10
+#: seconds: a shorter steady cadence is never learned as a period (see the docstring)
+MIN_LEARNED_PERIOD = 1.0
 #: a producer is cadenced after this many regular intervals (and half of them regular)
 MIN_PRODUCER_RUNS = 2
 
@@ -111,7 +116,7 @@ class Cadence:
             self.period = p + (interval - p) / 4.0
             self.streak += 1
             self.candidate_streak = self.misfits = 0
-            if self.streak >= min_runs:
+            if self.streak >= min_runs and self.period >= MIN_LEARNED_PERIOD:
                 self.learned = True
             return REGULAR
         if self.learned:
@@ -135,6 +140,7 @@ class Cadence:
             if self.candidate_streak >= min_runs:
                 self.period, self.streak = c, self.candidate_streak
                 self.candidate, self.candidate_streak = 0.0, 0
+                self.learned = c >= MIN_LEARNED_PERIOD
             return
         self.candidate, self.candidate_streak = interval, 0
         self.misfits += 1
