@@ -132,7 +132,8 @@ class WorkerRecord:
                  "first_processed", "task_events", "reserved_tasks", "running_tasks",
                  "orphans", "active_queues",
                  "sw_ident", "label", "online_since", "prefetch", "concurrency", "epoch",
-                 "restarted_at", "offline_at", "created_at", "queues_seen", "queue_reserved")
+                 "restarted_at", "offline_at", "created_at", "queues_seen", "queue_reserved",
+                 "last_task_at")
 
     def __init__(self, hostname: str, label: str) -> None:
         self.hostname = hostname
@@ -168,6 +169,8 @@ class WorkerRecord:
         self.queues_seen: dict[str, float] = {}
         #: queue -> tasks of it received here but not started (``reserved`` by queue)
         self.queue_reserved: dict[QueueRecord, int] = {}
+        #: the worker's own timestamp of its last task event (0: none yet)
+        self.last_task_at = 0.0
 
     @property
     def reserved(self) -> int:
@@ -424,6 +427,7 @@ class RuntimeState:
         if worker is not None:
             worker.task_events += 1
             worker.last_seen = now
+            worker.last_task_at = ts
             queue = rec.queue
             if not queue and worker.active_queues and len(worker.active_queues) == 1:
                 queue = rec.queue = worker.active_queues[0]

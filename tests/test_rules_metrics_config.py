@@ -425,21 +425,24 @@ def test_records_sharing_the_other_label_export_one_summed_series() -> None:
     assert [s.value for s in samples(e, "celery_worker_tasks_running")] == [4]
 
 
-def test_prefetch_starvation_forgets_workers_the_state_forgot() -> None:
+def test_prefetch_starvation_reads_worker_activity_from_the_state() -> None:
+    """The rule keeps no per-worker table (nothing to outlive churning hostnames): each
+    worker's last task event is the state's ``last_task_at``, gone with the worker."""
     from flower_practices.rules.prefetch_starvation import PrefetchStarvation
 
     e = engine(PrefetchStarvation)
     for n in range(3):
         host = f"pod-{n}@h"
         e.observe(heartbeat(host, T0, 0))
-        e.observe(ev("task-started", T0, uuid=f"u{n}", hostname=host))
-        e.observe(ev("task-succeeded", T0, uuid=f"u{n}", hostname=host, runtime=0.1))
+        e.observe(ev("task-started", T0 + n, uuid=f"u{n}", hostname=host))
+        e.observe(ev("task-succeeded", T0 + n + 1, uuid=f"u{n}", hostname=host,
+                     runtime=0.1))
     [rule] = e.rules
-    assert set(rule.last_active) == {"pod-0@h", "pod-1@h", "pod-2@h"}
+    assert rule.hooks() == {}
+    assert {h: w.last_task_at for h, w in e.state.workers.items()} == {
+        "pod-0@h": T0 + 1, "pod-1@h": T0 + 2, "pod-2@h": T0 + 3}
     e.evaluate(T0 + 3 * 3600)  # the pods are long gone: the sweep forgets them
     assert e.state.workers == {}
-    e.evaluate(T0 + 3 * 3600 + 5)
-    assert rule.last_active == {}
 
 
 @pytest.mark.parametrize("received_first", [False, True])

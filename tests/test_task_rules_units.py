@@ -142,6 +142,8 @@ def test_lost_task_after_worker_offline_grace_and_cleared_by_late_completion() -
     rule = next(r for r in eng.rules if r.id == "lost_task")
     eng.observe({"type": "task-succeeded", "uuid": "u1", "hostname": "w1@h",
                  "timestamp": now, "runtime": 50.0})
+    assert "u1" not in eng.state.tasks  # forgotten at its terminal event
+    eng.evaluate(now + 1)  # the late completion is seen at the next evaluation
     assert len(rule.lost) == 0
 
 

@@ -10,7 +10,7 @@ an ``acks_late`` task running, longer than that; on RabbitMQ the ``consumer_time
 (30 min by default) closes the channel of a consumer that holds an unacknowledged
 message that long, and the broker redelivers it.
 
-Hooks (O(1) per event): a bounded LRU of recent deliveries per task id
+Hooks (O(1) per event): a bounded table of recent deliveries per task id
 (``max_tracked_tasks`` entries: retries number, deliveries received and started, the
 first worker and its generation). A task-sent for an id already known (a manual resend
 with the same id) starts a new life. A delivery beyond the first is a *candidate*,
@@ -100,9 +100,11 @@ class DuplicateDelivery(Rule):
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
-        #: uuid -> delivery entry (see the ``_RETRIES``... indexes)
-        self.deliveries: LRUDict[str, list[Any]] = LRUDict(
-            max(1, ctx.settings.max_tracked_tasks))
+        #: uuid -> delivery entry (see the ``_RETRIES``... indexes); a plain dict kept
+        #: in insertion order, the oldest entry dropped past ``max_tracked_tasks``
+        self.deliveries: dict[str, list[Any]] = {}
+        self._limit = max(1, ctx.settings.max_tracked_tasks)
+        self._state = ctx.state
         #: repeated deliveries to judge: (local time, uuid, entry snapshot, worker,
         #: queue, task, first worker already gone then)
         self.candidates: deque[tuple[Any, ...]] = deque(maxlen=MAX_CANDIDATES)
@@ -116,39 +118,50 @@ class DuplicateDelivery(Rule):
 
     # -- hot path ------------------------------------------------------------------------
     def _on_sent(self, event: dict, rec: Any) -> None:
-        entry = self.deliveries.get(event["uuid"])
-        if entry is not None:  # a new message with this id: a new life
-            del self.deliveries[event["uuid"]]
+        # a new message with this id: a new life
+        self.deliveries.pop(event["uuid"], None)
 
-    def _new(self, uuid: str, retries: Any, host: Any, at: float, eta: Any) -> list[Any]:
-        worker = self.ctx.state.workers.get(host) if isinstance(host, str) else None
-        entry = [retries, 0, 0, _s(host), worker.epoch if worker is not None else -1, at,
-                 0.0, eta if isinstance(eta, str) else None]
-        self.deliveries.put(uuid, entry)
+    def _new(self, uuid: str, retries: Any, host: Any, at: float, eta: Any,
+             received: int, started: int) -> list[Any]:
+        """The first delivery of ``uuid`` (with these ``retries``) seen now."""
+        if type(host) is str:
+            worker = self._state.workers.get(host)
+        else:
+            worker, host = None, _s(host)
+        entry = [retries, received, started, host,
+                 worker.epoch if worker is not None else -1, at,
+                 at if started else 0.0, eta if type(eta) is str else None]
+        deliveries = self.deliveries
+        deliveries[uuid] = entry
+        if len(deliveries) > self._limit:
+            del deliveries[next(iter(deliveries))]
         return entry
 
     def _on_received(self, event: dict, rec: Any) -> None:
         uuid = event["uuid"]
-        retries = event.get("retries")
-        at = self.ctx.state.last_event_at
+        get = event.get
+        retries = get("retries")
         entry = self.deliveries.get(uuid)
-        if entry is None or entry[_RETRIES] != retries:
-            entry = self._new(uuid, retries, event.get("hostname"), at, event.get("eta"))
+        if entry is None or entry[_RETRIES] != retries:  # the first delivery: O(1), done
+            self._new(uuid, retries, get("hostname"), self._state.last_event_at,
+                      get("eta"), 1, 0)
+            return
         entry[_RECEIVED] += 1
         if entry[_RECEIVED] > 1 and entry[_RECEIVED] > entry[_STARTED]:
-            self._candidate(uuid, entry, event, rec, at)
+            self._candidate(uuid, entry, event, rec, self._state.last_event_at)
 
     def _on_started(self, event: dict, rec: Any) -> None:
         uuid = event["uuid"]
-        at = self.ctx.state.last_event_at
         entry = self.deliveries.get(uuid)
         if entry is None:
-            entry = self._new(uuid, None, event.get("hostname"), at, None)
+            self._new(uuid, None, event.get("hostname"), self._state.last_event_at, None,
+                      0, 1)
+            return
         entry[_STARTED] += 1
         if not entry[_STARTED_AT]:
-            entry[_STARTED_AT] = at
+            entry[_STARTED_AT] = self._state.last_event_at
         if entry[_STARTED] > 1 and entry[_STARTED] > entry[_RECEIVED]:
-            self._candidate(uuid, entry, event, rec, at)
+            self._candidate(uuid, entry, event, rec, self._state.last_event_at)
 
     def _candidate(self, uuid: str, entry: list[Any], event: dict, rec: Any,
                    at: float) -> None:

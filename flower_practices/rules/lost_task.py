@@ -14,7 +14,8 @@ even after it left this rule's window. The finding's evidence names up to
 :data:`MAX_TASK_IDS` lost task ids (``task_ids``, most recent first), never arguments.
 A lost task that shows up again (redelivered with
 ``acks_late``, or finishing late) is no longer reported; the state handles its events as
-usual.
+usual. No hooks: at each evaluation a lost task whose record left ``LOST`` (the state
+applied a later event of it) or whose id has a newer record is dropped.
 
 The lost tasks in the window are this rule's memory across restarts (the state file,
 :mod:`flower_practices.store`): after a restart the finding is rebuilt from them with the
@@ -28,14 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..bounded import LRUDict
-from ..events.types import (
-    TASK_FAILED,
-    TASK_RECEIVED,
-    TASK_REJECTED,
-    TASK_REVOKED,
-    TASK_STARTED,
-    TASK_SUCCEEDED,
-)
 from ..findings import Condition
 from .base import Rule
 
@@ -70,6 +63,9 @@ class LostTask(Rule):
         super().__init__(ctx, options)
         #: uuid -> (detected_at, queue, task, worker, reason)
         self.lost: LRUDict[str, tuple[float, str, str, str, str]] = LRUDict(10_000)
+        #: uuid -> the record marked lost (not kept across restarts): a later event of the
+        #: task moves it out of ``LOST`` even if the state forgets it afterwards
+        self._marked: dict[str, Any] = {}
 
     def memory(self) -> Any:
         """The lost tasks still in the window: a restart neither forgets nor recounts them."""
@@ -87,15 +83,18 @@ class LostTask(Rule):
     def restore_hold(self, finding, now: float) -> float:
         return now  # the lost tasks themselves are restored: evaluate() decides
 
-    def hooks(self):
-        return {TASK_RECEIVED: self._on_task, TASK_STARTED: self._on_task,
-                TASK_SUCCEEDED: self._on_task, TASK_FAILED: self._on_task,
-                TASK_REVOKED: self._on_task, TASK_REJECTED: self._on_task}
-
-    def _on_task(self, event: dict, rec: Any) -> None:
-        lost = self.lost
-        if lost and event["uuid"] in lost:  # redelivered or finished: not lost after all
-            del lost[event["uuid"]]
+    def _drop_shown_up(self) -> None:
+        """Forget the lost tasks that showed up again (redelivered or finished: not lost
+        after all): O(lost tasks), never a scan of the tracked ones."""
+        tasks, marked = self.ctx.state.tasks, self._marked
+        for uuid in list(self.lost):
+            held = marked.get(uuid)
+            now_rec = tasks.get(uuid)
+            if (held is not None and held.state != "LOST") or \
+                    (now_rec is not None and now_rec is not held and now_rec.state != "LOST"):
+                del self.lost[uuid]
+        for uuid in [u for u in marked if u not in self.lost]:
+            del marked[uuid]
 
     def _reason(self, worker: Any, rec: Any, now: float, grace: float,
                 offline_grace: float) -> str | None:
@@ -129,8 +128,10 @@ class LostTask(Rule):
 
     def evaluate(self, now: float) -> Iterable[Condition]:
         state = self.ctx.state
+        self._drop_shown_up()
         for rec, reason in self._candidates(now):
             self.lost.put(rec.uuid, (now, rec.queue, rec.name, rec.hostname, reason))
+            self._marked[rec.uuid] = rec
             self.count(rec.queue or None, rec.name or None, worker=rec.hostname)
             state.mark_lost(rec, now)
         window = self.opts.window_seconds

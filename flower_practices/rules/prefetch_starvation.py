@@ -1,6 +1,7 @@
 """prefetch_starvation: tasks wait reserved on a busy worker while a peer sits idle.
 
-Hooks remember when each worker was last active (any task event from it). ``evaluate``
+No hooks: the state keeps when each worker was last active (``last_task_at``: the
+worker's timestamp of its last task event). ``evaluate``
 reads each live worker's reserved tasks (the state's per-worker index; tasks with an
 ``eta`` wait on purpose and are left out) for tasks received but not started on a live
 worker that is busy (running >= its pool
@@ -16,15 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..bounded import LRUDict
-from ..events.types import (
-    TASK_FAILED,
-    TASK_RECEIVED,
-    TASK_REJECTED,
-    TASK_RETRIED,
-    TASK_REVOKED,
-    TASK_STARTED,
-    TASK_SUCCEEDED,
-)
 from ..findings import Condition
 from .base import Rule
 from .queue_view import live_workers
@@ -46,26 +38,12 @@ class PrefetchStarvation(Rule):
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
-        self.last_active: dict[str, float] = {}
         self.counted: LRUDict[str, bool] = LRUDict(20_000)
-        self._max_workers = ctx.settings.max_workers
-
-    def hooks(self):
-        return {t: self._on_task for t in (
-            TASK_RECEIVED, TASK_STARTED, TASK_SUCCEEDED, TASK_FAILED,
-            TASK_RETRIED, TASK_REVOKED, TASK_REJECTED)}
 
     def coverage(self) -> str:
         if not self.ctx.events_supported:
             return "unsupported: the broker is a database; no events or worker probes"
         return "active"
-
-    def _on_task(self, event: dict, rec: Any) -> None:
-        host = event.get("hostname")
-        last_active = self.last_active
-        if isinstance(host, str) and (host in last_active
-                                      or len(last_active) < self._max_workers):
-            last_active[host] = event["timestamp"]
 
     @staticmethod
     def _reserved(workers: dict[str, Any], now: float, min_wait: float
@@ -87,9 +65,6 @@ class PrefetchStarvation(Rule):
     def evaluate(self, now: float) -> Iterable[Condition]:
         state = self.ctx.state
         min_wait = self.opts.min_wait_seconds
-        # forget workers the state forgot, so churning hostnames never fill the table
-        for host in [h for h in self.last_active if h not in state.workers]:
-            del self.last_active[host]
         workers = {w.hostname: w for w in live_workers(state, now)}
         if len(workers) < 2:
             return
@@ -98,7 +73,7 @@ class PrefetchStarvation(Rule):
         idle_workers = [w for name, w in workers.items()
                         if w.active_queues is not None and not w.running
                         and not reserved.get(name)
-                        and now - self.last_active.get(name, w.online_since) >= min_wait]
+                        and now - (w.last_task_at or w.online_since) >= min_wait]
         if not idle_workers:
             return
         for (host, queue), recs in sorted(waiting.items()):
