@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from functools import partial
 
 from .bounded import OTHER, LabelCap, LRUDict, SampleRing
@@ -121,6 +121,11 @@ class TaskRecord:
 
 #: events by which a worker shows it took a task from a queue
 _TAKEN = frozenset((TASK_RECEIVED, TASK_STARTED))
+#: a stretch without any event this long (seconds) is a gap in listening, kept in
+#: ``RuntimeState.gaps`` (rules that need a longer silence pick theirs from it)
+GAP_SECONDS = 30.0
+#: gaps remembered
+_MAX_GAPS = 64
 #: queues remembered per worker in ``WorkerRecord.queues_seen``
 _MAX_QUEUES_SEEN = 64
 
@@ -193,7 +198,7 @@ class QueueRecord:
 
     __slots__ = ("name", "label", "sent", "last_sent_at", "waits", "length", "lengths",
                  "consumers", "probed_at", "started", "last_active",
-                 "pending")
+                 "pending", "waits_from_received")
 
     def __init__(self, name: str, label: str) -> None:
         self.name = name
@@ -201,7 +206,11 @@ class QueueRecord:
         self.sent = 0
         self.started = 0
         self.last_sent_at = 0.0
+        #: (task-started timestamp, queue wait) of its last 512 starts, tasks with an
+        #: eta left out (they wait on purpose): ``queue_starvation``'s samples
         self.waits = SampleRing(512)
+        #: of those, waits measured from task-received (no task-sent seen)
+        self.waits_from_received = 0
         self.length: int | None = None
         self.lengths: dict[str, int] = {}
         self.consumers: int | None = None
@@ -256,6 +265,10 @@ class RuntimeState:
         self.sent_events = 0
         self.received_events = 0
         self.last_event_at = 0.0
+        #: (local time listening resumed, seconds without events before it) of the last
+        #: gaps of at least GAP_SECONDS, oldest first; the first event ever is a gap of inf
+        self.gaps: deque[tuple[float, float]] = deque(maxlen=_MAX_GAPS)
+        self._latest = 0.0
         self.workers_dropped = 0
         self.queues_dropped = 0
         self.default_queue = "celery"
@@ -399,8 +412,12 @@ class RuntimeState:
         get = event.get
         ts = get("timestamp") or 0.0
         received = get("local_received")
-        now = self.last_event_at = received if type(received) is float and \
-            0.0 < received < math.inf else ts
+        now = received if type(received) is float and 0.0 < received < math.inf else ts
+        if now > self._latest:  # the latest arrival so far (times may go back a little)
+            if now - self._latest >= GAP_SECONDS:
+                self._gap(now)
+            self._latest = now
+        self.last_event_at = now
         if etype[0] == "w":  # worker-*
             self._worker_event(etype, event, ts)
             return None
@@ -437,6 +454,19 @@ class RuntimeState:
                     seen[queue] = now
         self._on_task[etype](rec, event, ts, hostname, worker)
         return rec
+
+    def _gap(self, now: float) -> None:
+        """Listening resumes at ``now`` after a silence (or starts: the first event)."""
+        last = self._latest
+        self.gaps.append((now, now - last if last else math.inf))
+
+    def listening_since(self, silence: float) -> float | None:
+        """Local time of the first event after the last silence longer than ``silence``
+        seconds (at least GAP_SECONDS), or of the first event; None before any event."""
+        for at, length in reversed(self.gaps):
+            if length > silence:
+                return at
+        return self.gaps[0][0] if self.gaps else None
 
     # per task event type (bound once in __init__: ``_on_task``), after task-sent
     def _received(self, rec: TaskRecord, event: dict, ts: float, hostname: str,
@@ -532,7 +562,10 @@ class RuntimeState:
         rec.wait = wait
         q = self.queues.get(rec.queue) if rec.queue else None
         if q is not None:
-            q.waits.add(ts, wait)
+            if not rec.eta:
+                q.waits.add(ts, wait)
+                if not rec.sent_at:
+                    q.waits_from_received += 1
             q.started += 1
             q.last_active = self.last_event_at
 

@@ -562,3 +562,21 @@ def test_worker_replies_are_cleaned_like_events(redis_url: str) -> None:
         assert "bell\ufffdqueue" in sample.queues
     finally:
         worker.stop()
+
+
+@pytest.mark.parametrize("etype", ["task-sent", "task-received", "worker-heartbeat"])
+def test_every_label_field_of_an_event_is_sanitised_by_the_engine(etype: str) -> None:
+    """Each field validation names (TASK_FIELDS / WORKER_FIELDS of events.sanitize; the
+    engine's check is unrolled for speed) is bounded and made printable, whichever it is."""
+    from flower_practices.events.sanitize import MAX_LABEL_LENGTH, TASK_FIELDS, WORKER_FIELDS
+
+    fields = WORKER_FIELDS if etype.startswith("worker") else TASK_FIELDS
+    for field in fields:
+        eng = Engine(Settings())
+        event = {"type": etype, "uuid": "u-1", "timestamp": time.time(),
+                 "hostname": "w@h", field: "x\ud800\n" + "y" * (3 * MAX_LABEL_LENGTH)}
+        eng.observe(event)
+        value = event[field]
+        assert len(value) <= MAX_LABEL_LENGTH + 16 and value.isprintable(), field
+        assert "\ud800" not in value and "\n" not in value, field
+        assert eng.stream_status.events == 1

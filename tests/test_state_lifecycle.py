@@ -581,3 +581,21 @@ def test_a_redelivered_task_starts_a_new_life() -> None:
     rec = eng.state.tasks["u1"]
     assert (rec.name, rec.queue, rec.state) == ("proj.job", "q", "RECEIVED")
     assert eng.state.workers[H].reserved == 1
+
+
+def test_listening_gaps_follow_the_latest_arrival() -> None:
+    """The state keeps the silences of at least GAP_SECONDS: an event arriving with an
+    earlier time than the latest one is no gap, and a rule needing a longer silence
+    picks the last gap longer than its own."""
+    from flower_practices.state import GAP_SECONDS
+
+    eng = engine({})
+    assert eng.state.listening_since(30.0) is None
+    feed(eng, beat(H, T0), beat(H, T0 + 80))
+    feed(eng, ev("task-received", T0 + 30, uuid="x", name="proj.job", hostname=H))
+    feed(eng, beat(H, T0 + 82))  # 52 s after the previous event, 2 s after the latest
+    assert [at for at, _ in eng.state.gaps] == [T0, T0 + 80]
+    assert eng.state.listening_since(GAP_SECONDS) == T0 + 80
+    assert eng.state.listening_since(100.0) == T0  # no gap that long: the first event
+    feed(eng, beat(H, T0 + 82 + GAP_SECONDS - 1))
+    assert len(eng.state.gaps) == 2

@@ -16,7 +16,6 @@ from typing import Any
 from .sanitize import (
     MAX_LABEL_LENGTH,
     MAX_UUID_LENGTH,
-    TASK_FIELDS,
     WORKER_FIELDS,
     clean_field,
     clean_uuid,
@@ -35,22 +34,52 @@ def validate(event: Any, status: StreamStatus, known: Container[str],
     fields and task id went through :func:`~.sanitize.clean_event` already (Flower's tap).
 
     The common case -- clean short strings, float times -- is type and length checks
-    inline, no clock read: the event's ``local_received`` (set by every consumer when the
-    message arrived) is the time of the last event.
+    inline (the label fields of :data:`~.sanitize.TASK_FIELDS` unrolled), no clock read:
+    the event's ``local_received`` (set by every consumer when the message arrived) is
+    the time of the last event. Anything else takes the helpers below.
     """
     etype = event.get("type") if type(event) is dict else None
     if type(etype) is not str or etype not in known:
         etype = _checked_type(event, status, known)  # the slow path: counts what it drops
         if etype is None:
             return None
+    get = event.get
     if etype in TASK_EVENTS:
-        uuid = event.get("uuid")
+        uuid = get("uuid")
         if (type(uuid) is not str or not 0 < len(uuid) <= MAX_UUID_LENGTH) \
                 and not _uuid_ok(uuid, status):
             return None
-        _repair(event, status, TASK_FIELDS, uuid, cleaned)
+        if not cleaned:
+            # TASK_FIELDS, unrolled: hostname, name, queue, routing_key
+            v = get("hostname")
+            if v is not None and (type(v) is not str or len(v) > MAX_LABEL_LENGTH
+                                  or not v.isprintable()):
+                clean_field(event, "hostname", v, status)
+            v = get("name")
+            if v is not None and (type(v) is not str or len(v) > MAX_LABEL_LENGTH
+                                  or not v.isprintable()):
+                clean_field(event, "name", v, status)
+            v = get("queue")
+            if v is not None and (type(v) is not str or len(v) > MAX_LABEL_LENGTH
+                                  or not v.isprintable()):
+                clean_field(event, "queue", v, status)
+            v = get("routing_key")
+            if v is not None and (type(v) is not str or len(v) > MAX_LABEL_LENGTH
+                                  or not v.isprintable()):
+                clean_field(event, "routing_key", v, status)
+            if type(uuid) is str and not uuid.isprintable() and len(uuid) <= MAX_UUID_LENGTH:
+                clean_uuid(event, uuid, status)
+    elif not cleaned:
+        _clean_fields(event, status, WORKER_FIELDS, get("uuid"))
+    ts = get("timestamp")
+    received = get("local_received")
+    if type(received) is float and 0.0 < received < _MAX_TIME:
+        now = received
     else:
-        _repair(event, status, WORKER_FIELDS, event.get("uuid"), cleaned)
+        now = _fix_received(event, received, status)
+    if type(ts) is not float or not 0.0 < ts < _MAX_TIME:
+        _fix_timestamp(event, ts, now, status)
+    status.last_event_at = now
     return etype
 
 
@@ -80,32 +109,29 @@ def _uuid_ok(uuid: Any, status: StreamStatus) -> bool:
     return True
 
 
-def _repair(event: dict, status: StreamStatus, fields: tuple[str, ...], uuid: Any,
-            cleaned: bool) -> None:
+def _clean_fields(event: dict, status: StreamStatus, fields: tuple[str, ...],
+                  uuid: Any) -> None:
     """Label values and keys made strings, encodable, without control characters and
-    length capped (unless ``cleaned``); the timestamps made finite Unix times."""
+    length capped."""
     get = event.get
-    if not cleaned:
-        for key in fields:
-            value = get(key)
-            if value is not None and (type(value) is not str
-                                      or len(value) > MAX_LABEL_LENGTH
-                                      or not value.isprintable()):
-                clean_field(event, key, value, status)
-        if type(uuid) is str and not uuid.isprintable() and len(uuid) <= MAX_UUID_LENGTH:
-            clean_uuid(event, uuid, status)
-    ts = get("timestamp")
-    received = get("local_received")
-    if type(received) is float and 0.0 < received < _MAX_TIME:
-        now = received
-    else:
-        now = time.time()
-        if received is not None:
-            event["local_received"] = now
-            status.decode_error("bad_field", "local_received", kept=True)
-    if type(ts) is not float or not 0.0 < ts < _MAX_TIME:
-        _fix_timestamp(event, ts, now, status)
-    status.last_event_at = now
+    for key in fields:
+        value = get(key)
+        if value is not None and (type(value) is not str
+                                  or len(value) > MAX_LABEL_LENGTH
+                                  or not value.isprintable()):
+            clean_field(event, key, value, status)
+    if type(uuid) is str and not uuid.isprintable() and len(uuid) <= MAX_UUID_LENGTH:
+        clean_uuid(event, uuid, status)
+
+
+def _fix_received(event: dict, received: Any, status: StreamStatus) -> float:
+    """The arrival time when the consumer's ``local_received`` is missing or unusable:
+    now (an unusable one replaced, counted)."""
+    now = time.time()
+    if received is not None:
+        event["local_received"] = now
+        status.decode_error("bad_field", "local_received", kept=True)
+    return now
 
 
 def _fix_timestamp(event: dict, ts: Any, now: float, status: StreamStatus) -> None:

@@ -25,12 +25,13 @@ Client side and messages published before we listened. A task-received event car
 publication time, so a message published before the exporter subscribed (a backlog being
 drained) cannot be told from one sent with sent events off. Decision: received events
 are not counted during a warm-up of ``warmup_seconds`` after the rule starts listening
-(its first event), and the warm-up starts again after a silence in the stream (no event
-of any kind the rule watches, heartbeats included, for ``_SILENCE_HEARTBEATS`` heartbeat
-intervals, at least ``_MIN_SILENCE_SECONDS``): a broker outage is also a time we were not
-listening. Counts are per name over ``window_seconds`` (twelve time buckets), so a name
-that stops arriving without task-sent clears; a task-sent seen for a name clears it at
-once. Limitation (documented in the runbook): a backlog that takes longer than the
+(the first event), and the warm-up starts again after a silence in the stream (no event
+of any kind, heartbeats included, for ``_SILENCE_HEARTBEATS`` heartbeat intervals, at
+least ``_MIN_SILENCE_SECONDS``; the state keeps the gaps:
+:meth:`~flower_practices.state.RuntimeState.listening_since`): a broker outage is also a
+time we were not listening. Counts are per name over ``window_seconds`` (twelve time
+buckets), so a name that stops arriving without task-sent clears; a task-sent seen for a
+name clears it at once. Limitation (documented in the runbook): a backlog that takes longer than the
 warm-up to drain, of a name no producer publishes any more, can be flagged until it has
 drained and its count aged out. Deployments that restart the exporter on a busy broker
 can raise ``warmup_seconds``; ones with empty queues at start (tests, demos) may set 0.
@@ -153,9 +154,7 @@ class EventsDisabled(Rule):
         self.sent_names: set[str] = set()
         #: task name -> received-without-sent counts (<= _MAX_NAMES)
         self.unsent: dict[str, _Unsent] = {}
-        #: when the current uninterrupted listening stretch began, and the last event
-        self.listening_since: float | None = None
-        self.last_event_at = 0.0
+        #: a silence this long restarts the warm-up (grows with the heartbeat interval)
         self.silence = _MIN_SILENCE_SECONDS
         #: received-without-sent events ignored because they came during a warm-up
         self.ignored_in_warmup = 0
@@ -171,17 +170,6 @@ class EventsDisabled(Rule):
         return "active"
 
     # -- hot path -------------------------------------------------------------------------
-    def _listen(self, event: dict) -> float:
-        """Track the listening stretch; return the event's time (as :func:`_when`)."""
-        at = event.get("local_received")
-        if type(at) is not float:
-            at = event["timestamp"]
-        if self.listening_since is None or at - self.last_event_at > self.silence:
-            self.listening_since = at
-        if at > self.last_event_at:
-            self.last_event_at = at
-        return at
-
     def _worker(self, event: dict, create: bool = True) -> _Worker | None:
         host = event.get("hostname")
         if not isinstance(host, str):
@@ -193,7 +181,6 @@ class EventsDisabled(Rule):
         return tally
 
     def _on_online(self, event: dict, rec: Any) -> None:
-        self._listen(event)
         tally = self._worker(event)
         if tally is not None:
             processed = event.get("processed")
@@ -201,13 +188,11 @@ class EventsDisabled(Rule):
             tally.last_beat = event["timestamp"]
 
     def _on_offline(self, event: dict, rec: Any) -> None:
-        self._listen(event)
         tally = self._worker(event, create=False)
         if tally is not None:
             tally.restart(None)
 
     def _on_heartbeat(self, event: dict, rec: Any) -> None:
-        self._listen(event)
         freq = event.get("freq")
         if type(freq) in (int, float) and freq > 0:
             silence = freq * _SILENCE_HEARTBEATS
@@ -229,23 +214,23 @@ class EventsDisabled(Rule):
         tally.last_beat = ts
 
     def _on_started(self, event: dict, rec: Any) -> None:
-        self._listen(event)
         tally = self._worker(event, create=False)
         if tally is not None and tally.base is not None:
             tally.started += 1
 
     def _on_sent(self, event: dict, rec: Any) -> None:
-        self._listen(event)
         if rec is not None and rec.name:
             self.unsent.pop(rec.name, None)
             if len(self.sent_names) < _MAX_NAMES:
                 self.sent_names.add(rec.name)
 
     def _on_received(self, event: dict, rec: Any) -> None:
-        at = self._listen(event)
         if rec is None or rec.has_sent or not rec.name or rec.name in self.sent_names:
             return
-        if at - self.listening_since < self.warmup:  # type: ignore[operator]
+        state = self.ctx.state
+        at = state.last_event_at  # this event's arrival (the state applied it)
+        since = state.listening_since(self.silence)
+        if since is None or at - since < self.warmup:
             self.ignored_in_warmup += 1
             return
         entry = self.unsent.get(rec.name)

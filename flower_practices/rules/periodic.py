@@ -69,6 +69,9 @@ MAX_RUNNING = 32
 MAX_HOSTS = 10
 #: seconds: a shorter steady cadence is never learned as a period (see the docstring)
 MIN_LEARNED_PERIOD = 1.0
+#: a send this soon after the producer's previous one of the task restarts learning
+#: without further work (the common case of tasks sent many times a second)
+_BURST = 0.5 * MIN_LEARNED_PERIOD
 #: a producer is cadenced after this many regular intervals (and half of them regular)
 MIN_PRODUCER_RUNS = 2
 
@@ -308,7 +311,15 @@ class PeriodicTracker:
         if producer is None:
             producer = self._new_producer(rec, host, ts)
         else:
-            self._interval(rec, producer, ts - producer.last)
+            interval = ts - producer.last
+            cadence = rec.cadence
+            if 0.0 < interval < _BURST and not rec.scheduled and not cadence.learned:
+                # far below any period that can be learned: a burst, not a schedule (what
+                # Cadence.feed would conclude, without its work: learning restarts here)
+                cadence.period, cadence.streak = interval, 0
+                producer.intervals += 1
+            else:
+                self._interval(rec, producer, interval)
             producer.last = ts
         if producer.cadenced:
             self._judge_duplicate(rec, host, ts)

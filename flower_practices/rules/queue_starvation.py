@@ -1,8 +1,8 @@
 """queue_starvation: tasks of a queue wait too long before they start.
 
-Hooks: task-started adds the task's wait (task-sent -> task-started; task-received ->
-task-started when sent events are off) to a per-queue ring, skipping tasks that carry an
-``eta`` (they wait on purpose; the state marks them), and counts each wait over
+The waits are the state's (each queue's ring of task-sent -> task-started waits, or
+task-received -> task-started when sent events are off; tasks that carry an ``eta`` wait
+on purpose and are left out). Hooks: task-started counts each wait over
 ``max_wait_seconds``; task runtimes are added per (worker, queue) to windowed counters
 of busy time. ``evaluate``
 flags a queue whose wait p95 over ``window_seconds`` (at least ``min_samples`` waits), or
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-from ..bounded import SampleRing, WindowCounter, percentile
+from ..bounded import WindowCounter, percentile
 from ..events.types import (
     TASK_FAILED,
     TASK_RECEIVED,
@@ -63,8 +63,6 @@ class QueueStarvation(Rule):
         super().__init__(ctx, options)
         self.window = self.opts.window_seconds
         self.max_wait = self.opts.max_wait_seconds
-        self.waits: dict[str, SampleRing] = {}
-        self.from_received: dict[str, int] = {}
         #: (worker, queue) -> (tasks started, busy milliseconds) in the window
         self.busy: dict[tuple[str, str], tuple[WindowCounter, WindowCounter]] = {}
         self._running: dict[tuple[str, str], int] = {}
@@ -94,27 +92,13 @@ class QueueStarvation(Rule):
     def _on_started(self, event: dict, rec: Any) -> None:
         if rec is None or not rec.queue:
             return
-        ts = event["timestamp"]
         host = event.get("hostname")
         if isinstance(host, str) and host:
             pair = self.busy.get((host, rec.queue)) or self._pair(host, rec.queue)
             if pair is not None:
-                pair[0].add(ts)
-        if rec.eta:
-            return
-        base = rec.sent_at or rec.received_at
-        if not base:
-            return
-        ring = self.waits.get(rec.queue)
-        if ring is None:
-            if len(self.waits) >= self.ctx.settings.max_queues:
-                return
-            ring = self.waits[rec.queue] = SampleRing(256)
-        wait = max(0.0, ts - base)
-        ring.add(ts, wait)
-        if not rec.sent_at:
-            self.from_received[rec.queue] = self.from_received.get(rec.queue, 0) + 1
-        if wait > self.max_wait:
+                pair[0].add(event["timestamp"])
+        wait = rec.wait  # measured by the state; None: no base or not waiting
+        if wait is not None and wait > self.max_wait and not rec.eta:
             self.count(rec.queue, rec.name or None)
 
     def _on_done(self, event: dict, rec: Any) -> None:
@@ -205,11 +189,12 @@ class QueueStarvation(Rule):
             del self._busy_now[key]
         oldest = self._scan(now)
         self._reserved = None  # built once per round, when something is flagged
-        for queue in sorted(set(self.waits) | set(oldest)):
+        queues = self.ctx.state.queues
+        for queue in sorted({n for n, q in queues.items() if q.waits.filled} | set(oldest)):
             if self._unconsumed(queue, now):
                 continue  # one cause, one finding: queue_without_consumer reports it
-            ring = self.waits.get(queue)
-            values = ring.since(cutoff) if ring is not None else []
+            qrec = queues.get(queue)
+            values = qrec.waits.since(cutoff) if qrec is not None else []
             p = percentile(values, pct) if len(values) >= min_samples else math.nan
             age, waiting = oldest.get(queue, (0.0, 0))
             reasons = []
@@ -238,8 +223,8 @@ class QueueStarvation(Rule):
             # workers but not started (celery_queue_reserved_tasks)
             "queue_length": qrec.length if qrec is not None else None,
             "reserved_on_workers": self._reserved.get(queue, 0),
-            "wait_measured_from": TASK_RECEIVED if self.from_received.get(queue)
-            else TASK_SENT,
+            "wait_measured_from": TASK_RECEIVED
+            if qrec is not None and qrec.waits_from_received else TASK_SENT,
             **inversion,
         })
         others = [o for o in inversion["occupied_by"] if o["queue"] != queue
