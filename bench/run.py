@@ -37,7 +37,8 @@ def print_stream(result: dict) -> None:
     subjects = result["subjects"]
     print(f"\n## Event stream ({result.get('broker', 'redis')}): {result['events']} events "
           f"in {result['messages']} messages "
-          f"(group {result['group']}) at {result['rate']:.0f} events/s "
+          f"(group {result['group']}) at {result['rate']:.0f} events/s, "
+          f"{result.get('burst', 'n/a')} per publish "
           f"(published in {result['publish_seconds']:.1f} s)\n")
     print("| subject | CPU µs/event | vs (a) | peak RSS MiB | idle CPU % |")
     print("|---|---:|---:|---:|---:|")
@@ -107,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="events in the stream benchmark (default 100000)")
     parser.add_argument("--rate", type=float, default=2000.0,
                         help="events published per second (default 2000)")
+    parser.add_argument("--burst", type=int, default=250,
+                        help="Redis stream: messages per publish pipeline (1 = each "
+                             "message on its own, paced, as workers publish)")
     parser.add_argument("--group", default="1,24",
                         help="comma-separated: buffer each worker's task events into list "
                              "bodies of up to N events, as Celery workers do (1: one event "
@@ -154,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                                            args.idle_seconds, args.amqp_url, group)
             else:
                 stream = bench_stream(args.subjects.split(","), args.events, args.rate,
-                                      args.idle_seconds, args.redis_url, group)
+                                      args.idle_seconds, args.redis_url, group, args.burst)
             stream["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
             results["stream"].append(stream)
             print_stream(stream)

@@ -214,9 +214,14 @@ def record_results(subs: list[Subject], n_events: int) -> None:
         }
 
 
-def _publish(client: redis.Redis, msgs: list, rate: float) -> float:
+#: messages per publish pipeline by default (bursts every ~0.1 s at 2,000 events/s)
+BURST = 250
+
+
+def _publish(client: redis.Redis, msgs: list, rate: float, batch: int = BURST) -> float:
+    """Publish ``msgs`` at ``rate`` events/s, ``batch`` messages per pipeline (1: each
+    message on its own, paced, as workers publish their events as they happen)."""
     started = time.time()
-    batch = 250
     pipe = client.pipeline(transaction=False)
     done = 0
     for i in range(0, len(msgs), batch):
@@ -231,7 +236,8 @@ def _publish(client: redis.Redis, msgs: list, rate: float) -> float:
 
 
 def run_stream(url: str, db: int, which: list[str], n_events: int, rate: float,
-               idle_seconds: float, workdir: Path, group: int, subs: list[Subject]) -> dict:
+               idle_seconds: float, workdir: Path, group: int, subs: list[Subject],
+               burst: int = BURST) -> dict:
     """Run the stream; ``subs`` (empty) is filled with the subjects before they start,
     so that the caller stops them whatever happens."""
     client = redis.Redis.from_url(url)
@@ -247,10 +253,11 @@ def run_stream(url: str, db: int, which: list[str], n_events: int, rate: float,
     for s in subs:
         s.cpu0, s.t0 = cpu_seconds(s.proc.pid), time.time()
     print(f"  publishing at {rate:.0f} events/s...", file=sys.stderr)
-    publish_seconds = _publish(client, msgs, rate)
+    publish_seconds = _publish(client, msgs, rate, burst)
     wait_settled(subs, timeout=180)
     record_results(subs, n_events)
     return {"events": n_events, "messages": len(msgs), "group": group, "rate": rate,
+            "burst": burst,
             "publish_seconds": publish_seconds}
 
 
@@ -292,7 +299,7 @@ def measure_idle_rates(subs: list, idle_seconds: float) -> None:
         s.idle_rate = (cpu_seconds(s.proc.pid) - idle0[s.key]) / dt_idle
 
 def bench_stream(which: list[str], n_events: int, rate: float, idle_seconds: float,
-                 redis_url: str | None, group: int = 1) -> dict:
+                 redis_url: str | None, group: int = 1, burst: int = BURST) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="fp-bench-"))
     server = None
     if redis_url is None:
@@ -304,7 +311,7 @@ def bench_stream(which: list[str], n_events: int, rate: float, idle_seconds: flo
     subs: list[Subject] = []
     try:
         meta = run_stream(redis_url, db, which, n_events, rate, idle_seconds, workdir, group,
-                          subs)
+                          subs, burst)
         for s in subs:
             if s.key.startswith("b"):
                 s.result["events_seen"] = exporter_event_count(s)

@@ -193,6 +193,8 @@ class Engine:
                 self.findings.update(rule.id, severity, conditions, now, clear_after,
                                      _Labels(self.state), rule.occurrences)
                 self._refute_restored(rule, now)
+            # task events still waiting for the task-sent they overtook
+            self.metrics.flush_deferred(now)
             # after the rules (lost_task must see a record before it ages out)
             self.state.sweep(now)
             self.last_evaluation_at = now

@@ -30,7 +30,13 @@ from prometheus_client.registry import Collector
 from .bounded import OTHER, LabelCap
 from .config import DEFAULT_MAX_EXCEPTION_CLASSES, DEFAULT_MAX_SERIES_PER_METRIC
 from .events.sanitize import failure_exception
-from .events.types import TASK_EVENTS, TASK_FAILED, TASK_STARTED, TASK_SUCCEEDED
+from .events.types import (
+    TASK_EVENTS,
+    TASK_FAILED,
+    TASK_STARTED,
+    TASK_SUCCEEDED,
+    TERMINAL_EVENTS,
+)
 from .state import RuntimeState, TaskRecord, finite_seconds
 
 if TYPE_CHECKING:
@@ -41,6 +47,13 @@ RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 WAIT_BUCKETS = RUNTIME_BUCKETS
 #: the events that end a run (a runtime observed)
 _RUN_ENDS = frozenset((TASK_SUCCEEDED, TASK_FAILED))
+#: seconds a task event may wait for the task-sent it overtook (see BaseMetrics.listener)
+DEFER_SECONDS = 2.0
+#: records that may hold events back at once (past it, events count at once)
+MAX_DEFERRED = 10_000
+#: the event a held-back (non-terminal) task event is counted with: only terminal events'
+#: fields are read
+_NO_FIELDS: dict[str, Any] = {}
 
 #: name -> (type, help, labels). The single source of truth for the README reference.
 METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -195,6 +208,9 @@ class BaseMetrics:
         self.failures: dict[tuple[str, str, str], int] = {}
         #: the exception label's cap: past it a new class is "__other__" (overflow counted)
         self.exception_label = LabelCap("exception", max_exception_classes)
+        #: uuid -> record whose task events wait for their task-sent (see listener)
+        self._deferred: dict[str, TaskRecord] = {}
+        self._flush_one: Callable[[TaskRecord], None] | None = None
 
     def listener(self, state: RuntimeState) -> Callable[[str, dict, TaskRecord], None]:
         """The engine's task listener for ``state``: :meth:`on_task_event`, with the
@@ -204,6 +220,14 @@ class BaseMetrics:
         labels are the values themselves: task and queue labels are never released);
         until then, and for values folded into ``__other__``, every event takes
         :meth:`on_task_event`, which asks the caps (and counts their overflow) as before.
+
+        A worker's task event can overtake its task-sent (worker and producer publish on
+        different connections): the queue is then unknown. When a task-sent is expected
+        (one was seen for the task name: ``RuntimeState.sent_names``), the event is held
+        back on the record (``TaskRecord.deferred``) and counted, under the right queue,
+        when the task-sent arrives -- or with the next event once the queue is known, at
+        the task's end, or by :meth:`flush_deferred` after :data:`DEFER_SECONDS`, with
+        whatever queue is known then. At most :data:`MAX_DEFERRED` records wait.
         """
         keysets: dict[tuple[str, str], dict[str, tuple[str, str, str]]] = {}
         tasks_known, queues_known = state.task_label.known, state.queue_label.known
@@ -213,8 +237,10 @@ class BaseMetrics:
         observe_wait = self.observe_wait
         observe_run = self._observe_run_labels
         count_failure = self.count_failure
+        sent_names = state.sent_names
+        waiting = self._deferred
 
-        def on_event(etype: str, event: dict, rec: TaskRecord) -> None:
+        def count(etype: str, event: dict, rec: TaskRecord) -> None:
             pair = (rec.name, rec.queue)
             keys = keysets.get(pair)
             if keys is None:
@@ -238,7 +264,45 @@ class BaseMetrics:
             else:
                 counts[key] = n + 1
 
+        def flush(rec: TaskRecord) -> None:
+            held, rec.deferred = rec.deferred, None
+            waiting.pop(rec.uuid, None)
+            for etype in held[1:]:  # type: ignore[index]
+                count(etype, _NO_FIELDS, rec)
+
+        def on_event(etype: str, event: dict, rec: TaskRecord) -> None:
+            if not rec.queue:  # rare with sent events on: see the docstring
+                if not rec.has_sent and rec.name in sent_names \
+                        and etype not in TERMINAL_EVENTS:
+                    held = rec.deferred
+                    if held is not None:
+                        held.append(etype)
+                        return
+                    if len(waiting) < MAX_DEFERRED:
+                        rec.deferred = [state.last_event_at, etype]
+                        waiting[rec.uuid] = rec
+                        return
+                elif rec.deferred is not None:
+                    flush(rec)
+            elif rec.deferred is not None:
+                flush(rec)
+            count(etype, event, rec)
+
+        self._flush_one = flush
         return on_event
+
+    def flush_deferred(self, now: float) -> int:
+        """Count the held-back events of tasks whose task-sent has not come within
+        :data:`DEFER_SECONDS` (engine evaluation, under its lock); returns how many
+        records were flushed. O(records waiting)."""
+        flush = self._flush_one
+        if flush is None or not self._deferred:
+            return 0
+        late = [rec for rec in self._deferred.values()
+                if rec.deferred is not None and now - rec.deferred[0] >= DEFER_SECONDS]
+        for rec in late:
+            flush(rec)
+        return len(late)
 
     def on_task_event(self, etype: str, event: dict, rec: TaskRecord,
                       state: RuntimeState) -> None:

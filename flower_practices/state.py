@@ -37,6 +37,7 @@ import math
 import time
 from collections import OrderedDict, deque
 from functools import partial
+from typing import Any
 
 from .bounded import OTHER, LabelCap, LRUDict, SampleRing
 from .config import Settings
@@ -88,7 +89,7 @@ class TaskRecord:
 
     __slots__ = ("uuid", "name", "queue", "sent_at", "received_at", "started_at", "hostname",
                  "retries", "state", "has_sent", "updated_at", "counted", "counted_epoch",
-                 "straggler", "eta", "pending", "wait", "counted_queue")
+                 "straggler", "eta", "pending", "wait", "counted_queue", "deferred")
 
     def __init__(self, uuid: str) -> None:
         self.uuid = uuid
@@ -117,6 +118,9 @@ class TaskRecord:
         self.wait: float | None = None
         #: the queue it is counted reserved in, on its worker (``WorkerRecord.queue_reserved``)
         self.counted_queue: QueueRecord | None = None
+        #: [local time, event types...]: task events the exposition holds back until the
+        #: task-sent they overtook names the queue (see ``BaseMetrics.listener``)
+        self.deferred: list[Any] | None = None
 
 
 #: events by which a worker shows it took a task from a queue
@@ -262,6 +266,9 @@ class RuntimeState:
         self.queue_label = LabelCap("queue", settings.max_queues)
         self.worker_label = LabelCap("worker", settings.max_workers)
         self.task_names: set[str] = set()
+        #: task names a task-sent was seen for (at most ``max_task_names``): their tasks'
+        #: task-sent is expected even when a worker's event overtakes it
+        self.sent_names: set[str] = set()
         self.sent_events = 0
         self.received_events = 0
         self.last_event_at = 0.0
@@ -513,6 +520,10 @@ class RuntimeState:
 
     def _sent(self, rec: TaskRecord, event: dict, ts: float) -> None:
         self._name(rec, event.get("name"))
+        name = rec.name
+        if name and name not in self.sent_names \
+                and len(self.sent_names) < self.settings.max_task_names:
+            self.sent_names.add(name)
         if event.get("eta"):
             rec.eta = True
         if rec.pending:

@@ -485,3 +485,55 @@ def test_worker_up_drops_a_worker_that_went_offline_but_keeps_a_vanished_one_at_
     e.observe(heartbeat("w-clean", time.time(), 0))  # back: exported again
     ups = {s.labels["worker"]: s.value for s in samples(e, "celery_worker_up")}
     assert ups == {"w-killed": 0.0, "w-clean": 1.0}
+
+
+def _task_counts(e: Engine) -> dict[tuple[str, str, str], int]:
+    return dict(e.metrics.task_events)
+
+
+def bare_engine() -> Engine:
+    """No rules: only the state and the exposition's accumulators."""
+    return Engine(Settings(), broker_url="redis://127.0.0.1:6379/0", rule_classes=[])
+
+
+def test_events_overtaking_their_task_sent_are_counted_under_its_queue() -> None:
+    """A worker's task-received/started may arrive before the producer's task-sent:
+    once a task-sent was seen for the name, they wait (briefly) for it and are counted
+    under the queue it names, not under queue=""."""
+    e = bare_engine()
+    e.observe(ev("task-sent", T0, uuid="a", name="proj.job", queue="q1"))
+    e.observe(ev("task-received", T0 + 1, uuid="b", name="proj.job", hostname="w@h"))
+    e.observe(ev("task-started", T0 + 1.1, uuid="b", hostname="w@h"))
+    assert not any(k[2] == "" for k in _task_counts(e))  # held back, not counted yet
+    e.observe(ev("task-sent", T0 + 0.9, uuid="b", name="proj.job", queue="q2"))
+    e.observe(ev("task-succeeded", T0 + 2, uuid="b", hostname="w@h", runtime=0.9))
+    counts = _task_counts(e)
+    assert counts == {("sent", "proj.job", "q1"): 1, ("sent", "proj.job", "q2"): 1,
+                      ("received", "proj.job", "q2"): 1, ("started", "proj.job", "q2"): 1,
+                      ("succeeded", "proj.job", "q2"): 1}
+    assert e.metrics._deferred == {}
+
+
+def test_held_back_events_are_counted_when_the_task_sent_never_comes() -> None:
+    e = bare_engine()
+    e.observe(ev("task-sent", T0, uuid="a", name="proj.job", queue="q1"))
+    # this producer has sent events off: its task's events wait, then count without queue
+    e.observe(ev("task-received", T0 + 1, uuid="c", name="proj.job", hostname="w@h"))
+    e.evaluate(T0 + 1.5)
+    assert ("received", "proj.job", "") not in _task_counts(e)
+    e.evaluate(T0 + 1 + 2.5)  # DEFER_SECONDS passed
+    assert _task_counts(e)[("received", "proj.job", "")] == 1
+    # ... and a task that ends before its task-sent came: counted at its end
+    e.observe(ev("task-received", T0 + 5, uuid="d", name="proj.job", hostname="w@h"))
+    e.observe(ev("task-succeeded", T0 + 6, uuid="d", hostname="w@h", runtime=1.0))
+    counts = _task_counts(e)
+    assert counts[("received", "proj.job", "")] == 2
+    assert counts[("succeeded", "proj.job", "")] == 1
+    assert e.metrics._deferred == {}
+
+
+def test_names_never_sent_with_task_sent_are_counted_at_once() -> None:
+    e = bare_engine()
+    e.observe(ev("task-received", T0, uuid="x", name="legacy.job", hostname="w@h"))
+    assert _task_counts(e) == {("received", "legacy.job", ""): 1}
+    assert e.metrics._deferred == {}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from struct import unpack_from
+from time import monotonic
 from typing import Any
 
 from amqp.serialization import decode_properties_basic
@@ -46,6 +47,11 @@ class DeliveryReader:
         self.refuse = refuse
         self.max_body = max_body
         self.buf = bytearray(initial)
+        #: monotonic time the last read returned data (the consumer's coalescing)
+        self.woke = 0.0
+        #: what each recv_into fills (no bytes object allocated per read)
+        self._rbuf = bytearray(RECV_BYTES)
+        self._rview = memoryview(self._rbuf)
         #: bytes received so far (for heartbeat bookkeeping)
         self.received = len(initial)
         self._props: dict | None = None
@@ -56,17 +62,19 @@ class DeliveryReader:
         self._in_content = False
 
     def read(self) -> bool:
-        """Read what the socket has (waiting up to its timeout) and handle every whole
-        frame; False when the wait timed out with nothing read."""
+        """Read what the socket has (waiting up to its timeout: Python's, or the kernel's
+        ``SO_RCVTIMEO`` on a blocking socket) and handle every whole frame; False when
+        the wait timed out with nothing read."""
         try:
-            data = self.sock.recv(RECV_BYTES)
-        except TimeoutError:
+            got = self.sock.recv_into(self._rbuf)
+        except (TimeoutError, BlockingIOError):
             return False
-        if not data:
+        if not got:
             raise BrokerClosed("the broker closed the connection")
-        self.received += len(data)
+        self.woke = monotonic()
+        self.received += got
         buf = self.buf
-        buf += data
+        buf += self._rview[:got]
         n = len(buf)
         pos = 0
         while n - pos >= 8:

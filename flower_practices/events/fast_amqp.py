@@ -52,6 +52,7 @@ from .amqp_frames import DeliveryReader
 from .fast_redis import EventDecoder, _loads_body
 from .limits import MAX_EVENTS_PER_MESSAGE, MAX_MESSAGE_BYTES, MessageRefused, inflate
 from .reconnect import ReconnectingStream
+from .sockopts import MIN_READ_INTERVAL, bound_waits
 from .status import StreamStatus
 from .stream import AMQP_HEARTBEAT_SECONDS, CONNECT_TIMEOUT_SECONDS
 
@@ -59,6 +60,8 @@ log = logging.getLogger("flower_practices.events")
 
 #: socket read timeout while consuming: how often heartbeats and stop are checked
 TICK_SECONDS = 1.0
+#: longest a write (a heartbeat) may block while consuming
+SEND_TIMEOUT = 5.0
 #: transports this consumer speaks for
 AMQP_TRANSPORTS = ("amqp", "pyamqp")
 
@@ -232,7 +235,9 @@ class AmqpEventStream(ReconnectingStream):
     def _consume(self, conn: amqp.Connection) -> None:
         transport = conn.transport
         sock = transport.sock
-        sock.settimeout(TICK_SECONDS)
+        # blocking reads bounded by the kernel (one system call per wake-up, no poll
+        # before it); writes (heartbeats) bounded too, so a frozen broker cannot hang us
+        bound_waits(sock, TICK_SECONDS, SEND_TIMEOUT)
         feed = self.body_decoder.feed
         reader = DeliveryReader(sock, feed, self.body_decoder.refuse,
                                 max_body=MAX_MESSAGE_BYTES,
@@ -243,9 +248,17 @@ class AmqpEventStream(ReconnectingStream):
         monotonic = time.monotonic
         base = conn.bytes_recv
         next_tick = 0.0
+        sleep = time.sleep
         while not stopped():
-            if read() and monotonic() < next_tick:
-                continue
+            got = read()
+            now = monotonic()
+            if got:
+                # coalesce: see events.sockopts (the read's handling took ``spent``)
+                spent = now - reader.woke
+                if spent < MIN_READ_INTERVAL:
+                    sleep(MIN_READ_INTERVAL - spent)
+                if now < next_tick:
+                    continue
             # at most once a second, busy or idle: send ours, check the broker's
             next_tick = monotonic() + TICK_SECONDS
             conn.bytes_recv = base + reader.received

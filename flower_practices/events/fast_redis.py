@@ -49,6 +49,7 @@ from .resp import (
     PubSubSocket,
     RespError,
 )
+from .sockopts import MIN_READ_INTERVAL
 from .status import StreamStatus
 from .types import TASK_SENT
 
@@ -309,37 +310,39 @@ class RedisEventStream(ReconnectingStream):
             conn.close()
 
     def _consume(self, conn: PubSubSocket) -> None:
-        read, buffer = conn.read, conn.buffer
+        conn.blocking_reads(1.0)
+        recv, buffer = conn.recv, conn.buffer
         put, gets = conn.reader.feed, conn.reader.gets
         feed = self.decoder.feed
         stopped = self._stop_event.is_set
         last_read = time.monotonic()
         pinged = False
+        monotonic, sleep = time.monotonic, time.sleep
         while not stopped():
-            n = read(1.0)
+            n = recv()  # blocks up to 1 s: one system call per wake-up
+            woke = monotonic()
             if not n:
-                idle = time.monotonic() - last_read
+                idle = monotonic() - last_read
                 if idle > DEAD_AFTER_SECONDS:
                     raise ConnectionError(f"no data or PING reply for {idle:.0f}s")
                 if idle > IDLE_PING_SECONDS and not pinged:
                     conn.send("PING")
                     pinged = True
                 continue
-            # parse what arrived, then take whatever else is readable without waiting
-            while n:
-                try:
-                    for offset in range(0, n, FEED_BYTES):
-                        put(buffer, offset, min(FEED_BYTES, n - offset))
+            try:
+                for offset in range(0, n, FEED_BYTES):
+                    put(buffer, offset, min(FEED_BYTES, n - offset))
+                    frame = gets()
+                    while frame is not False:
+                        if type(frame) is list:
+                            if len(frame) == 4 and frame[0] == b"pmessage" and frame[3]:
+                                feed(frame[3])
+                        elif isinstance(frame, ERROR_REPLIES):
+                            raise RespError(str(frame))
                         frame = gets()
-                        while frame is not False:
-                            if type(frame) is list:
-                                if len(frame) == 4 and frame[0] == b"pmessage" and frame[3]:
-                                    feed(frame[3])
-                            elif isinstance(frame, ERROR_REPLIES):
-                                raise RespError(str(frame))
-                            frame = gets()
-                except PROTOCOL_ERRORS as exc:  # not RESP: the stream cannot be trusted
-                    raise RespError(f"RESP protocol error: {exc}") from None
-                n = read(0)
-            last_read = time.monotonic()
+            except PROTOCOL_ERRORS as exc:  # not RESP: the stream cannot be trusted
+                raise RespError(f"RESP protocol error: {exc}") from None
+            last_read = monotonic()
             pinged = False
+            if last_read - woke < MIN_READ_INTERVAL:  # coalesce: see events.sockopts
+                sleep(MIN_READ_INTERVAL - (last_read - woke))

@@ -6,7 +6,10 @@ socket holds (up to :data:`RECV_BYTES`) into one preallocated buffer with ``recv
 and the caller hands it, in slices of :data:`FEED_BYTES`, to a RESP reader: hiredis' C
 parser (``hiredis.Reader``), or, only when hiredis cannot be imported, :class:`PyReader`,
 a pure-Python parser with the same ``feed``/``gets`` interface. One system call per burst
-of messages, no per-read allocation. An error reply raises :class:`RespError`, a closed
+of messages, no per-read allocation: while subscribed (:meth:`PubSubSocket.recv`) the
+socket blocks in ``recv_into`` itself, bounded by the kernel's ``SO_RCVTIMEO``, instead
+of a ``select`` before each read and a failing read after it (at one message per wake-up
+those two cost more than the message). An error reply raises :class:`RespError`, a closed
 socket :class:`ClosedByServer` (both :class:`ConnectionError`).
 """
 
@@ -16,6 +19,8 @@ import contextlib
 import select
 import socket
 from collections.abc import Iterator
+
+from .sockopts import bound_waits
 
 #: bytes read per ``recv_into`` (one system call per burst of messages)
 RECV_BYTES = 1 << 20
@@ -162,11 +167,28 @@ class PubSubSocket:
             self.reply(connect_timeout)
 
     def send(self, *args: str | bytes) -> None:
+        previous = self.sock.gettimeout()  # 0.0: non-blocking; None: blocking reads
         self.sock.settimeout(5.0)
         try:
             self.sock.sendall(command(*args))
         finally:
-            self.sock.setblocking(False)
+            self.sock.settimeout(previous)
+
+    def blocking_reads(self, timeout: float) -> None:
+        """From now on :meth:`recv` blocks in the kernel for at most ``timeout`` seconds
+        (``SO_RCVTIMEO``): one system call per wake-up."""
+        bound_waits(self.sock, timeout)
+
+    def recv(self) -> int:
+        """After :meth:`blocking_reads`: wait for data (at most its timeout) and read it
+        into :attr:`buffer`; the number of bytes read, 0 when nothing came."""
+        try:
+            n = self.sock.recv_into(self.buffer)
+        except (BlockingIOError, TimeoutError):  # SO_RCVTIMEO expired
+            return 0
+        if not n:
+            raise ClosedByServer("connection closed by the server")
+        return n
 
     def read(self, timeout: float) -> int:
         """Wait up to ``timeout`` for data and read it into :attr:`buffer`: the number of

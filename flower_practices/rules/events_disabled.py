@@ -31,7 +31,8 @@ least ``_MIN_SILENCE_SECONDS``; the state keeps the gaps:
 :meth:`~flower_practices.state.RuntimeState.listening_since`): a broker outage is also a
 time we were not listening. Counts are per name over ``window_seconds`` (twelve time
 buckets), so a name that stops arriving without task-sent clears; a task-sent seen for a
-name clears it at once. Limitation (documented in the runbook): a backlog that takes longer than the
+name (the state's ``sent_names``) clears it at the next evaluation. Limitation
+(documented in the runbook): a backlog that takes longer than the
 warm-up to drain, of a name no producer publishes any more, can be flagged until it has
 drained and its count aged out. Deployments that restart the exporter on a busy broker
 can raise ``warmup_seconds``; ones with empty queues at start (tests, demos) may set 0.
@@ -49,7 +50,6 @@ from typing import TYPE_CHECKING, Any
 from ..bounded import WindowCounter
 from ..events.types import (
     TASK_RECEIVED,
-    TASK_SENT,
     TASK_STARTED,
     WORKER_HEARTBEAT,
     WORKER_OFFLINE,
@@ -151,7 +151,6 @@ class EventsDisabled(Rule):
         self.warmup = self.opts.warmup_seconds
         #: worker hostname -> baseline (only workers the state tracks: <= max_workers)
         self.workers: dict[str, _Worker] = {}
-        self.sent_names: set[str] = set()
         #: task name -> received-without-sent counts (<= _MAX_NAMES)
         self.unsent: dict[str, _Unsent] = {}
         #: a silence this long restarts the warm-up (grows with the heartbeat interval)
@@ -160,7 +159,7 @@ class EventsDisabled(Rule):
         self.ignored_in_warmup = 0
 
     def hooks(self):
-        return {TASK_SENT: self._on_sent, TASK_RECEIVED: self._on_received,
+        return {TASK_RECEIVED: self._on_received,
                 TASK_STARTED: self._on_started, WORKER_HEARTBEAT: self._on_heartbeat,
                 WORKER_ONLINE: self._on_online, WORKER_OFFLINE: self._on_offline}
 
@@ -218,14 +217,9 @@ class EventsDisabled(Rule):
         if tally is not None and tally.base is not None:
             tally.started += 1
 
-    def _on_sent(self, event: dict, rec: Any) -> None:
-        if rec is not None and rec.name:
-            self.unsent.pop(rec.name, None)
-            if len(self.sent_names) < _MAX_NAMES:
-                self.sent_names.add(rec.name)
-
     def _on_received(self, event: dict, rec: Any) -> None:
-        if rec is None or rec.has_sent or not rec.name or rec.name in self.sent_names:
+        if rec is None or rec.has_sent or not rec.name \
+                or rec.name in self.ctx.state.sent_names:
             return
         state = self.ctx.state
         at = state.last_event_at  # this event's arrival (the state applied it)
@@ -290,7 +284,9 @@ class EventsDisabled(Rule):
 
     def _clients(self, now: float) -> Iterable[Condition]:
         min_received = self.opts.min_received
-        for name in [n for n, e in self.unsent.items() if now - e.last_at > self.window]:
+        sent_names = self.ctx.state.sent_names  # a task-sent seen for the name clears it
+        for name in [n for n, e in self.unsent.items()
+                     if now - e.last_at > self.window or n in sent_names]:
             del self.unsent[name]
         for name, entry in self.unsent.items():
             received = entry.window.total(now)
