@@ -139,7 +139,9 @@ def event_count(s: Subject, count_file: Path) -> float | None:
     return None
 
 
-def _publish(url: str, msgs: list, rate: float) -> float:
+def _publish(url: str, msgs: list, rate: float, burst: int = 100) -> float:
+    """Publish at ``rate`` events/s, pacing every ``burst`` messages (1: each message on
+    its own, as workers publish)."""
     conn = amqp.Connection(**_params(url))
     conn.connect()
     try:
@@ -153,7 +155,7 @@ def _publish(url: str, msgs: list, rate: float) -> float:
                                           application_headers={"hostname": host}),
                              exchange="celeryev", routing_key=key)
             done += n
-            if i % 100 == 0:
+            if i % burst == 0:
                 ahead = started + done / rate - time.time()
                 if ahead > 0:
                     time.sleep(ahead)
@@ -172,7 +174,7 @@ def _params(url: str) -> dict:
 
 def run_stream(url: str, vhost: str, which: list[str], n_events: int, rate: float,
                idle_seconds: float, workdir: Path, group: int,
-               subs: list[Subject]) -> dict:
+               subs: list[Subject], burst: int = 100) -> dict:
     """Run the stream; ``subs`` (empty) is filled with the subjects as they are started,
     so that the caller stops them whatever happens."""
     subs += subjects(url, which, workdir)
@@ -197,7 +199,7 @@ def run_stream(url: str, vhost: str, which: list[str], n_events: int, rate: floa
     for s in subs:
         s.cpu0, s.t0 = cpu_seconds(s.proc.pid), time.time()
     print(f"  publishing at {rate:.0f} events/s to vhost {vhost}...", file=sys.stderr)
-    publish_seconds = _publish(url, msgs, rate)
+    publish_seconds = _publish(url, msgs, rate, burst)
     # what each subject must count: Flower's flower_events_total counts task events only
     worker_events = sum(n for key, _, _, n in msgs if key.startswith("worker."))
     expected = {s.key: n_events - worker_events if s.key in ("c", "d") else n_events
@@ -209,12 +211,12 @@ def run_stream(url: str, vhost: str, which: list[str], n_events: int, rate: floa
         s.result["events_seen"] = seen.get(s.key)
         s.result["events_expected"] = expected[s.key]
     meta = {"broker": "rabbitmq", "events": n_events, "messages": len(msgs), "group": group,
-            "rate": rate, "publish_seconds": publish_seconds}
+            "rate": rate, "burst": burst, "publish_seconds": publish_seconds}
     return meta
 
 
 def bench_amqp_stream(which: list[str], n_events: int, rate: float, idle_seconds: float,
-                      amqp_url: str | None = None, group: int = 1) -> dict:
+                      amqp_url: str | None = None, group: int = 1, burst: int = 100) -> dict:
     """Run the stream benchmark on a fresh vhost of ``amqp_url``'s RabbitMQ (deleted
     afterwards); returns the same shape as :func:`bench.stream_bench.bench_stream`."""
     if shutil.which("rabbitmqctl") is None:
@@ -227,7 +229,7 @@ def bench_amqp_stream(which: list[str], n_events: int, rate: float, idle_seconds
     subs: list[Subject] = []
     try:
         meta = run_stream(url, vhost, which, n_events, rate, idle_seconds, workdir, group,
-                          subs)
+                          subs, burst)
         meta["subjects"] = {s.key: {"label": s.label, **s.result} for s in subs}
         lost = {k: v.get("events_seen") for k, v in meta["subjects"].items()
                 if v.get("events_seen") != v["events_expected"]}

@@ -108,9 +108,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="events in the stream benchmark (default 100000)")
     parser.add_argument("--rate", type=float, default=2000.0,
                         help="events published per second (default 2000)")
-    parser.add_argument("--burst", type=int, default=250,
-                        help="Redis stream: messages per publish pipeline (1 = each "
-                             "message on its own, paced, as workers publish)")
+    parser.add_argument("--burst", type=int, default=None,
+                        help="messages published between two pacing sleeps (Redis: per "
+                             "pipeline; default 250 on Redis, 100 on RabbitMQ); 1 = each "
+                             "message on its own, paced, as workers publish")
     parser.add_argument("--group", default="1,24",
                         help="comma-separated: buffer each worker's task events into list "
                              "bodies of up to N events, as Celery workers do (1: one event "
@@ -141,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds each http level lasts (default 5)")
     parser.add_argument("--json", default=None, help="also write the raw results here")
     args = parser.parse_args(argv)
+    if args.burst is not None and args.burst < 1:
+        parser.error("--burst must be at least 1")
     only = set(args.only.split(","))
     results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                      "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3]}
@@ -155,10 +158,12 @@ def main(argv: list[str] | None = None) -> int:
                 # the floor reads Redis pub/sub: there is no AMQP floor subject
                 which = [k for k in args.subjects.split(",") if k != "floor"]
                 stream = bench_amqp_stream(which, args.events, args.rate,
-                                           args.idle_seconds, args.amqp_url, group)
+                                           args.idle_seconds, args.amqp_url, group,
+                                           args.burst or 100)
             else:
                 stream = bench_stream(args.subjects.split(","), args.events, args.rate,
-                                      args.idle_seconds, args.redis_url, group, args.burst)
+                                      args.idle_seconds, args.redis_url, group,
+                                      args.burst or 250)
             stream["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
             results["stream"].append(stream)
             print_stream(stream)
