@@ -61,14 +61,14 @@ class DeliveryReader:
         self._skip = False
         self._in_content = False
 
-    def read(self) -> bool:
+    def read(self) -> int:
         """Read what the socket has (waiting up to its timeout: Python's, or the kernel's
-        ``SO_RCVTIMEO`` on a blocking socket) and handle every whole frame; False when
-        the wait timed out with nothing read."""
+        ``SO_RCVTIMEO`` on a blocking socket) and handle every whole frame: the number of
+        bytes read, 0 when the wait timed out with nothing read."""
         try:
             got = self.sock.recv_into(self._rbuf)
         except (TimeoutError, BlockingIOError):
-            return False
+            return 0
         if not got:
             raise BrokerClosed("the broker closed the connection")
         self.woke = monotonic()
@@ -97,7 +97,7 @@ class DeliveryReader:
             elif ftype != FRAME_HEARTBEAT:
                 raise BrokerClosed(f"unexpected frame type {ftype}")
         del buf[:pos]
-        return True
+        return got
 
     def _method(self, buf: bytearray, start: int, end: int) -> None:
         sig = unpack_from(">HH", buf, start)

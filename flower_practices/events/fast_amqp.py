@@ -48,11 +48,11 @@ import amqp
 from celery import Celery
 from celery.utils.time import utcoffset
 
-from .amqp_frames import DeliveryReader
+from .amqp_frames import RECV_BYTES, DeliveryReader
 from .fast_redis import EventDecoder, _loads_body
 from .limits import MAX_EVENTS_PER_MESSAGE, MAX_MESSAGE_BYTES, MessageRefused, inflate
 from .reconnect import ReconnectingStream
-from .sockopts import MIN_READ_INTERVAL, bound_waits
+from .sockopts import ReadPacer, bound_waits
 from .status import StreamStatus
 from .stream import AMQP_HEARTBEAT_SECONDS, CONNECT_TIMEOUT_SECONDS
 
@@ -249,14 +249,14 @@ class AmqpEventStream(ReconnectingStream):
         base = conn.bytes_recv
         next_tick = 0.0
         sleep = time.sleep
+        pause = ReadPacer(sock, RECV_BYTES).pause
         while not stopped():
             got = read()
             now = monotonic()
             if got:
-                # coalesce: see events.sockopts (the read's handling took ``spent``)
-                spent = now - reader.woke
-                if spent < MIN_READ_INTERVAL:
-                    sleep(MIN_READ_INTERVAL - spent)
+                wait = pause(got, reader.woke, now)  # coalesce reads: see events.sockopts
+                if wait:
+                    sleep(wait)
                 if now < next_tick:
                     continue
             # at most once a second, busy or idle: send ours, check the broker's

@@ -49,7 +49,7 @@ from .resp import (
     PubSubSocket,
     RespError,
 )
-from .sockopts import MIN_READ_INTERVAL
+from .sockopts import ReadPacer
 from .status import StreamStatus
 from .types import TASK_SENT
 
@@ -318,6 +318,7 @@ class RedisEventStream(ReconnectingStream):
         last_read = time.monotonic()
         pinged = False
         monotonic, sleep = time.monotonic, time.sleep
+        pause = ReadPacer(conn.sock, len(buffer)).pause
         while not stopped():
             n = recv()  # blocks up to 1 s: one system call per wake-up
             woke = monotonic()
@@ -344,5 +345,6 @@ class RedisEventStream(ReconnectingStream):
                 raise RespError(f"RESP protocol error: {exc}") from None
             last_read = monotonic()
             pinged = False
-            if last_read - woke < MIN_READ_INTERVAL:  # coalesce: see events.sockopts
-                sleep(MIN_READ_INTERVAL - (last_read - woke))
+            wait = pause(n, woke, last_read)  # coalesce reads: see events.sockopts
+            if wait:
+                sleep(wait)
