@@ -680,10 +680,13 @@ def render_metrics(registry: Collector, accept: str = "",
     encoder, content_type = choose_encoder(accept)
     if encoder is generate_latest:  # plain text 0.0.4: same bytes, rendered faster
         return render_text(registry, errors), content_type
+    fast = _openmetrics_renderer(encoder)
     chunks: list[bytes] = []
     for metric in _collect(registry, errors):
         try:
-            body = encoder(_Single(metric))
+            body = fast(metric) if fast is not None else None
+            if body is None:
+                body = encoder(_Single(metric))
         except Exception:
             _count_render_error(errors, metric.name)
             continue
@@ -692,3 +695,76 @@ def render_metrics(registry: Collector, accept: str = "",
         chunks.append(body)
     chunks.append(OPENMETRICS_EOF)
     return b"".join(chunks), content_type
+
+
+def _openmetrics_renderer(encoder: Any) -> Callable[[Metric], bytes | None] | None:
+    """For prometheus_client's OpenMetrics encoder (``choose_encoder``'s partial), a
+    renderer of one family giving byte-for-byte what ``encoder`` gives for it minus the
+    final ``# EOF``, escaping each sample name and (label, value) pair once per render
+    (the encoder escapes sample names character by character, every sample). It returns
+    None for a family it does not cover (exemplars, native histograms: left to the
+    encoder); None instead of a renderer for escaping ``allow-utf-8`` or another encoder.
+    """
+    from functools import partial
+
+    from prometheus_client.openmetrics import exposition as om
+    from prometheus_client.utils import floatToGoString
+
+    if not isinstance(encoder, partial) or encoder.func is not om.generate_latest \
+            or encoder.args:
+        return None
+    escaping = encoder.keywords.get("escaping", om.UNDERSCORES)
+    if escaping == om.ALLOWUTF8:
+        return None
+    rune = om._is_legacy_labelname_rune
+    snames: dict[str, str] = {}
+    label_names: dict[str, str] = {}
+    pairs: dict[tuple[str, str], str] = {}
+    ints: dict[int, str] = {}
+
+    def sname(n: str) -> str:
+        out = snames.get(n)
+        if out is None:
+            out = snames[n] = om._escape(n, escaping, rune)
+        return out
+
+    def pair(item: tuple[str, str]) -> str:
+        k, v = item
+        name = label_names.get(k)
+        if name is None:
+            name = label_names[k] = om.escape_label_name(k, escaping)
+        out = pairs[item] = name + '="' + om._escape(v, om.ALLOWUTF8, rune) + '"'
+        return out
+
+    def family(metric: Metric) -> bytes | None:
+        mname = om.escape_metric_name(metric.name, escaping)
+        output = [f"# HELP {mname} {om._escape(metric.documentation, om.ALLOWUTF8, rune)}\n",
+                  f"# TYPE {mname} {metric.type}\n"]
+        if metric.unit:
+            output.append(f"# UNIT {mname} {metric.unit}\n")
+        pairs_get, ints_get = pairs.get, ints.get
+        for s in metric.samples:
+            if s.exemplar or s.native_histogram:
+                return None
+            labels = s.labels
+            if labels:
+                labelstr = "{" + ",".join([pairs_get(item) or pair(item)
+                                           for item in sorted(labels.items())]) + "}"
+            else:
+                labelstr = ""
+            value = s.value
+            if value is None:
+                text = ""
+            elif type(value) is int:
+                text = ints_get(value)
+                if text is None:
+                    text = ints[value] = floatToGoString(value)
+            else:
+                text = floatToGoString(value)
+            if s.timestamp is None:
+                output.append(f"{sname(s.name)}{labelstr} {text}\n")
+            else:
+                output.append(f"{sname(s.name)}{labelstr} {text} {s.timestamp}\n")
+        return "".join(output).encode("utf-8")
+
+    return family
