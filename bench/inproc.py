@@ -4,7 +4,9 @@
   succeeded; every 50th task never finishes, so in-flight records pile up to the
   ``max_tracked_tasks`` cap) and compare RSS after 100,000 and after 1,000,000 tasks.
 - ``render``: an engine holding ≥ 10,000 series; time what ``/metrics`` runs on the
-  exporter's registry (``render_text``; ``generate_latest`` for comparison), median of 7.
+  exporter's registry (``render_body``, as the render cache calls it: text format and
+  OpenMetrics; ``render_text`` alone with the cyclic GC on, and ``generate_latest``, for
+  comparison), median and worst; and how long each render holds the engine lock.
 - ``cardinality``: 500 workers × 200 task names × 50 queues (every task name in every
   queue) with caps lowered to ``max_workers=100, max_task_names=50, max_queues=10``: the
   series count stays bounded and the overflow counter counts what was folded.
@@ -17,11 +19,14 @@ import statistics
 import time
 
 from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS
 
 from flower_practices.config import Settings
 from flower_practices.engine import Engine
+from flower_practices.exporter.handlers import render_body
 from flower_practices.exporter.server import make_registry
-from flower_practices.metrics import render_text
+from flower_practices.metrics import PracticesCollector, render_text
 
 
 def rss_mib() -> float:
@@ -92,14 +97,45 @@ def bench_render(target_series: int = 10_000, renders: int = 7) -> dict:
             i += 1
     text = generate_latest(registry)
     out: dict = {}
-    for label, render in (("render_text", render_text), ("generate_latest", generate_latest)):
+    # "metrics": what the exporter's render cache runs for /metrics (render_body: text
+    # format, GC held off); "openmetrics": the same for Prometheus' OpenMetrics Accept;
+    # "render_text": the renderer alone with the collector on; generate_latest: reference
+    cases = (("metrics", lambda: render_body(registry, CONTENT_TYPE_PLAIN_0_0_4)),
+             ("openmetrics", lambda: render_body(registry, OPENMETRICS)),
+             ("render_text", lambda: render_text(registry)),
+             ("generate_latest", lambda: generate_latest(registry)))
+    for label, render in cases:
         timings = []
         for _ in range(renders):
             t0 = time.perf_counter()
-            text = render(registry)
+            body = render()
             timings.append(time.perf_counter() - t0)
+        if label == "metrics":
+            text = body
         out[label] = {"median_ms": statistics.median(timings) * 1000,
                       "max_ms": max(timings) * 1000}
+    # how long a render holds the engine lock (what the event path waits for)
+    holds = []
+    collector = PracticesCollector(engine)
+    real_lock = engine.lock
+
+    class TimedLock:
+        def __enter__(self) -> None:
+            real_lock.acquire()
+            self.t0 = time.perf_counter()
+
+        def __exit__(self, *exc: object) -> None:
+            holds.append(time.perf_counter() - self.t0)
+            real_lock.release()
+
+    engine.lock = TimedLock()  # type: ignore[assignment]
+    try:
+        for _ in range(renders):
+            list(collector.collect())
+    finally:
+        engine.lock = real_lock
+    out["lock_hold"] = {"median_ms": statistics.median(holds) * 1000,
+                        "max_ms": max(holds) * 1000}
     return {"series": _series(text), "bytes": len(text), **out}
 
 

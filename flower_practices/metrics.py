@@ -424,7 +424,9 @@ class PracticesCollector(Collector):
         errors = engine.metrics.render_errors
         try:
             with engine.lock:
-                families = self._collect_locked(engine)
+                families, tasks = self._collect_locked(engine)
+            # the big per-(task, queue) families are built from the copies, lock released
+            families[1:1] = _task_families(*tasks)
         except Exception:
             _count_render_error(errors, "flower_practices_collector")
             return
@@ -432,11 +434,13 @@ class PracticesCollector(Collector):
             families = [f for f in families if _renders(f, errors)]
         yield from families
 
-    def _collect_locked(self, engine: Engine) -> list[Metric]:
+    def _collect_locked(self, engine: Engine) -> tuple[list[Metric], tuple]:
+        """Every family but the per-(task, queue) ones (inserted after the first), and a
+        copy of those taken under the lock (:func:`_task_snapshot`)."""
         view = engine.view(time.time())
-        return [*_finding_families(view), *_task_families(view.metrics),
-                *_queue_families(view), *_worker_families(view), *_stream_families(view),
-                *_self_families(view)]
+        return ([*_finding_families(view), *_queue_families(view), *_worker_families(view),
+                 *_stream_families(view), *_self_families(view)],
+                _task_snapshot(view.metrics))
 
 
 def _finding_families(view: EngineView) -> list[Metric]:
@@ -451,21 +455,37 @@ def _finding_families(view: EngineView) -> list[Metric]:
     return [fam]
 
 
-def _task_families(base: BaseMetrics) -> list[Metric]:
+def _hist_copy(hist: Histogram) -> Histogram:
+    out = Histogram.__new__(Histogram)
+    out.counts, out.sum, out.count = hist.counts[:], hist.sum, hist.count
+    return out
+
+
+def _task_snapshot(base: BaseMetrics) -> tuple:
+    """Copies of the per-(task, queue) accumulators, taken under the engine lock (a few
+    ms at 10,000 series; building their families from the copies is left for after)."""
+    return ([(name, list(counts.items()))
+             for name, counts in (("celery_practice_violations_total", base.violations_total),
+                                  ("celery_task_events_total", base.task_events),
+                                  ("celery_task_failures_total", base.failures))],
+            [(key, _hist_copy(h)) for key, h in base.runtime.items()],
+            [(queue, _hist_copy(h)) for queue, h in base.wait.items()])
+
+
+def _task_families(counters: list, runtime: list, wait: list) -> list[Metric]:
+    """The per-(task, queue) families from :func:`_task_snapshot`'s copies."""
     out = []
-    for name, counts in (("celery_practice_violations_total", base.violations_total),
-                         ("celery_task_events_total", base.task_events),
-                         ("celery_task_failures_total", base.failures)):
+    for name, items in counters:
         fam = _family(name)
-        for key, n in counts.items():
+        for key, n in items:
             fam.add_metric(list(key), n)
         out.append(fam)
     fam = _family("celery_task_runtime_seconds")
-    for key, hist in base.runtime.items():
+    for key, hist in runtime:
         fam.add_metric(list(key), hist.buckets(RUNTIME_BUCKETS), hist.sum)
     out.append(fam)
     fam = _family("celery_task_queue_wait_seconds")
-    for queue, hist in base.wait.items():
+    for queue, hist in wait:
         fam.add_metric([queue], hist.buckets(WAIT_BUCKETS), hist.sum)
     out.append(fam)
     return out
@@ -574,8 +594,11 @@ def render_text(registry: Collector, errors: dict[str, int] | None = None) -> by
     from prometheus_client.utils import floatToGoString
 
     label_names: dict[str, str] = {}
-    label_values: dict[str, str] = {}
     metric_names: dict[str, str] = {}
+    #: (label name, label value) -> 'name="value"', escaped once per render
+    pairs: dict[tuple[str, str], str] = {}
+    #: int sample value -> its text (ints only: 0.0 and -0.0 are equal keys, not texts)
+    ints: dict[int, str] = {}
 
     def lname(k: str) -> str:
         out = label_names.get(k)
@@ -583,11 +606,10 @@ def render_text(registry: Collector, errors: dict[str, int] | None = None) -> by
             out = label_names[k] = escape_label_name(k, UNDERSCORES)
         return out
 
-    def lvalue(v: str) -> str:
-        out = label_values.get(v)
-        if out is None:
-            out = label_values[v] = v.replace("\\", r"\\").replace("\n", r"\n").replace(
-                '"', r"\"")
+    def pair(item: tuple[str, str]) -> str:
+        k, v = item
+        out = pairs[item] = lname(k) + '="' + v.replace("\\", r"\\").replace(
+            "\n", r"\n").replace('"', r"\"") + '"'
         return out
 
     def mname(n: str) -> str:
@@ -596,15 +618,26 @@ def render_text(registry: Collector, errors: dict[str, int] | None = None) -> by
             out = metric_names[n] = escape_metric_name(n, UNDERSCORES)
         return out
 
+    pairs_get = pairs.get
+    ints_get = ints.get
+
     def line(s: Any) -> str:
         labels = s.labels
         if labels:
-            inner = ",".join([f'{lname(k)}="{lvalue(v)}"' for k, v in sorted(labels.items())])
-            labelstr = "{" + inner + "}"
+            labelstr = "{" + ",".join([pairs_get(item) or pair(item)
+                                       for item in sorted(labels.items())]) + "}"
         else:
             labelstr = ""
-        ts = "" if s.timestamp is None else f" {int(float(s.timestamp) * 1000):d}"
-        return f"{mname(s.name)}{labelstr} {floatToGoString(s.value)}{ts}\n"
+        value = s.value
+        if type(value) is int:
+            text = ints_get(value)
+            if text is None:
+                text = ints[value] = floatToGoString(value)
+        else:
+            text = floatToGoString(value)
+        if s.timestamp is None:
+            return f"{mname(s.name)}{labelstr} {text}\n"
+        return f"{mname(s.name)}{labelstr} {text} {int(float(s.timestamp) * 1000):d}\n"
 
     chunks: list[bytes] = []
     for metric in _collect(registry, errors):
@@ -711,10 +744,13 @@ def render_metrics(registry: Collector, accept: str = "",
     encoder, content_type = choose_encoder(accept)
     if encoder is generate_latest:  # plain text 0.0.4: same bytes, rendered faster
         return render_text(registry, errors), content_type
+    fast = _openmetrics_renderer(encoder)
     chunks: list[bytes] = []
     for metric in _collect(registry, errors):
         try:
-            body = encoder(_Single(metric))
+            body = fast(metric) if fast is not None else None
+            if body is None:
+                body = encoder(_Single(metric))
         except Exception:
             _count_render_error(errors, metric.name)
             continue
@@ -723,3 +759,76 @@ def render_metrics(registry: Collector, accept: str = "",
         chunks.append(body)
     chunks.append(OPENMETRICS_EOF)
     return b"".join(chunks), content_type
+
+
+def _openmetrics_renderer(encoder: Any) -> Callable[[Metric], bytes | None] | None:
+    """For prometheus_client's OpenMetrics encoder (``choose_encoder``'s partial), a
+    renderer of one family giving byte-for-byte what ``encoder`` gives for it minus the
+    final ``# EOF``, escaping each sample name and (label, value) pair once per render
+    (the encoder escapes sample names character by character, every sample). It returns
+    None for a family it does not cover (exemplars, native histograms: left to the
+    encoder); None instead of a renderer for escaping ``allow-utf-8`` or another encoder.
+    """
+    from functools import partial
+
+    from prometheus_client.openmetrics import exposition as om
+    from prometheus_client.utils import floatToGoString
+
+    if not isinstance(encoder, partial) or encoder.func is not om.generate_latest \
+            or encoder.args:
+        return None
+    escaping = encoder.keywords.get("escaping", om.UNDERSCORES)
+    if escaping == om.ALLOWUTF8:
+        return None
+    rune = om._is_legacy_labelname_rune
+    snames: dict[str, str] = {}
+    label_names: dict[str, str] = {}
+    pairs: dict[tuple[str, str], str] = {}
+    ints: dict[int, str] = {}
+
+    def sname(n: str) -> str:
+        out = snames.get(n)
+        if out is None:
+            out = snames[n] = om._escape(n, escaping, rune)
+        return out
+
+    def pair(item: tuple[str, str]) -> str:
+        k, v = item
+        name = label_names.get(k)
+        if name is None:
+            name = label_names[k] = om.escape_label_name(k, escaping)
+        out = pairs[item] = name + '="' + om._escape(v, om.ALLOWUTF8, rune) + '"'
+        return out
+
+    def family(metric: Metric) -> bytes | None:
+        mname = om.escape_metric_name(metric.name, escaping)
+        output = [f"# HELP {mname} {om._escape(metric.documentation, om.ALLOWUTF8, rune)}\n",
+                  f"# TYPE {mname} {metric.type}\n"]
+        if metric.unit:
+            output.append(f"# UNIT {mname} {metric.unit}\n")
+        pairs_get, ints_get = pairs.get, ints.get
+        for s in metric.samples:
+            if s.exemplar or s.native_histogram:
+                return None
+            labels = s.labels
+            if labels:
+                labelstr = "{" + ",".join([pairs_get(item) or pair(item)
+                                           for item in sorted(labels.items())]) + "}"
+            else:
+                labelstr = ""
+            value = s.value
+            if value is None:
+                text = ""
+            elif type(value) is int:
+                text = ints_get(value)
+                if text is None:
+                    text = ints[value] = floatToGoString(value)
+            else:
+                text = floatToGoString(value)
+            if s.timestamp is None:
+                output.append(f"{sname(s.name)}{labelstr} {text}\n")
+            else:
+                output.append(f"{sname(s.name)}{labelstr} {text} {s.timestamp}\n")
+        return "".join(output).encode("utf-8")
+
+    return family

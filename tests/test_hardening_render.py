@@ -1,4 +1,5 @@
 """``render_text`` (what ``/metrics`` serves) is byte-identical to prometheus_client's
+``generate_latest``, and ``render_metrics``' OpenMetrics to prometheus_client's OpenMetrics
 ``generate_latest``, for our collector fed hostile label values and for every metric type."""
 
 from __future__ import annotations
@@ -7,11 +8,29 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info, Summary
 from prometheus_client.core import GaugeHistogramMetricFamily
-from prometheus_client.exposition import generate_latest
+from prometheus_client.exposition import choose_encoder, generate_latest
 
 from flower_practices.config import Settings
 from flower_practices.engine import Engine
-from flower_practices.metrics import PracticesCollector, render_text
+from flower_practices.metrics import PracticesCollector, render_metrics, render_text
+
+#: Accept headers choosing OpenMetrics: Prometheus' default, and the other escapings
+OPENMETRICS_ACCEPTS = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    "application/openmetrics-text",
+    "application/openmetrics-text;version=1.0.0;escaping=dots",
+    "application/openmetrics-text;version=1.0.0;escaping=values",
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8",
+    "application/openmetrics-text;version=2.0.0",
+)
+
+
+def assert_same_exposition(registry: CollectorRegistry) -> None:
+    assert render_text(registry) == generate_latest(registry)
+    for accept in OPENMETRICS_ACCEPTS:
+        encoder, content_type = choose_encoder(accept)
+        assert render_metrics(registry, accept) == (encoder(registry), content_type), accept
 
 names = st.text(min_size=1, max_size=12)
 
@@ -32,7 +51,7 @@ def test_render_text_matches_generate_latest(triples: list[tuple[str, str, str]]
     engine.evaluate(1.7e9 + 3)
     registry = CollectorRegistry()
     registry.register(PracticesCollector(engine))
-    assert render_text(registry) == generate_latest(registry)
+    assert_same_exposition(registry)
 
 
 def test_render_text_matches_for_every_metric_type() -> None:
@@ -51,4 +70,4 @@ def test_render_text_matches_for_every_metric_type() -> None:
             yield fam
 
     registry.register(GH())
-    assert render_text(registry) == generate_latest(registry)
+    assert_same_exposition(registry)
