@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -181,3 +182,50 @@ def test_basic_auth_checks_bcrypt_and_remembers_successes() -> None:
         asyncio.run(main())
     finally:
         auth.close()
+
+
+def test_health_lane_reads_without_blocking_like_recv_dontwait():
+    from flower_practices.exporter.lanes import _recv_now
+
+    a, b = socket.socketpair()
+    with a, b:
+        with pytest.raises(BlockingIOError):
+            _recv_now(a)
+        b.sendall(b"GET /healthz HTTP/1.1\r\n")
+        assert _recv_now(a) == b"GET /healthz HTTP/1.1\r\n"
+        b.close()
+        assert _recv_now(a) == b""
+
+
+def test_health_lane_accepts_nonblocking_sockets_with_the_peer_address():
+    from flower_practices.exporter.lanes import _accept_handler
+
+    async def main() -> list:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listener.setblocking(False)
+        got: list = []
+        done = asyncio.Event()
+
+        def accepted(conn: socket.socket, address: tuple) -> None:
+            got.append((conn, address))
+            if len(got) == 3:
+                done.set()
+
+        remove = _accept_handler(listener, accepted)
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
+        await asyncio.wait_for(done.wait(), 30)
+        remove()
+        names = sorted(c.getsockname() for c in clients)
+        for c in clients:
+            c.close()
+        listener.close()
+        out = [(conn.getblocking(), address) for conn, address in got]
+        for conn, _ in got:
+            conn.close()
+        return out, names
+
+    got, names = asyncio.run(main())
+    assert [blocking for blocking, _ in got] == [False] * 3
+    assert sorted(address for _, address in got) == names
