@@ -262,7 +262,12 @@ def _accept_handler(sock: socket.socket, callback: Callable[[socket.socket, Any]
         for _ in range(LISTEN_BATCH):
             conn_fd = _accept4(fd, None, None, flags)
             if conn_fd < 0:
-                return  # EAGAIN (nothing queued), ECONNABORTED, EMFILE...: next time
+                if ctypes.get_errno() in _OUT_OF_RESOURCES and active:
+                    # the socket stays readable: pause instead of spinning until
+                    # descriptors are freed
+                    loop.remove_reader(fd)
+                    loop.call_later(ACCEPT_RETRY_SECONDS, resume)
+                return  # EAGAIN (nothing queued), ECONNABORTED...: next time
             conn = socket.socket(sock.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK, 0,
                                  conn_fd)
             try:
@@ -272,12 +277,26 @@ def _accept_handler(sock: socket.socket, callback: Callable[[socket.socket, Any]
                 continue
             callback(conn, address)
 
+    active = [True]
+
+    def resume() -> None:
+        if active:
+            loop.add_reader(fd, ready)
+
+    def remove() -> None:
+        active.clear()
+        loop.remove_reader(fd)
+
     loop.add_reader(fd, ready)
-    return lambda: loop.remove_reader(fd)
+    return remove
 
 
 #: connections accepted per wake-up of the lane at most
 LISTEN_BATCH = 128
+#: accept errors that last until descriptors or memory are freed, and how long the lane
+#: pauses accepting after one
+_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+ACCEPT_RETRY_SECONDS = 0.1
 
 
 async def _io(sock: socket.socket, call: Callable[[], Any]) -> Any:
