@@ -262,6 +262,12 @@ def test_queue_starvation_names_the_occupying_queue(redis_url: str) -> None:
                                         task="queues.slow") >= 1,
                  message="a bulk task started on the shared worker")
         producer.send_task("queues.quick", args=(1,), queue="high")
+        finding(exporter, "queue_starvation", queue="high")
+        # which workers share the queue comes from the worker probe (active_queues): the
+        # finding may be raised before the first probe that sees the worker answers
+        wait_for(lambda: finding(exporter, "queue_starvation", queue="high")["evidence"]
+                 ["shared_workers"] == [shared.name],
+                 message="the evidence names the shared worker once it was probed")
         f = finding(exporter, "queue_starvation", queue="high")
         ev = f["evidence"]
         assert ev["shared_workers"] == [shared.name]
