@@ -39,6 +39,10 @@ probe_interval = 1.0
 """
 
 
+def _default_sighup() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 class FlowerProcess:
     """A Flower subprocess (``celery -A tests.apps.bad_tasks --broker URL <args>``)."""
 
@@ -54,8 +58,10 @@ class FlowerProcess:
         env = {**os.environ, "FP_TEST_BROKER": broker, "PYTHONPATH": pythonpath, **(env or {})}
         env.pop("FLOWER_UNAUTHENTICATED_API", None)  # /api/practices must not need it
         with open(self.log, "wb") as out:
+            # SIGHUP as a terminal would leave it: a suite started under nohup passes
+            # SIG_IGN on, and the plugin rightly keeps an ignored SIGHUP ignored
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                         cwd=str(cwd))
+                                         cwd=str(cwd), preexec_fn=_default_sighup)
         wait_for(self._up, timeout=40, message=f"Flower to listen:\n{self.output()}")
 
     def _up(self) -> bool:
