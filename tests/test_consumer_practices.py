@@ -12,6 +12,14 @@ an ``acks_late`` task still running after 3 s (kombu's unacked restore runs ever
 in tests/apps/redelivery.py; by default it sweeps about every 100 s). It must
 not fire for retries with a countdown, an ETA shorter than the visibility timeout, or a
 message restored by a worker's warm shutdown.
+
+duplicate_delivery on RabbitMQ (a vhost of the test's own): no visibility timeout; the
+broker requeues what a channel held unacknowledged when it closes. One worker reaches
+RabbitMQ through the proxy, which cuts its consuming connection (the one that sent
+``basic.consume`` on ``celery``) while it runs an ``acks_late`` task: the second worker
+gets the message at once, the first reconnects (Celery restarts its consumer: worker-
+offline, worker-online) and finishes its run too -- the task runs twice. The same
+must-not-fire workload as on Redis stays silent.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from flower_practices.config import Settings
 from tests.apps.queues import make_app as queues_app
 from tests.apps.redelivery import make_app as redelivery_app
 from tests.support.exporter import RunningExporter, wait_for
-from tests.support.tcp_proxy import BlackholeProxy
+from tests.support.tcp_proxy import AMQP_CONSUME_CELERY, BlackholeProxy
 from tests.support.worker import WorkerProcess
 
 pytestmark = pytest.mark.slow
@@ -219,8 +227,48 @@ def test_duplicate_delivery_fires_when_an_acks_late_run_outlives_the_visibility_
         assert "a run longer" in f["summary"]
 
 
+def test_duplicate_delivery_fires_on_rabbitmq_when_a_connection_drops_mid_run(
+        amqp_url: str) -> None:
+    app: Celery = redelivery_app(amqp_url)
+    cfg = settings(duplicate_delivery={"grace_seconds": 2.0})
+    with BlackholeProxy("127.0.0.1", 5672, trigger=AMQP_CONSUME_CELERY) as proxy, \
+            RunningExporter(app, cfg, app_loaded=True) as exporter:
+        first = redelivery_worker(proxy.amqp_url(amqp_url), "cut", 3.0)
+        second = redelivery_worker(amqp_url, "other", 3.0)
+        try:
+            first.start(app)
+            result = app.send_task("redelivery.acks_late", args=[10.0])
+            wait_for(lambda: events(exporter, "started", "redelivery.acks_late") >= 1,
+                     timeout=30, message="the first worker runs the task")
+            second.start(app)
+            wait_for(lambda: proxy.marked, timeout=15, message="consuming connection seen")
+            assert proxy.cut() == 1  # the network drops the first worker's connection
+            wait_for(lambda: events(exporter, "received", "redelivery.acks_late") >= 2,
+                     timeout=30, message="the requeued message delivered again")
+            wait_for(lambda: events(exporter, "succeeded", "redelivery.acks_late") >= 2,
+                     timeout=60, message="both runs finished")
+            f = finding(exporter, "duplicate_delivery", timeout=30,
+                        task="redelivery.acks_late")
+            # the first worker stayed up all along
+            assert first.proc is not None and first.proc.poll() is None
+            assert exporter.total("celery_worker_up", worker=first.name) == 1
+        finally:
+            first.stop()
+            second.stop()
+        assert "Connection to broker lost" in first.log()
+        ev = f["evidence"]
+        assert result.id in ev["task_ids"] and ev["transport"] == "amqp"
+        assert ev["first_workers"] == [first.name]
+        assert "visibility_timeout" not in ev
+        assert "connection" in f["summary"]
+        assert f["count"] == 1 == total(exporter, "duplicate_delivery",
+                                        task="redelivery.acks_late")
+
+
+@pytest.mark.parametrize("broker", ["redis_url", "amqp_url"], ids=["redis", "rabbitmq"])
 def test_duplicate_delivery_silent_on_retries_short_eta_and_warm_shutdown(
-        redis_url: str) -> None:
+        broker: str, request: pytest.FixtureRequest) -> None:
+    redis_url = request.getfixturevalue(broker)  # (either broker's URL)
     vt = 20.0
     app: Celery = redelivery_app(redis_url, visibility_timeout=vt)
     cfg = settings(duplicate_delivery={"grace_seconds": 2.0})

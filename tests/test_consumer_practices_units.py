@@ -85,6 +85,38 @@ def test_duplicate_delivery_counts_redeliveries_not_retries_nor_warm_shutdown() 
     assert f["evidence"]["visibility_timeout"] == "unknown (app not loaded)"
 
 
+def test_duplicate_delivery_counts_an_excused_redelivery_that_finishes_twice() -> None:
+    """RabbitMQ: w1's connection drops while it runs an acks_late task; Celery restarts its
+    consumer (worker-offline, worker-online), the broker requeues the message to w2. The
+    redelivery alone looks like a worker that went away; the first run finishing as well
+    shows the task ran twice. A redelivery after a worker really went (one completion)
+    stays excused."""
+    eng = engine(duplicate_delivery={"grace_seconds": 2.0})
+    t0 = time.time() - 100
+    for host in ("w1@h", "w2@h"):
+        heartbeat(eng, host, t0)
+    for uuid in ("x", "lost"):
+        task(eng, "task-sent", uuid, t0, retries=0)
+        task(eng, "task-received", uuid, t0, "w1@h", retries=0)
+        task(eng, "task-started", uuid, t0, "w1@h")
+    eng.observe({"type": "worker-offline", "hostname": "w1@h", "timestamp": t0 + 1,
+                 "local_received": t0 + 1})
+    for uuid in ("x", "lost"):
+        task(eng, "task-received", uuid, t0 + 1, "w2@h", retries=0)
+        task(eng, "task-started", uuid, t0 + 1, "w2@h")
+    heartbeat(eng, "w1@h", t0 + 1.5)  # back online: the consumer reconnected
+    eng.evaluate(t0 + 5)
+    assert found(eng, "duplicate_delivery") == []  # excused, so far
+    task(eng, "task-succeeded", "x", t0 + 6, "w1@h")   # the first run went on
+    task(eng, "task-succeeded", "x", t0 + 7, "w2@h")
+    task(eng, "task-succeeded", "lost", t0 + 7, "w2@h")  # one completion only
+    eng.evaluate(t0 + 8)
+    [f] = found(eng, "duplicate_delivery")
+    assert f["count"] == 1 and f["evidence"]["task_ids"] == ["x"]
+    assert f["evidence"]["first_workers"] == ["w1@h"]
+    assert f["evidence"]["redelivered_to"] == ["w2@h"]
+
+
 def test_duplicate_delivery_survives_a_restart_without_recount(tmp_path: Path) -> None:
     t0 = time.time() - 100
     eng = engine(tmp_path, duplicate_delivery={"grace_seconds": 1.0})

@@ -1,6 +1,8 @@
 """Periodic-task practices against real ``celery beat`` processes, real workers and the
 real exporter, on a fresh Redis database, with the app loaded (``-A``: periods from
-``beat_schedule``) and without it (periods learned from the task-sent cadence).
+``beat_schedule``) and without it (periods learned from the task-sent cadence), and on
+RabbitMQ (a vhost of the test's own; beat publishes there, the workers consume there)
+with the app loaded.
 
 Must fire: beat terminated -> ``missed_periodic_task``; two beats at once ->
 ``duplicate_beat`` naming both; a task sleeping longer than its period ->
@@ -25,7 +27,12 @@ from celery import Celery
 from flower_practices.config import Settings
 from tests.apps import periodic
 from tests.support.beat import BeatProcess
-from tests.support.brokers import fresh_redis_url, release_redis_dbs
+from tests.support.brokers import (
+    delete_vhost,
+    fresh_redis_url,
+    rabbitmq_vhost_url,
+    release_redis_dbs,
+)
 from tests.support.exporter import RunningExporter, wait_for
 from tests.support.worker import WorkerProcess
 
@@ -41,7 +48,10 @@ OPTIONS = {
     "duplicate_beat": {"grace_seconds": 2.0, **LEARN},
     "periodic_overlap": {**LEARN},
 }
-LOADED = pytest.mark.parametrize("loaded", [True, False], ids=["with-A", "without-A"])
+LOADED = pytest.mark.parametrize(("loaded", "broker_kind"), [
+    (True, "redis"), (False, "redis"),
+    pytest.param(True, "rabbitmq", marks=pytest.mark.rabbitmq),
+], ids=["with-A", "without-A", "rabbitmq-with-A"])
 
 
 def settings() -> Settings:
@@ -107,10 +117,10 @@ class Env:
 
 
 @contextmanager
-def environment(entries: str, loaded: bool) -> Iterator[Env]:
+def environment(entries: str, loaded: bool, broker_kind: str = "redis") -> Iterator[Env]:
     """Workers and beats start before :meth:`Env.watch` starts the exporter (as in a
     deployment the exporter joins): a beat that is still starting up is not sending."""
-    broker = fresh_redis_url()
+    broker = fresh_redis_url() if broker_kind == "redis" else rabbitmq_vhost_url()
     app = periodic.make_app(broker, entries)
     env = Env(broker, app, None, entries, [], loaded)  # type: ignore[arg-type]
     try:
@@ -122,7 +132,10 @@ def environment(entries: str, loaded: bool) -> Iterator[Env]:
             env.exporter.stop()
         for w in env.workers:
             w.kill()
-        release_redis_dbs(broker)
+        if broker_kind == "redis":
+            release_redis_dbs(broker)
+        else:
+            delete_vhost(broker)
 
 
 def producer(beat: BeatProcess) -> re.Pattern:
@@ -131,9 +144,9 @@ def producer(beat: BeatProcess) -> re.Pattern:
 
 
 @LOADED
-def test_beat_stopped_is_a_missed_periodic_task(loaded: bool) -> None:
-    with environment("tick", loaded) as env:
-        env.worker(f"missed-{int(loaded)}@fp-test")
+def test_beat_stopped_is_a_missed_periodic_task(loaded: bool, broker_kind: str) -> None:
+    with environment("tick", loaded, broker_kind) as env:
+        env.worker(f"missed-{int(loaded)}-{broker_kind}@fp-test")
         with env.beat() as beat:
             env.wait_beat_sending(beat)
             env.watch()
@@ -161,9 +174,9 @@ def test_beat_stopped_is_a_missed_periodic_task(loaded: bool) -> None:
 
 
 @LOADED
-def test_two_beats_are_a_duplicate_beat_naming_both(loaded: bool) -> None:
-    with environment("tick", loaded) as env:
-        env.worker(f"dup-{int(loaded)}@fp-test")
+def test_two_beats_are_a_duplicate_beat_naming_both(loaded: bool, broker_kind: str) -> None:
+    with environment("tick", loaded, broker_kind) as env:
+        env.worker(f"dup-{int(loaded)}-{broker_kind}@fp-test")
         with env.beat() as first, env.beat() as second:
             env.wait_beat_sending(first)
             env.wait_beat_sending(second)
@@ -180,9 +193,10 @@ def test_two_beats_are_a_duplicate_beat_naming_both(loaded: bool) -> None:
 
 
 @LOADED
-def test_runs_longer_than_the_period_are_a_periodic_overlap(loaded: bool) -> None:
-    with environment("slow", loaded) as env:
-        env.worker(f"overlap-{int(loaded)}@fp-test", concurrency=4)
+def test_runs_longer_than_the_period_are_a_periodic_overlap(loaded: bool,
+                                                           broker_kind: str) -> None:
+    with environment("slow", loaded, broker_kind) as env:
+        env.worker(f"overlap-{int(loaded)}-{broker_kind}@fp-test", concurrency=4)
         with env.beat() as beat:
             env.wait_beat_sending(beat)
             env.watch()
@@ -204,9 +218,9 @@ def test_runs_longer_than_the_period_are_a_periodic_overlap(loaded: bool) -> Non
 
 @LOADED
 def test_normal_beat_retries_countdowns_and_a_worker_restart_raise_nothing(
-        loaded: bool) -> None:
-    with environment("tick,flaky", loaded) as env:
-        name = f"calm-{int(loaded)}@fp-test"
+        loaded: bool, broker_kind: str) -> None:
+    with environment("tick,flaky", loaded, broker_kind) as env:
+        name = f"calm-{int(loaded)}-{broker_kind}@fp-test"
         worker = env.worker(name)
         stop_sending = threading.Event()
 

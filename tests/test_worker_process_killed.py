@@ -1,4 +1,5 @@
-"""worker_process_killed against real prefork workers on the real Redis.
+"""worker_process_killed against real prefork workers on the real Redis and on the real
+RabbitMQ (a vhost of the module's own; the pool processes' pids go through Redis then).
 
 A task publishes its pool process's pid and sleeps; the test SIGKILLs that process (what
 the OOM killer does): the task fails with WorkerLostError, the worker stays up, and the
@@ -23,7 +24,12 @@ from celery import Celery
 
 from flower_practices.config import Settings
 from tests.apps import killable
-from tests.support.brokers import fresh_redis_url, release_redis_dbs
+from tests.support.brokers import (
+    delete_vhost,
+    fresh_redis_url,
+    rabbitmq_vhost_url,
+    release_redis_dbs,
+)
 from tests.support.exporter import RunningExporter, wait_for
 from tests.support.worker import WorkerProcess
 
@@ -35,6 +41,8 @@ PRACTICE = "worker_process_killed"
 @dataclass
 class Env:
     broker: str
+    #: the Redis the pool processes publish their pids to (the broker's when it is Redis)
+    pid_store: str
     app: Celery
     exporter: RunningExporter
     redis: redis.Redis
@@ -42,7 +50,8 @@ class Env:
     def worker(self, tag: str) -> WorkerProcess:
         name = f"{tag}{int(time.time() * 1000) % 100000}@fp-test"
         return WorkerProcess("tests.apps.killable", self.broker, name=name, pool="prefork",
-                             concurrency=1).start(self.app, timeout=60)
+                             concurrency=1, env={"FP_TEST_PID_REDIS": self.pid_store}
+                             ).start(self.app, timeout=60)
 
     def pid(self, key: str) -> int:
         return int(wait_for(lambda: self.redis.get(key), timeout=60,
@@ -63,18 +72,25 @@ class Env:
                                    task=task) == 0
 
 
-@pytest.fixture(scope="module")
-def env() -> Iterator[Env]:
-    broker = fresh_redis_url()
-    app = killable.make_app(broker)
+@pytest.fixture(scope="module", params=[
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("rabbitmq", marks=[pytest.mark.redis, pytest.mark.rabbitmq]),
+])
+def env(request: pytest.FixtureRequest) -> Iterator[Env]:
+    pid_store = broker = fresh_redis_url()
     settings = Settings(evaluation_interval=0.5, probe_interval=1.0, clear_after_seconds=600.0,
                         practices={"lost_task": {"grace_seconds": 0.0}})
     try:
+        if request.param == "rabbitmq":
+            broker = rabbitmq_vhost_url()
+        app = killable.make_app(broker, pid_store)
         with RunningExporter(app, settings, app_loaded=True) as exporter:
             wait_for(lambda: exporter.get("/healthz")[0] == 200, message="healthz 200")
-            yield Env(broker, app, exporter, redis.Redis.from_url(broker))
+            yield Env(broker, pid_store, app, exporter, redis.Redis.from_url(pid_store))
     finally:
-        release_redis_dbs(broker)
+        release_redis_dbs(pid_store)
+        if broker != pid_store:
+            delete_vhost(broker)
 
 
 def _kill(pid: int) -> None:

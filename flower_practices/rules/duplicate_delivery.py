@@ -22,6 +22,15 @@ restored) is expected, and ``lost_task`` reports the lost run. The grace lets th
 worker's worker-offline arrive after the redelivery it caused; a worker stopped later
 does not hide a duplicate that already happened.
 
+Unless the task then *finishes twice*: a second task-succeeded/failed for the same
+message (same id and ``retries``) means the first run was not lost -- it went on and
+the task ran twice -- so an excused redelivery is counted after all, when that second
+completion arrives. That is RabbitMQ's case when a worker's connection drops while it
+runs an ``acks_late`` task: the broker requeues the unacknowledged message at once and
+another worker (or the same one, reconnected) runs it again; the worker itself stays
+up, but Celery restarts its consumer, which sends worker-offline and worker-online, so
+the redelivery alone looks like a worker that went away.
+
 Each duplicate delivery is counted once. The finding (per queue and task) stays
 ``window_seconds`` after the last one; its evidence gives the seconds between the first
 and the repeated delivery, the ETA/countdown delay and the runtime of the first delivery
@@ -40,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..bounded import LRUDict
 from ..brokers import is_amqp_broker, scheme
-from ..events.types import TASK_RECEIVED, TASK_SENT, TASK_STARTED
+from ..events.types import TASK_FAILED, TASK_RECEIVED, TASK_SENT, TASK_STARTED, TASK_SUCCEEDED
 from ..findings import Condition
 from .base import Rule
 
@@ -59,8 +68,8 @@ MAX_CANDIDATES = 10_000
 _MAX_ETA_LENGTH = 64
 
 # a delivery entry: [retries, received, started, first worker, its epoch, first received
-# (local time), first started (local time), eta string]
-_RETRIES, _RECEIVED, _STARTED, _HOST, _EPOCH, _AT, _STARTED_AT, _ETA = range(8)
+# (local time), first started (local time), eta string, completions (succeeded/failed)]
+_RETRIES, _RECEIVED, _STARTED, _HOST, _EPOCH, _AT, _STARTED_AT, _ETA, _DONE = range(9)
 
 
 def _s(value: Any) -> str:
@@ -111,10 +120,14 @@ class DuplicateDelivery(Rule):
         #: "<uuid>/<delivery number>" -> (detected_at, queue, task, first worker, worker,
         #: gap, eta delay, runtime, uuid)
         self.found: LRUDict[str, tuple[Any, ...]] = LRUDict(10_000)
+        #: uuid -> the found entry of a repeated delivery excused because its first worker
+        #: looked gone; counted after all if the task then finishes twice
+        self.excused: LRUDict[str, tuple[str, tuple[Any, ...]]] = LRUDict(MAX_CANDIDATES)
 
     def hooks(self):
         return {TASK_SENT: self._on_sent, TASK_RECEIVED: self._on_received,
-                TASK_STARTED: self._on_started}
+                TASK_STARTED: self._on_started, TASK_SUCCEEDED: self._on_done,
+                TASK_FAILED: self._on_done}
 
     # -- hot path ------------------------------------------------------------------------
     def _on_sent(self, event: dict, rec: Any) -> None:
@@ -130,7 +143,7 @@ class DuplicateDelivery(Rule):
             worker, host = None, _s(host)
         entry = [retries, received, started, host,
                  worker.epoch if worker is not None else -1, at,
-                 at if started else 0.0, eta if type(eta) is str else None]
+                 at if started else 0.0, eta if type(eta) is str else None, 0]
         deliveries = self.deliveries
         deliveries[uuid] = entry
         if len(deliveries) > self._limit:
@@ -163,6 +176,19 @@ class DuplicateDelivery(Rule):
         if entry[_STARTED] > 1 and entry[_STARTED] > entry[_RECEIVED]:
             self._candidate(uuid, entry, event, rec, self._state.last_event_at)
 
+    def _on_done(self, event: dict, rec: Any) -> None:
+        uuid = event["uuid"]
+        entry = self.deliveries.get(uuid)
+        if entry is None:
+            return
+        entry[_DONE] += 1
+        if entry[_DONE] > 1:
+            excused = self.excused.pop(uuid, None)
+            if excused is not None:  # the first run was not lost after all: ran twice
+                key, value = excused
+                self.found.put(key, (self.ctx.state.last_event_at, *value[1:]))
+                self.count(value[1] or None, value[2] or None)
+
     def _candidate(self, uuid: str, entry: list[Any], event: dict, rec: Any,
                    at: float) -> None:
         queue, task = (rec.queue, rec.name) if rec is not None else ("", "")
@@ -187,13 +213,19 @@ class DuplicateDelivery(Rule):
         candidates = self.candidates
         while candidates and now - candidates[0][0] >= grace:
             at, uuid, entry, host, queue, task, gone = candidates.popleft()
-            if gone or self._first_worker_gone(entry, at, grace):
-                continue  # a redelivery after the worker was lost: lost_task's domain
             gap = round(at - entry[_AT], 1)
             runtime = round(at - entry[_STARTED_AT], 1) if entry[_STARTED_AT] else None
             eta = _eta_delay(entry[_ETA], entry[_AT])
-            self.found.put(f"{uuid}/{max(entry[_RECEIVED], entry[_STARTED])}",
-                           (now, queue, task, entry[_HOST], host, gap, eta, runtime, uuid))
+            key = f"{uuid}/{max(entry[_RECEIVED], entry[_STARTED])}"
+            value = (now, queue, task, entry[_HOST], host, gap, eta, runtime, uuid)
+            if gone or self._first_worker_gone(entry, at, grace):
+                live = self.deliveries.get(uuid)
+                if live is None or live[_RETRIES] != entry[_RETRIES] or live[_DONE] < 2:
+                    # a redelivery after the worker was lost (lost_task's domain), unless
+                    # the task finishes twice later on
+                    self.excused.put(uuid, (key, value))
+                    continue
+            self.found.put(key, value)
             self.count(queue or None, task or None)
 
     def evaluate(self, now: float) -> Iterable[Condition]:
@@ -210,8 +242,10 @@ class DuplicateDelivery(Rule):
     def _transport_evidence(self) -> dict[str, Any]:
         url = self.ctx.broker_url
         if is_amqp_broker(url):
-            return {"transport": "amqp", "broker_timeout": "RabbitMQ consumer_timeout "
-                    "(default 1800 s) closes a channel holding an unacknowledged message"}
+            return {"transport": "amqp", "broker_timeout": "RabbitMQ requeues the "
+                    "unacknowledged messages of a channel that closes: the worker's "
+                    "connection dropped, its heartbeats missed, or consumer_timeout "
+                    "(default 1800 s) passed"}
         evidence: dict[str, Any] = {"transport": scheme(url) or "unknown"}
         app = self.ctx.app
         if app is None:
@@ -243,9 +277,14 @@ class DuplicateDelivery(Rule):
             **self._transport_evidence(),
         }
         cause = "an ETA/countdown" if etas else "a run" if runtimes else "a reservation"
+        if evidence["transport"] == "amqp":
+            why = (f"{cause} held unacknowledged when the worker's channel or connection "
+                   "closed: a dropped connection, missed AMQP heartbeats or consumer_timeout")
+        else:
+            why = f"{cause} longer than the broker's visibility timeout"
         summary = (f"{len(items)} duplicate deliver{'y' if len(items) == 1 else 'ies'} of "
                    f"{task or 'a task'}: the same message received again, no retry in "
-                   f"between ({cause} longer than the broker's visibility/consumer timeout)")
+                   f"between ({why})")
         vt = evidence.get("visibility_timeout")
         if isinstance(vt, float):
             summary += f"; visibility_timeout is {vt:g}s"

@@ -1,7 +1,8 @@
 """Tasks whose pool process a test can kill, and tasks that fail by exception class.
 
 ``killable.hog`` / ``killable.sleepy`` publish their process id to the Redis key they are
-given (on the broker's Redis) and sleep, so a test can SIGKILL exactly the pool process
+given (on the broker's Redis, or on ``pid_store`` / ``FP_TEST_PID_REDIS`` when the broker
+is RabbitMQ) and sleep, so a test can SIGKILL exactly the pool process
 running them. ``killable.boom`` raises the built-in exception class it is named.
 ``make_app(broker)`` builds a fresh copy for tests (broker from FP_TEST_BROKER).
 """
@@ -16,7 +17,7 @@ from celery import Celery
 BOOM = ("ValueError", "KeyError", "TypeError", "LookupError")
 
 
-def make_app(broker: str) -> Celery:
+def make_app(broker: str, pid_store: str | None = None) -> Celery:
     app = Celery("killable", broker=broker, set_as_current=False)
     app.conf.update(
         task_send_sent_event=True,
@@ -29,7 +30,7 @@ def make_app(broker: str) -> Celery:
     def publish_pid(key: str) -> None:
         import redis
 
-        redis.Redis.from_url(broker).set(key, os.getpid(), ex=600)
+        redis.Redis.from_url(pid_store or broker).set(key, os.getpid(), ex=600)
 
     @app.task(name="killable.hog", shared=False)
     def hog(key, seconds):
@@ -54,4 +55,5 @@ def make_app(broker: str) -> Celery:
     return app
 
 
-app = make_app(os.environ.get("FP_TEST_BROKER", "memory://"))
+app = make_app(os.environ.get("FP_TEST_BROKER", "memory://"),
+               os.environ.get("FP_TEST_PID_REDIS") or None)

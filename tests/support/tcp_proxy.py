@@ -7,6 +7,12 @@ connections) is *blackholed*: both sockets stay open, whatever either side sends
 and dropped, nothing is forwarded any more. That is the half-open TCP connection a
 broker failover or a NAT/firewall timeout leaves behind: the client sees no error and
 waits for a reply that never comes -- the zombie consumer.
+
+On AMQP the consuming connection says so once, when it subscribes: with
+``trigger=AMQP_CONSUME_CELERY`` (a ``basic.consume`` on the queue ``celery``) the proxy
+*marks* that connection, and later :meth:`BlackholeProxy.blackhole_marked` blackholes it
+or :meth:`BlackholeProxy.cut` closes both its sockets (a connection dropped by the
+network: the broker requeues the messages it had delivered unacknowledged on it).
 """
 
 from __future__ import annotations
@@ -17,6 +23,10 @@ import socket
 import threading
 
 _CHUNK = 65536
+
+#: the start of an AMQP 0-9-1 ``basic.consume`` (class 60, method 20, reserved short 0)
+#: on the queue ``celery``, as a client sends it in a method frame
+AMQP_CONSUME_CELERY = b"\x00\x3c\x00\x14\x00\x00\x06celery"
 
 
 class BlackholeProxy:
@@ -38,10 +48,38 @@ class BlackholeProxy:
         self.connections = 0
         self.blackholed: list[tuple[str, int]] = []
         self._sockets: list[socket.socket] = []
+        #: connections that carried the trigger (client socket -> upstream socket), and
+        #: those of them to blackhole from now on
+        self.marked: dict[socket.socket, socket.socket] = {}
+        self._drop: set[socket.socket] = set()
         self._thread = threading.Thread(target=self._accept, daemon=True)
 
     def url(self, db: int) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def amqp_url(self, broker_url: str) -> str:
+        """``broker_url`` (amqp://user:pass@host:port/vhost) through this proxy."""
+        creds, rest = broker_url.split("://", 1)[1].split("@", 1)
+        return f"amqp://{creds}@127.0.0.1:{self.port}/{rest.split('/', 1)[1]}"
+
+    def blackhole_marked(self) -> int:
+        """Blackhole every open connection that carried the trigger; returns how many."""
+        with self._lock:
+            self._drop.update(self.marked)
+            return len(self.marked)
+
+    def cut(self) -> int:
+        """Close both sockets of every open connection that carried the trigger (the
+        network dropped it); returns how many."""
+        with self._lock:
+            pairs = list(self.marked.items())
+            self.marked.clear()
+        for client, upstream in pairs:
+            for sock in (client, upstream):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            self._close(client, upstream)
+        return len(pairs)
 
     def start(self) -> BlackholeProxy:
         self._thread.start()
@@ -94,9 +132,16 @@ class BlackholeProxy:
                 except OSError:
                     data = b""
                 if not data:
+                    self._forget(client)
                     self._close(client, upstream)
                     return
+                if sock is client and self.trigger in data:
+                    with self._lock:
+                        self.marked.setdefault(client, upstream)
                 if not dead and sock is client and self._take_trigger(data):
+                    dead = True
+                    self.blackholed.append(peer)
+                if not dead and client in self._drop:
                     dead = True
                     self.blackholed.append(peer)
                 if dead:
@@ -104,9 +149,15 @@ class BlackholeProxy:
                 try:
                     other[sock].sendall(data)
                 except OSError:
+                    self._forget(client)
                     self._close(client, upstream)
                     return
+        self._forget(client)
         self._close(client, upstream)
+
+    def _forget(self, client: socket.socket) -> None:
+        with self._lock:
+            self.marked.pop(client, None)
 
     @staticmethod
     def _close(*socks: socket.socket) -> None:
