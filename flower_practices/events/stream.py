@@ -278,21 +278,32 @@ def make_event_stream(app: Celery, handler: Callable[[dict], None], status: Stre
     ``consumer="kombu"``) Celery's generic receiver. ``batch_handler``: takes the
     events of one message at once, on the direct paths (``Engine.observe_many``)."""
     if consumer == "auto":
-        from .fast_amqp import AMQP_TRANSPORTS, AmqpEventStream, fast_amqp_unsupported
-        from .fast_redis import RedisEventStream, fast_path_unsupported
-
-        amqp_broker = _transport(app) in AMQP_TRANSPORTS
-        path = "direct AMQP consumer" if amqp_broker else "direct Redis path"
-        why = fast_amqp_unsupported(app) if amqp_broker else fast_path_unsupported(app)
-        if why is None:
-            try:
-                if amqp_broker:
-                    return AmqpEventStream(app, handler, status, batch_handler, **kwargs)
-                return RedisEventStream(app, handler, status, batch_handler, **kwargs)
-            except Exception as exc:  # pragma: no cover - defensive: use the generic path
-                why = f"{type(exc).__name__}: {exc}"
-        log.info("using Celery's generic event receiver (%s: %s)", path, why)
+        stream, why = direct_event_stream(app, handler, status, batch_handler, **kwargs)
+        if stream is not None:
+            return stream
+        log.info("using Celery's generic event receiver (%s)", why)
     return EventStream(app, handler, status, **kwargs)
+
+
+def direct_event_stream(app: Celery, handler: Callable[[dict], None], status: StreamStatus,
+                        batch_handler: Callable[[list | tuple], None] | None = None,
+                        **kwargs: Any) -> tuple[threading.Thread | None, str]:
+    """The direct consumer for ``app``'s broker (Redis pub/sub or AMQP), not started, and
+    its description; or None and why neither can be used (other transports, TLS...)."""
+    from .fast_amqp import AMQP_TRANSPORTS, AmqpEventStream, fast_amqp_unsupported
+    from .fast_redis import RedisEventStream, fast_path_unsupported
+
+    amqp_broker = _transport(app) in AMQP_TRANSPORTS
+    path = "direct AMQP consumer" if amqp_broker else "direct Redis path"
+    why = fast_amqp_unsupported(app) if amqp_broker else fast_path_unsupported(app)
+    if why is None:
+        try:
+            if amqp_broker:
+                return AmqpEventStream(app, handler, status, batch_handler, **kwargs), path
+            return RedisEventStream(app, handler, status, batch_handler, **kwargs), path
+        except Exception as exc:  # pragma: no cover - defensive: use the generic path
+            why = f"{type(exc).__name__}: {exc}"
+    return None, f"{path}: {why}"
 
 
 def _transport(app: Celery) -> str:

@@ -45,6 +45,7 @@ from ..events.status import StreamStatus
 from ..events.stream import (
     cap_events,
     count_decode_error,
+    direct_event_stream,
     guard_consumers,
     report_missed_heartbeat,
     with_liveness,
@@ -58,6 +59,7 @@ from .web import APP_ATTR, handlers, install_loader
 log = logging.getLogger("flower_practices.flower_plugin")
 
 STATUS_ATTR = "flower_practices_status"
+CONSUMER_ATTR = "flower_practices_consumer"
 #: how long an event Flower handled waits for the engine, and the most that wait
 #: (at 2,000 events/s a batch is 200 events: the engine's working set is then warm in the CPU
 #: caches for most of them -- its per-event cost inside Flower is 7.5 µs in batches of 40,
@@ -190,9 +192,14 @@ class StatusReceiver(EventReceiver):
                 status.reconnects += 1
             status.mark_connected()
 
-    def capture(self, *args: Any, **kwargs: Any) -> Any:
+    def capture(self, limit: Any = None, timeout: Any = None, wakeup: bool = True) -> Any:
+        if limit is None and timeout is None:  # Flower's Events thread: consume for ever
+            stream = self._direct_stream(wakeup)
+            if stream is not None:
+                stream.run()  # reconnects itself; returns once stopped
+                return None
         try:
-            return super().capture(*args, **kwargs)
+            return super().capture(limit=limit, timeout=timeout, wakeup=wakeup)
         except Exception as exc:
             status = self._status()
             if status is not None:
@@ -200,9 +207,69 @@ class StatusReceiver(EventReceiver):
             raise
 
 
-def watch_connection(events: Any, status: StreamStatus) -> None:
-    """Make Flower's Events thread report its broker connection to ``status``."""
+    def _direct_stream(self, wakeup: bool) -> Any:
+        """The direct consumer (:func:`~..events.stream.direct_event_stream`) that feeds
+        Flower's Events thread instead of kombu's generic one, when the plugin watches
+        this thread, ``event_consumer`` is "auto" and the broker allows one; else None.
+
+        Flower gets the same events (the consumers take each through the steps of
+        ``EventReceiver.event_from_message``: clock, timestamp, ``local_received``), with
+        the same caps as the exporter's, handed to its IOLoop one message at a time
+        (:func:`flower_batches`). The stream reconnects by itself, with the exporter's
+        back-off, and keeps the plugin's status (connected, reason, blind time)."""
+        status = self._status()
+        handler = (getattr(self, "handlers", None) or {}).get("*")
+        owner = getattr(handler, "__self__", None)
+        if status is None or getattr(owner, CONSUMER_ATTR, "kombu") != "auto" \
+                or getattr(owner, "io_loop", None) is None:
+            return None
+        stream, path = direct_event_stream(self.app, handler, status,
+                                           flower_batches(owner, status), wakeup=wakeup)
+        if stream is None:
+            log.info("flower_practices: Flower reads events with Celery's receiver (%s)", path)
+        else:
+            log.info("flower_practices: Flower reads events with the %s", path)
+        return stream
+
+
+def flower_batches(events: Any, status: StreamStatus) -> Callable[[list | tuple], None]:
+    """Hand the events of one message to Flower's state on its IOLoop, in order, with one
+    callback per message (Flower's own receiver schedules one per event). An event
+    Flower's state cannot take (no ``hostname``, say) does not stop the rest of the
+    message; the engine still judges it (the tap feeds it on), and the first such
+    rejection is logged. Non-mappings are counted (``not_a_mapping``) and dropped here."""
+    io_loop = events.io_loop
+    logged: list[bool] = []
+
+    def handle_all(bodies: list | tuple) -> None:
+        handle = events.state.event  # looked up here: the plugin's tap wraps it
+        for body in bodies:
+            try:
+                handle(body)
+            except Exception as exc:
+                if not logged:
+                    logged.append(True)
+                    log.warning("Flower's state rejected an event (%s); further rejections "
+                                "are logged at debug level", type(exc).__name__)
+                log.debug("Flower's state rejected an event", exc_info=True)
+
+    def batch(bodies: list | tuple) -> None:
+        good = [b for b in bodies if type(b) is dict]
+        if len(good) != len(bodies):
+            n = len(bodies) - len(good)
+            status.events += n
+            status.decode_error("not_a_mapping", n=n)
+        if good:
+            io_loop.add_callback(handle_all, good)
+
+    return batch
+
+
+def watch_connection(events: Any, status: StreamStatus, consumer: str = "auto") -> None:
+    """Make Flower's Events thread report its broker connection to ``status`` and, with
+    ``consumer="auto"``, read events with the direct consumer where the broker allows."""
     setattr(events, STATUS_ATTR, status)
+    setattr(events, CONSUMER_ATTR, consumer)
     if flower.events.EventReceiver is not StatusReceiver:
         # Stock Flower apps in the same process are unaffected: no status attribute.
         flower.events.EventReceiver = StatusReceiver
@@ -285,7 +352,7 @@ class PracticesPlugin:
         if protected:
             app.add_handlers(r".*$", _prefixed(protected, app.options.url_prefix))
         tap_state(app.events, self.engine.observe, self.status, self.engine.observe_many)
-        watch_connection(app.events, self.status)
+        watch_connection(app.events, self.status, self.settings.event_consumer)
         if not self.events_supported:
             self.status.mark_disconnected(NO_EVENTS_ON_DATABASE, final=True)
         register_metrics(self.engine)
