@@ -274,3 +274,32 @@ def test_a_senders_local_received_never_becomes_the_last_event_time() -> None:
                                "timestamp": before, "utcoffset": utcoffset, "clock": 1,
                                "local_received": 9.9e10}))
         assert before <= status.last_event_at <= time.time(), utcoffset
+
+
+def test_a_holding_decoder_hands_one_reads_events_on_in_one_call_in_order() -> None:
+    """``hold=True`` (both direct consumers): the events of every message decoded since
+    the last :meth:`flush` reach the batch handler in one call, in order, the events of a
+    list body among them; nothing is handed on before the flush, unless
+    ``HOLD_EVENTS`` are held."""
+    from flower_practices.events import fast_redis
+
+    batches: list[list] = []
+    status = StreamStatus()
+    decoder = EventDecoder(Celery("t", broker="memory://", set_as_current=False),
+                           lambda e: None, status, batch_handler=lambda b: batches.append(
+                               [e.get("uuid") if isinstance(e, dict) else e for e in b]),
+                           hold=True)
+
+    def event(i: int) -> dict:
+        return {"type": "task-received", "uuid": f"u{i}", "hostname": "w@h",
+                "timestamp": time.time(), "utcoffset": 0, "clock": i}
+    decoder.feed(envelope(event(1)))
+    decoder.feed(envelope(event(2)))
+    decoder.many([event(3), 7, event(4)])
+    assert batches == []
+    decoder.flush()
+    assert batches == [["u1", "u2", "u3", 7, "u4"]]
+    decoder.flush()
+    assert len(batches) == 1  # nothing held: no empty call
+    decoder.many([event(i) for i in range(fast_redis.HOLD_EVENTS)])
+    assert len(batches) == 2 and len(batches[1]) == fast_redis.HOLD_EVENTS

@@ -46,7 +46,6 @@ from typing import Any
 
 import amqp
 from celery import Celery
-from celery.utils.time import utcoffset
 
 from .amqp_frames import RECV_BYTES, DeliveryReader
 from .fast_redis import EventDecoder, _loads_body
@@ -103,7 +102,7 @@ def queue_arguments(app: Celery) -> dict[str, int]:
 
 
 class AmqpBodyDecoder:
-    """One AMQP message (body bytes and properties) -> events -> ``decoder.one``."""
+    """One AMQP message (body bytes and properties) -> events -> ``decoder.many``."""
 
     def __init__(self, decoder: EventDecoder) -> None:
         self.decoder = decoder
@@ -144,18 +143,15 @@ class AmqpBodyDecoder:
             status.events += 1
             status.decode_error("undecodable_body")
             return
-        one = self.decoder.one
-        here = utcoffset()
         if type(payload) is list:
             if len(payload) > MAX_EVENTS_PER_MESSAGE:
                 extra = len(payload) - MAX_EVENTS_PER_MESSAGE
                 status.events += extra
                 status.decode_error("too_many_events", n=extra)
                 payload = payload[:MAX_EVENTS_PER_MESSAGE]
-            for event in payload:
-                one(event, here)
+            self.decoder.many(payload)
         else:
-            one(payload, here)
+            self.decoder.many((payload,))
 
 
 class AmqpEventStream(ReconnectingStream):
@@ -169,7 +165,7 @@ class AmqpEventStream(ReconnectingStream):
                  **kwargs: Any) -> None:
         super().__init__(app, handler, status, name="flower-practices-events-amqp", **kwargs)
         self.body_decoder = AmqpBodyDecoder(EventDecoder(app, handler, status,
-                                                         batch_handler))
+                                                         batch_handler, hold=True))
         with app.connection_for_read() as conn:
             port = int(conn.port or 5672)
             self._params = {
@@ -250,8 +246,12 @@ class AmqpEventStream(ReconnectingStream):
         next_tick = 0.0
         sleep = time.sleep
         pause = ReadPacer(sock, RECV_BYTES).pause
+        flush = self.body_decoder.decoder.flush
         while not stopped():
-            got = read()
+            try:
+                got = read()
+            finally:
+                flush()  # every event this read brought, in one engine call
             now = monotonic()
             if got:
                 wait = pause(got, reader.woke, now)  # coalesce reads: see events.sockopts

@@ -55,6 +55,9 @@ from .types import TASK_SENT
 
 log = logging.getLogger("flower_practices.events")
 
+#: the most events a decoder holds before it hands them on without waiting for the read's
+#: end (``EventDecoder(hold=True)``)
+HOLD_EVENTS = 4096
 #: seconds of silence before we PING the server, and before we give up on it
 IDLE_PING_SECONDS = 5.0
 DEAD_AFTER_SECONDS = 15.0
@@ -154,11 +157,16 @@ class EventDecoder:
 
     def __init__(self, app: Celery, handler: Callable[[dict], None],
                  status: StreamStatus,
-                 batch_handler: Callable[[list | tuple], None] | None = None) -> None:
+                 batch_handler: Callable[[list | tuple], None] | None = None,
+                 *, hold: bool = False) -> None:
         self.handler = handler
         #: takes the events of one message at once (``Engine.observe_many``): it counts
         #: and handles non-mappings itself, and never raises
         self.batch_handler = batch_handler
+        #: with ``hold`` (and a ``batch_handler``), the events of several messages are
+        #: held until :meth:`flush` (the consumers call it after each read: every message
+        #: that one read brought is then handled in one call), at most :data:`HOLD_EVENTS`
+        self._held: list | None = [] if hold and batch_handler is not None else None
         self.status = status
         self.clock = app.clock
         self._accept = {"json", "application/json"}
@@ -250,11 +258,13 @@ class EventDecoder:
                 except Exception:
                     body["local_received"] = received  # never the sender's value
         if self.batch_handler is not None:
-            try:
-                self.batch_handler(bodies)
-            except Exception:  # pragma: no cover - Engine.observe_many never raises
-                status.decode_error("handler_error")
-                log.debug("event handler raised", exc_info=True)
+            held = self._held
+            if held is not None:
+                held.extend(bodies)
+                if len(held) >= HOLD_EVENTS:
+                    self.flush()
+                return
+            self._deliver(bodies)
             return
         handler = self.handler
         for body in bodies:
@@ -268,6 +278,20 @@ class EventDecoder:
                 status.decode_error("handler_error")
                 log.debug("event handler raised", exc_info=True)
 
+    def flush(self) -> None:
+        """Hand the held events (see ``hold``) to the batch handler, in order."""
+        held = self._held
+        if held:
+            self._held = []
+            self._deliver(held)
+
+    def _deliver(self, bodies: list | tuple) -> None:
+        try:
+            self.batch_handler(bodies)  # type: ignore[misc]
+        except Exception:  # pragma: no cover - Engine.observe_many never raises
+            self.status.decode_error("handler_error")
+            log.debug("event handler raised", exc_info=True)
+
 
 class RedisEventStream(ReconnectingStream):
     """Consume ``app``'s events from Redis pub/sub until :meth:`stop`; reconnect on failure."""
@@ -279,7 +303,7 @@ class RedisEventStream(ReconnectingStream):
                  **kwargs: Any) -> None:
         super().__init__(app, handler, status, name="flower-practices-events-redis",
                          **kwargs)
-        self.decoder = EventDecoder(app, handler, status, batch_handler)
+        self.decoder = EventDecoder(app, handler, status, batch_handler, hold=True)
         with app.connection_for_read() as conn:
             self.db = redis_db(conn.virtual_host)
             self._address = (conn.hostname, int(conn.port or 6379))
@@ -313,7 +337,7 @@ class RedisEventStream(ReconnectingStream):
         conn.blocking_reads(1.0)
         recv, buffer = conn.recv, conn.buffer
         put, gets = conn.reader.feed, conn.reader.gets
-        feed = self.decoder.feed
+        feed, flush = self.decoder.feed, self.decoder.flush
         stopped = self._stop_event.is_set
         last_read = time.monotonic()
         pinged = False
@@ -343,6 +367,8 @@ class RedisEventStream(ReconnectingStream):
                         frame = gets()
             except PROTOCOL_ERRORS as exc:  # not RESP: the stream cannot be trusted
                 raise RespError(f"RESP protocol error: {exc}") from None
+            finally:
+                flush()  # every event this read brought, in one engine call
             last_read = monotonic()
             pinged = False
             wait = pause(n, woke, last_read)  # coalesce reads: see events.sockopts
