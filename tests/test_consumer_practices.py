@@ -1,10 +1,17 @@
-"""stalled_consumer and duplicate_delivery against real workers on the real Redis.
+"""stalled_consumer and duplicate_delivery against real workers on the real Redis and
+RabbitMQ.
 
 stalled_consumer: a real zombie consumer -- one worker reaches Redis through
 :class:`~tests.support.tcp_proxy.BlackholeProxy`, which half-opens only the connection
 the worker sends ``BRPOP`` on: heartbeats and remote control keep working, consumption
 is dead. It must not fire for a saturated worker, a queue nobody consumes
 (``queue_without_consumer``'s finding) or a worker consuming normally under load.
+
+stalled_consumer on RabbitMQ: the proxy blackholes the connection that sent
+``basic.consume`` on ``celery``. RabbitMQ still counts the consumer and pushes it up to
+its prefetch count (unacknowledged: not in the ready count the probe reads), so the queue
+grows only past that; remote control shares the dead connection, so the worker lists the
+queue it took tasks from. The same must-not-fire workload stays silent.
 
 duplicate_delivery: Redis with ``visibility_timeout=3`` and a task with ``countdown=8``:
 the reserved ETA message goes back to the queue after 3 s and is received again; so does
@@ -127,8 +134,73 @@ def test_stalled_consumer_fires_on_a_half_open_consuming_connection(redis_url: s
         assert gauge(exporter, "stalled_consumer", queue="celery") == 1
 
 
+def queue_length(exporter: RunningExporter, queue: str) -> float:
+    return exporter.total("celery_queue_length", queue=queue)
+
+
+#: the zombie's prefetch count: concurrency 2 x worker_prefetch_multiplier 4
+PREFETCH = 8
+
+
+def test_stalled_consumer_fires_on_rabbitmq_past_the_zombies_prefetch(amqp_url: str) -> None:
+    """The consuming AMQP connection blackholed: RabbitMQ still counts its consumer and
+    pushes it up to its prefetch count (unacknowledged, so not in the queue's ready
+    count); only the messages past that wait in the queue. Remote control shares the
+    dead connection: the worker stops answering, its heartbeats (events connection) go
+    on, and it lists the queue it took its last task from."""
+    app = queues_app(amqp_url)
+    cfg = settings(stalled_consumer={"threshold_seconds": STALL})
+    with BlackholeProxy("127.0.0.1", 5672, trigger=AMQP_CONSUME_CELERY) as proxy, \
+            RunningExporter(app, cfg, app_loaded=True) as exporter:
+        w = queues_worker(proxy.amqp_url(amqp_url), "celery", "zombie")
+        try:
+            w.start(app)
+            app.send_task("queues.quick", args=[0])
+            wait_for(lambda: events(exporter, "succeeded", "queues.quick") >= 1, timeout=30,
+                     message="the worker consumes through the proxy")
+            wait_for(lambda: proxy.marked, timeout=15, message="consuming connection seen")
+            assert proxy.blackhole_marked() == 1
+            sent = 0
+            found: list[dict] = []
+            deadline = time.time() + PREFETCH + STALL + 60
+            while not found and time.time() < deadline:
+                # a trickle, one message a second: the probes see the queue grow
+                app.send_task("queues.quick", args=[sent])
+                sent += 1
+                time.sleep(1.0)
+                found = [x for x in exporter.findings("stalled_consumer")
+                         if x["queue"] == "celery"]
+            assert found, f"no stalled_consumer finding after {sent} messages"
+            f = found[0]
+            # the first PREFETCH went into the dead connection, unacknowledged
+            assert sent > PREFETCH
+            wait_for(lambda: queue_length(exporter, "celery") == sent - PREFETCH,
+                     timeout=30, message=f"{sent - PREFETCH} ready messages: "
+                     f"{queue_length(exporter, 'celery')}")
+            assert exporter.total("celery_queue_consumers", queue="celery") == 1
+            assert not app.control.ping(destination=[w.name], timeout=1.0)
+            assert exporter.total("celery_worker_up", worker=w.name) == 1
+            app.send_task("queues.quick", args=[99])  # gains while stalled: counted
+            wait_for(lambda: total(exporter, "stalled_consumer", queue="celery")
+                     >= f["count"] + 1, timeout=20, message="growth counted")
+        finally:
+            w.stop()
+        assert f["severity"] == "critical"
+        ev = f["evidence"]
+        assert 1 <= ev["queue_length"] <= sent - PREFETCH and ev["queue_growth"] >= 1
+        assert [s["worker"] for s in ev["stalled_workers"]] == [w.name] \
+            == ev["listing_workers"]
+        assert ev["stalled_workers"][0]["nothing_received_for_seconds"] >= STALL
+        assert ev["stalled_workers"][0]["last_received_from_queue"] is not None
+        assert exporter.findings("queue_without_consumer") == []
+        assert events(exporter, "received", "queues.quick") == 1  # nothing while stalled
+        assert gauge(exporter, "stalled_consumer", queue="celery") == 1
+
+
+@pytest.mark.parametrize("broker", ["redis_url", "amqp_url"], ids=["redis", "rabbitmq"])
 def test_stalled_consumer_silent_on_saturation_unconsumed_queue_and_load(
-        redis_url: str) -> None:
+        broker: str, request: pytest.FixtureRequest) -> None:
+    redis_url = request.getfixturevalue(broker)  # (either broker's URL)
     app = queues_app(redis_url, routes=True)  # queues.slow -> bulk
     cfg = settings(stalled_consumer={"threshold_seconds": STALL},
                    queue_without_consumer={"grace_seconds": 2.0})
@@ -152,7 +224,7 @@ def test_stalled_consumer_silent_on_saturation_unconsumed_queue_and_load(
                 n += 1
                 time.sleep(0.2)
             finding(exporter, "queue_without_consumer", queue="nobody")
-            assert redis_len(redis_url, "bulk") >= 3
+            assert queue_length(exporter, "bulk") >= 3
             exporter.wait_evaluated(rounds=3)
             assert events(exporter, "succeeded", "queues.quick") >= n // 2
         finally:

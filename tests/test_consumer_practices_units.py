@@ -225,3 +225,32 @@ def test_stalled_consumer_fires_not_when_saturated_and_survives_a_restart(
     stall(again, t0, 52, 54, lambda s: 18)  # +2 messages while stalled
     [f3] = found(again, "stalled_consumer")
     assert f3["count"] == f["count"] + 2
+
+
+def test_stalled_consumer_on_rabbitmq_lists_a_worker_that_never_answered_by_its_receipts(
+        ) -> None:
+    """On RabbitMQ a zombie's remote control shares its dead connection: a worker whose
+    ``active_queues`` the exporter never learned still lists the queue it took tasks
+    from; a worker that took nothing from the queue does not."""
+    eng = Engine(Settings(practices={"stalled_consumer": {"threshold_seconds": 10.0}},
+                          clear_after_seconds=600.0), broker_url="amqp://h//")
+    t0 = time.time() - 1000
+    for host in ("w1@h", "w2@h"):
+        heartbeat(eng, host, t0)
+    task(eng, "task-sent", "a", t0)
+    task(eng, "task-received", "a", t0, "w1@h", retries=0)
+    task(eng, "task-started", "a", t0, "w1@h")
+    task(eng, "task-succeeded", "a", t0, "w1@h")
+    for s in range(1, 16):  # no worker ever answers inspect; RabbitMQ counts 1 consumer
+        now = t0 + s
+        for host in ("w1@h", "w2@h"):
+            heartbeat(eng, host, now)
+        eng.apply_queue_probes({"q": QueueSample(lengths={"": 1 + s // 2}, consumers=1)},
+                               now, consumers_from_workers=False)
+        eng.evaluate(now)
+    [f] = found(eng, "stalled_consumer")
+    ev = f["evidence"]
+    assert ev["listing_workers"] == ["w1@h"] == ev["queues_known_from_receipts"]
+    assert [w["worker"] for w in ev["stalled_workers"]] == ["w1@h"]
+    assert ev["stalled_workers"][0]["prefetch_count"] is None
+    assert found(eng, "queue_without_consumer") == []

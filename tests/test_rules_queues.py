@@ -1,9 +1,11 @@
-"""Queue and worker practices against real workers on the real Redis (and RabbitMQ).
+"""Queue and worker practices against real workers on the real Redis and RabbitMQ.
 
 Each rule's finding is shown in ``/api/practices`` and as ``celery_practice_violation``
 in ``/metrics`` on a workload that breaks the practice; a well-behaved workload (several
 queues each with its own worker, sent events on, prefetch 1 with acks_late) raises none.
-The database rules run the real exporter against database broker/backend URLs.
+The database rules run the real exporter against database broker/backend URLs. Tests
+parametrized over ``broker`` run the same workload on Redis and on RabbitMQ (a vhost of
+their own): queue lengths then come from AMQP, consumers from RabbitMQ's count.
 """
 
 from __future__ import annotations
@@ -135,9 +137,12 @@ def test_database_broker_and_backend_reported_at_startup() -> None:
         assert "127.0.0.1:5432" not in json.dumps(exporter.practices())
 
 
-def test_database_backend_with_redis_broker(redis_url: str) -> None:
-    """The exporter on a real Redis broker, results configured into PostgreSQL."""
-    app = make_app(redis_url, backend="db+postgresql://127.0.0.1/test")
+@pytest.mark.parametrize("broker", ["redis_url", "amqp_url"], ids=["redis", "rabbitmq"])
+def test_database_backend_with_a_real_broker(broker: str,
+                                             request: pytest.FixtureRequest) -> None:
+    """The exporter on a real Redis or RabbitMQ broker, results configured into
+    PostgreSQL."""
+    app = make_app(request.getfixturevalue(broker), backend="db+postgresql://127.0.0.1/test")
     with running(app) as exporter:
         r = finding(exporter, "result_backend_database")
         assert r["evidence"]["source"] == ["result backend URL", "app config"]
@@ -146,8 +151,10 @@ def test_database_backend_with_redis_broker(redis_url: str) -> None:
         assert exporter.practices()["coverage"]["queue_starvation"] == "active"
 
 
-def test_redis_broker_and_backend_raise_no_database_findings(redis_url: str) -> None:
-    app = make_app(redis_url, backend=redis_url)
+@pytest.mark.parametrize("broker", ["redis_url", "amqp_url"], ids=["redis", "rabbitmq"])
+def test_real_broker_and_redis_backend_raise_no_database_findings(
+        broker: str, redis_url: str, request: pytest.FixtureRequest) -> None:
+    app = make_app(request.getfixturevalue(broker), backend=redis_url)
     with running(app) as exporter:
         exporter.wait_evaluated()  # evaluations that judged the app's configuration
         for rid in ("database_broker", "result_backend_database"):
@@ -156,7 +163,10 @@ def test_redis_broker_and_backend_raise_no_database_findings(redis_url: str) -> 
 
 
 # -- single_default_queue + events_disabled (client side) -----------------------------------
-def test_single_default_queue_and_sent_events_off(redis_url: str) -> None:
+@pytest.mark.parametrize("broker", ["redis_url", "amqp_url"], ids=["redis", "rabbitmq"])
+def test_single_default_queue_and_sent_events_off(broker: str,
+                                                 request: pytest.FixtureRequest) -> None:
+    redis_url = request.getfixturevalue(broker)  # (either broker's URL)
     producer = make_app(redis_url, sent_events=False)
     with running(producer) as exporter, workers(producer, worker(
             redis_url, "celery", "default", env={"FP_SENT_EVENTS": "0"})):
@@ -184,7 +194,9 @@ def test_single_default_queue_and_sent_events_off(redis_url: str) -> None:
 
 
 # -- events_disabled (worker side) ------------------------------------------------------------
-def test_worker_without_task_events(redis_url: str) -> None:
+@pytest.mark.parametrize("broker", ["redis_url", "amqp_url"], ids=["redis", "rabbitmq"])
+def test_worker_without_task_events(broker: str, request: pytest.FixtureRequest) -> None:
+    redis_url = request.getfixturevalue(broker)  # (either broker's URL)
     producer = make_app(redis_url)
     blind = worker(redis_url, "celery", "blind", events=False)
     with running(producer) as exporter, workers(producer, blind):
@@ -281,7 +293,10 @@ def test_queue_starvation_names_the_occupying_queue(redis_url: str) -> None:
 
 
 # -- prefetch_starvation ----------------------------------------------------------------------
-def test_prefetch_starvation_reserved_on_busy_worker(redis_url: str) -> None:
+@pytest.mark.parametrize("broker", ["redis_url", "amqp_url"], ids=["redis", "rabbitmq"])
+def test_prefetch_starvation_reserved_on_busy_worker(broker: str,
+                                                    request: pytest.FixtureRequest) -> None:
+    redis_url = request.getfixturevalue(broker)  # (either broker's URL)
     producer = make_app(redis_url)
     greedy = worker(redis_url, "work", "greedy")  # prefetch multiplier 4, concurrency 1
     with running(producer) as exporter, workers(producer, greedy):
@@ -304,7 +319,10 @@ def test_prefetch_starvation_reserved_on_busy_worker(redis_url: str) -> None:
 
 
 # -- the well-behaved counterpart -------------------------------------------------------------
-def test_well_behaved_queues_raise_no_queue_findings(redis_url: str) -> None:
+@pytest.mark.parametrize("broker", ["redis_url", "amqp_url"], ids=["redis", "rabbitmq"])
+def test_well_behaved_queues_raise_no_queue_findings(broker: str,
+                                                     request: pytest.FixtureRequest) -> None:
+    redis_url = request.getfixturevalue(broker)  # (either broker's URL)
     env = {"FP_PREFETCH": "1", "FP_ACKS_LATE": "1", "FP_ROUTES": "1"}
     producer = make_app(redis_url, prefetch=1, acks_late=True, routes=True)
     procs = [worker(redis_url, "celery", "main", env=env),

@@ -1,10 +1,16 @@
-"""Task-level practices against real workers on the real Redis.
+"""Task-level practices against real workers on the real Redis and the real RabbitMQ.
 
 Two environments, each with its own Redis database, real ``celery worker`` subprocesses
 and the real exporter (app loaded): a *bad* app that breaks the practices and a *good*
 app (routed queues, retries with back-off, time limits, ignore_result, primary keys).
 Each rule gets a test showing its finding in /api/practices and /metrics on the bad
 app, and a counterpart showing the good app's equivalent workload raises none.
+
+The bad environment runs twice: on Redis (broker and result backend), and on RabbitMQ
+(a vhost of its own) with results in Redis -- the usual pairing, and the one
+``unread_results`` can judge (it reads Redis key metadata; with ``rpc://`` it says it is
+unsupported, checked at the end). The good app's silence on RabbitMQ is
+tests/test_well_behaved_workload.py's.
 """
 
 from __future__ import annotations
@@ -20,7 +26,12 @@ from celery import Celery
 from flower_practices.config import Settings
 from tests.apps import bad_tasks, good_tasks
 from tests.apps.models import Invoice, Order, User
-from tests.support.brokers import fresh_redis_url, release_redis_dbs
+from tests.support.brokers import (
+    delete_vhost,
+    fresh_redis_url,
+    rabbitmq_vhost_url,
+    release_redis_dbs,
+)
 from tests.support.exporter import RunningExporter, wait_for
 from tests.support.worker import WorkerProcess
 
@@ -55,6 +66,8 @@ class Env:
     app: Celery
     exporter: RunningExporter
     workers: list[WorkerProcess]
+    #: the workers' environment (result backend, pickle as root)
+    worker_env: dict[str, str] | None = None
 
     def finding(self, practice: str, task: str, **match: str) -> dict:
         def find() -> dict | None:
@@ -86,11 +99,15 @@ class Env:
         self.exporter.wait_evaluated(since=time.time() + threshold)
 
 
-def _env(module, queues: list[str], env: dict[str, str] | None = None) -> Iterator[Env]:
-    broker = fresh_redis_url()
-    app = module.make_app(broker, broker)
+def _env(module, queues: list[str], env: dict[str, str] | None = None,
+         broker_kind: str = "redis") -> Iterator[Env]:
+    backend = broker = fresh_redis_url()
     workers: list[WorkerProcess] = []
     try:
+        if broker_kind == "rabbitmq":
+            broker = rabbitmq_vhost_url()
+        env = {**(env or {}), "FP_TEST_BACKEND": backend}
+        app = module.make_app(broker, backend)
         with RunningExporter(app, settings(), app_loaded=True) as exporter:
             wait_for(lambda: exporter.get("/healthz")[0] == 200, message="healthz 200")
             for q in queues:
@@ -98,18 +115,23 @@ def _env(module, queues: list[str], env: dict[str, str] | None = None) -> Iterat
                                              broker, queues=q, name=f"{q}-{module.__name__[12:16]}"
                                              f"{int(time.time() * 1000) % 100000}@fp-test", env=env)
                                .start(app))
-            yield Env(broker, app, exporter, workers)
+            yield Env(broker, app, exporter, workers, env)
             for w in workers:
                 w.stop()
     finally:
         for w in workers:
             w.kill()
-        release_redis_dbs(broker)
+        release_redis_dbs(backend)
+        if broker != backend:
+            delete_vhost(broker)
 
 
-@pytest.fixture(scope="module")
-def bad() -> Iterator[Env]:
-    yield from _env(bad_tasks, ["celery"], PICKLE_AS_ROOT)
+@pytest.fixture(scope="module", params=[
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("rabbitmq", marks=[pytest.mark.redis, pytest.mark.rabbitmq]),
+])
+def bad(request: pytest.FixtureRequest) -> Iterator[Env]:
+    yield from _env(bad_tasks, ["celery"], PICKLE_AS_ROOT, broker_kind=request.param)
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +304,7 @@ def test_time_limited_long_task_raises_no_finding(good: Env) -> None:
 def test_lost_task_found_when_worker_killed(bad: Env) -> None:
     doomed = WorkerProcess("tests.apps.bad_tasks", bad.broker, queues="doomed",
                            name=f"doomed{int(time.time()) % 10000}@fp-test", concurrency=1,
-                           env=PICKLE_AS_ROOT)
+                           env=bad.worker_env)
     doomed.start(bad.app)
     try:
         bad.app.send_task("bad.slow", args=(60,), queue="doomed")
@@ -360,20 +382,22 @@ def test_every_finding_count_equals_its_violations_series(bad: Env) -> None:
         assert "active_seconds" in f
 
 
-# -- the same signals over RabbitMQ -----------------------------------------------------------
-def test_task_findings_over_rabbitmq(amqp_url: str) -> None:
-    """Events travel the same way over AMQP: retry-less failures and model arguments show."""
-    app = bad_tasks.make_app(amqp_url, None)
+# -- RabbitMQ with the rpc:// result backend -------------------------------------------------
+def test_task_findings_over_rabbitmq_with_rpc_results(amqp_url: str) -> None:
+    """Results over AMQP reply queues: unread_results says it cannot judge them (it reads
+    Redis key metadata); the event-driven rules work as on any broker."""
+    app = bad_tasks.make_app(amqp_url, "rpc://")
     with RunningExporter(app, settings(), app_loaded=True) as exporter:
         wait_for(lambda: exporter.get("/healthz")[0] == 200, message="healthz 200")
         with WorkerProcess("tests.apps.bad_tasks", amqp_url, queues="celery",
-                           env=PICKLE_AS_ROOT).start(app):
+                           env={**PICKLE_AS_ROOT, "FP_TEST_BACKEND": "rpc://"}).start(app):
             env = Env(amqp_url, app, exporter, [])
+            sent = [app.send_task("bad.compute", args=(i,)) for i in range(3)]
+            assert [r.get(timeout=30) for r in sent] == [0, 2, 4]  # results do flow
             app.send_task("bad.fetch", args=(1,))
-            app.send_task("bad.process", args=(User(1, "dave-secret"),), serializer="pickle")
             f = env.finding("retryless_failure", "bad.fetch")
             assert f["evidence"]["exception_classes"] == {"ConnectionError": 1}
-            f = env.finding("orm_object_argument", "bad.process")
-            assert f["evidence"]["arguments"] == [{"argument": "0", "class": "User"}]
             cov = exporter.practices()["coverage"]["unread_results"]
-            assert cov.startswith("unsupported: no result backend"), cov
+            assert cov == "unsupported: result backend 'rpc' is not Redis " \
+                "(OBJECT IDLETIME is Redis-only)", cov
+            assert not exporter.findings("unread_results")

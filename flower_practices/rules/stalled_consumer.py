@@ -2,16 +2,23 @@
 
 The zombie consumer: after a broker failover or a NAT/firewall timeout the worker's
 consuming connection is half-open (a Redis ``BRPOP`` or an AMQP ``basic.consume`` whose
-replies never come) while its other connections -- events (heartbeats) and remote
-control -- still work. The worker looks healthy (heartbeats, ``inspect active_queues``
-lists the queue) and consumes nothing.
+replies never come) while its other connections -- events (heartbeats) and, on Redis,
+remote control -- still work. The worker looks healthy (heartbeats; on Redis ``inspect
+active_queues`` lists the queue) and consumes nothing. On RabbitMQ Celery's remote
+control (pidbox) consumes on the same connection as the tasks, so a zombie stops
+answering ``inspect``: its last known ``active_queues`` (kept while it is present) stand,
+and a worker that never answered lists the queues it received tasks from.
 
 Evaluated per probed queue (its length from the broker probe, at most
 ``stale_probe_seconds`` old). The queue is *watched* while it holds messages and live
-workers (:meth:`~flower_practices.state.WorkerRecord.alive`, heartbeats) list it in their
-``active_queues`` (remote control probes); the watch starts over when the queue empties
-or its length falls below where the watch began (someone consumed). A finding needs,
-for ``threshold_seconds``:
+workers (:meth:`~flower_practices.state.WorkerRecord.alive`, heartbeats) list it: in their
+``active_queues`` (remote control probes) or, for a worker whose queues are unknown, by
+having received a task from it; the watch starts over when the queue empties or its
+length falls below where the watch began (someone consumed). On RabbitMQ the length is
+the queue's *ready* messages (passive ``queue.declare``): the broker keeps delivering up
+to the zombie's prefetch count into the dead connection (unacknowledged, not counted),
+so the queue starts to grow only after that many messages. A finding needs, for
+``threshold_seconds``:
 
 - the queue held messages and its length grew by at least ``min_growth`` since the
   watch began;
@@ -82,6 +89,8 @@ class StalledConsumer(Rule):
         #: worker -> when it was last seen busy (saturated)
         self.busy_at: dict[str, float] = {}
         self.flagged: set[str] = set()
+        #: live workers whose queues, in the last evaluation, came from their receipts
+        self.from_receipts: set[str] = set()
         self._forgot_at = 0.0
 
     def hooks(self):
@@ -136,8 +145,17 @@ class StalledConsumer(Rule):
             if self._busy(w):
                 self.busy_at[w.hostname] = now
         listing: dict[str, list[Any]] = {}
+        took: dict[str, list[str]] | None = None
+        self.from_receipts = set()
         for w in workers:
-            for q in w.active_queues or ():
+            queues = w.active_queues
+            if queues is None:  # never answered remote control: the queues it took from
+                if took is None:
+                    took = self._taken()
+                queues = took.get(w.hostname, ())
+                if queues:
+                    self.from_receipts.add(w.hostname)
+            for q in queues:
                 listing.setdefault(q, []).append(w)
         flagged: set[str] = set()
         for name, queue in state.queues.items():
@@ -146,6 +164,13 @@ class StalledConsumer(Rule):
                 flagged.add(name)
                 yield condition
         self.flagged = flagged
+
+    def _taken(self) -> dict[str, list[str]]:
+        """Worker -> the queues it received tasks from (since this process started)."""
+        took: dict[str, list[str]] = {}
+        for host, queue in self.received:
+            took.setdefault(host, []).append(queue)
+        return took
 
     def _judge(self, name: str, queue: Any, consumers: Any, now: float) -> Condition | None:
         length = queue.length
@@ -205,7 +230,11 @@ class StalledConsumer(Rule):
             "stalled_workers": details,
             "saturated_workers": sorted({w.hostname for w, _ in stalled}
                                         - {w.hostname for w, _ in free})[:_MAX_NAMES],
-            "consumers_source": "workers' active_queues (inspect) and heartbeats",
+            "queues_known_from_receipts": sorted(
+                w.hostname for w, _ in stalled if w.hostname in self.from_receipts
+            )[:_MAX_NAMES],
+            "consumers_source": "workers' active_queues (inspect), else the queues they "
+                                "received tasks from, and heartbeats",
             "busy_source": "running: max(state's running tasks, heartbeat 'active'); pool "
                            "size and prefetch: inspect stats",
             "threshold_seconds": self.opts.threshold_seconds,
