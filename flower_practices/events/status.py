@@ -123,6 +123,11 @@ class StreamStatus:
             since, total = self._down_since, self._down_total
             return total + (time.monotonic() - since if since is not None else 0.0)
 
+    @property
+    def down_since(self) -> float | None:
+        """``time.monotonic()`` when the current blind window began (None: none)."""
+        return self._down_since
+
     def gap_seconds(self) -> float:
         """Length of the current blind window so far (0 while connected)."""
         since = self._down_since

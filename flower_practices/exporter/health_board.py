@@ -85,7 +85,7 @@ class StatusBoard:
         ``heartbeat``: also stamp now as the main loop's last sign of life."""
         error = (getattr(status, "last_error", "") or "").encode("utf-8", "replace")
         error = error[:MAX_ERROR_BYTES].decode("utf-8", "ignore").encode()
-        down = getattr(status, "_down_since", None)
+        down = status.down_since  # type: ignore[attr-defined]
         with self._lock:
             if heartbeat:
                 self._heartbeat = time.monotonic()

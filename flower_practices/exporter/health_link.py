@@ -50,7 +50,8 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 def available() -> bool:
     """Whether this platform has what the helper needs (memfd, SCM_RIGHTS, SEQPACKET)."""
-    return (sys.platform.startswith("linux") and hasattr(os, "memfd_create")
+    return (sys.platform.startswith("linux") and bool(sys.executable)
+            and hasattr(os, "memfd_create")
             and hasattr(socket, "send_fds") and hasattr(socket, "SOCK_SEQPACKET"))
 
 
