@@ -30,8 +30,8 @@ from flower_practices.exporter.health_board import (
     STALE_SECONDS,
     StatusBoard,
     health_response,
-    pack_heads,
-    unpack_heads,
+    pack_handover,
+    unpack_handover,
 )
 from flower_practices.exporter.health_process import _plain_health_get
 from tests.support.events import publish_events, task_events
@@ -252,5 +252,8 @@ def test_request_parser_keeps_odd_requests_for_tornado() -> None:
                 b"GET /healthz HTTP/1.1\r\nHost: x\r\n folded",
                 b"GET /healthz HTTP/1.1\r\nHost: x\r\nno colon"):
         assert _plain_health_get(odd) is None, odd
-    assert unpack_heads(pack_heads([b"a", b"", b"xyz"])) == [b"a", b"", b"xyz"]
-    assert unpack_heads(pack_heads([])) == []
+    entries = [(socket.AF_INET, ("127.0.0.1", 5), b"GET / HTTP/1.1\r\n"),
+               (socket.AF_INET6, ("::1", 65535, 0, 3), b""),
+               (socket.AF_INET, ("10.0.0.1", 80), b"x" * 70000)]
+    assert unpack_handover(pack_handover(entries)) == entries
+    assert unpack_handover(pack_handover([])) == []

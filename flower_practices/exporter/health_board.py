@@ -23,6 +23,7 @@ import json
 import math
 import mmap
 import os
+import socket
 import struct
 import threading
 import time
@@ -178,18 +179,40 @@ HANDOVER_BATCH = 64
 HANDOVER_BYTES = 128 * 1024
 
 
-def pack_heads(heads: list[bytes]) -> bytes:
-    """One handover message: the count, each head's length, then the heads."""
-    return struct.pack(f"<I{len(heads)}I", len(heads), *map(len, heads)) + b"".join(heads)
+#: per connection handed over: family, port, flowinfo, scope id, host length, head length
+_ENTRY = struct.Struct("<BHIIHI")
+#: the largest handover message (a batch's heads are cut at HANDOVER_BYTES, but its
+#: first head always goes, and a head is at most two 16 KiB reads)
+HANDOVER_MESSAGE_MAX = 4 + HANDOVER_BATCH * (_ENTRY.size + 64) + HANDOVER_BYTES + 32 * 1024
+
+Handover = tuple[int, tuple, bytes]  # (address family, peer address, the bytes read)
 
 
-def unpack_heads(data: bytes) -> list[bytes]:
+def pack_handover(entries: list[Handover]) -> bytes:
+    """One handover message: the count, then per connection its family and peer address
+    (so the main process needs no system call to learn them) and the bytes read of it.
+    The connections' descriptors travel with it, in the same order."""
+    parts = [struct.pack("<I", len(entries))]
+    for family, address, head in entries:
+        host = address[0].encode()
+        flow, scope = (address[2], address[3]) if len(address) >= 4 else (0, 0)
+        parts += (_ENTRY.pack(family, address[1], flow, scope, len(host), len(head)),
+                  host, head)
+    return b"".join(parts)
+
+
+def unpack_handover(data: bytes) -> list[Handover]:
     (n,) = struct.unpack_from("<I", data)
-    lengths = struct.unpack_from(f"<{n}I", data, 4)
-    out, at = [], 4 + 4 * n
-    for length in lengths:
-        out.append(data[at:at + length])
-        at += length
+    out: list[Handover] = []
+    at = 4
+    for _ in range(n):
+        family, port, flow, scope, host_len, head_len = _ENTRY.unpack_from(data, at)
+        at += _ENTRY.size
+        host = data[at:at + host_len].decode()
+        at += host_len
+        address = (host, port, flow, scope) if family == socket.AF_INET6 else (host, port)
+        out.append((family, address, data[at:at + head_len]))
+        at += head_len
     return out
 
 

@@ -30,10 +30,11 @@ from tornado.httpserver import HTTPServer
 from .health_board import (
     HANDOVER_BATCH,
     HANDOVER_BYTES,
+    HANDOVER_MESSAGE_MAX,
     HEARTBEAT_SECONDS,
     StatusBoard,
-    pack_heads,
-    unpack_heads,
+    pack_handover,
+    unpack_handover,
 )
 from .lanes import adopt
 
@@ -141,7 +142,7 @@ class HealthProcess:
                 ready = ours.recv(64)
             except OSError:
                 ready = b""
-            if ready != pack_heads([]):
+            if ready != pack_handover([]):
                 self._close_link()
                 self._reap(1.0)
                 raise OSError("the /healthz process did not start")
@@ -156,8 +157,7 @@ class HealthProcess:
             return
         for _ in range(RECEIVE_BATCH):
             try:
-                msg, fds, _, _ = socket.recv_fds(link, HANDOVER_BYTES + 4 * HANDOVER_BATCH + 4,
-                                                 HANDOVER_BATCH)
+                msg, fds, _, _ = socket.recv_fds(link, HANDOVER_MESSAGE_MAX, HANDOVER_BATCH)
             except BlockingIOError:
                 return
             except OSError:
@@ -165,18 +165,12 @@ class HealthProcess:
             if not msg and not fds:
                 self._lost()
                 return
-            heads = unpack_heads(msg) if len(msg) >= 4 else []
-            for i, fd in enumerate(fds):
-                sock = socket.socket(fileno=fd)
-                if i >= len(heads):
-                    sock.close()
-                    continue
-                try:
-                    address = sock.getpeername()
-                except OSError:
-                    sock.close()
-                    continue
-                adopt(self.main_server, sock, heads[i], address)
+            entries = unpack_handover(msg) if len(msg) >= 4 else []
+            for fd in fds[len(entries):]:  # never: one entry per descriptor
+                os.close(fd)
+            for fd, (family, address, head) in zip(fds, entries, strict=False):
+                sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, fd)
+                adopt(self.main_server, sock, head, address)
 
     def _close_link(self) -> None:
         if self.link is not None:

@@ -49,7 +49,7 @@ from .health_board import (
     StatusBoard,
     health_response,
     is_health_request,
-    pack_heads,
+    pack_handover,
 )
 
 #: bytes per ``recv``
@@ -84,7 +84,7 @@ class HealthServer:
         #: connections kept here (asking for /healthz)
         self.serving = 0
         self.refusing = 0
-        self.pending: list[tuple[socket.socket, bytes]] = []
+        self.pending: list[tuple[socket.socket, tuple, bytes]] = []
         self._flush_scheduled = False
         self._link_blocked = False
         self.stopped: asyncio.Future | None = None
@@ -100,7 +100,7 @@ class HealthServer:
             loop.add_reader(sock.fileno(), self._accept, sock)
         self.link.setblocking(False)
         loop.add_reader(self.link.fileno(), self._link_readable)
-        self.link.send(pack_heads([]))  # ready
+        self.link.send(pack_handover([]))  # ready
         try:
             await self.stopped
         finally:
@@ -127,7 +127,7 @@ class HealthServer:
         assert self._loop is not None
         for _ in range(LISTEN_BATCH):
             try:
-                conn, _ = sock.accept()
+                conn, address = sock.accept()
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -153,17 +153,17 @@ class HealthServer:
                     continue
             if b"\n" in head or len(head) >= self.max_header_size:
                 if not is_health_request(head):
-                    self._hand_over(conn, head)
+                    self._hand_over(conn, address, head)
                     continue
-                asyncio.ensure_future(self._health(conn, head))
+                asyncio.ensure_future(self._health(conn, address, head))
             else:
-                asyncio.ensure_future(self._route(conn, head))
+                asyncio.ensure_future(self._route(conn, address, head))
 
     def _resume(self, sock: socket.socket) -> None:
         if self._loop is not None and not self.stopped.done():  # type: ignore[union-attr]
             self._loop.add_reader(sock.fileno(), self._accept, sock)
 
-    async def _route(self, conn: socket.socket, head: bytes) -> None:
+    async def _route(self, conn: socket.socket, address: tuple, head: bytes) -> None:
         """Read the rest of the first request line, then serve or hand over."""
         self.routing += 1
         try:
@@ -174,9 +174,9 @@ class HealthServer:
         finally:
             self.routing -= 1
         if not is_health_request(head):
-            self._hand_over(conn, head)
+            self._hand_over(conn, address, head)
             return
-        await self._health(conn, head)
+        await self._health(conn, address, head)
 
     def _deadline(self) -> float:
         assert self._loop is not None
@@ -198,7 +198,7 @@ class HealthServer:
         return data
 
     # -- serving /healthz --------------------------------------------------------------
-    async def _health(self, conn: socket.socket, head: bytes) -> None:
+    async def _health(self, conn: socket.socket, address: tuple, head: bytes) -> None:
         if self.serving + self.board.main_connections() >= self.max_connections:
             await self._refuse(conn)
             return
@@ -214,7 +214,7 @@ class HealthServer:
         if rest is None:
             conn.close()
         else:
-            self._hand_over(conn, rest)
+            self._hand_over(conn, address, rest)
 
     async def _serve(self, conn: socket.socket, data: bytes) -> bytes | None:
         """Answer ``/healthz`` requests on ``conn``; the bytes read of the first request
@@ -270,11 +270,11 @@ class HealthServer:
             conn.close()
 
     # -- handing over ------------------------------------------------------------------
-    def _hand_over(self, conn: socket.socket, head: bytes) -> None:
+    def _hand_over(self, conn: socket.socket, address: tuple, head: bytes) -> None:
         if len(self.pending) >= self.max_connections:  # the main process reads nothing
             conn.close()
             return
-        self.pending.append((conn, head))
+        self.pending.append((conn, address, head))
         if not self._flush_scheduled and not self._link_blocked:
             self._flush_scheduled = True
             assert self._loop is not None
@@ -289,27 +289,39 @@ class HealthServer:
             self._link_blocked = False
         while self.pending:
             batch, size = [], 0
-            for conn, head in self.pending[:HANDOVER_BATCH]:
-                if batch and size + len(head) > HANDOVER_BYTES:
+            for entry in self.pending[:HANDOVER_BATCH]:
+                if batch and size + len(entry[2]) > HANDOVER_BYTES:
                     break
-                batch.append((conn, head))
-                size += len(head)
+                batch.append(entry)
+                size += len(entry[2])
             try:
-                socket.send_fds(self.link, [pack_heads([h for _, h in batch])],
-                                [c.fileno() for c, _ in batch])
+                socket.send_fds(
+                    self.link,
+                    [pack_handover([(c.family, a, h) for c, a, h in batch])],
+                    [c.fileno() for c, _, _ in batch])
             except BlockingIOError:
                 self._link_blocked = True
                 self._loop.add_writer(self.link.fileno(), self._flush)
                 return
-            except OSError:  # the main process is gone
-                for conn, _ in self.pending:
+            except OSError as exc:
+                if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                    for conn, _, _ in self.pending:  # the main process is gone
+                        conn.close()
+                    self.pending.clear()
+                    self.stop()
+                    return
+                # not expected (the message is bounded): drop this batch, go on
+                log_error(f"handing over {len(batch)} connections failed: {exc!r}")
+                for conn, _, _ in batch:
                     conn.close()
-                self.pending.clear()
-                self.stop()
-                return
             del self.pending[:len(batch)]
-            for conn, _ in batch:
+            for conn, _, _ in batch:
                 conn.close()  # the main process has its own descriptor now
+
+
+def log_error(message: str) -> None:
+    """One line on stderr (the exporter's own output; this process has no logging set up)."""
+    print(f"flower-practices /healthz process: {message}", file=sys.stderr, flush=True)
 
 
 def _plain_health_get(head: bytes) -> tuple[bool, bytes] | None:
