@@ -63,15 +63,15 @@ MAX_REFUSING = 64
 #: autotuning lets one send() copy a whole multi-megabyte page, and with hundreds of
 #: scrapers one loop iteration copies gigabytes while /healthz waits
 SEND_BUFFER = 64 * 1024
-#: GIL switch interval of the exporter process (CPython's default: 5 ms). While the render
-#: thread runs, the event loop gives up the GIL at every send() and waits up to this long to
-#: get it back; at 5 ms a render made /healthz wait seconds under 1000 scrapers (bench/).
-#: The /healthz lane waits this long for the GIL each time it wakes: at 1000 gzip scrapers
-#: p99 250-330 ms at 0.2 ms, 85 ms at 0.1 ms (at the price of ~40 % fewer scrapes served
-#: while saturated, every one still answered)
+#: GIL switch interval of the exporter process with the in-process /healthz lane (TLS;
+#: CPython's default: 5 ms). The lane waits this long for the GIL each time it wakes: at
+#: 1000 gzip scrapers p99 250-330 ms at 0.2 ms, 85 ms at 0.1 ms (at the price of ~40 %
+#: fewer scrapes served while saturated, every one still answered)
 SWITCH_INTERVAL = 0.0001
-#: the switch interval when /healthz is served by its own process (no thread of this
-#: process waits for /healthz any more): the render thread and the event loop only
+#: the switch interval when /healthz has its own process: no thread here waits for
+#: /healthz, only the event loop for the render thread, which it waits for up to this long
+#: at every send() while a render runs (at 5 ms a render held scrapes up for seconds under
+#: 1000 scrapers; 1 ms was the exporter's value before the lane, bench/)
 PROCESS_SWITCH_INTERVAL = 0.001
 #: the collector's thresholds in the exporter process (CPython's default: 700, 10, 10). A
 #: /metrics render allocates ~10^5 tracked objects, so at the default a collection of every
