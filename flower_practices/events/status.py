@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 log = logging.getLogger("flower_practices.events")
 
@@ -27,6 +28,21 @@ DECODE_ERROR_KINDS = (
     "too_many_events",
 )
 _LOGGED_UNKNOWN_TYPES_CAP = 100
+
+
+def disconnected_reason(last_error: str, down_since: float | None,
+                        last_attempt_at: float) -> str:
+    """Why the stream is not connected, as of now: ``down_since`` is the monotonic start
+    of the current gap (None: none), ``last_attempt_at`` the wall time of the last failed
+    attempt (0: none). Also what the exporter's ``/healthz`` process answers
+    (:mod:`flower_practices.exporter.health_board`)."""
+    out = f"event stream not connected: {last_error or 'unknown'}"
+    if down_since is not None:
+        out += f" (disconnected for {time.monotonic() - down_since:.0f}s"
+        if last_attempt_at:
+            out += f", last attempt {max(0.0, time.time() - last_attempt_at):.0f}s ago"
+        out += ")"
+    return out
 
 
 class StreamStatus:
@@ -54,12 +70,20 @@ class StreamStatus:
         # not see a counter that goes back
         self._gap_lock = threading.Lock()
         self._logged: set[str] = set()
+        #: called after each change of the connection state (the exporter publishes the
+        #: status to its /healthz process then); from the thread that changed it
+        self.on_change: Callable[[], None] | None = None
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def begin(self) -> None:
         """Consuming starts now: from here on, time not connected is counted as blind."""
         with self._gap_lock:
             if not self.connected and self._down_since is None:
                 self._down_since = time.monotonic()
+        self._changed()
 
     def _end_gap(self) -> None:
         with self._gap_lock:
@@ -73,6 +97,7 @@ class StreamStatus:
         self.connected_since = time.time()
         self.disconnected_since = 0.0
         self.last_error = ""
+        self._changed()
 
     def mark_disconnected(self, reason: str, *, final: bool = False) -> None:
         """A connection attempt failed or the stream was lost (``final``: stopped for good,
@@ -90,12 +115,18 @@ class StreamStatus:
             self.last_attempt_at = time.time()
         self.connected = False
         self.last_error = reason
+        self._changed()
 
     def disconnected_seconds(self) -> float:
         """Seconds spent disconnected since consuming began, the ongoing gap included."""
         with self._gap_lock:
             since, total = self._down_since, self._down_total
             return total + (time.monotonic() - since if since is not None else 0.0)
+
+    @property
+    def down_since(self) -> float | None:
+        """``time.monotonic()`` when the current blind window began (None: none)."""
+        return self._down_since
 
     def gap_seconds(self) -> float:
         """Length of the current blind window so far (0 while connected)."""
@@ -104,14 +135,7 @@ class StreamStatus:
 
     def reason(self) -> str:
         """Why the stream is not connected, as of now (for ``/healthz`` and the UI)."""
-        since = self._down_since
-        out = f"event stream not connected: {self.last_error or 'unknown'}"
-        if since is not None:
-            out += f" (disconnected for {time.monotonic() - since:.0f}s"
-            if self.last_attempt_at:
-                out += f", last attempt {max(0.0, time.time() - self.last_attempt_at):.0f}s ago"
-            out += ")"
-        return out
+        return disconnected_reason(self.last_error, self._down_since, self.last_attempt_at)
 
     def decode_error(self, kind: str, detail: str = "", kept: bool = False,
                      n: int = 1) -> None:

@@ -1,4 +1,8 @@
-"""Two serving lanes, so that ``/metrics`` load can never delay ``/healthz``.
+"""Two serving lanes in one process, so that ``/metrics`` load can never delay ``/healthz``.
+
+The exporter serves ``/healthz`` from a process of its own (:mod:`.health_process`) when
+it can; this in-process lane is what it uses with TLS (a TLS session cannot be handed to
+another process) or where that process cannot run. :func:`adopt` serves both.
 
 A tornado server writes every response from one event loop. Under 1000 scrapers of a 2 MB
 page that loop spends hundreds of milliseconds per iteration writing pages, and a
@@ -39,16 +43,12 @@ from tornado.httpserver import HTTPServer
 from tornado.iostream import IOStream, SSLIOStream
 from tornado.netutil import add_accept_handler
 
+from .health_board import is_health_request
+
 log = logging.getLogger("flower_practices.exporter")
 
 #: bytes read per ``recv`` while waiting for the first request line
 _CHUNK = 16 * 1024
-
-
-def is_health_request(head: bytes) -> bool:
-    """Whether the request line that starts ``head`` asks for ``/healthz``."""
-    parts = head.split(b"\n", 1)[0].split()
-    return len(parts) >= 2 and parts[1].split(b"?", 1)[0] == b"/healthz"
 
 
 def adopt(server: HTTPServer, sock: socket.socket, head: bytes, address: Any) -> None:

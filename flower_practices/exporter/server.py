@@ -11,9 +11,11 @@ HTTP limits (every endpoint is GET-only):
   ``503`` with ``Retry-After: 1`` and closed. Connections not yet accepted wait in the listen
   backlog (:data:`LISTEN_BACKLOG`, capped by the kernel's ``net.core.somaxconn``).
 
-``/healthz`` is served on a lane of its own (:mod:`.lanes`: its own thread and loop, which
-also accepts and routes every connection), so ``/metrics`` load cannot delay it; the
-connection cap counts both lanes.
+``/healthz`` is served by a process of its own (:mod:`.health_process`, which also accepts
+every connection and hands all but ``/healthz`` to this one), so ``/metrics`` load cannot
+delay it, not even through the GIL; with TLS (the session cannot be handed across
+processes), or where the platform lacks memfd/SCM_RIGHTS, by a lane of its own in this
+process instead (:mod:`.lanes`: its own thread and loop). The connection cap counts both.
 """
 
 from __future__ import annotations
@@ -39,7 +41,11 @@ from tornado.netutil import bind_sockets
 from ..assembly import EngineRunner, build_engine
 from ..config import Settings
 from ..metrics import PracticesCollector
+from . import health_link
 from .handlers import make_application
+from .health_board import BUSY as _BUSY
+from .health_board import StatusBoard
+from .health_link import HealthProcess
 from .lanes import HealthLane
 from .webconfig import BasicAuth, WebConfig
 
@@ -57,13 +63,16 @@ MAX_REFUSING = 64
 #: autotuning lets one send() copy a whole multi-megabyte page, and with hundreds of
 #: scrapers one loop iteration copies gigabytes while /healthz waits
 SEND_BUFFER = 64 * 1024
-#: GIL switch interval of the exporter process (CPython's default: 5 ms). While the render
-#: thread runs, the event loop gives up the GIL at every send() and waits up to this long to
-#: get it back; at 5 ms a render made /healthz wait seconds under 1000 scrapers (bench/).
-#: The /healthz lane waits this long for the GIL each time it wakes: at 1000 gzip scrapers
-#: p99 250-330 ms at 0.2 ms, 85 ms at 0.1 ms (at the price of ~40 % fewer scrapes served
-#: while saturated, every one still answered)
+#: GIL switch interval of the exporter process with the in-process /healthz lane (TLS;
+#: CPython's default: 5 ms). The lane waits this long for the GIL each time it wakes: at
+#: 1000 gzip scrapers p99 250-330 ms at 0.2 ms, 85 ms at 0.1 ms (at the price of ~40 %
+#: fewer scrapes served while saturated, every one still answered)
 SWITCH_INTERVAL = 0.0001
+#: the switch interval when /healthz has its own process: no thread here waits for
+#: /healthz, only the event loop for the render thread, which it waits for up to this long
+#: at every send() while a render runs (at 5 ms a render held scrapes up for seconds under
+#: 1000 scrapers; 1 ms was the exporter's value before the lane, bench/)
+PROCESS_SWITCH_INTERVAL = 0.001
 #: the collector's thresholds in the exporter process (CPython's default: 700, 10, 10). A
 #: /metrics render allocates ~10^5 tracked objects, so at the default a collection of every
 #: generation ran about every second, each holding the GIL for 60-150 ms: that, not the
@@ -73,10 +82,6 @@ GC_THRESHOLDS = (50_000, 20, 10)
 #: file descriptors kept free for the broker connections, probes and logs
 RESERVED_FDS = 64
 
-_BUSY_BODY = b"503: too many open connections\n"
-_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-         b"Retry-After: 1\r\nConnection: close\r\n"
-         b"Content-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
 
 
 class BoundedHTTPServer(HTTPServer):
@@ -92,12 +97,23 @@ class BoundedHTTPServer(HTTPServer):
         #: connections refused with 503 since start
         self.refused = 0
         self._refusing = 0
+        #: shared with the /healthz process (None: no such process): its connections
+        #: count against the cap too, and this server's count is published there
+        self.board: StatusBoard | None = None
 
     def _refused(self, _: object) -> None:
         self._refusing -= 1
 
+    def on_close(self, server_conn: object) -> None:
+        super().on_close(server_conn)
+        if self.board is not None:
+            self.board.set_main_connections(len(self._connections))
+
     def handle_stream(self, stream: IOStream, address: tuple) -> None:
-        if sum(len(peer._connections) for peer in self.peers) >= self.max_connections:
+        open_ = sum(len(peer._connections) for peer in self.peers)
+        if self.board is not None:
+            open_ += self.board.health_connections()
+        if open_ >= self.max_connections:
             self.refused += 1
             if self._refusing >= MAX_REFUSING:  # a flood: no polite answer, close at once
                 stream.close()
@@ -108,6 +124,8 @@ class BoundedHTTPServer(HTTPServer):
         with contextlib.suppress(OSError):  # bounded sends (see SEND_BUFFER)
             stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         super().handle_stream(stream, address)
+        if self.board is not None:
+            self.board.set_main_connections(len(self._connections))
 
 
 async def _refuse(stream: IOStream) -> None:
@@ -182,12 +200,28 @@ async def serve(app: Celery, settings: Settings, *, app_loaded: bool, host: str,
 
     server = make_server()
     sockets = bind_sockets(port, address=host or None, backlog=LISTEN_BACKLOG)
-    # the health lane accepts every connection: /healthz stays there, the rest comes here
-    lane = HealthLane(sockets, make_server, server, asyncio.get_running_loop(),
-                      ssl_context=web_config.ssl_context,
-                      header_timeout=settings.http_idle_timeout_seconds,
-                      max_header_size=MAX_HEADER_SIZE, max_routing=limit)
-    lane.start()
+    # the /healthz process (or, with TLS, lane) accepts every connection: /healthz is
+    # answered there, the rest comes here
+    lane: HealthLane | HealthProcess | None = None
+    if web_config.ssl_context is None and health_link.available():
+        lane = HealthProcess(sockets, server, engine.stream_status,
+                             header_timeout=settings.http_idle_timeout_seconds,
+                             max_header_size=MAX_HEADER_SIZE, max_connections=limit)
+        try:
+            lane.start()
+            server.board = lane.board
+            sys.setswitchinterval(PROCESS_SWITCH_INTERVAL)
+        except OSError:
+            log.warning("the /healthz process could not start: serving /healthz from a "
+                        "thread of this process", exc_info=True)
+            lane.stop()
+            lane = None
+    if lane is None:
+        lane = HealthLane(sockets, make_server, server, asyncio.get_running_loop(),
+                          ssl_context=web_config.ssl_context,
+                          header_timeout=settings.http_idle_timeout_seconds,
+                          max_header_size=MAX_HEADER_SIZE, max_routing=limit)
+        lane.start()
     # what start-up built (Celery, kombu, tornado, the engine: hundreds of thousands of
     # objects) lives until exit: out of the collector's reach, a full collection no longer
     # walks it. Those collections hold the GIL -- 60-95 ms each here before, triggered by a
@@ -215,6 +249,9 @@ async def serve(app: Celery, settings: Settings, *, app_loaded: bool, host: str,
         log.info("stopping exporter")
         lane.stop()
         server.stop()
+        if isinstance(lane, HealthProcess):
+            for sock in sockets:
+                sock.close()
         runner.stop()
         if engine.store is not None:
             engine.store.close()
