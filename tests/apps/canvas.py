@@ -15,7 +15,9 @@ from celery import Celery
 from kombu import Queue
 
 QUEUES = ("default", "a", "b", "c")
-#: the canvas tasks (routed to queue ``a``; the retry tasks use the default queue)
+#: the retry tasks (routed to queue ``b``)
+RETRY_TASKS = ("canvas.flaky", "canvas.doomed", "canvas.noretry")
+#: the canvas tasks (routed to queue ``a``)
 CANVAS_TASKS = ("canvas.add", "canvas.mul", "canvas.tsum", "canvas.add_ignored",
                 "canvas.polled", "canvas.dropped", "canvas.tail")
 #: how long each canvas task works (the worker's FP_CANVAS_SECONDS, default 0.2 s)
@@ -36,7 +38,8 @@ def make_app(broker: str, backend: str | None) -> Celery:
         task_queues=[Queue(q) for q in QUEUES],
         task_routes={"canvas.route_a": {"queue": "a"}, "canvas.route_b": {"queue": "b"},
                      "canvas.route_c": {"queue": "c"},
-                     **{name: {"queue": "a"} for name in CANVAS_TASKS}},
+                     **{name: {"queue": "a"} for name in CANVAS_TASKS},
+                     **{name: {"queue": "b"} for name in RETRY_TASKS}},
         task_time_limit=60,
         task_soft_time_limit=50,
         task_acks_late=True,
