@@ -117,9 +117,14 @@ class ResultStore:
         it waits for that first (at most ``lru_lag``, 0.35 s at the default ``hz`` 10),
         so that the caller's bound on the last access is exact rather than one second low.
         """
+        import redis
+
         lag = 1.0 / self.hz() + _CRON_SLACK
         if lag < 0.9:
-            now = _seconds(self.client.time())
+            try:
+                now = _seconds(self.client.time())
+            except redis.ResponseError:  # TIME renamed or refused: no exact bound
+                now = None
             if now is not None and now % 1.0 < lag:
                 time.sleep(lag - now % 1.0 + 0.005)
         pipe = self.client.pipeline(transaction=False)
