@@ -8,7 +8,9 @@ chord's ``.j`` list), a chord whose header tasks ignore their results (this work
 Redis backend: the join never reads the header's result keys), ``starmap``, ``chunks``,
 results polled by id (``AsyncResult(id).ready()`` then ``.get()``, as a web view polls
 a task's status), and results read later by another process. Then the must-fire half:
-results nobody reads, and the last link of a chain nobody waits for.
+results nobody reads, the last link of a chain nobody waits for, and the header tasks of
+a chord started from a task that nobody waits for (fixable: the same chord with
+``ignore_result=True`` headers works and raises nothing).
 """
 
 from __future__ import annotations
@@ -155,3 +157,29 @@ def test_results_nobody_reads_are_still_reported(env: Env) -> None:
         assert evidence["read_by_key"] == 0, evidence
         assert evidence["passed_to_child_task"] == 0, evidence
         assert evidence["unread_share"] == 1.0, evidence
+
+
+def test_a_chord_nobody_waits_for_reports_its_headers_unless_they_ignore_results(
+        env: Env) -> None:
+    """Header results reach the callback through the chord's ``.j`` list: stored and
+    never read when nobody waits on the chord. Fixable, so reported; with
+    ``ignore_result=True`` on header and callback the chord still works, and nothing is."""
+    start = env.app.tasks["canvas.start_chord"]
+    for _ in range(2):
+        start.delay(15, False)
+        start.delay(15, True)
+    wait_for(lambda: env.succeeded("canvas.merge") == 2
+             and env.succeeded("canvas.merge_ignored") == 2, timeout=60,
+             message="both kinds of chords to complete")
+    done_at = time.time()
+    found = wait_for(lambda: next((f for f in env.exporter.findings("unread_results")
+                                   if f["task"] == "canvas.part"), None),
+                     timeout=UNREAD["grace_seconds"] + 30,
+                     message="unread_results for the chord header canvas.part")
+    evidence = found["evidence"]
+    # the header task that finished last sent the callback: its result was passed on
+    assert 1 <= evidence["passed_to_child_task"] <= 2, evidence
+    assert evidence["read_by_key"] == evidence["read_over_pubsub"] == 0, evidence
+    env.judged_after(done_at)
+    tasks = {f["task"] for f in env.exporter.findings()}
+    assert not tasks & {"canvas.part_ignored", "canvas.merge_ignored", "canvas.start_chord"}

@@ -19,7 +19,9 @@ QUEUES = ("default", "a", "b", "c")
 RETRY_TASKS = ("canvas.flaky", "canvas.doomed", "canvas.noretry")
 #: the canvas tasks (routed to queue ``a``)
 CANVAS_TASKS = ("canvas.add", "canvas.mul", "canvas.tsum", "canvas.add_ignored",
-                "canvas.polled", "canvas.dropped", "canvas.tail")
+                "canvas.polled", "canvas.dropped", "canvas.tail", "canvas.start_chord",
+                "canvas.part", "canvas.merge", "canvas.part_ignored",
+                "canvas.merge_ignored")
 #: how long each canvas task works (the worker's FP_CANVAS_SECONDS, default 0.2 s)
 SECONDS = float(os.environ.get("FP_CANVAS_SECONDS", "0.2"))
 
@@ -74,6 +76,22 @@ def make_app(broker: str, backend: str | None) -> Celery:
     app.task(name="canvas.polled", shared=False)(add.run)
     app.task(name="canvas.dropped", shared=False)(add.run)
     app.task(name="canvas.tail", shared=False)(mul.run)
+
+    # a chord started from a task, which nobody waits for; its header and callback store
+    # their results (part, merge) or not (part_ignored, merge_ignored)
+    app.task(name="canvas.part", shared=False)(add.run)
+    app.task(name="canvas.merge", shared=False)(tsum.run)
+    app.task(name="canvas.part_ignored", shared=False, ignore_result=True)(add.run)
+    app.task(name="canvas.merge_ignored", shared=False, ignore_result=True)(tsum.run)
+
+    @app.task(name="canvas.start_chord", shared=False, ignore_result=True)
+    def start_chord(n, fixed=False):
+        """Starts a chord of ``n`` header tasks and returns at once."""
+        from celery import chord
+
+        suffix = "_ignored" if fixed else ""
+        part, merge = app.tasks["canvas.part" + suffix], app.tasks["canvas.merge" + suffix]
+        chord(part.s(i) for i in range(n))(merge.s())
 
     for name in ("canvas.route_a", "canvas.route_b", "canvas.route_c"):
         app.task(name=name, shared=False, ignore_result=True)(_work)
