@@ -157,6 +157,10 @@ class SignallingStore(ResultStore):
         self.in_idle_times.set()
         return super().idle_times(task_ids)
 
+    def idle_times_clocked(self, task_ids: list[str]):
+        self.in_idle_times.set()
+        return super().idle_times_clocked(task_ids)
+
     def subscribed(self, limit: int) -> tuple[set[str], bool]:
         self.in_subscribed.set()
         return super().subscribed(limit)

@@ -29,6 +29,9 @@ def test_zero_delay_chance_follows_celery_full_jitter() -> None:
     assert zero_delay_chance(2, 3, True, 5) == 1 / 4         # capped at retry_backoff_max
     assert zero_delay_chance(True, 600, False, 1) == 0.0     # no jitter: always 1 s
     assert zero_delay_chance(False, 600, True, 1) == 1.0
+    # a fractional back-off is factor 1 in Celery (int(max(1.0, retry_backoff)))
+    assert zero_delay_chance(0.5, 600, True, 1) == 0.5
+    assert zero_delay_chance(0.5, 600, True, 2) == 1 / 3
 
 
 def retry_engine(**options: object) -> Engine:

@@ -8,15 +8,53 @@ the task is sent and unsubscribes once the result is consumed (or the AsyncResul
 dropped), so ``PUBSUB CHANNELS celery-task-meta-*`` names the results clients hold right
 now. Only key metadata and channel names are read, never the stored result.
 
+Idle times come in whole seconds of Redis' LRU clock, which ``serverCron`` advances
+``hz`` times a second. :meth:`idle_times_clocked` reads Redis' ``TIME`` in the same round
+trip, so that the caller can place the last access in a whole second of Redis' clock and
+tell a read in a later second than the write from none, even less than a second after it
+(see ``unread_results``).
+
 Every method here does blocking network I/O (5 s timeouts): call them only from
 :meth:`~flower_practices.rules.base.Rule.prepare`, never under the engine lock.
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Any
 
 KEY_PREFIX = "celery-task-meta-"
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """Redis' clock as seen by one round trip (Unix seconds).
+
+    ``redis_time``: Redis' ``TIME``, read before the lookups of the same pipeline.
+    ``offset_max``: ``redis_time`` minus the local time the round trip was sent at: an
+    upper bound of Redis' clock minus the local clock (plus the time until ``TIME`` ran).
+    ``lru_lag``: how far Redis' LRU clock may lag its ``TIME`` (one ``serverCron`` period,
+    ``1/hz``, plus slack for a late cron).
+    """
+
+    redis_time: float
+    offset_max: float
+    lru_lag: float
+
+
+#: slack added to one serverCron period: a busy Redis runs its cron late
+_CRON_SLACK = 0.25
+
+
+def _seconds(reply: Any) -> float | None:
+    """Unix seconds from a ``TIME`` reply (seconds, microseconds); None if unusable."""
+    if isinstance(reply, (tuple, list)) and len(reply) == 2:
+        try:
+            return float(reply[0]) + float(reply[1]) / 1e6
+        except (TypeError, ValueError):
+            return None
+    return None
 
 
 class ResultStore:
@@ -25,6 +63,7 @@ class ResultStore:
     def __init__(self, client: Any, key_prefix: str = KEY_PREFIX) -> None:
         self.client = client
         self.key_prefix = key_prefix
+        self._hz: float | None = None
 
     @classmethod
     def from_url(cls, url: str) -> ResultStore | None:
@@ -67,6 +106,59 @@ class ResultStore:
             if value is None or (isinstance(value, int) and not isinstance(value, bool)):
                 out[task_id] = value
         return out
+
+    def idle_times_clocked(self, task_ids: list[str]
+                           ) -> tuple[dict[str, int | None], Clock | None]:
+        """:meth:`idle_times`, with Redis' clock read in the same round trip (None if
+        ``TIME`` failed). Connection errors and timeouts propagate.
+
+        Redis' LRU clock is known to the second only once ``lru_lag`` has passed since
+        the last whole second of ``TIME``: when the check would fall earlier in a second,
+        it waits for that first (at most ``lru_lag``, 0.35 s at the default ``hz`` 10),
+        so that the caller's bound on the last access is exact rather than one second low.
+        """
+        import redis
+
+        lag = 1.0 / self.hz() + _CRON_SLACK
+        if lag < 0.9:
+            try:
+                now = _seconds(self.client.time())
+            except redis.ResponseError:  # TIME renamed or refused: no exact bound
+                now = None
+            if now is not None and now % 1.0 < lag:
+                time.sleep(lag - now % 1.0 + 0.005)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.time()
+        for task_id in task_ids:
+            pipe.object("idletime", self.key_prefix + task_id)
+        sent = time.time()
+        values = pipe.execute(raise_on_error=False)
+        out: dict[str, int | None] = {}
+        for task_id, value in zip(task_ids, values[1:], strict=True):
+            if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+                out[task_id] = value
+        redis_time = _seconds(values[0])
+        clock = None if redis_time is None else Clock(redis_time, redis_time - sent, lag)
+        return out, clock
+
+    def hz(self) -> float:
+        """The lower of Redis' ``hz`` and ``configured_hz`` (``INFO server``, read once);
+        1 when INFO is refused or says nothing usable."""
+        if self._hz is not None:
+            return self._hz
+        import redis
+
+        value = 1.0
+        try:
+            info = self.client.info("server")
+        except redis.ResponseError:
+            info = {}
+        rates = [info.get(k) for k in ("hz", "configured_hz")]
+        rates = [float(r) for r in rates if isinstance(r, (int, float)) and r > 0]
+        if rates:
+            value = max(1.0, min(rates))
+        self._hz = value
+        return value
 
     def subscribed(self, limit: int) -> tuple[set[str], bool]:
         """Task ids whose result channel has a subscriber now (one ``PUBSUB CHANNELS``

@@ -55,15 +55,22 @@ def eta_timestamp(value: Any) -> float | None:
     return dt.timestamp()
 
 
-def zero_delay_chance(backoff: bool | int, maximum: int, jitter: bool, number: int) -> float:
+def zero_delay_chance(backoff: bool | float, maximum: int, jitter: bool,
+                      number: int) -> float:
     """Chance that Celery's exponential back-off draws 0 s for retry ``number`` (1-based).
 
     Celery: ``countdown = min(maximum, factor * 2 ** retries)``, then with full jitter
-    ``randrange(countdown + 1)`` (``retries`` counts the attempts before this retry).
+    ``randrange(countdown + 1)`` (``retries`` counts the attempts before this retry). A
+    true ``retry_backoff`` below 1 (``retry_backoff=0.5``) backs off with factor 1, as
+    Celery's ``int(max(1.0, retry_backoff))`` does.
     """
-    factor = int(backoff)
-    if factor <= 0:
+    try:
+        value = float(backoff)
+    except (TypeError, ValueError):
         return 1.0
+    if not value > 0:  # also NaN
+        return 1.0
+    factor = int(max(1.0, min(value, 2.0 ** 31)))
     countdown = min(maximum, factor * 2 ** min(max(number - 1, 0), 30))
     if not jitter:
         return 0.0 if countdown > 0 else 1.0

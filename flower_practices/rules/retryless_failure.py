@@ -2,7 +2,9 @@
 
 The hook reads only the exception *class name* from the task-failed ``exception`` field
 (a repr such as ``ConnectionError('...')``); the message is never kept. A failure counts
-when the task record shows no retry (``retries == 0`` and no task-retried seen).
+when the task record shows no retry (``retries == 0`` and no task-retried seen). A task
+that retried and then failed anyway (``max_retries`` exhausted) is therefore not
+reported: it has a retry policy, the dependency stayed down.
 """
 
 from __future__ import annotations

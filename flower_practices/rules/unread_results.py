@@ -14,8 +14,26 @@ verdicts, each saying how it was decided:
   unsubscribes once ``AsyncResult.get()`` consumed the result (or the AsyncResult was
   dropped), never touching the key: ``.get()`` waiting before the task finished, or
   called seconds later on the AsyncResult it kept, reads this way;
-- ``read_by_key``: the key's idle time is shorter than its age (``tolerance_seconds``
-  slack): it was read after it was written (``AsyncResult(id).get()`` later);
+- ``passed_on``: another task named it as its ``parent_id`` (task-sent/task-received): a
+  chain's next link, a chord's callback (sent by the header task that finished last) or a
+  ``link=`` callback got its return value in the message, which is what the result was
+  for. ``chain(a.s(), b.s(), c.s()).delay().get()`` reads ``c`` over pub/sub and passes
+  ``a`` and ``b`` on: no finding. (A task that sends other tasks from its body passes
+  this way too, whether its own result is read or not: a blind spot, in the direction
+  of not reporting.);
+- ``read_by_key``: the key was read after it was written. Either its idle time is
+  shorter than its age (``tolerance_seconds`` slack: ``AsyncResult(id).get()`` seconds
+  later), or Redis' LRU clock places the last access in a later second than the write,
+  which catches reads well under a second after it (a status endpoint polling
+  ``AsyncResult(id).ready()``): the check reads Redis' ``TIME`` in its round trip and
+  runs once Redis' LRU clock is known to the second (see
+  :meth:`~flower_practices.probes.results.ResultStore.idle_times_clocked`); the write is
+  bounded on the exporter's clock by the task-succeeded timestamp plus the smallest
+  arrival-minus-timestamp of that worker's recent events (its clock offset plus the
+  shortest transit). Every bound errs towards "not read", so a result nobody read is
+  never taken for read; a read within the same second as the write is not seen, so a
+  caller polling by id about once a second is caught reading about half of the time
+  (enough to stay under ``min_share``), one polling several times a second much less;
 - ``unread``: neither, and a complete snapshot taken while the task was pending (between
   its task-sent and task-succeeded, ``tolerance_seconds`` inside each end) showed nobody
   subscribed: the caller did not keep the AsyncResult;
@@ -43,6 +61,15 @@ stops running (its verdicts age out), and once results stop being stored (below)
 Occurrences (``count``, ``celery_practice_violations_total``): the unread results of a
 task while it is reported (when first reported, the unread ones among its verdicts).
 
+Chord headers (Redis backend, native join): each header task's result also goes to the
+chord's ``<group>.j`` list, from which the callback gets them; the header result keys are
+never read. When the chord's caller waits on it (``.get()``), the header results' channels
+are subscribed (read over pub/sub); when nobody waits (a chord started from a task, or
+fire and forget), the headers other than the one that finished last (``passed_on``) are
+reported once they make ``min_share`` of the task's results. That is fixable: with the
+Redis backend a simple header task may set ``ignore_result=True`` and the chord still
+joins (tested with Celery 5.7); the runbook says so.
+
 A key that is absent at check time is *missing*: neither read nor unread. It means the
 result was never stored (``ignore_result=True``: the advised fix), was read and deleted
 (``AsyncResult.forget()``), expired (``result_expires`` shorter than ``grace_seconds``) or
@@ -64,6 +91,7 @@ later, and no call is made for ``error_backoff_seconds``.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from bisect import bisect_left
 from collections import deque
@@ -74,12 +102,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..bounded import LRUDict
 from ..brokers import scheme
-from ..events.types import TASK_SUCCEEDED
+from ..events.types import TASK_RECEIVED, TASK_SENT, TASK_SUCCEEDED
 from ..findings import Condition
 from .base import ProbeFailed, Rule, RuleContext
 
 if TYPE_CHECKING:
     from ..appinfo import AppInfo
+    from ..probes.results import Clock
 
 log = logging.getLogger("flower_practices.rules.unread_results")
 
@@ -87,12 +116,23 @@ _MAX_TASKS = 1000
 #: the ``probe`` label of flower_practices_probe_errors_total for result backend calls
 PROBE = "result_backend"
 
-#: (task id, task-succeeded local time, queue, task name, pending from, pending to)
-Sample = tuple[str, float, str, str, float, float]
+#: (task id, task-succeeded time, queue, task name, pending from, pending to, latest
+#: time the result can have been written on the exporter's clock, or None)
+Sample = tuple[str, float, str, str, float, float, float | None]
 #: (checked at, verdict, chance that a snapshot caught a caller waiting on it)
 Verdict = tuple[float, str, float]
-READ_PUBSUB, READ_KEY, UNREAD, UNOBSERVED, MISSING = (
-    "read_over_pubsub", "read_by_key", "unread", "unread_unobserved", "missing")
+READ_PUBSUB, READ_KEY, PASSED_ON, UNREAD, UNOBSERVED, MISSING = (
+    "read_over_pubsub", "read_by_key", "passed_on", "unread", "unread_unobserved",
+    "missing")
+#: verdicts that count as read
+READ = (READ_PUBSUB, READ_KEY, PASSED_ON)
+#: workers whose clock offset is tracked, at most
+_MAX_HOSTS = 1000
+#: task-succeeded events per block of the per-worker minimum of arrival minus timestamp
+_OFFSET_BLOCK = 128
+#: task ids seen as the parent of another task (a chain link, a chord callback, a
+#: link=), remembered at most
+_MAX_PARENTS = 50_000
 #: ids seen subscribed, remembered at most
 _MAX_SUBSCRIBED = 50_000
 #: complete snapshot times remembered (for "was one taken while it was pending?")
@@ -148,8 +188,17 @@ class UnreadResults(Rule):
         self.pending: deque[Sample] = deque(maxlen=self.opts.max_pending)
         self.seen: dict[tuple[str, str], int] = {}
         self.verdicts: dict[tuple[str, str], deque[Verdict]] = {}
-        #: round trips done by prepare, applied by evaluate: (checked at, ids, idle times)
-        self._fetched: list[tuple[float, list[Sample], dict[str, int | None]]] = []
+        #: round trips done by prepare, applied by evaluate: (checked at, ids, idle times,
+        #: Redis' clock)
+        self._fetched: list[tuple[float, list[Sample], dict[str, int | None],
+                                  Clock | None]] = []
+        #: ids named as ``parent_id`` by a task-sent/task-received (shared with the hooks)
+        self.parents: LRUDict[str, bool] = LRUDict(_MAX_PARENTS)
+        #: sampled ids that had a child when they succeeded (their value was passed on)
+        self.passed_on: LRUDict[str, bool] = LRUDict(2 * self.opts.max_pending)
+        #: worker -> [events in this block, this block's and the last block's minimum of
+        #: arrival minus event timestamp] (see :meth:`_written_by`)
+        self.offsets: LRUDict[str, list] = LRUDict(_MAX_HOSTS)
         #: subscription snapshots done by prepare: (taken at, ids, complete)
         self._snapshots: list[tuple[float, set[str], bool]] = []
         #: ids seen subscribed by a client, and when complete snapshots were taken
@@ -184,7 +233,15 @@ class UnreadResults(Rule):
     def hooks(self):
         if self.ctx.results is None:
             return {}
-        return {TASK_SUCCEEDED: self._on_succeeded}
+        return {TASK_SUCCEEDED: self._on_succeeded, TASK_SENT: self._on_child,
+                TASK_RECEIVED: self._on_child}
+
+    def _on_child(self, event: dict, rec: Any) -> None:
+        """Remember the task this one was sent by (a chain's next link, a chord's
+        callback, a ``link=`` callback, or a task sent from another task's body)."""
+        parent = event.get("parent_id")
+        if type(parent) is str and parent and parent != event["uuid"]:
+            self.parents.put(parent, True)
 
     def _on_succeeded(self, event: dict, rec: Any) -> None:
         if rec is None or not rec.name or (self.task_ignore is not None
@@ -200,11 +257,40 @@ class UnreadResults(Rule):
         if n % self.opts.sample_every:
             return
         at = event.get("local_received")
-        if not isinstance(at, float):
-            at = event["timestamp"]
-        since = rec.sent_at or rec.received_at or event["timestamp"]
-        self.pending.append((event["uuid"], at, rec.queue, rec.name, since,
-                             event["timestamp"]))
+        stamp = event["timestamp"]
+        written_by = None
+        if isinstance(at, float):
+            written_by = self._written_by(event.get("hostname") or rec.hostname, at, stamp)
+        else:
+            at = stamp
+        since = rec.sent_at or rec.received_at or stamp
+        uuid = event["uuid"]
+        if uuid in self.parents:
+            self.passed_on.put(uuid, True)
+        self.pending.append((uuid, at, rec.queue, rec.name, since, stamp, written_by))
+
+    def _written_by(self, host: Any, arrived: float, stamp: float) -> float:
+        """The latest the result can have been stored, on the exporter's clock.
+
+        The worker stores the result, then stamps and sends task-succeeded, which arrives
+        here at ``arrived``. Every event's arrival minus its timestamp is its transit time
+        plus the worker's clock offset, so their minimum (over this and the last block of
+        ``_OFFSET_BLOCK`` events of that worker) bounds the offset from above: ``stamp``
+        plus that minimum is a moment after the store, usually within milliseconds of it,
+        on the exporter's clock (never later than ``arrived``).
+        """
+        key = host if isinstance(host, str) else ""
+        entry = self.offsets.get(key)
+        delta = arrived - stamp
+        if entry is None:
+            entry = [0, delta, delta]
+            self.offsets.put(key, entry)
+        entry[0] += 1
+        if entry[0] > _OFFSET_BLOCK:
+            entry[0], entry[2], entry[1] = 1, entry[1], delta
+        elif delta < entry[1]:
+            entry[1] = delta
+        return min(arrived, stamp + min(entry[1], entry[2]))
 
     # -- I/O, outside the engine lock ---------------------------------------------------------
     def prepare(self, now: float, lock: AbstractContextManager[Any]) -> None:
@@ -245,11 +331,11 @@ class UnreadResults(Rule):
         if not due:
             return
         try:
-            idle = results.idle_times([d[0] for d in due])
+            idle, clock = results.idle_times_clocked([d[0] for d in due])
         except Exception as exc:
             self._failed(exc, due, lock)
         with lock:
-            self._fetched.append((now, due, idle))
+            self._fetched.append((now, due, idle, clock))
             self._recovered()
 
     def _recovered(self) -> None:
@@ -288,8 +374,8 @@ class UnreadResults(Rule):
         for taken, held, complete in snapshots:
             self._apply_snapshot(taken, held, complete)
         fetched, self._fetched = self._fetched, []
-        for checked_at, due, idle in fetched:
-            self._judge(checked_at, due, idle)
+        for checked_at, due, idle, clock in fetched:
+            self._judge(checked_at, due, idle, clock)
         self._age(now)
         if len(self.seen) >= _MAX_TASKS:
             # the per-task counters only pace sample_every: restarting them is harmless,
@@ -318,10 +404,11 @@ class UnreadResults(Rule):
         i = bisect_left(times, start)
         return i < len(times) and times[i] <= end
 
-    def _judge(self, now: float, due: list[Sample], idle: dict[str, int | None]) -> None:
+    def _judge(self, now: float, due: list[Sample], idle: dict[str, int | None],
+               clock: Clock | None = None) -> None:
         tolerance = self.opts.tolerance_seconds
         keep = self.opts.max_samples
-        for uuid, ts, queue, task, since, until in due:
+        for uuid, ts, queue, task, since, until, written_by in due:
             if uuid not in idle:  # error reply for this key: no verdict
                 continue
             seconds = idle[uuid]
@@ -334,7 +421,11 @@ class UnreadResults(Rule):
             if uuid in self.subscribed:
                 verdict = READ_PUBSUB
                 self.pubsub_seen[key] = now
-            elif seconds < (now - ts) - tolerance:
+            elif uuid in self.passed_on or uuid in self.parents:
+                verdict = PASSED_ON
+            elif seconds < (now - ts) - tolerance or (
+                    written_by is not None and clock is not None
+                    and _read_in_later_second(seconds, written_by, clock)):
                 verdict = READ_KEY
             elif self._observed(since + tolerance, until - tolerance):
                 verdict = UNREAD
@@ -387,7 +478,7 @@ class UnreadResults(Rule):
         ring = self.verdicts.get((queue, task), ())
         values = [v for _, v, _ in ring]
         return {"unread": values.count(UNREAD) + values.count(UNOBSERVED),
-                "read": values.count(READ_KEY) + values.count(READ_PUBSUB),
+                "read": sum(values.count(v) for v in READ),
                 "missing": values.count(MISSING)}
 
     def _conditions(self, now: float) -> Iterable[Condition]:
@@ -405,14 +496,16 @@ class UnreadResults(Rule):
         """One task's verdicts in the window, and how many count as unread."""
         values = [v for _, v, _ in ring]
         by_key, by_pubsub = values.count(READ_KEY), values.count(READ_PUBSUB)
+        passed = values.count(PASSED_ON)
         confirmed, unobserved = values.count(UNREAD), values.count(UNOBSERVED)
         pubsub = self._pubsub(key, now)
         # snapshots that would have caught a caller waiting, had there been one
         weight = confirmed + sum(c for _, v, c in ring if v == UNOBSERVED)
         decided = not pubsub and weight >= min_evidence
         unread = confirmed + unobserved if decided else confirmed
-        n = unread + by_key + by_pubsub
+        n = unread + by_key + by_pubsub + passed
         return {"values": values, "by_key": by_key, "by_pubsub": by_pubsub,
+                "passed": passed,
                 "confirmed": confirmed, "unobserved": unobserved, "pubsub": pubsub,
                 "weight": weight, "unread": unread, "n": n,
                 "share": unread / n if n else 0.0}
@@ -442,6 +535,7 @@ class UnreadResults(Rule):
             "sampled_results": n, "unread_results": unread,
             "unread_share": round(share, 3),
             "read_by_key": stats["by_key"], "read_over_pubsub": stats["by_pubsub"],
+            "passed_to_child_task": stats["passed"],
             "unread_seen_unsubscribed_while_pending": stats["confirmed"],
             "unread_unobserved": stats["unobserved"],
             "pubsub_readers_seen": stats["pubsub"],
@@ -476,3 +570,17 @@ class UnreadResults(Rule):
         return [(None, f"a result backend is configured and all {len(tasks)} tasks store "
                        "their results: set ignore_result=True on tasks whose results "
                        "nobody reads (or task_ignore_result=True)")]
+
+
+def _read_in_later_second(idle: int, written_by: float, clock: Clock) -> bool:
+    """The key was last touched in a later second of Redis' LRU clock than the one it
+    was written in: read after the write, even when less than a second after it.
+
+    ``written_by`` (exporter's clock) is a moment after the write: on Redis' clock that
+    is at most ``written_by + offset_max``, and the write's LRU second is at most its
+    floor. The LRU clock at the check is at least the floor of ``TIME`` minus its lag,
+    so the last access was at least that minus ``idle``. Both bounds err towards "not
+    read": a result nobody read is never taken for read.
+    """
+    last_access = math.floor(clock.redis_time - clock.lru_lag) - idle
+    return last_access > math.floor(written_by + clock.offset_max)
