@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .catalogue import PRACTICES
+from .events.status import CONNECTED, health_answer
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -20,7 +21,7 @@ def health(engine: Engine) -> tuple[bool, str]:
     """Healthy while the event stream is connected; else why not."""
     status = engine.stream_status
     if status.connected:
-        return True, "event stream connected"
+        return True, CONNECTED
     return False, status.reason()
 
 
@@ -29,9 +30,7 @@ def health_document(engine: Engine) -> tuple[int, dict[str, Any]]:
     503; ``since`` is when it connected or disconnected (None: unknown)."""
     ok, reason = health(engine)
     status = engine.stream_status
-    since = status.connected_since if ok else status.disconnected_since
-    return (200 if ok else 503), {"status": "ok" if ok else "unavailable", "reason": reason,
-                                  "since": since or None}
+    return health_answer(ok, reason, status.connected_since if ok else status.disconnected_since)
 
 
 def practices_document(engine: Engine, *, stream: bool = True) -> dict[str, Any]:

@@ -30,6 +30,18 @@ DECODE_ERROR_KINDS = (
 _LOGGED_UNKNOWN_TYPES_CAP = 100
 
 
+#: the /healthz and /api/practices reason while the stream is connected
+CONNECTED = "event stream connected"
+
+
+def health_answer(ok: bool, reason: str, since: float | None) -> tuple[int, dict]:
+    """``/healthz``'s (HTTP status, document): 200 while the stream is connected, else
+    503; ``since`` is when it connected or disconnected (None: unknown). The main
+    process and the /healthz process both answer through here."""
+    return (200 if ok else 503), {"status": "ok" if ok else "unavailable",
+                                  "reason": reason, "since": since or None}
+
+
 def disconnected_reason(last_error: str, down_since: float | None,
                         last_attempt_at: float) -> str:
     """Why the stream is not connected, as of now: ``down_since`` is the monotonic start

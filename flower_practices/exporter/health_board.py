@@ -19,6 +19,7 @@ each written by one process only.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import mmap
@@ -30,7 +31,7 @@ import time
 import zlib
 from dataclasses import dataclass
 
-from ..events.status import disconnected_reason
+from ..events.status import CONNECTED, disconnected_reason, health_answer
 
 #: how often the main process's event loop stamps the heartbeat
 HEARTBEAT_SECONDS = 1.0
@@ -157,14 +158,18 @@ def health_response(snapshot: Snapshot | None, *, now: float | None = None,
                "since": time.time() - age}
         return 503, json.dumps(doc).encode()
     if snapshot.connected:
-        doc = {"status": "ok", "reason": "event stream connected",
-               "since": snapshot.connected_since or None}
-        return 200, json.dumps(doc).encode()
-    reason = disconnected_reason(snapshot.last_error, snapshot.down_since,
-                                 snapshot.last_attempt_at)
-    doc = {"status": "unavailable", "reason": reason,
-           "since": snapshot.disconnected_since or None}
-    return 503, json.dumps(doc).encode()
+        code, doc = health_answer(True, CONNECTED, snapshot.connected_since)
+    else:
+        code, doc = health_answer(False, disconnected_reason(
+            snapshot.last_error, snapshot.down_since, snapshot.last_attempt_at),
+            snapshot.disconnected_since)
+    return code, json.dumps(doc).encode()
+
+
+#: accept errors that last until descriptors or memory are freed, and the pause an accept
+#: loop takes after one instead of spinning (the /healthz process and the thread lane)
+OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+ACCEPT_RETRY_SECONDS = 0.1
 
 
 def is_health_request(head: bytes) -> bool:

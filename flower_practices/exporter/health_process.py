@@ -43,9 +43,11 @@ import sys
 from email.utils import formatdate
 
 from .health_board import (
+    ACCEPT_RETRY_SECONDS,
     BUSY,
     HANDOVER_BATCH,
     HANDOVER_BYTES,
+    OUT_OF_RESOURCES,
     StatusBoard,
     health_response,
     is_health_request,
@@ -58,9 +60,6 @@ CHUNK = 16 * 1024
 LISTEN_BATCH = 128
 #: connections being answered the 503 at once; past it excess ones are just closed
 MAX_REFUSING = 64
-#: accept errors that last until descriptors or memory are freed, and the pause after one
-_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
-ACCEPT_RETRY_SECONDS = 0.1
 _HEADERS_END = re.compile(rb"\r?\n\r?\n")
 _REASONS = {200: b"OK", 503: b"Service Unavailable"}
 _PR_SET_PDEATHSIG = 1
@@ -131,7 +130,7 @@ class HealthServer:
             except BlockingIOError:
                 return
             except OSError as exc:
-                if exc.errno in _OUT_OF_RESOURCES:  # pause instead of spinning
+                if exc.errno in OUT_OF_RESOURCES:  # pause instead of spinning
                     self._loop.remove_reader(sock.fileno())
                     self._loop.call_later(ACCEPT_RETRY_SECONDS, self._resume, sock)
                     return

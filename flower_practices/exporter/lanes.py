@@ -43,7 +43,7 @@ from tornado.httpserver import HTTPServer
 from tornado.iostream import IOStream, SSLIOStream
 from tornado.netutil import add_accept_handler
 
-from .health_board import is_health_request
+from .health_board import ACCEPT_RETRY_SECONDS, OUT_OF_RESOURCES, is_health_request
 
 log = logging.getLogger("flower_practices.exporter")
 
@@ -262,7 +262,7 @@ def _accept_handler(sock: socket.socket, callback: Callable[[socket.socket, Any]
         for _ in range(LISTEN_BATCH):
             conn_fd = _accept4(fd, None, None, flags)
             if conn_fd < 0:
-                if ctypes.get_errno() in _OUT_OF_RESOURCES and active:
+                if ctypes.get_errno() in OUT_OF_RESOURCES and active:
                     # the socket stays readable: pause instead of spinning until
                     # descriptors are freed
                     loop.remove_reader(fd)
@@ -295,8 +295,6 @@ def _accept_handler(sock: socket.socket, callback: Callable[[socket.socket, Any]
 LISTEN_BATCH = 128
 #: accept errors that last until descriptors or memory are freed, and how long the lane
 #: pauses accepting after one
-_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
-ACCEPT_RETRY_SECONDS = 0.1
 
 
 async def _io(sock: socket.socket, call: Callable[[], Any]) -> Any:
