@@ -96,6 +96,10 @@ class Engine:
             for etype, hook in rule.hooks().items():
                 per_type[etype].append((rule.id, hook))
         self._hooks = {t: tuple(h) for t, h in per_type.items()}
+        #: the same hooks without their rule ids (the hot loop), and each hook's rule
+        self._hook_calls = {t: tuple(hook for _, hook in h) for t, h in per_type.items()}
+        self._hook_owner: dict[Hook, str] = {
+            hook: rule_id for h in per_type.values() for rule_id, hook in h}
         self.store = store
         if store is not None:
             self.restore_state(store.load())
@@ -112,9 +116,12 @@ class Engine:
         tap), so validation does not check them again. Never raises."""
         status = self.stream_status
         known = self._hooks
+        hooks_of = self._hook_calls
         state = self.state
         apply = state.apply
         listeners = self.task_listeners
+        # the usual case, the exposition's accumulator alone, called directly
+        listener = listeners[0] if len(listeners) == 1 else None
         with self.lock:
             for event in events:
                 status.events += 1
@@ -124,22 +131,26 @@ class Engine:
                 try:
                     rec = apply(etype, event)
                     if rec is not None:
-                        for listener in listeners:
+                        if listener is not None:
                             listener(etype, event, rec)
+                        else:
+                            for each in listeners:
+                                each(etype, event, rec)
                 except Exception:  # a field of an unexpected type deep in the event
                     status.decode_error("bad_field")
                     log.debug("state update failed for %s", etype, exc_info=True)
                     continue
-                for rule_id, hook in known[etype]:
+                for hook in hooks_of[etype]:
                     try:
                         hook(event, rec)
                     except Exception:
-                        self._rule_failed(rule_id)
-                if rec is not None and (etype in TERMINAL or rec.straggler):
+                        self._rule_failed(hook)
+                if rec is not None and (rec.straggler or etype in TERMINAL):
                     state.forget(rec)
 
-    def _rule_failed(self, rule_id: str) -> None:
+    def _rule_failed(self, hook: Hook) -> None:
         """Count a hook that raised (logged once per rule); called from ``except``."""
+        rule_id = self._hook_owner[hook]
         n = self.rule_errors.get(rule_id, 0)
         self.rule_errors[rule_id] = n + 1
         if n == 0:
