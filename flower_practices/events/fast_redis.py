@@ -232,22 +232,23 @@ class EventDecoder:
             self._here_until = received + 1.0
         here = self._here
         with clock.mutex:  # == LamportClock.adjust / .forward, once per message
+            value = clock.value  # kept in a local, stored back once
             for body in bodies:
                 if type(body) is not dict:
                     continue
                 try:
                     if body["type"] == TASK_SENT:
                         # clients never sync so cannot use their clock value
-                        c = body["clock"] = (clock.value or 1) + CLIENT_CLOCK_SKEW
-                        clock.value = max(clock.value, c) + 1
+                        c = body["clock"] = (value or 1) + CLIENT_CLOCK_SKEW
+                        value = (c if c > value else value) + 1  # == max(value, c) + 1
                     else:
                         try:
                             c = body["clock"]
                         except KeyError:
-                            clock.value += 1
-                            body["clock"] = clock.value
+                            value += 1
+                            body["clock"] = value
                         else:
-                            clock.value = max(clock.value, c) + 1
+                            value = (c if c > value else value) + 1
                     try:
                         offset, timestamp = body["utcoffset"], body["timestamp"]
                     except KeyError:
@@ -257,6 +258,7 @@ class EventDecoder:
                     body["local_received"] = received
                 except Exception:
                     body["local_received"] = received  # never the sender's value
+            clock.value = value
         if self.batch_handler is not None:
             held = self._held
             if held is not None:
