@@ -240,7 +240,27 @@ class BaseMetrics:
         sent_names = state.sent_names
         waiting = self._deferred
 
-        def count(etype: str, event: dict, rec: TaskRecord) -> None:
+        def held(etype: str, rec: TaskRecord) -> bool:
+            """True when ``rec``'s event is held back until its queue is known (see the
+            docstring); else its earlier held events are counted first."""
+            if not rec.queue and not rec.has_sent and rec.name in sent_names \
+                    and etype not in TERMINAL_EVENTS:  # rare with sent events on
+                deferred = rec.deferred
+                if deferred is not None:
+                    deferred.append(etype)
+                    return True
+                if len(waiting) < MAX_DEFERRED:
+                    rec.deferred = [state.last_event_at, etype]
+                    waiting[rec.uuid] = rec
+                    return True
+            if rec.deferred is not None:
+                flush(rec)
+            return False
+
+        def count(etype: str, event: dict, rec: TaskRecord, check: bool = True) -> None:
+            # the listener itself (the hold-back check first; flush() counts without it)
+            if check and (not rec.queue or rec.deferred is not None) and held(etype, rec):
+                return
             pair = (rec.name, rec.queue)
             keys = keysets.get(pair)
             if keys is None:
@@ -265,31 +285,13 @@ class BaseMetrics:
                 counts[key] = n + 1
 
         def flush(rec: TaskRecord) -> None:
-            held, rec.deferred = rec.deferred, None
+            deferred, rec.deferred = rec.deferred, None
             waiting.pop(rec.uuid, None)
-            for etype in held[1:]:  # type: ignore[index]
-                count(etype, _NO_FIELDS, rec)
-
-        def on_event(etype: str, event: dict, rec: TaskRecord) -> None:
-            if not rec.queue:  # rare with sent events on: see the docstring
-                if not rec.has_sent and rec.name in sent_names \
-                        and etype not in TERMINAL_EVENTS:
-                    held = rec.deferred
-                    if held is not None:
-                        held.append(etype)
-                        return
-                    if len(waiting) < MAX_DEFERRED:
-                        rec.deferred = [state.last_event_at, etype]
-                        waiting[rec.uuid] = rec
-                        return
-                elif rec.deferred is not None:
-                    flush(rec)
-            elif rec.deferred is not None:
-                flush(rec)
-            count(etype, event, rec)
+            for etype in deferred[1:]:  # type: ignore[index]
+                count(etype, _NO_FIELDS, rec, False)
 
         self._flush_one = flush
-        return on_event
+        return count
 
     def flush_deferred(self, now: float) -> int:
         """Count the held-back events of tasks whose task-sent has not come within

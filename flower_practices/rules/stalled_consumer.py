@@ -22,9 +22,10 @@ so the queue starts to grow only after that many messages. A finding needs, for
 
 - the queue held messages and its length grew by at least ``min_growth`` since the
   watch began;
-- no listing worker received a task from it (this rule's task-received hook: worker and
-  queue -> last receipt), counted from the latest of the watch's start, the worker's
-  last receipt from the queue and when it came online;
+- no listing worker took a task from it (a task-received or task-started naming the
+  queue: the state's ``WorkerRecord.queues_seen``, worker -> queue -> last time), counted
+  from the latest of the watch's start, the worker's last task from the queue and when
+  it came online;
 - at least one listing worker had free capacity all along -- not saturation. A worker
   is *busy* when its running tasks (the larger of the state's per-worker running index
   and the ``active`` count of its heartbeats) reach its pool size (``inspect stats``
@@ -48,13 +49,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..events.types import TASK_RECEIVED
 from ..findings import Condition
 from .base import Rule
 from .queue_view import live_workers, no_consumer
 
-#: (worker, queue) receipts remembered at most
-_MAX_RECEIPTS = 50_000
 #: seconds between two passes that drop what the state forgot
 _FORGET_INTERVAL = 60.0
 _MAX_NAMES = 10
@@ -81,8 +79,6 @@ class StalledConsumer(Rule):
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
-        #: (worker, queue) -> local time of its last task-received from the queue
-        self.received: dict[tuple[str, str], float] = {}
         #: queue -> [watch start, length when it began, length last counted, 1.0 once
         #: reported in this watch (its growth is then counted)]
         self.watch: dict[str, list[float]] = {}
@@ -92,18 +88,6 @@ class StalledConsumer(Rule):
         #: live workers whose queues, in the last evaluation, came from their receipts
         self.from_receipts: set[str] = set()
         self._forgot_at = 0.0
-
-    def hooks(self):
-        return {TASK_RECEIVED: self._on_received}
-
-    def _on_received(self, event: dict, rec: Any) -> None:
-        host = event.get("hostname")
-        if rec is None or not rec.queue or not isinstance(host, str):
-            return
-        key = (host, rec.queue)
-        received = self.received
-        if key in received or len(received) < _MAX_RECEIPTS:
-            received[key] = self.ctx.state.last_event_at
 
     def coverage(self) -> str:
         if not self.ctx.events_supported:
@@ -123,15 +107,13 @@ class StalledConsumer(Rule):
         return False
 
     def _forget(self, now: float) -> None:
-        """Drop receipts, busy marks and watches of workers and queues the state forgot
-        (at most once a minute: the tables are bounded, the pass need not run each round)."""
+        """Drop busy marks and watches of workers and queues the state forgot (at most
+        once a minute: the tables are bounded, the pass need not run each round)."""
         if now - self._forgot_at < _FORGET_INTERVAL:
             return
         self._forgot_at = now
         workers = self.ctx.state.workers
         queues = self.ctx.state.queues
-        for key in [k for k in self.received if k[0] not in workers or k[1] not in queues]:
-            del self.received[key]
         for host in [h for h in self.busy_at if h not in workers]:
             del self.busy_at[host]
         for name in [n for n in self.watch if n not in queues]:
@@ -145,14 +127,11 @@ class StalledConsumer(Rule):
             if self._busy(w):
                 self.busy_at[w.hostname] = now
         listing: dict[str, list[Any]] = {}
-        took: dict[str, list[str]] | None = None
         self.from_receipts = set()
         for w in workers:
             queues = w.active_queues
             if queues is None:  # never answered remote control: the queues it took from
-                if took is None:
-                    took = self._taken()
-                queues = took.get(w.hostname, ())
+                queues = list(w.queues_seen)
                 if queues:
                     self.from_receipts.add(w.hostname)
             for q in queues:
@@ -164,13 +143,6 @@ class StalledConsumer(Rule):
                 flagged.add(name)
                 yield condition
         self.flagged = flagged
-
-    def _taken(self) -> dict[str, list[str]]:
-        """Worker -> the queues it received tasks from (since this process started)."""
-        took: dict[str, list[str]] = {}
-        for host, queue in self.received:
-            took.setdefault(host, []).append(queue)
-        return took
 
     def _judge(self, name: str, queue: Any, consumers: Any, now: float) -> Condition | None:
         length = queue.length
@@ -197,7 +169,7 @@ class StalledConsumer(Rule):
 
     def _stalled_since(self, worker: Any, queue: str, watch_start: float) -> float:
         """Since when ``worker`` took nothing from ``queue`` while it was watched."""
-        last = self.received.get((worker.hostname, queue), 0.0)
+        last = worker.queues_seen.get(queue, 0.0)
         came = worker.online_since or worker.created_at
         return max(watch_start, last, came)
 
@@ -217,8 +189,8 @@ class StalledConsumer(Rule):
         since = max(s for _, s in free)
         details = [{"worker": w.hostname, "nothing_received_since": round(s, 3),
                     "nothing_received_for_seconds": round(now - s, 1),
-                    "last_received_from_queue": round(r, 3) if (r := self.received.get(
-                        (w.hostname, name), 0.0)) else None,
+                    "last_received_from_queue":
+                        round(r, 3) if (r := w.queues_seen.get(name, 0.0)) else None,
                     "running": max(w.running, w.active), "pool_size": w.concurrency,
                     "prefetch_count": w.prefetch}
                    for w, s in sorted(free, key=lambda x: x[0].hostname)[:_MAX_NAMES]]
