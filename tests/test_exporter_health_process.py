@@ -235,6 +235,22 @@ def test_board_round_trips_a_long_error_and_the_counters() -> None:
         board.close()
 
 
+def test_a_closed_board_takes_late_writes_without_raising() -> None:
+    """At shutdown a connection can close after the board was unmapped (seen: tornado's
+    on_close reporting the count to a closed mmap raised TypeError in the IOLoop)."""
+    status = StreamStatus()
+    status.begin()
+    board = StatusBoard()
+    board.publish(status)
+    board.close()
+    board.close()  # idempotent
+    board.set_main_connections(2)
+    board.set_health_connections(1)
+    board.publish(status, heartbeat=True)
+    assert board.read() is None
+    assert board.main_connections() == 0 and board.health_connections() == 0
+
+
 def test_request_parser_keeps_odd_requests_for_tornado() -> None:
     assert _plain_health_get(b"GET /healthz HTTP/1.1\r\nHost: x") == (True, b"")
     assert _plain_health_get(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Close") == (

@@ -76,10 +76,18 @@ class StatusBoard:
         self._map = mmap.mmap(fd, SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self._lock = threading.Lock()
         self._heartbeat = time.monotonic()
+        #: after :meth:`close` every write is a no-op (a connection closing during
+        #: shutdown still reports its count) and :meth:`read` says None
+        self.closed = False
 
     def close(self) -> None:
-        self._map.close()
-        os.close(self.fd)
+        """Unmap the block (idempotent; under the lock, so no write is half done)."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            self._map.close()
+            os.close(self.fd)
 
     # -- main process -----------------------------------------------------------------
     def publish(self, status: object, *, heartbeat: bool = False) -> None:
@@ -89,6 +97,8 @@ class StatusBoard:
         error = error[:MAX_ERROR_BYTES].decode("utf-8", "ignore").encode()
         down = status.down_since  # type: ignore[attr-defined]
         with self._lock:
+            if self.closed:
+                return
             if heartbeat:
                 self._heartbeat = time.monotonic()
             fields = _FIELDS.pack(
@@ -102,20 +112,31 @@ class StatusBoard:
             struct.pack_into("<Q", self._map, _SEQ, seq + 2)
 
     def set_main_connections(self, n: int) -> None:
-        struct.pack_into("<I", self._map, _MAIN, n)
+        self._put(_MAIN, n)
 
     def health_connections(self) -> int:
-        return struct.unpack_from("<I", self._map, _HEALTH)[0]
+        return self._get(_HEALTH)
 
     # -- health process ---------------------------------------------------------------
     def set_health_connections(self, n: int) -> None:
-        struct.pack_into("<I", self._map, _HEALTH, n)
+        self._put(_HEALTH, n)
 
     def main_connections(self) -> int:
-        return struct.unpack_from("<I", self._map, _MAIN)[0]
+        return self._get(_MAIN)
+
+    def _put(self, offset: int, n: int) -> None:
+        with self._lock:
+            if not self.closed:
+                struct.pack_into("<I", self._map, offset, n)
+
+    def _get(self, offset: int) -> int:
+        with self._lock:
+            return 0 if self.closed else struct.unpack_from("<I", self._map, offset)[0]
 
     def read(self) -> Snapshot | None:
-        """The last status published whole (None: none yet)."""
+        """The last status published whole (None: none yet, or closed)."""
+        if self.closed:
+            return None
         for _ in range(1000):
             seq = struct.unpack_from("<Q", self._map, _SEQ)[0]
             if seq == 0:
