@@ -1,7 +1,7 @@
 """A plain-data snapshot of a loaded Celery app (``-A proj``) that rules can read.
 
 Rules never import user code themselves: the snapshot records, per task, whether it has a
-retry policy, time limits and ``ignore_result``, and app-wide routing and serializer
+retry policy, time limits, a rate limit and ``ignore_result``, and app-wide routing and serializer
 settings. Built once at start-up, off the hot path.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 
 from celery import Celery
 from celery.schedules import schedule as interval_schedule
+from celery.utils.time import rate
 
 
 @dataclass(slots=True)
@@ -43,6 +44,9 @@ class TaskInfo:
     unbounded_retries: bool = False
     #: ``reject_on_worker_lost`` (task, else ``task_reject_on_worker_lost``)
     reject_on_worker_lost: bool = False
+    #: the task's ``rate_limit`` as configured (task, ``task_annotations`` or
+    #: ``task_default_rate_limit``); None: none, or ``worker_disable_rate_limits``
+    rate_limit: str | None = None
 
     @property
     def has_retry_policy(self) -> bool:
@@ -216,6 +220,17 @@ def _route_queue(app: Celery, name: str) -> str | None:
     return getattr(queue, "name", queue) if queue is not None else None
 
 
+def _rate_limit(task: Any, conf: Any) -> str | None:
+    """The rate limit a worker applies to ``task`` (as configured), or None."""
+    if conf.worker_disable_rate_limits:
+        return None
+    limit = getattr(task, "rate_limit", None)
+    try:
+        return str(limit)[:32] if limit and rate(limit) > 0 else None
+    except Exception:  # a value Celery's workers would refuse too
+        return None
+
+
 def snapshot_app(app: Celery) -> AppInfo:
     """Read configuration and task definitions from ``app``."""
     conf = app.conf
@@ -241,6 +256,7 @@ def snapshot_app(app: Celery) -> AppInfo:
             retries_without_delay=_retries_without_delay(task),
             unbounded_retries=_unbounded_retries(task),
             reject_on_worker_lost=bool(getattr(task, "reject_on_worker_lost", None)),
+            rate_limit=_rate_limit(task, conf),
         )
     queues = tuple(q.name for q in (conf.task_queues or ()))
     return AppInfo(

@@ -66,6 +66,8 @@ class Engine:
             self.state.default_queue = app.default_queue
             # declared queues stay tracked even while idle and unconsumed
             self.state.keep_queues.update(app.queues)
+            self.state.rate_limited = frozenset(
+                name for name, task in app.tasks.items() if task.rate_limit)
         self.stream_status = stream_status or StreamStatus()
         self.findings = FindingTracker()
         self.ctx = RuleContext(

@@ -281,6 +281,9 @@ class RuntimeState:
         self.default_queue = "celery"
         #: queues the sweep never forgets (besides the default queue), e.g. the app's own
         self.keep_queues: set[str] = set()
+        #: task names with a ``rate_limit`` (the app's configuration): a worker keeps such a
+        #: task reserved until its rate allows, so, as with an ETA, it waits on purpose
+        self.rate_limited: frozenset[str] = frozenset()
         #: records dropped by :meth:`sweep`, workers and queues it forgot or evicted
         self.tasks_expired = 0
         self.workers_forgotten = 0
@@ -573,7 +576,7 @@ class RuntimeState:
         rec.wait = wait
         q = self.queues.get(rec.queue) if rec.queue else None
         if q is not None:
-            if not rec.eta:
+            if not rec.eta and rec.name not in self.rate_limited:  # waits on purpose
                 q.waits.add(ts, wait)
                 if not rec.sent_at:
                     q.waits_from_received += 1

@@ -3,7 +3,8 @@
 No hooks: the state keeps when each worker was last active (``last_task_at``: the
 worker's timestamp of its last task event). ``evaluate``
 reads each live worker's reserved tasks (the state's per-worker index; tasks with an
-``eta`` wait on purpose and are left out) for tasks received but not started on a live
+``eta``, and those of tasks with a ``rate_limit`` in the app's configuration, wait on
+purpose and are left out) for tasks received but not started on a live
 worker that is busy (running >= its pool
 size, from ``inspect stats``; >= 1 when unknown) and that have waited at least
 ``min_wait_seconds``, and looks for another live worker consuming the same queue
@@ -46,11 +47,13 @@ class PrefetchStarvation(Rule):
         return "active"
 
     @staticmethod
-    def _reserved(workers: dict[str, Any], now: float, min_wait: float
+    def _reserved(state: Any, workers: dict[str, Any], now: float, min_wait: float
                   ) -> tuple[dict[tuple[str, str], list[Any]], dict[str, int]]:
         """From each live worker's reserved tasks (the state's per-worker index, never
         every tracked task), tasks with an ``eta`` left out: (worker, queue) -> tasks
-        reserved for at least ``min_wait``, and worker -> tasks reserved."""
+        reserved for at least ``min_wait`` (not those of a rate-limited task: they wait
+        for their rate, not for a slot), and worker -> tasks reserved."""
+        throttled = state.rate_limited
         waiting: dict[tuple[str, str], list[Any]] = {}
         reserved: dict[str, int] = {}
         for host, worker in workers.items():
@@ -58,7 +61,8 @@ class PrefetchStarvation(Rule):
                 if rec.eta:
                     continue
                 reserved[host] = reserved.get(host, 0) + 1
-                if rec.queue and now - rec.received_at >= min_wait:
+                if rec.queue and now - rec.received_at >= min_wait \
+                        and rec.name not in throttled:
                     waiting.setdefault((host, rec.queue), []).append(rec)
         return waiting, reserved
 
@@ -68,7 +72,7 @@ class PrefetchStarvation(Rule):
         workers = {w.hostname: w for w in live_workers(state, now)}
         if len(workers) < 2:
             return
-        waiting, reserved = self._reserved(workers, now, min_wait)
+        waiting, reserved = self._reserved(state, workers, now, min_wait)
         # workers with nothing to do for min_wait: once per round, not per busy worker
         idle_workers = [w for name, w in workers.items()
                         if w.active_queues is not None and not w.running

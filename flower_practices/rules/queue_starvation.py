@@ -2,17 +2,26 @@
 
 The waits are the state's (each queue's ring of task-sent -> task-started waits, or
 task-received -> task-started when sent events are off; tasks that carry an ``eta`` wait
-on purpose and are left out). Hooks: task-started counts each wait over
-``max_wait_seconds``; task runtimes are added per (worker, queue) to windowed counters
-of busy time. ``evaluate``
-flags a queue whose wait p95 over ``window_seconds`` (at least ``min_samples`` waits), or
-whose oldest waiting task, exceeds ``max_wait_seconds``. A queue with no consumer
+on purpose and are left out, and so do tasks with a ``rate_limit`` in the app's
+configuration: a worker keeps them reserved until their rate allows). Hooks:
+task-started counts each wait over ``max_wait_seconds``; task runtimes are added per
+(worker, queue) to windowed counters of busy time. ``evaluate`` flags a queue whose wait
+p95 over ``window_seconds`` (at least ``min_samples`` waits), or whose oldest waiting
+task, exceeds ``max_wait_seconds``. A queue with no consumer
 (:func:`~flower_practices.rules.queue_view.no_consumer`, the fact
 ``queue_without_consumer`` reports) is never reported here: one cause, one finding.
 The evidence names the queues whose tasks occupied the workers that consume the starved
 queue (priority inversion), and the backlog both ways: ``queue_length`` (the broker's
 count) and ``reserved_on_workers`` (received by live workers, not started: prefetched
 messages the broker no longer counts).
+
+Rate limits: Celery keeps a task that waits for its rate limit reserved, in the worker's
+prefetch, so a worker full of them fetches nothing else -- other queues it consumes
+starve (a well-known pitfall; the fix is a worker of their own for the rate-limited
+tasks). Such a starved queue is reported, with ``rate_limited_reserved`` (rate-limited
+tasks held by its workers now) in the evidence and the cause in the summary; the
+rate-limited queue itself is not (its tasks wait for their rate). Without the app
+(``-A``) rate limits are unknown and such waits count like any other.
 """
 
 from __future__ import annotations
@@ -98,7 +107,8 @@ class QueueStarvation(Rule):
             if pair is not None:
                 pair[0].add(event["timestamp"])
         wait = rec.wait  # measured by the state; None: no base or not waiting
-        if wait is not None and wait > self.max_wait and not rec.eta:
+        if wait is not None and wait > self.max_wait and not rec.eta \
+                and rec.name not in self.ctx.state.rate_limited:
             self.count(rec.queue, rec.name or None)
 
     def _on_done(self, event: dict, rec: Any) -> None:
@@ -119,12 +129,15 @@ class QueueStarvation(Rule):
         live worker's reserved tasks; also fills ``self._running`` with (worker, queue)
         -> tasks running now."""
         state = self.ctx.state
+        throttled = state.rate_limited
         out: dict[str, tuple[float, int]] = {}
         for name, q in state.queues.items():
             if q.pending and q.length != 0:
                 # pending is oldest first; a few heads cover re-sent (retried) records
-                oldest = max(now - rec.sent_at for rec in islice(q.pending.values(), 8))
-                out[name] = (oldest, len(q.pending))
+                ages = [now - rec.sent_at for rec in islice(q.pending.values(), 8)
+                        if rec.name not in throttled]
+                if ages:
+                    out[name] = (max(ages), len(q.pending))
         running: dict[tuple[str, str], int] = {}
         self._running = running
         for worker in state.workers.values():
@@ -136,7 +149,7 @@ class QueueStarvation(Rule):
                     running[key] = running.get(key, 0) + 1
             for rec in worker.reserved_tasks.values():
                 base = rec.sent_at or rec.received_at
-                if not rec.queue or rec.eta or not base:
+                if not rec.queue or rec.eta or not base or rec.name in throttled:
                     continue
                 age, n = out.get(rec.queue, (0.0, 0))
                 out[rec.queue] = (max(age, now - base), n + 1)
@@ -176,7 +189,22 @@ class QueueStarvation(Rule):
                 occupied.append({"queue": q, "tasks_started": 0, "busy_seconds": 0.0,
                                  "busy_share": None, "running_now": n})
         occupied.sort(key=lambda d: (-d["busy_seconds"], -d["running_now"], d["queue"]))
-        return {"shared_workers": sorted(shared)[:10], "occupied_by": occupied[:5]}
+        return {"shared_workers": sorted(shared)[:10], "occupied_by": occupied[:5],
+                "rate_limited_reserved": self._rate_limited_reserved(shared)}
+
+    def _rate_limited_reserved(self, shared: set[str]) -> int:
+        """Tasks with a rate limit held reserved (prefetched) by ``shared`` workers."""
+        state = self.ctx.state
+        throttled = state.rate_limited
+        if not throttled:
+            return 0
+        n = 0
+        for host in shared:
+            worker = state.workers.get(host)
+            if worker is not None:
+                n += sum(1 for rec in worker.reserved_tasks.values()
+                         if rec.name in throttled)
+        return n
 
     def evaluate(self, now: float) -> Iterable[Condition]:
         cutoff = now - self.window
@@ -231,7 +259,12 @@ class QueueStarvation(Rule):
                   and (o["busy_seconds"] or o["running_now"])]
         summary = f"queue '{queue}' is starved: " + "; ".join(reasons) + \
             f" (limit {self.max_wait:g}s)"
-        if others:
+        held = inversion["rate_limited_reserved"]
+        if held:
+            summary += (f"; its workers hold {held} rate-limited task(s) in their prefetch "
+                        "(a task waiting for its rate_limit stays reserved, so the worker "
+                        "fetches nothing else)")
+        elif others:
             top = others[0]
             share = top["busy_share"]
             summary += (f"; its workers are occupied by '{top['queue']}' tasks"
