@@ -97,6 +97,27 @@ def test_missing_time_limit_without_app_says_unknown() -> None:
     assert f["evidence"]["running_now_over_limit"] == 1
 
 
+def test_missing_time_limit_skips_runs_stopped_by_their_own_limit() -> None:
+    """A per-call (or worker command line) limit is in no event; a run that failed by it
+    proves it had one. Any other failure, or a success, over the limit is still found."""
+    eng = engine(practices={"missing_time_limit": {"max_runtime_seconds": 10,
+                                                   "clear_after_seconds": 0}})
+    now = time.time()
+    failures = {"u1": "TimeLimitExceeded(60.0)",
+                "u2": "SoftTimeLimitExceeded('SoftTimeLimitExceeded(60.0,)')",
+                "u3": "ValueError('x')"}
+    for uuid, exc in failures.items():
+        for ev in task_events(uuid, "proj.long", now - 60):
+            eng.observe(ev)
+        eng.observe({"type": "task-failed", "uuid": uuid, "hostname": "w1@h",
+                     "timestamp": now, "exception": exc, "runtime": 60.0})
+    eng.evaluate(now)
+    [f] = eng.practices_payload()["findings"]
+    assert f["practice"] == "missing_time_limit" and f["task"] == "proj.long"
+    assert f["evidence"]["completed_runs_over_limit"] == 1
+    assert f["count"] == 1
+
+
 # -- orm_object_argument: one message, one count, whatever the event order ------------------
 def test_orm_object_argument_counts_a_message_once_in_either_event_order() -> None:
     """task-sent (the producer) and task-received (the worker) come from two publishers

@@ -8,6 +8,15 @@ index, never every tracked task), skipping those whose worker is dead or restart
 they started (lost, not long: ``lost_task``
 reports them). Whether a task has a time limit is known only when the app is loaded
 (``-A proj``); without it the evidence says the limit is unknown.
+
+A limit given per call (``apply_async(time_limit=..., soft_time_limit=...)``) or on the
+worker's command line (``--time-limit``) is in no event and not in the app: a completed
+run that failed with ``TimeLimitExceeded`` or ``SoftTimeLimitExceeded`` proves that it
+had a limit, so it adds nothing to the completed runs' tally (a count already taken while
+it ran past ``max_runtime_seconds`` stays: the counter is monotonic). A run with a
+per-call limit above ``max_runtime_seconds`` is still reported while it runs past
+``max_runtime_seconds``, and when it succeeds in that time: events cannot tell that limit
+(raise ``max_runtime_seconds`` above it, or set the limit on the task).
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..bounded import LRUDict
+from ..events.sanitize import failure_exception
 from ..events.types import TASK_FAILED, TASK_SUCCEEDED
 from ..findings import Condition
 from ..state import finite_seconds
@@ -26,6 +36,8 @@ if TYPE_CHECKING:
     from ..appinfo import AppInfo
 
 _MAX_KEYS = 2000
+#: the failures (bare class names) of a run stopped by its own time limit
+_LIMIT_EXCEEDED = frozenset(("TimeLimitExceeded", "SoftTimeLimitExceeded"))
 
 
 class _Tally:
@@ -35,6 +47,13 @@ class _Tally:
         self.completed = 0
         self.max_runtime = 0.0
         self.last_seen = 0.0
+
+
+def _limit_exceeded(event: dict) -> bool:
+    """The task-failed ``event`` reports a time limit the run exceeded (per task, app-wide
+    or per call: which, events do not say)."""
+    name = failure_exception(event)[0]
+    return name is not None and name.rsplit(".", 1)[-1] in _LIMIT_EXCEEDED
 
 
 class MissingTimeLimit(Rule):
@@ -76,7 +95,8 @@ class MissingTimeLimit(Rule):
             if not rec.started_at:
                 return
             runtime = max(0.0, event["timestamp"] - rec.started_at)
-        if runtime <= self.limit or self._has_limit(rec.name):
+        if runtime <= self.limit or self._has_limit(rec.name) or \
+                (event.get("type") == TASK_FAILED and _limit_exceeded(event)):
             self.counted.pop(rec.uuid, None)
             return
         key = (rec.queue, rec.name)

@@ -1,0 +1,53 @@
+"""Task-lifecycle workloads (prefork): recycled pool processes, revoke, expiry, time limits.
+
+``lifecycle.sleepy`` publishes its pool process's pid to the Redis key it is given (the
+broker's Redis, or ``pid_store`` / ``FP_TEST_PID_REDIS`` when the broker is RabbitMQ) and
+sleeps: no time limit, so a test can revoke it with ``terminate=True``.
+``lifecycle.limited`` has a per-task hard ``time_limit`` it overruns; ``lifecycle.napper``
+sleeps with no limit of its own (tests give it one per call); ``lifecycle.quick``
+returns at once. ``make_app(broker)`` builds a fresh copy for tests.
+"""
+
+import os
+import time
+
+from celery import Celery
+
+#: lifecycle.limited's hard time limit (seconds)
+LIMIT = 1.5
+
+
+def make_app(broker: str, pid_store: str | None = None) -> Celery:
+    app = Celery("lifecycle", broker=broker, set_as_current=False)
+    app.conf.update(
+        task_send_sent_event=True,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+    )
+
+    @app.task(name="lifecycle.sleepy", shared=False)
+    def sleepy(key, seconds):
+        import redis
+
+        redis.Redis.from_url(pid_store or broker).set(key, os.getpid(), ex=600)
+        time.sleep(seconds)
+
+    @app.task(name="lifecycle.limited", shared=False, time_limit=LIMIT)
+    def limited(seconds):
+        time.sleep(seconds)
+
+    @app.task(name="lifecycle.napper", shared=False)
+    def napper(seconds):
+        time.sleep(seconds)
+
+    @app.task(name="lifecycle.quick", shared=False)
+    def quick():
+        return None
+
+    return app
+
+
+app = make_app(os.environ.get("FP_TEST_BROKER", "memory://"),
+               os.environ.get("FP_TEST_PID_REDIS") or None)
