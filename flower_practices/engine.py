@@ -28,7 +28,7 @@ from .findings import Finding, FindingTracker
 from .metrics import BaseMetrics
 from .rules import ALL_RULES
 from .rules.base import Hook, ProbeFailed, Rule, RuleContext
-from .state import TERMINAL, RuntimeState, TaskRecord
+from .state import DUPLICATE_FINAL, TERMINAL, RuntimeState, TaskRecord
 from .store import Snapshot, StateStore
 
 log = logging.getLogger("flower_practices.engine")
@@ -133,6 +133,9 @@ class Engine:
                 try:
                     rec = apply(etype, event)
                     if rec is not None:
+                        if rec is DUPLICATE_FINAL:
+                            status.decode_error("duplicate_final")
+                            continue
                         if listener is not None:
                             listener(etype, event, rec)
                         else:

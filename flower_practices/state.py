@@ -123,6 +123,10 @@ class TaskRecord:
         self.deferred: list[Any] | None = None
 
 
+#: what :meth:`RuntimeState.apply` returns for a finished task's final event seen again
+#: (the engine drops it, counted as ``duplicate_final``)
+DUPLICATE_FINAL = TaskRecord("")
+
 #: events by which a worker shows it took a task from a queue
 _TAKEN = frozenset((TASK_RECEIVED, TASK_STARTED))
 #: a stretch without any event this long (seconds) is a gap in listening, kept in
@@ -256,8 +260,10 @@ class RuntimeState:
         #: name and queue of recently finished tasks. Events of one task can arrive out of
         #: order (a threads/prefork worker may report a retry's task-retried after the
         #: retried run already failed): a late event still counts under its task's name
-        #: and queue, and its record is dropped again at once.
-        self.finished: LRUDict[str, tuple[str, str]] = LRUDict(FINISHED_KEPT)
+        #: and queue, and its record is dropped again at once. Also its last state: the
+        #: same final event again (Celery 5.7 sends task-failed twice for a run stopped by
+        #: its hard time limit) is a duplicate, not a second end (``DUPLICATE_FINAL``).
+        self.finished: LRUDict[str, tuple[str, str, str]] = LRUDict(FINISHED_KEPT)
         #: least recently seen first (an event from a worker moves it to the end)
         self.workers: OrderedDict[str, WorkerRecord] = OrderedDict()
         #: least recently sent to first (a task-sent moves it to the end)
@@ -333,12 +339,16 @@ class RuntimeState:
             rec.last_active = self.last_event_at or time.time()
         return rec
 
-    def _task(self, uuid: str, etype: str) -> TaskRecord:
-        """A new record for ``uuid`` (the caller found none)."""
-        rec = TaskRecord(uuid)
+    def _task(self, uuid: str, etype: str) -> TaskRecord | None:
+        """A new record for ``uuid`` (the caller found none); None when the event is the
+        final event the finished task already had (a duplicate: nothing to record)."""
         done = self.finished.pop(uuid, None)
+        rec = TaskRecord(uuid)
         if done is not None:
-            rec.name, rec.queue = done
+            if done[2] == _FINAL_STATE.get(etype):
+                self.finished.put(uuid, done)
+                return None
+            rec.name, rec.queue = done[0], done[1]
             # a new message (a redelivery) starts a new life; anything else is late
             rec.straggler = etype != TASK_SENT and etype != TASK_RECEIVED
         evicted = self.tasks.put(uuid, rec)
@@ -435,6 +445,8 @@ class RuntimeState:
         rec = self.tasks.get(uuid)
         if rec is None:
             rec = self._task(uuid, etype)
+            if rec is None:
+                return DUPLICATE_FINAL
         rec.updated_at = ts
         if etype == TASK_SENT:
             self._sent(rec, event, ts)
@@ -588,7 +600,7 @@ class RuntimeState:
         if rec.pending or rec.counted:  # else nothing holds it
             self._release(rec)
         self.tasks.pop(rec.uuid, None)
-        self.finished.put(rec.uuid, (rec.name, rec.queue))
+        self.finished.put(rec.uuid, (rec.name, rec.queue, rec.state))
 
     def mark_lost(self, rec: TaskRecord, now: float) -> None:
         """A rule declared ``rec`` lost: it no longer counts as running anywhere and is not

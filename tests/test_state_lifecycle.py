@@ -599,3 +599,26 @@ def test_listening_gaps_follow_the_latest_arrival() -> None:
     assert eng.state.listening_since(100.0) == T0  # no gap that long: the first event
     feed(eng, beat(H, T0 + 82 + GAP_SECONDS - 1))
     assert len(eng.state.gaps) == 2
+
+
+def test_a_final_event_seen_twice_is_counted_once_and_a_redelivery_is_not_a_duplicate() -> None:
+    """Celery 5.7 sends task-failed twice for a run stopped by its hard time limit: the
+    second is dropped (``duplicate_final``), not counted as a second failure; a different
+    late event, and a redelivered run's own end, still count."""
+    eng = engine()
+    failed = ev("task-failed", T0 + 2, uuid="u1", hostname=H,
+                exception="TimeLimitExceeded(1.5,)")
+    feed(eng, *started("u1", T0 + 1), dict(failed), dict(failed))
+    assert eng.metrics.task_events[("failed", "proj.job", "q")] == 1
+    assert eng.metrics.failures[("proj.job", "q", "TimeLimitExceeded")] == 1
+    assert eng.stream_status.decode_errors["duplicate_final"] == 1
+    assert "u1" not in eng.state.tasks
+    # redelivered (a new task-received: a new life) and failing again: a second failure
+    feed(eng, ev("task-received", T0 + 3, uuid="u1", name="proj.job", hostname=H),
+         ev("task-started", T0 + 3, uuid="u1", hostname=H), dict(failed, timestamp=T0 + 4))
+    assert eng.metrics.task_events[("failed", "proj.job", "q")] == 2
+    # a late event of another type still counts under the task's labels
+    feed(eng, ev("task-succeeded", T0 + 5, uuid="u1", hostname=H, runtime=0.1))
+    assert eng.metrics.task_events[("succeeded", "proj.job", "q")] == 1
+    assert eng.stream_status.decode_errors["duplicate_final"] == 1
+    assert 'kind="duplicate_final"} 1.0' in scrape(eng)

@@ -26,6 +26,8 @@ DECODE_ERROR_KINDS = (
     # hostile input (events/sanitize.py, events/limits.py)
     "bad_text", "bad_uuid", "oversized_message", "unsupported_compression",
     "too_many_events",
+    # the final event a finished task already had, again (state.DUPLICATE_FINAL)
+    "duplicate_final",
 )
 _LOGGED_UNKNOWN_TYPES_CAP = 100
 
