@@ -43,6 +43,9 @@ class TaskInfo:
     unbounded_retries: bool = False
     #: ``reject_on_worker_lost`` (task, else ``task_reject_on_worker_lost``)
     reject_on_worker_lost: bool = False
+    #: the task's ``rate_limit`` (e.g. ``"10/s"``; None: not limited). Workers hold its
+    #: messages reserved (received, not started) to honour it
+    rate_limit: str | None = None
 
     @property
     def has_retry_policy(self) -> bool:
@@ -216,6 +219,14 @@ def _route_queue(app: Celery, name: str) -> str | None:
     return getattr(queue, "name", queue) if queue is not None else None
 
 
+def _rate_limit(value: Any) -> str | None:
+    """A task's rate limit as Celery accepts it (``"10/s"``, ``"30/m"``, a number of
+    tasks per second); None when there is none."""
+    if isinstance(value, bool) or not value:
+        return None
+    return str(value)[:32] if isinstance(value, (str, int, float)) else None
+
+
 def snapshot_app(app: Celery) -> AppInfo:
     """Read configuration and task definitions from ``app``."""
     conf = app.conf
@@ -241,6 +252,8 @@ def snapshot_app(app: Celery) -> AppInfo:
             retries_without_delay=_retries_without_delay(task),
             unbounded_retries=_unbounded_retries(task),
             reject_on_worker_lost=bool(getattr(task, "reject_on_worker_lost", None)),
+            rate_limit=_rate_limit(getattr(task, "rate_limit", None)
+                                   or conf.task_default_rate_limit),
         )
     queues = tuple(q.name for q in (conf.task_queues or ()))
     return AppInfo(

@@ -13,6 +13,19 @@ The evidence names the queues whose tasks occupied the workers that consume the 
 queue (priority inversion), and the backlog both ways: ``queue_length`` (the broker's
 count) and ``reserved_on_workers`` (received by live workers, not started: prefetched
 messages the broker no longer counts).
+
+Rate-limited tasks (``rate_limit``). A worker receives them and holds them reserved
+(task-received, no task-started) until its token bucket lets one through; the wait
+counts like any other. Decision: a rate limit is deliberate, but it is not judged away.
+A queue drained at its rate -- tasks arrive no faster than the limits (per worker) let
+them through -- waits at most a burst's worth of tokens and stays under
+``max_wait_seconds``; a queue fed faster than its limits grows without bound, its oldest
+task ages past ``max_wait_seconds`` and it is reported: a real backlog an operator wants
+to see (raise the limit, add workers -- the limit is per worker -- or send less). When
+the app is loaded the evidence names the queue's rate-limited tasks (``rate_limits``)
+and the summary says the limit is why. ``prefetch_starvation`` and ``stalled_consumer``
+do not take such tasks for their cases: the holding worker has free pool slots (not
+busy), and its reserved tasks fill its prefetch count (it fetches nothing by design).
 """
 
 from __future__ import annotations
@@ -242,4 +255,13 @@ class QueueStarvation(Rule):
             evidence["source"] = "app config"
             evidence["routed_tasks"] = routed_tasks(app, queue)
             evidence["prefetch_multiplier"] = app.prefetch_multiplier
+            limited = {name: t.rate_limit for name, t in sorted(app.tasks.items())
+                       if t.queue == queue and t.rate_limit}
+            if limited:
+                # deliberate pacing, yet the wait exceeds the limit: more arrives than
+                # the rate lets through (see the module docstring)
+                evidence["rate_limits"] = dict(list(limited.items())[:10])
+                summary += ("; its tasks are rate-limited (" + ", ".join(
+                    f"{n} {r}" for n, r in list(limited.items())[:3])
+                    + "): more arrives than the limits let through")
         return Condition(summary=summary, queue=queue, evidence=evidence)
