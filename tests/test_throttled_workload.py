@@ -147,14 +147,19 @@ def test_fair_acks_late_workers_without_heartbeat(broker: str) -> None:
             watcher.start()
             start = time.time()
             n = 0
-            while time.time() - start < 10.0:
+            while time.time() - start < 6.0:
                 app.send_task("throttled.plain", args=(n,))
                 app.send_task("throttled.paced", args=(n,))
                 app.send_task("throttled.routed", args=(n,))
                 n += 1
                 time.sleep(0.7)
+            # a backlog the heartbeat-less workers drain at their rate (30/m each): the
+            # queue holds messages for ~10 s while they work
+            for i in range(10):
+                app.send_task("throttled.slowpaced", args=(i,))
             wait_for(lambda: exporter.total("celery_task_events_total", type="succeeded")
-                     >= n * 3, timeout=40, message="every task to succeed")
+                     >= n * 3 + 10, timeout=40, message="every task to succeed")
+            assert exporter.value("celery_worker_up", worker=workers[0].name) is None
             exporter.wait_evaluated(since=time.time() + 6.0)
             stop.set()
             watcher.join(5)
