@@ -146,7 +146,7 @@ class WorkerRecord:
                  "orphans", "active_queues",
                  "sw_ident", "label", "online_since", "prefetch", "concurrency", "epoch",
                  "restarted_at", "offline_at", "created_at", "queues_seen", "queue_reserved",
-                 "last_task_at")
+                 "last_task_at", "heartbeats")
 
     def __init__(self, hostname: str, label: str) -> None:
         self.hostname = hostname
@@ -184,6 +184,10 @@ class WorkerRecord:
         self.queue_reserved: dict[QueueRecord, int] = {}
         #: the worker's own timestamp of its last task event (0: none yet)
         self.last_task_at = 0.0
+        #: a worker event (online, heartbeat, offline) was seen from it. A worker started
+        #: ``--without-heartbeat`` sends none (Celery's Heart sends all three) but still
+        #: sends task events: its liveness cannot be known, only that it worked lately
+        self.heartbeats = False
 
     @property
     def reserved(self) -> int:
@@ -617,6 +621,7 @@ class RuntimeState:
         if worker is None:
             return
         now = worker.last_seen = self.last_event_at
+        worker.heartbeats = True
         if etype == WORKER_OFFLINE:
             worker.online = False
             worker.offline_at = now
@@ -831,12 +836,13 @@ class RuntimeState:
     def worker_gauges(self, now: float) -> tuple[dict[str, float], dict[str, list[int]]]:
         """Worker label -> up (1/0), and -> [reserved, running] of the live ones. A worker
         that said goodbye (worker-offline: a warm shutdown, a scale-down) is not a worker
-        down: it has no series."""
+        down: it has no series; neither has one that never sent a worker event
+        (``--without-heartbeat``: known from its task events only, up or down unknown)."""
         ups: dict[str, float] = {}
         busy: dict[str, list[int]] = {}
         for w in self.workers.values():
             alive = w.alive(now)
-            if not alive and w.offline_at:
+            if not alive and (w.offline_at or not w.heartbeats):
                 continue
             ups[w.label] = max(ups.get(w.label, 0.0), 1.0 if alive else 0.0)
             if alive:

@@ -254,3 +254,26 @@ def test_stalled_consumer_on_rabbitmq_lists_a_worker_that_never_answered_by_its_
     assert [w["worker"] for w in ev["stalled_workers"]] == ["w1@h"]
     assert ev["stalled_workers"][0]["prefetch_count"] is None
     assert found(eng, "queue_without_consumer") == []
+
+
+def test_worker_without_heartbeat_is_known_from_its_task_events() -> None:
+    """``--without-heartbeat``: no worker event at all, task events only. The worker has
+    no up/down series (its liveness cannot be known) and, for ``silent_grace`` after its
+    last task event, consumes the queues it took tasks from."""
+    from flower_practices.rules.queue_view import queue_consumers
+    from flower_practices.state import RuntimeState
+
+    state = RuntimeState(Settings())
+    t0 = 1000.0
+    state.apply("task-sent", {"type": "task-sent", "uuid": "u1", "name": "t",
+                              "queue": "paced", "timestamp": t0, "local_received": t0})
+    state.apply("task-received", {"type": "task-received", "uuid": "u1", "name": "t",
+                                  "hostname": "nohb@h", "timestamp": t0 + 1,
+                                  "local_received": t0 + 1})
+    worker = state.workers["nohb@h"]
+    assert not worker.heartbeats
+    ups, _ = state.worker_gauges(t0 + 60)
+    assert "nohb@h" not in ups
+    queue = state.queues["paced"]
+    assert queue_consumers(state, queue, t0 + 60, False, silent_grace=300.0).count == 1
+    assert queue_consumers(state, queue, t0 + 400, False, silent_grace=300.0).count == 0

@@ -37,6 +37,10 @@ warm-up to drain, of a name no producer publishes any more, can be flagged until
 drained and its count aged out. Deployments that restart the exporter on a busy broker
 can raise ``warmup_seconds``; ones with empty queues at start (tests, demos) may set 0.
 
+A worker started ``--without-heartbeat`` sends task events but no heartbeat, so it has
+no ``processed`` to compare: it is never reported here (it does send events); a worker
+with both heartbeats and task events off sends nothing and is invisible to monitoring.
+
 When the app is loaded its ``worker_send_task_events`` / ``task_send_sent_event`` settings
 are added to the evidence (``"source": "app config"``).
 """

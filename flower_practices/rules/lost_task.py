@@ -12,6 +12,10 @@ Each lost task is counted once: its record is marked ``LOST`` in the state
 (:meth:`~flower_practices.state.RuntimeState.mark_lost`), so it is never judged again,
 even after it left this rule's window. The finding's evidence names up to
 :data:`MAX_TASK_IDS` lost task ids (``task_ids``, most recent first), never arguments.
+A worker started ``--without-heartbeat`` sends no worker event (no heartbeat, no
+worker-online/offline; ``WorkerRecord.heartbeats`` stays False) and is never judged:
+silent, it cannot be told from dead, so its tasks are not reported lost while it works
+-- nor when it dies (documented in the runbook).
 A lost task that shows up again (redelivered with
 ``acks_late``, or finishing late) is no longer reported; the state handles its events as
 usual. No hooks: at each evaluation a lost task whose record left ``LOST`` (the state

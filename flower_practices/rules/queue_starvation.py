@@ -22,6 +22,11 @@ tasks). Such a starved queue is reported, with ``rate_limited_reserved`` (rate-l
 tasks held by its workers now) in the evidence and the cause in the summary; the
 rate-limited queue itself is not (its tasks wait for their rate). Without the app
 (``-A``) rate limits are unknown and such waits count like any other.
+A backlog growing without bound behind a rate limit (fed faster than the limits let
+through) is not starvation by other work: it shows as the queue's length and reserved
+tasks (``celery_queue_length``, ``celery_queue_reserved_tasks``, the Queues dashboard).
+``prefetch_starvation`` and ``stalled_consumer`` do not take such held tasks for their
+cases either.
 """
 
 from __future__ import annotations

@@ -44,9 +44,12 @@ def present(state: RuntimeState, worker: WorkerRecord, now: float,
             silent_grace: float = 0.0) -> bool:
     """Alive by its heartbeats, or silent for less than ``silent_grace`` seconds without
     having said goodbye (no worker-offline): a solo pool running a long task sends no
-    heartbeat and no event until it is done, yet it still consumes its queues."""
+    heartbeat and no event until it is done, yet it still consumes its queues. A worker
+    that never sent a worker event (``--without-heartbeat``: no heartbeat, no
+    worker-online) is known from its task events only: present for ``silent_grace``
+    seconds after its last one."""
     return worker.alive(now) or (
-        worker.online and now - worker.last_seen <= silent_grace)
+        (worker.online or not worker.heartbeats) and now - worker.last_seen <= silent_grace)
 
 
 #: default seconds an unanswered worker may still turn out to consume a queue

@@ -35,6 +35,11 @@ so the queue starts to grow only after that many messages. A finding needs, for
   ``threshold_seconds`` are reported (their stall counted from when they were last
   busy), so a saturated worker between two tasks is never taken for a zombie.
 
+A worker holding ``rate_limit`` tasks fills its prefetch count with them and fetches
+nothing until its token bucket lets one through: busy by the second criterion, never a
+zombie. Workers started ``--without-heartbeat`` are never live by heartbeats: their
+queues are not watched (what a silent one does cannot be known).
+
 A queue ``queue_without_consumer`` explains (no known consumer: ``QueueFacts``) is left
 to it: one cause, one finding.
 
