@@ -89,7 +89,8 @@ class TaskRecord:
 
     __slots__ = ("uuid", "name", "queue", "sent_at", "received_at", "started_at", "hostname",
                  "retries", "state", "has_sent", "updated_at", "counted", "counted_epoch",
-                 "straggler", "eta", "pending", "wait", "counted_queue", "deferred")
+                 "straggler", "eta", "pending", "wait", "counted_queue", "deferred",
+                 "starts")
 
     def __init__(self, uuid: str) -> None:
         self.uuid = uuid
@@ -121,6 +122,8 @@ class TaskRecord:
         #: [local time, event types...]: task events the exposition holds back until the
         #: task-sent they overtook names the queue (see ``BaseMetrics.listener``)
         self.deferred: list[Any] | None = None
+        #: task-started events seen in this life (two: it ran twice, e.g. redelivered)
+        self.starts = 0
 
 
 #: what :meth:`RuntimeState.apply` returns for a finished task's final event seen again
@@ -264,10 +267,12 @@ class RuntimeState:
         #: name and queue of recently finished tasks. Events of one task can arrive out of
         #: order (a threads/prefork worker may report a retry's task-retried after the
         #: retried run already failed): a late event still counts under its task's name
-        #: and queue, and its record is dropped again at once. Also its last state: the
-        #: same final event again (Celery 5.7 sends task-failed twice for a run stopped by
-        #: its hard time limit) is a duplicate, not a second end (``DUPLICATE_FINAL``).
-        self.finished: LRUDict[str, tuple[str, str, str]] = LRUDict(FINISHED_KEPT)
+        #: and queue, and its record is dropped again at once. Also its last state, worker
+        #: and starts: the same final event again from the same worker after a single run
+        #: (Celery 5.7 sends task-failed twice for a run stopped by its hard time limit)
+        #: is a duplicate, not a second end (``DUPLICATE_FINAL``); two runs' ends are not.
+        self.finished: LRUDict[str, tuple[str, str, str, str, int]] = \
+            LRUDict(FINISHED_KEPT)
         #: least recently seen first (an event from a worker moves it to the end)
         self.workers: OrderedDict[str, WorkerRecord] = OrderedDict()
         #: least recently sent to first (a task-sent moves it to the end)
@@ -343,13 +348,14 @@ class RuntimeState:
             rec.last_active = self.last_event_at or time.time()
         return rec
 
-    def _task(self, uuid: str, etype: str) -> TaskRecord | None:
+    def _task(self, uuid: str, etype: str, hostname: object) -> TaskRecord | None:
         """A new record for ``uuid`` (the caller found none); None when the event is the
-        final event the finished task already had (a duplicate: nothing to record)."""
+        final event the finished task already had, from the same worker after one run (a
+        duplicate: nothing to record)."""
         done = self.finished.pop(uuid, None)
         rec = TaskRecord(uuid)
         if done is not None:
-            if done[2] == _FINAL_STATE.get(etype):
+            if done[2] == _FINAL_STATE.get(etype) and done[3] == hostname and done[4] <= 1:
                 self.finished.put(uuid, done)
                 return None
             rec.name, rec.queue = done[0], done[1]
@@ -448,7 +454,7 @@ class RuntimeState:
         uuid = event["uuid"]
         rec = self.tasks.get(uuid)
         if rec is None:
-            rec = self._task(uuid, etype)
+            rec = self._task(uuid, etype, event.get("hostname"))
             if rec is None:
                 return DUPLICATE_FINAL
         rec.updated_at = ts
@@ -519,6 +525,7 @@ class RuntimeState:
         self._started(rec, ts)
         if rec.pending or rec.counted:  # else nothing holds it
             self._release(rec)
+        rec.starts += 1
         rec.started_at = ts
         rec.hostname = hostname
         rec.state = "STARTED"
@@ -604,7 +611,8 @@ class RuntimeState:
         if rec.pending or rec.counted:  # else nothing holds it
             self._release(rec)
         self.tasks.pop(rec.uuid, None)
-        self.finished.put(rec.uuid, (rec.name, rec.queue, rec.state))
+        self.finished.put(rec.uuid, (rec.name, rec.queue, rec.state, rec.hostname,
+                                     rec.starts))
 
     def mark_lost(self, rec: TaskRecord, now: float) -> None:
         """A rule declared ``rec`` lost: it no longer counts as running anywhere and is not

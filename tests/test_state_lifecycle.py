@@ -622,3 +622,13 @@ def test_a_final_event_seen_twice_is_counted_once_and_a_redelivery_is_not_a_dupl
     assert eng.metrics.task_events[("succeeded", "proj.job", "q")] == 1
     assert eng.stream_status.decode_errors["duplicate_final"] == 1
     assert 'kind="duplicate_final"} 1.0' in scrape(eng)
+    # two runs of one id at once (a redelivery while the first run goes on), on the same
+    # worker or on two: each run's end counts
+    for uuid, second in (("u2", H), ("u3", "w2@h")):
+        feed(eng, *started(uuid, T0 + 10), ev("task-received", T0 + 11, uuid=uuid,
+                                              name="proj.job", hostname=second),
+             ev("task-started", T0 + 11, uuid=uuid, hostname=second),
+             ev("task-succeeded", T0 + 12, uuid=uuid, hostname=H, runtime=2.0),
+             ev("task-succeeded", T0 + 13, uuid=uuid, hostname=second, runtime=2.0))
+    assert eng.metrics.task_events[("succeeded", "proj.job", "q")] == 5
+    assert eng.stream_status.decode_errors["duplicate_final"] == 1
