@@ -10,9 +10,9 @@ size, from ``inspect stats``; >= 1 when unknown) and that have waited at least
 ``min_wait_seconds``, and looks for another live worker consuming the same queue
 (``active_queues`` from the probes) that has had nothing to do for at least as long.
 
-Tasks held by a ``rate_limit`` wait reserved on purpose on a worker with free pool slots:
-not busy, so never reported here (a queue fed faster than its limit is
-``queue_starvation``'s backlog). Workers started ``--without-heartbeat`` are never live
+Tasks held by a ``rate_limit`` wait reserved on purpose (with the app loaded they are
+left out, as above; without it, the worker holding them has free pool slots: not busy).
+Workers started ``--without-heartbeat`` are never live
 by heartbeats and are not judged (neither as busy nor as idle peers).
 """
 
