@@ -143,6 +143,27 @@ def test_two_producers_are_a_duplicate_beat_and_a_failover_is_not() -> None:
     assert f.task == "p.dup" and f.evidence["hosts"] == ["gen1@a", "gen2@b"]
 
 
+def test_one_producers_burst_is_not_a_duplicate_beat_but_a_recurring_double_send_is() -> None:
+    """A producer loop sending every 5 s that once sends three at once is no second beat
+    (seen: a regular client loop flagged); one producer sending twice in each of
+    several periods is (one beat sending the task twice per period)."""
+    e = engine()
+    t0 = time.time() - 200
+    for k in range(8):
+        sent(e, "p.loop", t0 + 5 * k, "gen1@client")
+        sent(e, "p.twice", t0 + 5 * k, "gen2@beat")
+    for j in range(3):  # the burst: three at once, one period
+        sent(e, "p.loop", t0 + 40 + 0.1 * j, "gen1@client")
+    for k in range(8, 11):  # twice per period, three periods in a row
+        sent(e, "p.twice", t0 + 5 * k, "gen2@beat")
+        sent(e, "p.twice", t0 + 5 * k + 0.2, "gen2@beat")
+    e.evaluate(t0 + 56)
+    (f,) = findings(e, "duplicate_beat")
+    assert f.task == "p.twice" and f.evidence["hosts"] == ["gen2@beat"]
+    assert f.count == f.evidence["duplicate_sends"] == 3
+    assert e.metrics.violations_total.get(("duplicate_beat", "", "p.loop"), 0) == 0
+
+
 def test_app_schedule_interval_and_crontab_and_static_checks() -> None:
     app = Celery("p", broker="memory://", set_as_current=False)
     app.conf.task_send_sent_event = True

@@ -7,7 +7,11 @@ previous send of the same task by a cadenced producer: two beat processes (each 
 own producer node, ``gen<pid>@host``), or one beat sending the task twice per period.
 A task sent by hand now and then (its producer has no cadence) is never a duplicate, nor
 is a task in several ``beat_schedule`` entries (``-A``: each entry sends it once per its
-period), nor a failover from one beat to another (their sends do not interleave).
+period), nor a failover from one beat to another (their sends do not interleave). Sends
+of one producer host count only once they recur: duplicates in at least two periods (a
+beat that sends twice per period does so every period), so a regular producer loop that
+once sends a burst is not taken for a second beat; two producer hosts interleaving are
+reported at once.
 
 The finding holds while duplicates keep coming (the last one within two periods plus
 ``grace_seconds``); its evidence names the producer hosts involved (at most 10,
@@ -71,8 +75,9 @@ class DuplicateBeat(PeriodicRule):
             return
         tracker = self.tracker
         for rec in tracker.periodic():
-            if not rec.duplicates:
-                continue
+            if not rec.duplicates or (len(rec.duplicate_hosts) < 2
+                                      and rec.duplicate_periods < 2):
+                continue  # none, or one producer's burst within one period (docstring)
             tracker.refresh(rec, now)
             counted = self.counted.get(rec.name, 0)
             if rec.duplicates > counted:

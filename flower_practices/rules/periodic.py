@@ -172,7 +172,9 @@ class PeriodicRecord:
 
     __slots__ = ("name", "cadence", "first_sent", "last_sent", "producers", "scheduled",
                  "multi_entry", "last_cadenced", "last_cadenced_host", "duplicates",
-                 "last_duplicate", "duplicate_hosts", "running", "overlaps",
+                 "last_duplicate", "duplicate_hosts", "duplicate_periods", "duplicate_since",
+                 "running",
+                 "overlaps",
                  "last_overlap", "max_runtime", "schedule_period")
 
     def __init__(self, name: str) -> None:
@@ -193,6 +195,10 @@ class PeriodicRecord:
         self.duplicates = 0
         self.last_duplicate = 0.0
         self.duplicate_hosts: dict[str, float] = {}
+        #: periods that had a duplicate send (a burst within one period is one), and the
+        #: duplicate that began the last of them
+        self.duplicate_periods = 0
+        self.duplicate_since = 0.0
         #: task id -> [started, counted]: runs started and not finished
         self.running: dict[str, list] = {}
         #: runs that overlapped (started while another ran, or ran longer than the period)
@@ -353,6 +359,10 @@ class PeriodicTracker:
         last = rec.last_cadenced
         if period > 0.0 and last and not rec.multi_entry \
                 and 0.0 <= ts - last < (1.0 - self.tolerance) * period:
+            if not rec.duplicate_since \
+                    or ts - rec.duplicate_since >= (1.0 - self.tolerance) * period:
+                rec.duplicate_periods += 1
+                rec.duplicate_since = ts
             rec.duplicates += 1
             rec.last_duplicate = ts
             self._duplicate_host(rec, rec.last_cadenced_host, ts)
@@ -439,6 +449,7 @@ class PeriodicTracker:
                               for h, p in rec.producers.items()],
                 "duplicates": rec.duplicates, "last_duplicate": rec.last_duplicate,
                 "duplicate_hosts": dict(rec.duplicate_hosts),
+                "duplicate_periods": rec.duplicate_periods,
                 "overlaps": rec.overlaps, "last_overlap": rec.last_overlap,
                 "max_runtime": rec.max_runtime,
             })
@@ -466,6 +477,10 @@ class PeriodicTracker:
         rec.last_duplicate = float(item["last_duplicate"])
         for host, ts in list(item["duplicate_hosts"].items())[:MAX_HOSTS]:
             rec.duplicate_hosts[str(host)[:200]] = float(ts)
+        # saved before the field existed: a reported duplicate counts as confirmed
+        rec.duplicate_periods = int(item.get("duplicate_periods",
+                                             2 if rec.duplicates else 0))
+        rec.duplicate_since = rec.last_duplicate
         rec.overlaps = int(item["overlaps"])
         rec.last_overlap = float(item["last_overlap"])
         rec.max_runtime = float(item["max_runtime"])
