@@ -353,11 +353,12 @@ class RuntimeState:
         final event the finished task already had, from the same worker after one run (a
         duplicate: nothing to record)."""
         done = self.finished.pop(uuid, None)
+        if done is not None and done[2] == _FINAL_STATE.get(etype) \
+                and done[3] == hostname and done[4] <= 1:
+            self.finished.put(uuid, done)
+            return None
         rec = TaskRecord(uuid)
         if done is not None:
-            if done[2] == _FINAL_STATE.get(etype) and done[3] == hostname and done[4] <= 1:
-                self.finished.put(uuid, done)
-                return None
             rec.name, rec.queue = done[0], done[1]
             # a new message (a redelivery) starts a new life; anything else is late
             rec.straggler = etype != TASK_SENT and etype != TASK_RECEIVED
