@@ -30,12 +30,7 @@ from celery import Celery
 
 from flower_practices.config import Settings
 from tests.apps import lifecycle
-from tests.support.brokers import (
-    delete_vhost,
-    fresh_redis_url,
-    rabbitmq_vhost_url,
-    release_redis_dbs,
-)
+from tests.support.brokers import broker_and_redis
 from tests.support.exporter import RunningExporter, wait_for
 from tests.support.worker import WorkerProcess
 
@@ -72,22 +67,15 @@ class Env:
     pytest.param("rabbitmq", marks=[pytest.mark.redis, pytest.mark.rabbitmq]),
 ])
 def env(request: pytest.FixtureRequest) -> Iterator[Env]:
-    pid_store = broker = fresh_redis_url()
     settings = Settings(evaluation_interval=0.5, probe_interval=1.0, clear_after_seconds=600.0,
                         practices={"lost_task": {"grace_seconds": 0.0},
                                    "missing_time_limit": {"max_runtime_seconds": 1.0,
                                                           "clear_after_seconds": 0}})
-    try:
-        if request.param == "rabbitmq":
-            broker = rabbitmq_vhost_url()
+    with broker_and_redis(request.param) as (broker, pid_store):
         app = lifecycle.make_app(broker, pid_store)
         with RunningExporter(app, settings, app_loaded=True) as exporter:
             wait_for(lambda: exporter.get("/healthz")[0] == 200, message="healthz 200")
             yield Env(broker, pid_store, app, exporter, redis.Redis.from_url(pid_store))
-    finally:
-        release_redis_dbs(pid_store)
-        if broker != pid_store:
-            delete_vhost(broker)
 
 
 def test_recycle_revoke_expire_and_time_limit_page_nothing(env: Env) -> None:
@@ -101,24 +89,22 @@ def test_recycle_revoke_expire_and_time_limit_page_nothing(env: Env) -> None:
             env.app.send_task("lifecycle.quick")
         wait_for(lambda: env.events("succeeded", "lifecycle.quick") >= 6, timeout=60,
                  message="six quick tasks on recycled children")
-        # 2. a running task revoked with terminate=True
-        running = env.app.send_task("lifecycle.sleepy", args=("pid:sleepy", 120))
-        int(wait_for(lambda: env.redis.get("pid:sleepy"), timeout=60, message="sleepy pid"))
-        wait_for(lambda: env.events("started", "lifecycle.sleepy") >= 1, timeout=60,
-                 message="sleepy started")
-        wait_for(lambda: env.findings("missing_time_limit", "lifecycle.sleepy"), timeout=60,
-                 message="missing_time_limit for the unlimited running task")
-        env.app.control.revoke(running.id, terminate=True)
-        wait_for(lambda: env.events("revoked", "lifecycle.sleepy") >= 1, timeout=60,
-                 message="task-revoked of the terminated task")
-        # the same with SIGKILL (what an operator uses on a task that ignores SIGTERM)
-        killed = env.app.send_task("lifecycle.sleepy", args=("pid:sleepy9", 120))
-        int(wait_for(lambda: env.redis.get("pid:sleepy9"), timeout=60, message="sleepy9 pid"))
-        wait_for(lambda: env.events("started", "lifecycle.sleepy") >= 2, timeout=60,
-                 message="second sleepy started")
-        env.app.control.revoke(killed.id, terminate=True, signal="SIGKILL")
-        wait_for(lambda: env.events("revoked", "lifecycle.sleepy") >= 2, timeout=60,
-                 message="task-revoked of the killed task")
+        # 2. a running task revoked with terminate=True: SIGTERM (Celery's default), then
+        # SIGKILL (what an operator uses on a task that ignores SIGTERM)
+        for n, sig in enumerate(("SIGTERM", "SIGKILL"), start=1):
+            key = f"pid:sleepy-{sig}"
+            running = env.app.send_task("lifecycle.sleepy", args=(key, 120))
+            int(wait_for(lambda key=key: env.redis.get(key), timeout=60,
+                         message=f"sleepy pid ({sig})"))
+            wait_for(lambda n=n: env.events("started", "lifecycle.sleepy") >= n, timeout=60,
+                     message=f"sleepy started ({sig})")
+            if n == 1:
+                wait_for(lambda: env.findings("missing_time_limit", "lifecycle.sleepy"),
+                         timeout=60,
+                         message="missing_time_limit for the unlimited running task")
+            env.app.control.revoke(running.id, terminate=True, signal=sig)
+            wait_for(lambda n=n: env.events("revoked", "lifecycle.sleepy") >= n, timeout=60,
+                     message=f"task-revoked of the terminated task ({sig})")
         # 3. a task revoked before it ran, and two that expire in the queue
         queued = env.app.send_task("lifecycle.quick", countdown=2)
         wait_for(lambda: env.events("received", "lifecycle.quick") >= 7, timeout=60,

@@ -24,12 +24,7 @@ from celery import Celery
 
 from flower_practices.config import Settings
 from tests.apps import killable
-from tests.support.brokers import (
-    delete_vhost,
-    fresh_redis_url,
-    rabbitmq_vhost_url,
-    release_redis_dbs,
-)
+from tests.support.brokers import broker_and_redis
 from tests.support.exporter import RunningExporter, wait_for
 from tests.support.worker import WorkerProcess
 
@@ -77,20 +72,13 @@ class Env:
     pytest.param("rabbitmq", marks=[pytest.mark.redis, pytest.mark.rabbitmq]),
 ])
 def env(request: pytest.FixtureRequest) -> Iterator[Env]:
-    pid_store = broker = fresh_redis_url()
     settings = Settings(evaluation_interval=0.5, probe_interval=1.0, clear_after_seconds=600.0,
                         practices={"lost_task": {"grace_seconds": 0.0}})
-    try:
-        if request.param == "rabbitmq":
-            broker = rabbitmq_vhost_url()
+    with broker_and_redis(request.param) as (broker, pid_store):
         app = killable.make_app(broker, pid_store)
         with RunningExporter(app, settings, app_loaded=True) as exporter:
             wait_for(lambda: exporter.get("/healthz")[0] == 200, message="healthz 200")
             yield Env(broker, pid_store, app, exporter, redis.Redis.from_url(pid_store))
-    finally:
-        release_redis_dbs(pid_store)
-        if broker != pid_store:
-            delete_vhost(broker)
 
 
 def _kill(pid: int) -> None:

@@ -17,6 +17,13 @@ from celery import Celery
 BOOM = ("ValueError", "KeyError", "TypeError", "LookupError")
 
 
+def publish_pid(redis_url: str, key: str) -> None:
+    """Publish this (pool) process's pid at ``key`` on ``redis_url`` for the test."""
+    import redis
+
+    redis.Redis.from_url(redis_url).set(key, os.getpid(), ex=600)
+
+
 def make_app(broker: str, pid_store: str | None = None) -> Celery:
     app = Celery("killable", broker=broker, set_as_current=False)
     app.conf.update(
@@ -27,19 +34,14 @@ def make_app(broker: str, pid_store: str | None = None) -> Celery:
         task_ignore_result=True,
     )
 
-    def publish_pid(key: str) -> None:
-        import redis
-
-        redis.Redis.from_url(pid_store or broker).set(key, os.getpid(), ex=600)
-
     @app.task(name="killable.hog", shared=False)
     def hog(key, seconds):
-        publish_pid(key)
+        publish_pid(pid_store or broker, key)
         time.sleep(seconds)
 
     @app.task(name="killable.sleepy", shared=False)
     def sleepy(key, seconds):
-        publish_pid(key)
+        publish_pid(pid_store or broker, key)
         time.sleep(seconds)
 
     @app.task(name="killable.boom", shared=False)

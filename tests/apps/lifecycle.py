@@ -13,6 +13,8 @@ import time
 
 from celery import Celery
 
+from tests.apps.killable import publish_pid
+
 #: lifecycle.limited's hard time limit (seconds)
 LIMIT = 1.5
 
@@ -29,9 +31,7 @@ def make_app(broker: str, pid_store: str | None = None) -> Celery:
 
     @app.task(name="lifecycle.sleepy", shared=False)
     def sleepy(key, seconds):
-        import redis
-
-        redis.Redis.from_url(pid_store or broker).set(key, os.getpid(), ex=600)
+        publish_pid(pid_store or broker, key)
         time.sleep(seconds)
 
     @app.task(name="lifecycle.limited", shared=False, time_limit=LIMIT)

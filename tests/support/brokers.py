@@ -12,6 +12,8 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -109,3 +111,19 @@ def delete_vhost(url: str) -> None:
     vhost = url.rsplit("/", 1)[-1]
     if vhost.startswith("fp-test-"):
         subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True, timeout=60)
+
+
+@contextmanager
+def broker_and_redis(kind: str) -> Iterator[tuple[str, str]]:
+    """A broker URL of ``kind`` (``"redis"``: a database of its own; ``"rabbitmq"``: a
+    vhost of its own) and a Redis URL beside it for what tasks hand back to the test (the
+    broker's own database on Redis); both released after."""
+    redis_url = broker = fresh_redis_url()
+    try:
+        if kind == "rabbitmq":
+            broker = rabbitmq_vhost_url()
+        yield broker, redis_url
+    finally:
+        release_redis_dbs(redis_url)
+        if broker != redis_url:
+            delete_vhost(broker)
