@@ -2,7 +2,8 @@
 
 - ``memory``: feed ``Engine.observe`` 1,000,000 complete tasks (sent, received, started,
   succeeded; every 50th task never finishes, so in-flight records pile up to the
-  ``max_tracked_tasks`` cap) and compare RSS after 100,000 and after 1,000,000 tasks.
+  ``max_tracked_tasks`` cap) and compare RSS after 100,000 and after 1,000,000 tasks, and
+  the CPU per event over the first and the last 100,000 tasks (the caps full by then).
 - ``render``: an engine holding ≥ 10,000 series; time what ``/metrics`` runs on the
   exporter's registry (``render_body``, as the render cache calls it: text format and
   OpenMetrics; ``render_text`` alone with the cyclic GC on, and ``generate_latest``, for
@@ -62,13 +63,24 @@ def bench_memory(total: int = 1_000_000, checkpoint: int = 100_000) -> dict:
     out: dict = {"tasks": total, "checkpoint": checkpoint}
     t0 = time.perf_counter()
     cpu0 = time.process_time()
+    # CPU per event over the first ``checkpoint`` tasks and over the last ``checkpoint``:
+    # once the caps are full (records, deliveries, finished ids) every table evicts on
+    # each insert, and that must stay O(1) (``steady_to_early`` about 1)
+    late_from = total - checkpoint
+    late_cpu = 0.0
     for i in range(total):
+        if i == late_from:
+            late_cpu = time.process_time()
         _task(engine, i, start + i * 0.0001, finish=i % 50 != 0)
         if i % 20_000 == 0:
             engine.evaluate(start + i * 0.0001)
         if i + 1 == checkpoint:
+            out["early_us_per_event"] = (time.process_time() - cpu0) / (checkpoint * 3.98) * 1e6
             gc.collect()
             out["rss_mib_at_checkpoint"] = rss_mib()
+    if late_from >= checkpoint:
+        out["late_us_per_event"] = (time.process_time() - late_cpu) / (checkpoint * 3.98) * 1e6
+        out["steady_to_early"] = out["late_us_per_event"] / out["early_us_per_event"]
     gc.collect()
     out["rss_mib_at_end"] = rss_mib()
     out["growth_percent"] = (out["rss_mib_at_end"] / out["rss_mib_at_checkpoint"] - 1) * 100

@@ -190,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{m['checkpoint']} tasks, {m['rss_mib_at_end']:.1f} MiB after {m['tasks']} "
               f"(growth {m['growth_percent']:+.1f}%; target within 10%); "
               f"engine alone {m['engine_cpu_us_per_event']:.2f} µs/event in-process")
+        if "steady_to_early" in m:
+            print(f"CPU per event with every cap full (last {m['checkpoint']} tasks) vs the "
+                  f"first {m['checkpoint']}: {m['late_us_per_event']:.2f} / "
+                  f"{m['early_us_per_event']:.2f} µs = {m['steady_to_early']:.2f}x "
+                  f"(target <= 1.2x: "
+                  f"{'met' if m['steady_to_early'] <= 1.2 else 'NOT met'})")
     if "render" in only:
         print("render benchmark...", file=sys.stderr)
         r = results["render"] = inproc.bench_render(args.series, args.renders)

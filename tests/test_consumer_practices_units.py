@@ -117,6 +117,30 @@ def test_duplicate_delivery_counts_an_excused_redelivery_that_finishes_twice() -
     assert f["evidence"]["redelivered_to"] == ["w2@h"]
 
 
+def test_duplicate_delivery_table_drops_the_oldest_at_its_cap() -> None:
+    """The deliveries table holds ``max_tracked_tasks`` ids, the oldest dropped first (in
+    O(1): bench/run.py --only memory shows the cost per event with the table full). A
+    redelivery of a dropped id is a first delivery again; one of a kept id still counts."""
+    eng = Engine(Settings(max_tracked_tasks=3, clear_after_seconds=600.0,
+                          practices={"duplicate_delivery": {"grace_seconds": 2.0}}),
+                 broker_url=BROKER)
+    [rule] = [r for r in eng.rules if isinstance(r, DuplicateDelivery)]
+    t0 = time.time() - 100
+    for host in ("w1@h", "w2@h"):
+        heartbeat(eng, host, t0)
+    for i in range(5):
+        task(eng, "task-received", f"t{i}", t0 + i * 0.01, "w1@h", retries=0)
+    assert list(rule.deliveries) == ["t2", "t3", "t4"]
+    for uuid in ("t0", "t4"):  # t0 was dropped: a first delivery again; t4 is a repeat
+        task(eng, "task-received", uuid, t0 + 1, "w2@h", retries=0)
+        task(eng, "task-started", uuid, t0 + 1, "w2@h")
+    for uuid in ("t0", "t4"):
+        task(eng, "task-succeeded", uuid, t0 + 2, "w2@h")
+    eng.evaluate(t0 + 8)
+    [f] = found(eng, "duplicate_delivery")
+    assert f["evidence"]["task_ids"] == ["t4"]
+
+
 def test_duplicate_delivery_survives_a_restart_without_recount(tmp_path: Path) -> None:
     t0 = time.time() - 100
     eng = engine(tmp_path, duplicate_delivery={"grace_seconds": 1.0})
