@@ -75,6 +75,20 @@ def test_frames_cut_anywhere_deliver_each_message_once(harness: Harness) -> None
     assert harness.reader.received == len(data)
 
 
+def test_properties_decoded_per_message_through_a_bounded_cache(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each message gets its own properties, decoded as py-amqp decodes them, when senders
+    repeat theirs and when every message has new ones (the cache is cleared when full)."""
+    monkeypatch.setattr("flower_practices.events.amqp_frames.PROPERTIES_CACHED", 4)
+    hosts = ["w1@h", "w2@h", "w1@h", "w1@h", "w2@h"] + [f"pod-{i}@h" for i in range(9)]
+    harness.send(b"".join(message(b"{}", content_type="application/json", priority=i % 3,
+                                  application_headers={"hostname": host})
+                          for i, host in enumerate(hosts)), step=7)
+    assert [(p["application_headers"]["hostname"], p["priority"]) for _, p in harness.got] \
+        == [(host, i % 3) for i, host in enumerate(hosts)]
+    assert len(harness.reader._decoded) <= 4
+
+
 def test_body_in_several_frames_and_heartbeats_between(harness: Harness) -> None:
     body = b"[" + b",".join(b'{"type": "task-started"}' for _ in range(20)) + b"]"
     data = frame(8, b"", channel=0) + message(body, chunk=37, content_type="application/json")

@@ -5,7 +5,8 @@ Once ``basic.consume`` is set up (by py-amqp), everything the broker sends is de
 rarely a close or a cancel. :class:`DeliveryReader` reads the socket in large chunks and
 cuts frames itself (the AMQP twin of :mod:`.resp`), instead of py-amqp's several reads,
 objects and dispatch steps per frame; content headers are decoded with py-amqp's own
-``decode_properties_basic``. It hands each delivered message to ``deliver(body,
+``decode_properties_basic``, once per distinct properties blob (a sender's events repeat
+the same one). It hands each delivered message to ``deliver(body,
 properties)``; a body announced larger than ``max_body`` is skipped unread (its frames
 discarded as they come) and reported through ``refuse``.
 
@@ -31,6 +32,9 @@ _IGNORED_METHODS = frozenset(((10, 60), (10, 61)))
 #: largest frame accepted (the frame_max we negotiate is far below)
 MAX_FRAME = 1 << 22
 RECV_BYTES = 1 << 18
+#: distinct content-header properties remembered decoded (about one per sending host;
+#: cleared when full, so hostile variety costs a decode each, as without the cache)
+PROPERTIES_CACHED = 1024
 
 
 class BrokerClosed(ConnectionError):
@@ -55,6 +59,9 @@ class DeliveryReader:
         #: bytes received so far (for heartbeat bookkeeping)
         self.received = len(initial)
         self._props: dict | None = None
+        #: properties bytes -> their decoded dict, shared by the messages that carry them
+        #: (read only: :meth:`~.fast_amqp.AmqpBodyDecoder.feed` never changes it)
+        self._decoded: dict[bytes, dict] = {}
         self._size = 0
         self._chunks: list[bytes] = []
         self._have = 0
@@ -121,7 +128,16 @@ class DeliveryReader:
         if not self._in_content or self._props is not None:
             raise BrokerClosed("content header out of place")
         size, = unpack_from(">Q", buf, start + 4)
-        props, _ = decode_properties_basic(bytes(buf[start:end]), 12)
+        # the properties of one sender's events are the same bytes message after message
+        # (content type, encoding, the hostname header): decoded once, then looked up
+        raw = bytes(buf[start + 12:end])
+        cache = self._decoded
+        props = cache.get(raw)
+        if props is None:
+            props, _ = decode_properties_basic(raw, 0)
+            if len(cache) >= PROPERTIES_CACHED:
+                cache.clear()
+            cache[raw] = props
         self._props = props
         self._size = size
         self._have = 0
