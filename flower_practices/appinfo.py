@@ -19,6 +19,8 @@ from celery import Celery
 from celery.schedules import schedule as interval_schedule
 from celery.utils.time import rate
 
+from .events.sanitize import label_text
+
 
 @dataclass(slots=True)
 class TaskInfo:
@@ -123,6 +125,9 @@ class AppInfo:
     task_files: dict[str, str] = field(default_factory=dict)
     #: the app's ``beat_schedule`` (empty without one, e.g. a database-backed scheduler)
     beat_schedule: tuple[PeriodicEntry, ...] = ()
+    #: (exchange, exchange type, routing key, queue) of each binding of the app's queues
+    #: (``app.amqp.queues``): see :mod:`flower_practices.routes`
+    bindings: tuple[tuple[str, str, str, str], ...] = ()
 
     def task(self, name: str | None) -> TaskInfo | None:
         return self.tasks.get(name) if name else None
@@ -220,6 +225,34 @@ def _route_queue(app: Celery, name: str) -> str | None:
     return getattr(queue, "name", queue) if queue is not None else None
 
 
+def queue_bindings(queues: Any) -> tuple[tuple[str, str, str, str], ...]:
+    """(exchange, exchange type, routing key, queue) of every binding of ``queues``
+    (kombu ``Queue`` objects: the queue's own exchange and key, and its ``bindings``)."""
+    out: list[tuple[str, str, str, str]] = []
+    for queue in queues:
+        name = label_text(getattr(queue, "name", None))
+        if not name:
+            continue
+        pairs = [(getattr(queue, "exchange", None), getattr(queue, "routing_key", None))]
+        pairs += [(getattr(b, "exchange", None), getattr(b, "routing_key", None))
+                  for b in getattr(queue, "bindings", None) or ()]
+        for exchange, key in pairs:
+            ex_name = label_text(getattr(exchange, "name", exchange))
+            key = label_text(key)
+            if ex_name and key is not None:
+                kind = getattr(exchange, "type", None)
+                out.append((ex_name, kind if isinstance(kind, str) else "direct", key,
+                            name))
+    return tuple(out)
+
+
+def _app_bindings(app: Celery) -> tuple[tuple[str, str, str, str], ...]:
+    try:
+        return queue_bindings(app.amqp.queues.values())
+    except Exception:  # a configuration kombu refuses: routes stay unknown
+        return ()
+
+
 def _rate_limit(task: Any, conf: Any) -> str | None:
     """The rate limit a worker applies to ``task`` (as configured), or None."""
     if conf.worker_disable_rate_limits:
@@ -278,6 +311,7 @@ def snapshot_app(app: Celery) -> AppInfo:
         visibility_timeout=_visibility_timeout(conf.broker_transport_options),
         task_files=_task_files(app, tasks),
         beat_schedule=_beat_schedule(app),
+        bindings=_app_bindings(app),
     )
 
 

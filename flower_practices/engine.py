@@ -68,6 +68,7 @@ class Engine:
             self.state.keep_queues.update(app.queues)
             self.state.rate_limited = frozenset(
                 name for name, task in app.tasks.items() if task.rate_limit)
+            self.state.routes.bind_all(app.bindings)
         self.stream_status = stream_status or StreamStatus()
         self.findings = FindingTracker()
         self.ctx = RuleContext(
@@ -325,6 +326,7 @@ class Engine:
             for hostname, sample in samples.items():
                 self.state.probed_worker(hostname, sample.queues, sample.prefetch,
                                          sample.concurrency)
+                self.state.routes.bind_all(getattr(sample, "bindings", ()))
 
     def apply_queue_probes(self, samples: Mapping[str, Any], now: float, *,
                            consumers_from_workers: bool) -> None:

@@ -54,6 +54,7 @@ from .events.types import (
     WORKER_OFFLINE,
     WORKER_ONLINE,
 )
+from .routes import RouteTable
 
 TERMINAL = TERMINAL_EVENTS
 #: states of a task that waits for a worker to start it
@@ -294,6 +295,9 @@ class RuntimeState:
         self.workers_dropped = 0
         self.queues_dropped = 0
         self.default_queue = "celery"
+        #: the bindings of the app's and the workers' queues: the queue of a task sent by
+        #: exchange and routing key alone (its task-sent names none)
+        self.routes = RouteTable()
         #: queues the sweep never forgets (besides the default queue), e.g. the app's own
         self.keep_queues: set[str] = set()
         #: task names with a ``rate_limit`` (the app's configuration): a worker keeps such a
@@ -557,6 +561,14 @@ class RuntimeState:
             self._unpend(rec)
         q = None
         queue = event.get("queue")
+        if self.routes:
+            # the queue the broker puts it in: a task sent by exchange and routing key
+            # names no queue, or the default queue, which it does not go to
+            exchange = event.get("exchange")
+            if exchange and type(exchange) is str:
+                key = event.get("routing_key")
+                if type(key) is str:
+                    queue = self.routes.queue_for(exchange, key) or queue
         if not isinstance(queue, str) or not queue:
             queue = event.get("routing_key")
         if isinstance(queue, str) and queue:

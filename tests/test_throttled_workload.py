@@ -10,7 +10,7 @@ all along: no finding may appear, also while a burst of rate-limited tasks drain
 longer than ``max_wait_seconds`` at its rate (they wait on purpose: no
 ``queue_starvation``). Must fire: once the workers are gone ``queue_without_consumer``
 names the routed queue ``metrics`` (on RabbitMQ also for messages sent by exchange and
-routing key alone), never a routing key.
+routing key alone, whose events are counted under ``metrics`` too), never a routing key.
 
 Second test: a ``-O fair`` prefork and a threads worker with ``task_acks_late`` and
 prefetch multiplier 1, both ``--without-heartbeat`` (no worker event at all, task events
@@ -137,6 +137,13 @@ def test_rate_limited_and_routed_workers(broker: str) -> None:
                      message="queue_without_consumer for the routed queue")
             assert not {f["queue"] for f in exporter.findings()} & {"metrics.cpu",
                                                                     "metrics.disk"}
+            # and the events' own figures too: the task-sent of a message sent by
+            # exchange and routing key names no queue; the app's bindings (topic
+            # 'metrics.#') say it lands in 'metrics', the queue the broker reports
+            assert exporter.total("celery_task_events_total", queue="metrics.disk") == 0
+            if broker == "rabbitmq":
+                assert exporter.total("celery_task_events_total", type="sent",
+                                      task="throttled.plain", queue="metrics") == 3
             assert not exporter.findings("single_default_queue")
 
 
