@@ -13,8 +13,12 @@ by equal key, ``topic`` by AMQP's pattern rules (``*`` one word, ``#`` zero or m
 ``fanout`` whatever the key. A key that several queues would receive, or none of the
 known ones, stays unresolved (the caller keeps the event's queue, else the routing key).
 
-Bounded: at most :data:`MAX_BINDINGS` bindings and :data:`MAX_RESOLVED` remembered
-answers; names are label text already (cleaned by the caller).
+Bounded, and cheap on hostile input: at most :data:`MAX_BINDINGS` bindings, at most
+:data:`MAX_PATTERNS` topic patterns of at most :data:`MAX_PATTERN_WORDS` words per
+exchange, and :data:`MAX_RESOLVED` remembered answers. A lookup touches only the bindings
+of the message's exchange: a direct key is one dict lookup, a topic key at most
+``MAX_PATTERNS`` short matches; an unknown exchange costs one dict lookup. Names are label
+text already (cleaned by the caller).
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from collections.abc import Iterable
 
 #: bindings kept (the app's queues and the workers' replies): beyond it, new ones ignored
 MAX_BINDINGS = 1000
+#: topic patterns kept per exchange, and the words a pattern may have (longer ignored)
+MAX_PATTERNS = 16
+MAX_PATTERN_WORDS = 16
 #: (exchange, routing key) answers remembered; cleared when full
 MAX_RESOLVED = 4096
 
@@ -31,44 +38,66 @@ _MISSING = object()
 
 def topic_matches(pattern: str, key: str) -> bool:
     """``key`` matches the AMQP topic ``pattern`` (``*``: one word, ``#``: zero or more
-    words; words separated by dots). Dynamic programming, O(words of both)²: no
-    backtracking blow-up on hostile patterns."""
-    words = key.split(".")
+    words; words separated by dots)."""
+    return _matches(pattern.split("."), key.split("."))
+
+
+def _matches(parts: list[str], words: list[str]) -> bool:
+    # the positions in ``words`` the pattern so far can end at, kept as a set: a literal
+    # or ``*`` only moves them on by one, ``#`` opens every later one; no backtracking,
+    # and a mismatch empties the set at once (the usual miss costs a word or two)
     n = len(words)
-    reach = [True] + [False] * n  # reach[j]: the pattern so far matches words[:j]
-    for part in pattern.split("."):
+    reach = {0}
+    for part in parts:
         if part == "#":
-            for j in range(1, n + 1):
-                reach[j] = reach[j] or reach[j - 1]
+            reach = set(range(min(reach), n + 1))
+        elif part == "*":
+            reach = {j + 1 for j in reach if j < n}
         else:
-            reach = [False] + [reach[j - 1] and (part == "*" or part == words[j - 1])
-                               for j in range(1, n + 1)]
-    return reach[n]
+            reach = {j + 1 for j in reach if j < n and words[j] == part}
+        if not reach:
+            return False
+    return n in reach
 
 
 class RouteTable:
     """Bindings (exchange, kind, routing key -> queue) and the queue they route to."""
 
-    __slots__ = ("_bindings", "_resolved")
+    __slots__ = ("_seen", "_direct", "_topic", "_fanout", "_resolved")
 
     def __init__(self) -> None:
-        #: (exchange, kind, routing key or pattern, queue), each once
-        self._bindings: dict[tuple[str, str, str, str], None] = {}
+        #: (exchange, kind, routing key or pattern, queue) of every binding kept
+        self._seen: set[tuple[str, str, str, str]] = set()
+        #: direct: (exchange, routing key) -> queues; topic: exchange -> (pattern words,
+        #: queue) pairs; fanout: exchange -> queues
+        self._direct: dict[tuple[str, str], set[str]] = {}
+        self._topic: dict[str, list[tuple[list[str], str]]] = {}
+        self._fanout: dict[str, set[str]] = {}
         #: (exchange, routing key) -> queue, or None: several queues or none
         self._resolved: dict[tuple[str, str], str | None] = {}
 
     def __bool__(self) -> bool:
-        return bool(self._bindings)
+        return bool(self._seen)
 
     def bind(self, exchange: str, kind: str, routing_key: str, queue: str) -> None:
         """``queue`` is bound to ``exchange`` (of type ``kind``) with ``routing_key``."""
         if not queue or not isinstance(exchange, str) or not isinstance(routing_key, str):
             return
-        key = (exchange, kind if kind in ("topic", "fanout") else "direct", routing_key,
-               queue)
-        if key in self._bindings or len(self._bindings) >= MAX_BINDINGS:
+        kind = kind if kind in ("topic", "fanout") else "direct"
+        key = (exchange, kind, routing_key, queue)
+        if key in self._seen or len(self._seen) >= MAX_BINDINGS:
             return
-        self._bindings[key] = None
+        if kind == "topic":
+            patterns = self._topic.setdefault(exchange, [])
+            if len(patterns) >= MAX_PATTERNS \
+                    or routing_key.count(".") >= MAX_PATTERN_WORDS:
+                return
+            patterns.append((routing_key.split("."), queue))
+        elif kind == "fanout":
+            self._fanout.setdefault(exchange, set()).add(queue)
+        else:
+            self._direct.setdefault((exchange, routing_key), set()).add(queue)
+        self._seen.add(key)
         self._resolved.clear()  # answers may change
 
     def bind_all(self, bindings: Iterable[tuple[str, str, str, str]]) -> None:
@@ -82,13 +111,14 @@ class RouteTable:
         hit = self._resolved.get(key, _MISSING)
         if hit is not _MISSING:
             return hit  # type: ignore[return-value]
-        found: set[str] = set()
-        for bound_exchange, kind, pattern, queue in self._bindings:
-            if bound_exchange != exchange:
-                continue
-            if kind == "fanout" or (kind == "direct" and pattern == routing_key) or (
-                    kind == "topic" and topic_matches(pattern, routing_key)):
-                found.add(queue)
+        found = set(self._direct.get(key, ()))
+        found.update(self._fanout.get(exchange, ()))
+        patterns = self._topic.get(exchange)
+        if patterns:
+            words = routing_key.split(".")
+            for parts, queue in patterns:
+                if queue not in found and _matches(parts, words):
+                    found.add(queue)
         answer = found.pop() if len(found) == 1 else None
         if len(self._resolved) >= MAX_RESOLVED:
             self._resolved.clear()

@@ -16,7 +16,7 @@ from flower_practices.appinfo import snapshot_app
 from flower_practices.config import Settings
 from flower_practices.engine import Engine
 from flower_practices.probes.workers import WorkerSample, reply_bindings
-from flower_practices.routes import MAX_BINDINGS, RouteTable, topic_matches
+from flower_practices.routes import MAX_BINDINGS, MAX_PATTERNS, RouteTable, topic_matches
 
 JOBS = Exchange("jobs", type="direct")
 TELEMETRY = Exchange("telemetry", type="topic")
@@ -55,11 +55,21 @@ def test_route_table_resolves_one_queue_and_leaves_ambiguity_alone() -> None:
 
 
 def test_route_table_is_bounded() -> None:
+    """Bindings, topic patterns per exchange and their length are capped, so a lookup of
+    a hostile routing key (here 100 words) matches a few short patterns at most."""
     table = RouteTable()
     for i in range(MAX_BINDINGS + 50):
         table.bind("x", "direct", f"k{i}", f"q{i}")
     assert table.queue_for("x", f"k{MAX_BINDINGS - 1}") == f"q{MAX_BINDINGS - 1}"
     assert table.queue_for("x", f"k{MAX_BINDINGS + 10}") is None
+    topic = RouteTable()
+    topic.bind("t", "topic", "#." * 20 + "z", "long")  # over MAX_PATTERN_WORDS: ignored
+    for i in range(MAX_PATTERNS + 5):
+        topic.bind("t", "topic", f"p{i}.#", f"q{i}")
+    assert topic.queue_for("t", "p0." + "w." * 99 + "z") == "q0"
+    assert topic.queue_for("t", f"p{MAX_PATTERNS}.a") is None  # past the cap
+    assert topic.queue_for("t", "a.z") is None
+    assert topic.queue_for("unknown", "p0.a") is None
 
 
 def sent(eng: Engine, uuid: str, **fields: object) -> None:
