@@ -19,7 +19,7 @@ from celery import Celery
 from celery.schedules import schedule as interval_schedule
 from celery.utils.time import rate
 
-from .events.sanitize import label_text
+from .routes import queue_bindings
 
 
 @dataclass(slots=True)
@@ -225,30 +225,9 @@ def _route_queue(app: Celery, name: str) -> str | None:
     return getattr(queue, "name", queue) if queue is not None else None
 
 
-def queue_bindings(queues: Any) -> tuple[tuple[str, str, str, str], ...]:
-    """(exchange, exchange type, routing key, queue) of every binding of ``queues``
-    (kombu ``Queue`` objects: the queue's own exchange and key, and its ``bindings``)."""
-    out: list[tuple[str, str, str, str]] = []
-    for queue in queues:
-        name = label_text(getattr(queue, "name", None))
-        if not name:
-            continue
-        pairs = [(getattr(queue, "exchange", None), getattr(queue, "routing_key", None))]
-        pairs += [(getattr(b, "exchange", None), getattr(b, "routing_key", None))
-                  for b in getattr(queue, "bindings", None) or ()]
-        for exchange, key in pairs:
-            ex_name = label_text(getattr(exchange, "name", exchange))
-            key = label_text(key)
-            if ex_name and key is not None:
-                kind = getattr(exchange, "type", None)
-                out.append((ex_name, kind if isinstance(kind, str) else "direct", key,
-                            name))
-    return tuple(out)
-
-
 def _app_bindings(app: Celery) -> tuple[tuple[str, str, str, str], ...]:
     try:
-        return queue_bindings(app.amqp.queues.values())
+        return queue_bindings(q.as_dict(recurse=True) for q in app.amqp.queues.values())
     except Exception:  # a configuration kombu refuses: routes stay unknown
         return ()
 

@@ -24,6 +24,9 @@ text already (cleaned by the caller).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
+
+from .events.sanitize import label_text
 
 #: bindings kept (the app's queues and the workers' replies): beyond it, new ones ignored
 MAX_BINDINGS = 1000
@@ -34,6 +37,29 @@ MAX_PATTERN_WORDS = 16
 MAX_RESOLVED = 4096
 
 _MISSING = object()
+
+
+def queue_bindings(queues: Iterable[Any]) -> tuple[tuple[str, str, str, str], ...]:
+    """(exchange, exchange type, routing key, queue) of every binding of ``queues``, each
+    in the shape of kombu's ``Queue.as_dict(recurse=True)`` (what a worker answers to
+    ``inspect active_queues``): the queue's own exchange and key, and its ``bindings``.
+    Cleaned as event fields are; malformed entries are skipped."""
+    out: list[tuple[str, str, str, str]] = []
+    for q in queues:
+        if not isinstance(q, dict) or not (name := label_text(q.get("name"))):
+            continue
+        extra = q.get("bindings")
+        for b in [q, *(extra if isinstance(extra, list) else ())]:
+            if not isinstance(b, dict):
+                continue
+            exchange = b.get("exchange")
+            kind = exchange.get("type") if isinstance(exchange, dict) else None
+            ex_name = label_text(exchange.get("name") if isinstance(exchange, dict)
+                                 else exchange)
+            key = label_text(b.get("routing_key"))
+            if ex_name and key is not None:
+                out.append((ex_name, kind if isinstance(kind, str) else "direct", key, name))
+    return tuple(out)
 
 
 def topic_matches(pattern: str, key: str) -> bool:

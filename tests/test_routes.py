@@ -15,8 +15,14 @@ from kombu import Exchange, Queue, binding
 from flower_practices.appinfo import snapshot_app
 from flower_practices.config import Settings
 from flower_practices.engine import Engine
-from flower_practices.probes.workers import WorkerSample, reply_bindings
-from flower_practices.routes import MAX_BINDINGS, MAX_PATTERNS, RouteTable, topic_matches
+from flower_practices.probes.workers import WorkerSample
+from flower_practices.routes import (
+    MAX_BINDINGS,
+    MAX_PATTERNS,
+    RouteTable,
+    queue_bindings,
+    topic_matches,
+)
 
 JOBS = Exchange("jobs", type="direct")
 TELEMETRY = Exchange("telemetry", type="topic")
@@ -107,7 +113,7 @@ def test_worker_replies_bind_their_queues() -> None:
                                       binding(TELEMETRY, "x.*")]).as_dict(recurse=True),
              "not a queue", {"name": 5}, {"name": "odd", "exchange": 7, "routing_key": []},
              {"name": "evil\x00q", "exchange": {"name": "e\ud800"}, "routing_key": "r"}]
-    bindings = reply_bindings(reply)
+    bindings = queue_bindings(reply)
     assert ("jobs", "direct", "jobs.high", "high") in bindings
     assert {("a", "direct", "k1", "multi"), ("telemetry", "topic", "x.*", "multi")} \
         <= set(bindings)

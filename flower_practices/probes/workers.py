@@ -8,6 +8,7 @@ from typing import Any
 from celery import Celery
 
 from ..events.sanitize import label_text
+from ..routes import queue_bindings
 
 
 @dataclass(slots=True)
@@ -17,28 +18,6 @@ class WorkerSample:
     concurrency: int | None = None
     #: (exchange, exchange type, routing key, queue) of the queues it consumes
     bindings: tuple[tuple[str, str, str, str], ...] = ()
-
-
-def reply_bindings(queues: Any) -> tuple[tuple[str, str, str, str], ...]:
-    """The bindings in one worker's ``active_queues`` reply (kombu's ``Queue.as_dict``:
-    the queue's exchange and routing key, and its ``bindings``), cleaned as event fields
-    are; malformed entries are skipped."""
-    out: list[tuple[str, str, str, str]] = []
-    for q in queues:
-        if not isinstance(q, dict) or not (name := label_text(q.get("name"))):
-            continue
-        extra = q.get("bindings")
-        for b in [q, *(extra if isinstance(extra, list) else ())]:
-            if not isinstance(b, dict):
-                continue
-            exchange = b.get("exchange")
-            kind = exchange.get("type") if isinstance(exchange, dict) else None
-            ex_name = label_text(exchange.get("name") if isinstance(exchange, dict)
-                                 else exchange)
-            key = label_text(b.get("routing_key"))
-            if ex_name and key is not None:
-                out.append((ex_name, kind if isinstance(kind, str) else "direct", key, name))
-    return tuple(out)
 
 
 def probe_workers(app: Celery, timeout: float = 1.0) -> dict[str, WorkerSample]:
@@ -61,7 +40,7 @@ def probe_workers(app: Celery, timeout: float = 1.0) -> dict[str, WorkerSample]:
             queues = ()
         names = tuple(sorted(name for q in queues if isinstance(q, dict)
                              if (name := label_text(q.get("name", ""))) is not None))
-        sample = WorkerSample(queues=names, bindings=reply_bindings(queues))
+        sample = WorkerSample(queues=names, bindings=queue_bindings(queues))
         info = stats.get(raw_hostname) or {}
         if not isinstance(info, dict):
             info = {}
