@@ -8,7 +8,15 @@ advancing 10 s each round; the engine's lock is wrapped to time every hold. Repo
 median and the maximum lock hold per evaluation (the longest single hold within it), and
 the evaluation's wall time.
 
+``--churn N``: pod churn on top -- every second of event time N workers that were never
+seen before come online, each runs two tasks (of the 10 queues) and leaves: half of them
+with a worker-offline, half silently (killed pods stop heartbeating). The engine has
+seen ``--churn-seconds`` of that before the first round, and it goes on between rounds,
+so the per-worker and per-(worker, queue) tables hold every generation still in their
+windows.
+
     python bench/evaluation.py                  # 100,000 tasks, 100 workers
+    python bench/evaluation.py --churn 10       # the same with 10 new workers a second
     python bench/evaluation.py --tasks 20000 --json out.json
 """
 
@@ -88,15 +96,61 @@ def build(tasks: int, workers: int, running: int, reserved: int, t0: float) -> E
     return engine
 
 
-def run(tasks: int, workers: int, running: int, reserved: int, rounds: int) -> dict[str, Any]:
-    t0 = time.time() - 600.0
+class Churn:
+    """Feeds pod churn: ``per_second`` new workers a second, each running two tasks."""
+
+    def __init__(self, engine: Engine, per_second: int) -> None:
+        self.engine = engine
+        self.per_second = per_second
+        self.n = 0
+
+    def feed(self, start: float, end: float) -> None:
+        observe = self.engine.observe
+        second = start
+        while second < end:
+            for _ in range(self.per_second):
+                i = self.n
+                self.n += 1
+                host = f"celery@pod-{i:07d}"
+                ts = second + (i % self.per_second) / self.per_second
+                observe({"type": "worker-online", "hostname": host, "timestamp": ts,
+                         "local_received": ts, "freq": 2.0, "active": 0, "processed": 0})
+                for k in range(2):
+                    uuid = f"c{i:023x}{k:08x}"
+                    queue = f"q{(i + k) % 10}"
+                    name = f"proj.t{(i + k) % 50}"
+                    at = ts + 0.1 * k
+                    observe({"type": "task-sent", "uuid": uuid, "name": name, "queue": queue,
+                             "timestamp": at, "local_received": at})
+                    observe({"type": "task-received", "uuid": uuid, "name": name,
+                             "hostname": host, "timestamp": at + 0.01,
+                             "local_received": at + 0.01})
+                    observe({"type": "task-started", "uuid": uuid, "hostname": host,
+                             "timestamp": at + 0.02, "local_received": at + 0.02})
+                    observe({"type": "task-succeeded", "uuid": uuid, "hostname": host,
+                             "runtime": 0.05, "timestamp": at + 0.07,
+                             "local_received": at + 0.07})
+                if i % 2 == 0:
+                    observe({"type": "worker-offline", "hostname": host,
+                             "timestamp": ts + 0.5, "local_received": ts + 0.5})
+            second += 1.0
+
+
+def run(tasks: int, workers: int, running: int, reserved: int, rounds: int,
+        churn: int = 0, churn_seconds: float = 600.0) -> dict[str, Any]:
+    t0 = time.time() - 600.0 - (churn_seconds if churn else 0.0)
     engine = build(tasks, workers, running, reserved, t0)
+    feeder = Churn(engine, churn) if churn else None
+    if feeder is not None:
+        feeder.feed(t0 + 60.0 - churn_seconds, t0 + 60.0)
     lock = TimedLock()
     engine.lock = lock  # type: ignore[assignment]
     holds: list[float] = []
     walls: list[float] = []
     now = t0 + 60.0
     for _ in range(rounds):
+        if feeder is not None:
+            feeder.feed(now - 10.0, now)
         for i in range(workers):  # keep every worker alive
             engine.observe({"type": "worker-heartbeat", "hostname": f"celery@w{i}",
                             "timestamp": now, "local_received": now, "freq": 2.0,
@@ -110,6 +164,8 @@ def run(tasks: int, workers: int, running: int, reserved: int, rounds: int) -> d
     return {
         "tracked_tasks": len(engine.state.tasks), "workers": workers,
         "running_per_worker": running, "reserved_per_worker": reserved, "rounds": rounds,
+        "churn_workers_per_second": churn,
+        "worker_records": len(engine.state.workers),
         "lock_hold_ms_median": round(statistics.median(holds) * 1000, 2),
         "lock_hold_ms_max": round(max(holds) * 1000, 2),
         "evaluation_ms_median": round(statistics.median(walls) * 1000, 2),
@@ -123,9 +179,14 @@ def main() -> None:
     parser.add_argument("--running", type=int, default=4)
     parser.add_argument("--reserved", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--churn", type=int, default=0,
+                        help="new workers a second (pod churn), 0: none")
+    parser.add_argument("--churn-seconds", type=float, default=600.0,
+                        help="seconds of churn seen before the first round")
     parser.add_argument("--json", help="also write the result to this file")
     args = parser.parse_args()
-    result = run(args.tasks, args.workers, args.running, args.reserved, args.rounds)
+    result = run(args.tasks, args.workers, args.running, args.reserved, args.rounds,
+                 args.churn, args.churn_seconds)
     for key, value in result.items():
         print(f"{key:>24}: {value}")
     if args.json:

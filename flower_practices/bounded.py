@@ -113,16 +113,22 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
+#: :attr:`WindowCounter.newest` before anything was added
+_NO_BUCKET = -(1 << 62)
+
+
 class WindowCounter:
     """Counts events in ``buckets`` time buckets covering ``window`` seconds."""
 
-    __slots__ = ("bucket_seconds", "counts", "stamps", "buckets")
+    __slots__ = ("bucket_seconds", "counts", "stamps", "buckets", "newest")
 
     def __init__(self, window: float, buckets: int = 12) -> None:
         self.buckets = buckets
         self.bucket_seconds = window / buckets
         self.counts = [0] * buckets
         self.stamps = [-1] * buckets
+        #: the newest bucket ever started (none yet: before any), kept where one starts
+        self.newest = _NO_BUCKET
 
     def add(self, ts: float, n: int = 1) -> None:
         slot = int(ts // self.bucket_seconds)
@@ -130,11 +136,25 @@ class WindowCounter:
         if self.stamps[i] != slot:
             self.stamps[i] = slot
             self.counts[i] = 0
+            if slot > self.newest:
+                self.newest = slot
         self.counts[i] += n
+
+    def idle(self, now: float) -> bool:
+        """Nothing added in the window ending at ``now``. O(1), unless something was
+        added dated after ``now`` (a clock ahead): then whether :meth:`total` is 0."""
+        current = int(now // self.bucket_seconds)
+        if self.newest < current - self.buckets + 1:
+            return True
+        if self.newest <= current:
+            return False
+        return self.total(now) == 0
 
     def total(self, now: float) -> int:
         current = int(now // self.bucket_seconds)
         oldest = current - self.buckets + 1
+        if self.newest < oldest:  # nothing in the window (O(1))
+            return 0
         pairs = zip(self.counts, self.stamps, strict=True)
         return sum(c for c, s in pairs if oldest <= s <= current)
 

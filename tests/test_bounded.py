@@ -39,3 +39,25 @@ def test_window_counter_forgets_old_buckets() -> None:
     assert window.total(30.0) == 7
     assert window.total(65.0) == 2
     assert window.total(200.0) == 0
+
+
+def test_window_counter_idle_agrees_with_total() -> None:
+    window = WindowCounter(60, buckets=6)
+    assert window.idle(0.0) and window.total(0.0) == 0
+    window.add(0.0)
+    window.add(30.0)
+    for now in (0.0, 30.0, 59.0, 65.0, 89.0):
+        assert not window.idle(now) and window.total(now) > 0, now
+    for now in (90.0, 200.0):
+        assert window.idle(now) and window.total(now) == 0, now
+    # a count dated after now (a worker's clock ahead) is not in the window ending now
+    ahead = WindowCounter(60, buckets=6)
+    ahead.add(10_000.0)
+    assert ahead.idle(100.0) and ahead.total(100.0) == 0
+    assert not ahead.idle(10_000.0) and ahead.total(10_000.0) == 1
+    # out of order: an older bucket started after a newer one
+    late = WindowCounter(60, buckets=6)
+    late.add(100.0)
+    late.add(50.0)
+    assert not late.idle(105.0) and late.total(105.0) == 2
+    assert late.idle(170.0) and late.total(170.0) == 0

@@ -8,6 +8,8 @@ the four rules that used to scan it fire: ``lost_task``, ``missing_time_limit``,
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from flower_practices.bounded import LRUDict
 from flower_practices.config import Settings
 from flower_practices.engine import Engine
@@ -68,3 +70,56 @@ def test_rules_fire_without_iterating_the_task_table() -> None:
     assert {"lost_task", "missing_time_limit", "queue_starvation",
             "prefetch_starvation"} <= fired, fired
     assert engine.state.tasks["run"].state == "STARTED"  # lookups by id still work
+
+
+class CountingWorkers(OrderedDict):
+    """The state's worker table, counting full passes over it."""
+
+    passes = 0
+
+    def values(self):  # type: ignore[override]
+        CountingWorkers.passes += 1
+        return super().values()
+
+
+def test_pod_churn_starved_queue_evidence_names_live_workers_and_stays_per_round() -> None:
+    """Pods that come and go leave thousands of (worker, queue) pairs and worker records:
+    a starved queue's evidence names the live workers that took its tasks (not every pod
+    of the window), and the consumers of many queues come from one pass over the workers
+    per rule, not one pass per queue."""
+    engine = Engine(Settings(), broker_url="redis://localhost:6379/0")
+    feed = engine.observe
+    n = 0
+    t = T0
+    # 300 s of churn: every second two new pods each run a task of 'fast' and 'other'
+    for second in range(300):
+        t = T0 + second
+        for k in range(2):
+            host = f"pod-{second}-{k}@h"
+            feed(ev("worker-online", t, hostname=host, freq=2.0))
+            for queue in ("fast", "other"):
+                n += 1
+                uuid = f"c{n}"
+                feed(ev("task-sent", t, uuid=uuid, name=f"proj.{queue}", queue=queue))
+                feed(ev("task-received", t, uuid=uuid, name=f"proj.{queue}", hostname=host))
+                feed(ev("task-started", t + 0.1, uuid=uuid, hostname=host))
+                feed(ev("task-succeeded", t + 0.5, uuid=uuid, hostname=host, runtime=0.4))
+            if second < 299:
+                feed(ev("worker-offline", t + 0.8, hostname=host))
+    # 'slow' waits: tasks sent long ago, never received; plus 20 more queues with demand
+    for i in range(5):
+        feed(ev("task-sent", T0, uuid=f"s{i}", name="proj.slow", queue="fast"))
+    for q in range(20):
+        feed(ev("task-sent", t, uuid=f"q{q}", name="proj.other", queue=f"extra{q}"))
+    engine.state.workers = CountingWorkers(engine.state.workers)
+    CountingWorkers.passes = 0
+    engine.evaluate(t + 1.0)
+    assert engine.rule_errors == {}
+    # one pass per rule that reads workers (at most a handful), not one per queue (22+)
+    assert CountingWorkers.passes <= 12, CountingWorkers.passes
+    starved = [f for f in engine.findings.active()
+               if f.practice == "queue_starvation" and f.queue == "fast"]
+    assert starved, [f.practice for f in engine.findings.active()]
+    evidence = starved[0].evidence
+    assert evidence["shared_workers"] == ["pod-299-0@h", "pod-299-1@h"]
+    assert {o["queue"] for o in evidence["occupied_by"]} == {"fast", "other"}

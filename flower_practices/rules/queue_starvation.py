@@ -79,9 +79,15 @@ class QueueStarvation(Rule):
         self.max_wait = self.opts.max_wait_seconds
         #: (worker, queue) -> (tasks started, busy milliseconds) in the window
         self.busy: dict[tuple[str, str], tuple[WindowCounter, WindowCounter]] = {}
-        self._running: dict[tuple[str, str], int] = {}
-        #: (worker, queue) -> (tasks started, busy ms) in the window, as of this round
-        self._busy_now: dict[tuple[str, str], tuple[float, float]] = {}
+        #: worker -> queue -> tasks running now (live workers, as of this round)
+        self._running: dict[str, dict[str, int]] = {}
+        #: this round's totals of the (worker, queue) pairs asked for (the evidence of a
+        #: starved queue reads its workers' pairs only, never all of them)
+        self._busy_now: dict[tuple[str, str], tuple[int, int]] = {}
+        #: this round's index of ``busy``: worker -> its queues, queue -> its workers
+        self._pairs: tuple[dict[str, list[str]], dict[str, list[str]]] | None = None
+        #: this round's live workers (built when a queue is reported)
+        self._live: list[Any] | None = None
         #: queue -> tasks prefetched by live workers, as of this round (built on demand)
         self._reserved: dict[str, int] | None = None
 
@@ -143,15 +149,16 @@ class QueueStarvation(Rule):
                         if rec.name not in throttled]
                 if ages:
                     out[name] = (max(ages), len(q.pending))
-        running: dict[tuple[str, str], int] = {}
+        running: dict[str, dict[str, int]] = {}
         self._running = running
         for worker in state.workers.values():
             if not worker.alive(now):
                 continue
-            for rec in worker.running_tasks.values():
-                if rec.queue:
-                    key = (worker.hostname, rec.queue)
-                    running[key] = running.get(key, 0) + 1
+            if worker.running_tasks:
+                mine = running[worker.hostname] = {}
+                for rec in worker.running_tasks.values():
+                    if rec.queue:
+                        mine[rec.queue] = mine.get(rec.queue, 0) + 1
             for rec in worker.reserved_tasks.values():
                 base = rec.sent_at or rec.received_at
                 if not rec.queue or rec.eta or not base or rec.name in throttled:
@@ -164,23 +171,52 @@ class QueueStarvation(Rule):
         """The queue has no consumer: queue_without_consumer's finding, not this one's."""
         return no_consumer(self.ctx.queue_facts, queue)
 
+    def _totals(self, worker: str, queue: str, now: float) -> tuple[int, int]:
+        """(tasks started, busy ms) of a (worker, queue) pair in the window (memoised for
+        the round)."""
+        key = (worker, queue)
+        totals = self._busy_now.get(key)
+        if totals is None:
+            pair = self.busy.get(key)
+            totals = (pair[0].total(now), pair[1].total(now)) if pair is not None else (0, 0)
+            self._busy_now[key] = totals
+        return totals
+
+    def _pair_index(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """worker -> queues and queue -> workers of the busy pairs, once per round."""
+        if self._pairs is None:
+            by_worker: dict[str, list[str]] = {}
+            by_queue: dict[str, list[str]] = {}
+            for worker, q in self.busy:
+                by_worker.setdefault(worker, []).append(q)
+                by_queue.setdefault(q, []).append(worker)
+            self._pairs = (by_worker, by_queue)
+        return self._pairs
+
     def _inversion(self, queue: str, now: float) -> dict[str, Any]:
-        """Which queues' tasks occupied the workers that consume ``queue``."""
-        state = self.ctx.state
-        shared = {w.hostname for w in live_workers(state, now)
+        """Which queues' tasks occupied the workers that consume ``queue``: their busy
+        pairs and running tasks only (never every pair: churned pods leave thousands)."""
+        if self._live is None:
+            self._live = live_workers(self.ctx.state, now)
+        by_worker, by_queue = self._pair_index()
+        shared = {w.hostname for w in self._live
                   if w.active_queues is not None and queue in w.active_queues}
-        if not shared:
-            shared = {w for (w, q), (started, _) in self._busy_now.items()
-                      if q == queue and started}
+        if not shared:  # queues unknown (no remote control): the workers that took its
+            # tasks in the window, the live ones when there are (churned pods are not)
+            busy = self.busy
+            took = [w for w in by_queue.get(queue, ()) if not busy[w, queue][0].idle(now)]
+            alive = {w.hostname for w in self._live}
+            shared = {w for w in took if w in alive} or set(took)
         per_queue: dict[str, list[float]] = {}
-        for (worker, q), (started, busy_ms) in self._busy_now.items():
-            if worker in shared:
-                acc = per_queue.setdefault(q, [0.0, 0.0])
-                acc[0] += started
-                acc[1] += busy_ms / 1000.0
         running: dict[str, int] = {}
-        for (worker, q), n in self._running.items():
-            if worker in shared:
+        for worker in shared:
+            for q in by_worker.get(worker, ()):
+                started, busy_ms = self._totals(worker, q, now)
+                if started or busy_ms:
+                    acc = per_queue.setdefault(q, [0.0, 0.0])
+                    acc[0] += started
+                    acc[1] += busy_ms / 1000.0
+            for q, n in self._running.get(worker, {}).items():
                 running[q] = running.get(q, 0) + n
         total_busy = sum(v[1] for v in per_queue.values()) or 0.0
         occupied = [
@@ -215,11 +251,14 @@ class QueueStarvation(Rule):
         cutoff = now - self.window
         pct = self.opts.percentile
         min_samples = self.opts.min_samples
-        # each (worker, queue)'s totals in the window, once per round; idle pairs dropped
-        self._busy_now = {k: (p[0].total(now), p[1].total(now)) for k, p in self.busy.items()}
-        for key in [k for k, (started, ms) in self._busy_now.items() if not started and not ms]:
-            del self.busy[key]
-            del self._busy_now[key]
+        # pairs with nothing in the window dropped (O(1) each); totals asked for per pair
+        busy = self.busy
+        for key in [k for k, (started, ms) in busy.items()
+                    if started.idle(now) and ms.idle(now)]:
+            del busy[key]
+        self._busy_now = {}
+        self._pairs = None
+        self._live = None
         oldest = self._scan(now)
         self._reserved = None  # built once per round, when something is flagged
         queues = self.ctx.state.queues

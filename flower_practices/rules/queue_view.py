@@ -73,30 +73,61 @@ class Consumers:
     undecided: bool = False
 
 
+class ConsumerIndex:
+    """Every queue's consumers per worker at one instant, from one pass over the workers
+    (the evaluation asks for each known queue: a pass per queue would be queues x
+    workers under the engine lock). See :func:`queue_consumers` for the rules."""
+
+    __slots__ = ("by_queue", "unanswered")
+
+    def __init__(self, state: RuntimeState, now: float,
+                 unanswered_grace: float = UNANSWERED_GRACE,
+                 silent_grace: float = SILENT_GRACE) -> None:
+        #: queue -> present workers known to consume it
+        self.by_queue: dict[str, list[str]] = {}
+        #: present workers whose queues are unknown, with "came online within the grace"
+        self.unanswered: list[tuple[WorkerRecord, bool]] = []
+        by_queue = self.by_queue
+        for worker in state.workers.values():
+            if not present(state, worker, now, silent_grace):
+                continue
+            host = worker.hostname
+            active = worker.active_queues
+            if active is not None:
+                for name in active:
+                    by_queue.setdefault(name, []).append(host)
+            for name in worker.queues_seen:
+                if active is None or name not in active:
+                    by_queue.setdefault(name, []).append(host)
+            if active is None:
+                came = worker.online_since or worker.created_at
+                self.unanswered.append((worker, now - came < unanswered_grace))
+
+    def consumers(self, name: str) -> Consumers:
+        """The queue's consumers (per worker, never the broker's count)."""
+        workers = list(self.by_queue.get(name, ()))
+        out = Consumers(len(workers), "workers' active_queues and the tasks they took",
+                        workers)
+        for worker, new in self.unanswered:
+            if name not in worker.queues_seen:
+                out.unanswered.append(worker.hostname)
+                if new and not workers:
+                    out.undecided = True
+        return out
+
+
 def queue_consumers(state: RuntimeState, queue: QueueRecord, now: float, amqp: bool,
                     unanswered_grace: float = UNANSWERED_GRACE,
-                    silent_grace: float = SILENT_GRACE) -> Consumers:
-    """The queue's consumers, per worker (see the module docstring)."""
+                    silent_grace: float = SILENT_GRACE,
+                    index: ConsumerIndex | None = None) -> Consumers:
+    """The queue's consumers: RabbitMQ's count on AMQP, else per worker (see the module
+    docstring), from ``index`` when given (one pass over the workers for many queues)."""
     if amqp:
         return Consumers(queue.consumers, "rabbitmq consumer count",
                          undecided=queue.consumers is None)
-    name = queue.name
-    out = Consumers(0, "workers' active_queues and the tasks they took")
-    for worker in state.workers.values():
-        if not present(state, worker, now, silent_grace):
-            continue
-        if (worker.active_queues is not None and name in worker.active_queues) \
-                or name in worker.queues_seen:
-            out.workers.append(worker.hostname)
-        elif worker.active_queues is None:
-            out.unanswered.append(worker.hostname)
-            came = worker.online_since or worker.created_at
-            if now - came < unanswered_grace:
-                out.undecided = True
-    out.count = len(out.workers)
-    if out.count:
-        out.undecided = False
-    return out
+    if index is None:
+        index = ConsumerIndex(state, now, unanswered_grace, silent_grace)
+    return index.consumers(queue.name)
 
 
 @dataclass(slots=True)

@@ -31,6 +31,7 @@ from ..events.types import TASK_SENT
 from ..findings import Condition
 from .base import Rule
 from .queue_view import (
+    ConsumerIndex,
     Consumers,
     counts_consumers,
     live_workers,
@@ -72,6 +73,10 @@ class QueueWithoutConsumer(Rule):
         self.flagged: set[str] = set()
         #: queue -> (probed length last counted, tasks sent when the condition began)
         self.baseline: dict[str, tuple[int, int]] = {}
+        #: this round's consumers per queue (None until a queue with demand asks)
+        self._index: ConsumerIndex | None = None
+        #: this round's live workers and the queues they consume (built when first needed)
+        self._live: tuple[int, list[str]] | None = None
 
     def hooks(self):
         return {TASK_SENT: self._on_sent}
@@ -93,6 +98,9 @@ class QueueWithoutConsumer(Rule):
         state = self.ctx.state
         grace = self.opts.grace_seconds
         flagged: set[str] = set()
+        # every queue's consumers from one pass over the workers, built when first needed
+        self._index = None
+        self._live = None
         for name, queue in state.queues.items():
             consumers = self._consumers(queue, now)
             if consumers is None or consumers.count != 0:
@@ -124,22 +132,27 @@ class QueueWithoutConsumer(Rule):
             and now - queue.last_sent_at <= self.opts.window_seconds
         if not ((queue.length or 0) > 0 or recent):
             return None
-        return queue_consumers(self.ctx.state, queue, now, self.amqp,
-                               self.opts.unanswered_worker_grace_seconds,
-                               self.opts.silent_worker_grace_seconds)
+        if self._index is None and not self.amqp:
+            self._index = ConsumerIndex(self.ctx.state, now,
+                                        self.opts.unanswered_worker_grace_seconds,
+                                        self.opts.silent_worker_grace_seconds)
+        return queue_consumers(self.ctx.state, queue, now, self.amqp, index=self._index)
 
     def _condition(self, queue: Any, consumers: Consumers, since: float, now: float,
                    grace: float) -> Condition:
         name, waiting, unconsumed = queue.name, queue.length or 0, now - since
-        workers = live_workers(self.ctx.state, now)
-        consumed = sorted({q for w in workers for q in w.active_queues or ()})
+        if self._live is None:  # once per round, for every queue reported in it
+            workers = live_workers(self.ctx.state, now)
+            self._live = (len(workers),
+                          sorted({q for w in workers for q in w.active_queues or ()}))
+        n_live, consumed = self._live
         evidence: dict[str, Any] = {
             "messages_waiting": queue.length,
             "consumers": consumers.count if not consumers.undecided else "unknown",
             "consumers_source": consumers.source,
             "unconsumed_for_seconds": round(unconsumed, 1),
             "unconsumed_since": round(since, 3),
-            "tasks_sent_seen": queue.sent, "live_workers": len(workers),
+            "tasks_sent_seen": queue.sent, "live_workers": n_live,
             "queues_consumed_by_workers": consumed[:20], "grace_seconds": grace,
             "workers_not_answering": sorted(consumers.unanswered)[:_MAX_NAMES],
             "messages_counted": self.occurrences(name, None, None),
