@@ -251,10 +251,12 @@ class QueueStarvation(Rule):
         cutoff = now - self.window
         pct = self.opts.percentile
         min_samples = self.opts.min_samples
-        # pairs with nothing in the window dropped (O(1) each); totals asked for per pair
+        # pairs with nothing in the window, or of a worker the state forgot (pods gone),
+        # dropped (O(1) each); totals are asked for per pair
         busy = self.busy
+        workers = self.ctx.state.workers
         for key in [k for k, (started, ms) in busy.items()
-                    if started.idle(now) and ms.idle(now)]:
+                    if k[0] not in workers or (started.idle(now) and ms.idle(now))]:
             del busy[key]
         self._busy_now = {}
         self._pairs = None
