@@ -5,7 +5,8 @@ a JSON envelope whose ``body`` is the base64 of the JSON event (see
 ``kombu.transport.redis.Channel._put_fanout``); :func:`envelope` rebuilds that envelope
 byte for byte. The stream: tasks of ``names`` task names over ``queues`` queues run by
 ``workers`` workers (sent, received, started, succeeded; every 10th fails, every 20th is
-retried first), interleaved with a heartbeat per worker every 2 s of stream time.
+retried first, its second task-received carrying ``retries=1`` as Celery's does),
+interleaved with a heartbeat per worker every 2 s of stream time.
 """
 
 from __future__ import annotations
@@ -77,13 +78,15 @@ def stream(n_events: int, *, start: float, workers: int = 20, names: int = 20,
         if task_i % 20 == 0:
             phases += ["task-retried", "task-received", "task-started"]
         phases.append("task-failed" if task_i % 10 == 0 else "task-succeeded")
+        retries = 0
         for etype in phases:
             ts += dt
             clock += 1
             ev = {**common, "clock": clock, "uuid": tid, "timestamp": ts, "type": etype}
             if etype == "task-received":
                 ev.update(name=name, args="(42, 'order-1234')", kwargs="{'notify': True}",
-                          root_id=tid, parent_id=None, retries=0, eta=None, expires=None)
+                          root_id=tid, parent_id=None, retries=retries, eta=None,
+                          expires=None)
             elif etype == "task-succeeded":
                 ev.update(result="{'status': 'ok'}", runtime=0.004)
                 processed[w] += 1
@@ -93,6 +96,7 @@ def stream(n_events: int, *, start: float, workers: int = 20, names: int = 20,
                 processed[w] += 1
             elif etype == "task-retried":
                 ev.update(exception="TimeoutError()", traceback="Traceback ...")
+                retries += 1  # the retry is a new message: its task-received says 1
             yield ev
         produced += 1 + len(phases)
         ts += dt

@@ -301,3 +301,22 @@ def test_worker_without_heartbeat_is_known_from_its_task_events() -> None:
     queue = state.queues["paced"]
     assert queue_consumers(state, queue, t0 + 60, False, silent_grace=300.0).count == 1
     assert queue_consumers(state, queue, t0 + 400, False, silent_grace=300.0).count == 0
+
+
+def test_the_benchmark_stream_retries_are_not_duplicate_deliveries() -> None:
+    """bench/events.py's stream is a healthy workload: its retried tasks are received
+    again with ``retries=1``, as Celery sends them, so the exporter's benchmarked work
+    has no duplicate deliveries to judge (it had one per 20 tasks)."""
+    from bench.events import stream
+
+    eng = engine()
+    start = time.time() - 60.0
+    for ev in stream(6000, start=start, rate=2000.0):
+        ev["local_received"] = ev["timestamp"]
+        eng.observe(ev)
+    assert eng.stream_status.events >= 6000
+    assert sum(eng.stream_status.decode_errors.values()) == 0
+    rule = next(r for r in eng.rules if isinstance(r, DuplicateDelivery))
+    assert not rule.candidates and not rule.found
+    eng.evaluate(time.time())
+    assert not [f for f in eng.findings.active() if f.practice == "duplicate_delivery"]
