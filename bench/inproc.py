@@ -57,7 +57,10 @@ def _task(engine: Engine, i: int, ts: float, *, names: int = 50, queues: int = 1
                  "result": "None", "timestamp": ts + 0.005})
 
 
-def bench_memory(total: int = 1_000_000, checkpoint: int = 100_000) -> dict:
+def bench_memory(total: int = 1_000_000, checkpoint: int = 100_000,
+                 unfinished_every: int = 50) -> dict:
+    """RSS and CPU per event over ``total`` tasks; every ``unfinished_every``-th task never
+    finishes (0: all do), so its record stays in flight."""
     engine = Engine(Settings())
     start = time.time() - total * 0.0001
     out: dict = {"tasks": total, "checkpoint": checkpoint}
@@ -71,7 +74,8 @@ def bench_memory(total: int = 1_000_000, checkpoint: int = 100_000) -> dict:
     for i in range(total):
         if i == late_from:
             late_cpu = time.process_time()
-        _task(engine, i, start + i * 0.0001, finish=i % 50 != 0)
+        _task(engine, i, start + i * 0.0001,
+              finish=not unfinished_every or i % unfinished_every != 0)
         if i % 20_000 == 0:
             engine.evaluate(start + i * 0.0001)
         if i + 1 == checkpoint:

@@ -141,6 +141,8 @@ class DuplicateDelivery(Rule):
         """The first delivery of ``uuid`` (with these ``retries``) seen now."""
         if type(host) is str:
             worker = self._state.workers.get(host)
+            if worker is not None:  # the state's copy: not one string per entry
+                host = worker.hostname
         else:
             worker, host = None, _s(host)
         entry = [retries, received, started, host,
