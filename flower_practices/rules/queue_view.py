@@ -67,10 +67,14 @@ class Consumers:
     source: str
     #: present workers known to consume it
     workers: list[str] = field(default_factory=list)
-    #: present workers whose queues are unknown (they did not answer remote control)
+    #: present workers whose queues are unknown (they did not answer remote control);
+    #: listed only while no consumer is known (else the queue is decided)
     unanswered: list[str] = field(default_factory=list)
     #: True when an unanswered worker came online too recently to rule it out
     undecided: bool = False
+
+
+_PER_WORKER = "workers' active_queues and the tasks they took"
 
 
 class ConsumerIndex:
@@ -78,15 +82,17 @@ class ConsumerIndex:
     (the evaluation asks for each known queue: a pass per queue would be queues x
     workers under the engine lock). See :func:`queue_consumers` for the rules."""
 
-    __slots__ = ("by_queue", "unanswered")
+    __slots__ = ("by_queue", "unanswered", "any_new")
 
     def __init__(self, state: RuntimeState, now: float,
                  unanswered_grace: float = UNANSWERED_GRACE,
                  silent_grace: float = SILENT_GRACE) -> None:
         #: queue -> present workers known to consume it
         self.by_queue: dict[str, list[str]] = {}
-        #: present workers whose queues are unknown, with "came online within the grace"
-        self.unanswered: list[tuple[WorkerRecord, bool]] = []
+        #: present workers whose queues are unknown
+        self.unanswered: list[str] = []
+        #: one of them came online within ``unanswered_grace``
+        self.any_new = False
         by_queue = self.by_queue
         for worker in state.workers.values():
             if not present(state, worker, now, silent_grace):
@@ -100,20 +106,20 @@ class ConsumerIndex:
                 if active is None or name not in active:
                     by_queue.setdefault(name, []).append(host)
             if active is None:
+                self.unanswered.append(host)
                 came = worker.online_since or worker.created_at
-                self.unanswered.append((worker, now - came < unanswered_grace))
+                if now - came < unanswered_grace:
+                    self.any_new = True
 
     def consumers(self, name: str) -> Consumers:
-        """The queue's consumers (per worker, never the broker's count)."""
-        workers = list(self.by_queue.get(name, ()))
-        out = Consumers(len(workers), "workers' active_queues and the tasks they took",
-                        workers)
-        for worker, new in self.unanswered:
-            if name not in worker.queues_seen:
-                out.unanswered.append(worker.hostname)
-                if new and not workers:
-                    out.undecided = True
-        return out
+        """The queue's consumers (per worker, never the broker's count). Where it has
+        none, every unanswered worker might be one (none took a task from it: that would
+        make it a consumer); where it has some, the queue is decided and ``unanswered``
+        is left empty (no rule reads it then)."""
+        workers = self.by_queue.get(name)
+        if workers:
+            return Consumers(len(workers), _PER_WORKER, list(workers))
+        return Consumers(0, _PER_WORKER, [], list(self.unanswered), self.any_new)
 
 
 def queue_consumers(state: RuntimeState, queue: QueueRecord, now: float, amqp: bool,
