@@ -16,6 +16,12 @@ Lifecycle (what leaves the state, and when):
   which generation of that worker, so it leaves the worker's ``reserved_tasks`` /
   ``running_tasks`` index exactly once, and a worker's indexes restart empty when it goes
   offline or restarts (its running tasks then become its ``orphans``, for ``lost_task``).
+  A run that ends with no outcome event -- Celery sends none for a task that raises
+  ``Ignore``, which ``Task.replace`` does -- leaves ``running_tasks`` at its worker's
+  first heartbeat with ``active=0`` (Celery's own count of the requests it runs) sent at
+  least ``IDLE_MARGIN`` after the run started; it is then forgotten as ``IGNORED``. A
+  worker that is never idle keeps such runs counted as running until it restarts (then
+  ``lost_task`` may take them for lost: a known limit, see its runbook).
   A sent task without an eta is in its queue's ``pending`` index until a worker takes it.
   These indexes are what evaluation reads: it never scans every tracked task.
   A reserved record is also counted per queue on its worker (``queue_reserved``), so the
@@ -73,6 +79,10 @@ NOT_COUNTED, RESERVED, RUNNING = 0, 1, 2
 _MAX_EXACT_INT = 2**53
 #: heartbeat frequencies above this are not believed (Celery's default is 2 s)
 _MAX_FREQ = 3600.0
+#: a heartbeat saying ``active=0`` ends the runs its worker started at least this long
+#: (seconds, the worker's own clock) before it: the slack covers a task accepted while
+#: the heartbeat was being built
+IDLE_MARGIN = 1.0
 
 
 def finite_seconds(value: object) -> float | None:
@@ -305,6 +315,9 @@ class RuntimeState:
         self.rate_limited: frozenset[str] = frozenset()
         #: records dropped by :meth:`sweep`, workers and queues it forgot or evicted
         self.tasks_expired = 0
+        #: runs ended with no outcome event (``Ignore``, ``Task.replace``), found by an
+        #: idle heartbeat (see :meth:`_ended_unreported`)
+        self.tasks_ended_unreported = 0
         self.workers_forgotten = 0
         self.queues_forgotten = 0
         self._epoch = 0
@@ -669,9 +682,24 @@ class RuntimeState:
         active = event.get("active")
         if type(active) is int:
             worker.active = active
+            if active == 0 and worker.running_tasks:
+                self._ended_unreported(worker, ts - IDLE_MARGIN)
         sw = event.get("sw_ident")
         if isinstance(sw, str):
             worker.sw_ident = sw
+
+    def _ended_unreported(self, worker: WorkerRecord, before: float) -> None:
+        """``worker``'s heartbeat says it runs nothing: the runs it started at or before
+        ``before`` are over although no outcome event came. That is Celery's way with a
+        task that raises ``Ignore`` (``Task.replace`` does): the message is acknowledged,
+        no task-succeeded/failed is sent. Such a run is no longer running (no
+        ``missing_time_limit``) and is not lost when the worker goes (no ``lost_task``).
+        Each record is released once (amortised O(1) per event)."""
+        ended = [rec for rec in worker.running_tasks.values() if rec.started_at <= before]
+        for rec in ended:
+            rec.state = "IGNORED"
+            self.forget(rec)
+        self.tasks_ended_unreported += len(ended)
 
     # -- periodic ------------------------------------------------------------------------
     def sweep(self, now: float) -> int:

@@ -27,8 +27,11 @@ def ev(etype: str, ts: float, **fields) -> dict:
     return {"type": etype, "timestamp": ts, "local_received": ts, **fields}
 
 
-def heartbeat(host: str, ts: float, processed: int = 0) -> dict:
-    return ev("worker-heartbeat", ts, hostname=host, freq=2.0, processed=processed, active=0)
+def heartbeat(host: str, ts: float, processed: int = 0, active: int = 0) -> dict:
+    """``active``: the tasks the worker runs, as Celery counts them (0 ends the runs that
+    sent no outcome, as after ``Ignore``)."""
+    return ev("worker-heartbeat", ts, hostname=host, freq=2.0, processed=processed,
+              active=active)
 
 
 def findings(e: Engine, practice: str) -> list[dict]:
@@ -95,7 +98,7 @@ def test_prefetch_needs_a_busy_worker_and_an_idle_peer() -> None:
         e.observe(ev("task-received", T0, uuid=f"u{n}", name="t.slow", hostname="a@h"))
     e.observe(ev("task-started", T0, uuid="u0", hostname="a@h"))
     for t in (T0 + 2, T0 + 4, T0 + 6):
-        e.observe(heartbeat("a@h", t))
+        e.observe(heartbeat("a@h", t, active=1))
         e.observe(heartbeat("b@h", t))
     e.evaluate(T0 + 7)
     assert findings(e, "prefetch_starvation") == []  # a@h still has a free slot (1 of 2)

@@ -41,7 +41,9 @@ def ev(etype: str, t: float, **fields) -> dict:
 
 
 def beat(host: str, t: float, **fields) -> dict:
-    return ev("worker-heartbeat", t, hostname=host, freq=2.0, active=0, **fields)
+    """A heartbeat (``active``: the tasks it runs as Celery counts them, default 0 -- which
+    ends the runs that sent no outcome, as after ``Ignore``)."""
+    return ev("worker-heartbeat", t, hostname=host, freq=2.0, **{"active": 0, **fields})
 
 
 def started(uuid: str, t: float, host: str = H, name: str = "proj.job",
@@ -140,8 +142,8 @@ def test_task_seen_just_before_the_first_heartbeat_is_still_a_long_run() -> None
     """The exporter may see a task-started before any heartbeat of its worker: that is
     not a restart, and the long run must still be reported."""
     eng = engine({"missing_time_limit": {"max_runtime_seconds": 10}})
-    feed(eng, *started("u1", T0), beat(H, T0 + 1, processed=3))
-    feed(eng, beat(H, T0 + 100, processed=3))
+    feed(eng, *started("u1", T0), beat(H, T0 + 1, processed=3, active=1))
+    feed(eng, beat(H, T0 + 100, processed=3, active=1))
     eng.evaluate(T0 + 100)
     [f] = findings(eng, "missing_time_limit")
     assert f["evidence"]["running_now_over_limit"] == 1
@@ -220,11 +222,11 @@ def test_started_record_whose_completion_was_missed_ages_out_and_releases_its_co
     feed(eng, beat(H, T0), *started("u1", T0))
     assert counts(eng) == (0, 1)
     almost = T0 + RuntimeState.running_ttl - 60
-    feed(eng, beat(H, almost))
+    feed(eng, beat(H, almost, active=1))
     eng.state.sweep(almost)
     assert counts(eng) == (0, 1) and "u1" in eng.state.tasks
     later = T0 + RuntimeState.running_ttl + 1
-    feed(eng, beat(H, later))
+    feed(eng, beat(H, later, active=1))
     eng.state.sweep(later)
     assert "u1" not in eng.state.tasks
     assert counts(eng) == (0, 0)

@@ -16,6 +16,11 @@ A worker started ``--without-heartbeat`` sends no worker event (no heartbeat, no
 worker-online/offline; ``WorkerRecord.heartbeats`` stays False) and is never judged:
 silent, it cannot be told from dead, so its tasks are not reported lost while it works
 -- nor when it dies (documented in the runbook).
+A run that ended with no outcome event (``raise Ignore()``, ``Task.replace``) is not
+running once its worker sent a heartbeat with ``active=0`` after it (the state releases
+it: :meth:`~flower_practices.state.RuntimeState._ended_unreported`), so a clean shutdown
+after it reports nothing; on a worker that was never idle since, it is still taken for
+running, and lost if the worker then goes.
 A lost task that shows up again (redelivered with
 ``acks_late``, or finishing late) is no longer reported; the state handles its events as
 usual. No hooks: at each evaluation a lost task whose record left ``LOST`` (the state

@@ -5,8 +5,10 @@ Completed runs are seen in the task-succeeded/task-failed hooks (runtime from th
 -- unless it is not a finite, non-negative number -- or started->finished); running tasks
 are found in :meth:`evaluate` from each worker's running tasks (the state's per-worker
 index, never every tracked task), skipping those whose worker is dead or restarted since
-they started (lost, not long: ``lost_task``
-reports them). Whether a task has a time limit is known only when the app is loaded
+they started (lost, not long: ``lost_task`` reports them). A run that ended with no
+outcome event (``raise Ignore()``, ``Task.replace``) leaves the running tasks at its
+worker's next idle heartbeat (``active=0``); on a worker busy without a break it can still
+be reported here. Whether a task has a time limit is known only when the app is loaded
 (``-A proj``); without it the evidence says the limit is unknown.
 
 A limit given per call (``apply_async(time_limit=..., soft_time_limit=...)``) or on the
