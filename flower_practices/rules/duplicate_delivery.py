@@ -13,9 +13,13 @@ message that long, and the broker redelivers it.
 Hooks (O(1) per event): a bounded table of recent deliveries per task id
 (``max_tracked_tasks`` entries: retries number, deliveries received and started, the
 first worker and its generation). A task-sent for an id already known (a manual resend
-with the same id) starts a new life. A delivery beyond the first is a *candidate*,
-judged in :meth:`evaluate` ``grace_seconds`` later: it is **not** a duplicate when the
-worker that got the first delivery had expired heartbeats at the redelivery, or went
+with the same id) starts a new life, and so does a task-rejected with ``requeue=True``:
+the worker handed the message back on purpose (``raise Reject(requeue=True)`` in an
+``acks_late`` task, or ``task_reject_on_worker_lost`` after a killed pool process --
+``worker_process_killed``'s case), so the broker's next delivery of it is expected. A
+delivery beyond the first is a *candidate*, judged in :meth:`evaluate` ``grace_seconds``
+later: it is **not** a duplicate when the worker that got the first delivery had expired
+heartbeats at the redelivery, or went
 offline or restarted (its generation changed) before the redelivery plus the grace -- a
 redelivery after a worker was lost or shut down warm (its unacknowledged messages are
 restored) is expected, and ``lost_task`` reports the lost run. The grace lets that
@@ -49,7 +53,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..bounded import LRUDict
 from ..brokers import is_amqp_broker, scheme
-from ..events.types import TASK_FAILED, TASK_RECEIVED, TASK_SENT, TASK_STARTED, TASK_SUCCEEDED
+from ..events.types import (
+    TASK_FAILED,
+    TASK_RECEIVED,
+    TASK_REJECTED,
+    TASK_SENT,
+    TASK_STARTED,
+    TASK_SUCCEEDED,
+)
 from ..findings import Condition
 from .base import Rule
 
@@ -129,12 +140,18 @@ class DuplicateDelivery(Rule):
     def hooks(self):
         return {TASK_SENT: self._on_sent, TASK_RECEIVED: self._on_received,
                 TASK_STARTED: self._on_started, TASK_SUCCEEDED: self._on_done,
-                TASK_FAILED: self._on_done}
+                TASK_FAILED: self._on_done, TASK_REJECTED: self._on_rejected}
 
     # -- hot path ------------------------------------------------------------------------
     def _on_sent(self, event: dict, rec: Any) -> None:
         # a new message with this id: a new life
         self.deliveries.pop(event["uuid"], None)
+
+    def _on_rejected(self, event: dict, rec: Any) -> None:
+        # ``Reject(requeue=True)`` (or ``task_reject_on_worker_lost``): the worker handed
+        # the message back on purpose, so its next delivery is expected: a new life
+        if event.get("requeue") is True:
+            self.deliveries.pop(event["uuid"], None)
 
     def _new(self, uuid: str, retries: Any, host: Any, at: float, eta: Any,
              received: int, started: int) -> list[Any]:
