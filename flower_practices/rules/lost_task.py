@@ -2,7 +2,9 @@
 
 :meth:`evaluate` reads each worker's running tasks and orphans (the state's per-worker
 indexes, never every tracked task) for STARTED tasks whose worker sent worker-offline
-``offline_grace_seconds`` ago, whose heartbeats expired
+``offline_grace_seconds`` ago (and, for a task with a hard time limit known from ``-A``,
+started more than that limit plus ``grace_seconds`` ago: a warm shutdown sends
+worker-offline first and lets the task run up to its limit), whose heartbeats expired
 (:meth:`~flower_practices.state.WorkerRecord.alive`) more than ``grace_seconds`` ago, or
 which restarted after the task started
 (worker-online, a heartbeat after worker-offline, or ``processed`` going down, as the
@@ -60,7 +62,8 @@ class LostTask(Rule):
         #: seconds after a worker's heartbeats expired before its started tasks count as lost
         grace_seconds: float = 10.0
         #: seconds after worker-offline: a warm shutdown sends worker-offline first and
-        #: then lets running tasks finish, so give them this long
+        #: then lets running tasks finish, so give them this long (with -A, a task with a
+        #: hard time limit gets until that limit after its start, if that is later)
         offline_grace_seconds: float = 60.0
         #: a finding stays active this long after the last lost task was detected
         window_seconds: float = 3600.0
@@ -110,12 +113,25 @@ class LostTask(Rule):
         if worker.restarted_at > rec.started_at:
             return "worker restarted after the task started"
         if worker.offline_at and not worker.online:
-            return "worker-offline event" if now - worker.offline_at >= offline_grace else None
+            if now - worker.offline_at < offline_grace:
+                return None
+            limit = self._hard_limit(rec.name)
+            if limit is not None and now - rec.started_at < limit + grace:
+                return None  # a warm shutdown still lets it run up to its hard time limit
+            return "worker-offline event"
         if worker.online_since == 0.0:
             return None  # never saw a heartbeat from it: cannot judge
         if not worker.alive(now - grace):
             return f"heartbeats expired ({now - worker.last_seen:.0f}s since the last one)"
         return None
+
+    def _hard_limit(self, task: str) -> float | None:
+        """The task's hard time limit in seconds (task or ``task_time_limit``; ``-A``
+        only), None when unknown or none."""
+        app = self.ctx.app
+        info = app.task(task) if app is not None and task else None
+        limit = info.time_limit if info is not None else None
+        return float(limit) if limit and limit > 0 else None
 
     def _candidates(self, now: float) -> list[tuple[Any, str]]:
         """Started tasks whose worker is gone: each worker's orphans (running when it
