@@ -68,3 +68,43 @@ def test_bounds_err_towards_not_read() -> None:
     early = Clock(redis_time=1000.2, offset_max=0.0, lru_lag=0.35)
     assert math.floor(early.redis_time - early.lru_lag) == 999
     assert not _read_in_later_second(3, 996.5, early)
+
+
+def test_a_task_seen_read_within_the_second_of_its_write_is_not_reported() -> None:
+    """A status endpoint polling ``AsyncResult(id).ready()`` reads results within the
+    second of their write, which is seen only when the read falls in a later second of
+    Redis' clock. Results of a task that look unread are reported; once one of its
+    results is seen read that fast, they may be that poller's unseen reads, and the task
+    is not reported for ``window_seconds``."""
+    from flower_practices.config import Settings
+    from flower_practices.engine import Engine
+    from flower_practices.probes.results import Clock
+    from flower_practices.rules.unread_results import UnreadResults
+
+    url = "redis://h/0"
+    engine = Engine(Settings(practices={"unread_results": {"min_samples": 5}}),
+                    broker_url=url, result_backend=url)
+    rule = next(r for r in engine.rules if isinstance(r, UnreadResults))
+    now = 2000.0
+    rule.snapshot_times = [now - 50.0]  # a complete snapshot while they were pending
+    # 20 results nobody subscribed to, idle as long as they exist: unread
+    due = [(f"u{i}", now - 30.0, "celery", "proj.status", now - 60.0, now - 40.0, None)
+           for i in range(20)]
+    rule._judge(now, due, {f"u{i}": 30 for i in range(20)})
+    [condition] = list(rule._conditions(now))
+    assert condition.task == "proj.status"
+    # one result read a few hundred milliseconds after its write, in a later Redis second
+    clock = Clock(redis_time=1000.5, offset_max=0.05, lru_lag=0.35)
+    fast = ("fast", now - 3.0, "celery", "proj.status", now - 60.0, now - 40.0, 996.9)
+    rule._judge(now, [fast], {"fast": 3}, clock)
+    assert rule.verdict_counts("proj.status", "celery")["read"] == 1
+    assert list(rule._conditions(now)) == []
+    # another task's unread results are still reported
+    other = [(f"o{i}", now - 30.0, "celery", "proj.dropped", now - 60.0, now - 40.0, None)
+             for i in range(20)]
+    rule._judge(now, other, {f"o{i}": 30 for i in range(20)})
+    assert [c.task for c in rule._conditions(now)] == ["proj.dropped"]
+    # the poller stops being seen: after window_seconds the task is judged again
+    later = now + rule.opts.window_seconds + 1.0
+    rule._age(later)
+    assert rule._fast_key(("celery", "proj.status"), later) is False

@@ -32,8 +32,14 @@ verdicts, each saying how it was decided:
   arrival-minus-timestamp of that worker's recent events (its clock offset plus the
   shortest transit). Every bound errs towards "not read", so a result nobody read is
   never taken for read; a read within the same second as the write is not seen, so a
-  caller polling by id about once a second is caught reading about half of the time
-  (enough to stay under ``min_share``), one polling several times a second much less;
+  caller polling by id (a status endpoint calling ``AsyncResult(id).ready()``) is caught
+  reading only sometimes: about half of the time polling once a second, much less
+  polling several times a second. Once a result of a task was seen read this way (within
+  about a second of its write), the task's results that look unread may be that
+  poller's unseen reads: the task is not reported for ``window_seconds`` after
+  (``fast_key_seen``; its "unread" verdicts do not count). A task whose results are
+  read that fast by a poller *and* also dropped unread by other callers goes unreported:
+  the blind spot is on the side of not paging;
 - ``unread``: neither, and a complete snapshot taken while the task was pending (between
   its task-sent and task-succeeded, ``tolerance_seconds`` inside each end) showed nobody
   subscribed: the caller did not keep the AsyncResult;
@@ -206,6 +212,9 @@ class UnreadResults(Rule):
         self.snapshot_times: list[float] = []
         #: (queue, task) -> when one of its results was last seen held over pub/sub
         self.pubsub_seen: dict[tuple[str, str], float] = {}
+        #: (queue, task) -> when one of its results was last seen read by key within
+        #: about a second of its write (a poller): such reads are mostly invisible
+        self.fast_key_seen: dict[tuple[str, str], float] = {}
         #: (queue, task) -> (unread verdicts ever, how many were counted, reported now)
         self.unread_total: dict[tuple[str, str], list] = {}
         self.unsupported: str | None = None
@@ -423,10 +432,13 @@ class UnreadResults(Rule):
                 self.pubsub_seen[key] = now
             elif uuid in self.passed_on or uuid in self.parents:
                 verdict = PASSED_ON
-            elif seconds < (now - ts) - tolerance or (
-                    written_by is not None and clock is not None
-                    and _read_in_later_second(seconds, written_by, clock)):
+            elif seconds < (now - ts) - tolerance:
                 verdict = READ_KEY
+            elif (written_by is not None and clock is not None
+                    and _read_in_later_second(seconds, written_by, clock)):
+                verdict = READ_KEY  # read within about a second of the write
+                if key in self.fast_key_seen or len(self.fast_key_seen) < _MAX_TASKS:
+                    self.fast_key_seen[key] = now
             elif self._observed(since + tolerance, until - tolerance):
                 verdict = UNREAD
             else:
@@ -455,6 +467,12 @@ class UnreadResults(Rule):
         seen = self.pubsub_seen.get(key)
         return seen is not None and now - seen <= self.opts.window_seconds
 
+    def _fast_key(self, key: tuple[str, str], now: float) -> bool:
+        """Results of this task were seen read by key within about a second of their
+        write, within the window: a caller polls for them (a status endpoint)."""
+        seen = self.fast_key_seen.get(key)
+        return seen is not None and now - seen <= self.opts.window_seconds
+
     def _age(self, now: float) -> None:
         """Forget verdicts older than ``window_seconds`` (rings are in check order)."""
         oldest = now - self.opts.window_seconds
@@ -466,6 +484,8 @@ class UnreadResults(Rule):
                 del self.verdicts[key]
         for key in [k for k in self.pubsub_seen if not self._pubsub(k, now)]:
             del self.pubsub_seen[key]
+        for key in [k for k in self.fast_key_seen if not self._fast_key(k, now)]:
+            del self.fast_key_seen[key]
         for key in [k for k in self.unread_total if k not in self.verdicts]:
             del self.unread_total[key]
         cut = bisect_left(self.snapshot_times, oldest)
@@ -499,15 +519,19 @@ class UnreadResults(Rule):
         passed = values.count(PASSED_ON)
         confirmed, unobserved = values.count(UNREAD), values.count(UNOBSERVED)
         pubsub = self._pubsub(key, now)
+        # a caller reading by key within the second of the write is seen only when the
+        # read falls in a later second of Redis' clock: once one was seen, the results
+        # that look unread may well be its unseen reads, and no snapshot can tell
+        poller = self._fast_key(key, now)
         # snapshots that would have caught a caller waiting, had there been one
         weight = confirmed + sum(c for _, v, c in ring if v == UNOBSERVED)
-        decided = not pubsub and weight >= min_evidence
-        unread = confirmed + unobserved if decided else confirmed
+        decided = not pubsub and not poller and weight >= min_evidence
+        unread = 0 if poller else confirmed + unobserved if decided else confirmed
         n = unread + by_key + by_pubsub + passed
         return {"values": values, "by_key": by_key, "by_pubsub": by_pubsub,
                 "passed": passed,
                 "confirmed": confirmed, "unobserved": unobserved, "pubsub": pubsub,
-                "weight": weight, "unread": unread, "n": n,
+                "weight": weight, "unread": unread, "n": n, "poller": poller,
                 "share": unread / n if n else 0.0}
 
     def _tally(self, key: tuple[str, str], stats: dict[str, Any], holds: bool) -> bool:
@@ -549,7 +573,8 @@ class UnreadResults(Rule):
         }
         summary = (f"{task}: {unread} of {n} sampled results were never read "
                    f"({share:.0%}), neither by key nor over pub/sub; "
-                   "set ignore_result=True")
+                   "set ignore_result=True (unless a process polls them by id: a read "
+                   "within a second of the write is invisible to Redis)")
         app = self.ctx.app
         info = app.task(task) if app is not None else None
         if app is None:
