@@ -39,7 +39,9 @@ verdicts, each saying how it was decided:
   poller's unseen reads: the task is not reported for ``window_seconds`` after
   (``fast_key_seen``; its "unread" verdicts do not count). A task whose results are
   read that fast by a poller *and* also dropped unread by other callers goes unreported:
-  the blind spot is on the side of not paging;
+  the blind spot is on the side of not paging. A poller several times a second may be
+  caught on none of the sampled results for a while, and its task reported until it is
+  (the summary says a poller by id is invisible);
 - ``unread``: neither, and a complete snapshot taken while the task was pending (between
   its task-sent and task-succeeded, ``tolerance_seconds`` inside each end) showed nobody
   subscribed: the caller did not keep the AsyncResult;
