@@ -13,6 +13,8 @@ import time
 
 from celery import Celery
 
+from tests.apps import one_at_a_time_app
+
 #: exception classes ``killable.boom`` may raise (built-ins only, by name)
 BOOM = ("ValueError", "KeyError", "TypeError", "LookupError")
 
@@ -25,14 +27,7 @@ def publish_pid(redis_url: str, key: str) -> None:
 
 
 def make_app(broker: str, pid_store: str | None = None) -> Celery:
-    app = Celery("killable", broker=broker, set_as_current=False)
-    app.conf.update(
-        task_send_sent_event=True,
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-        worker_prefetch_multiplier=1,
-        task_ignore_result=True,
-    )
+    app = one_at_a_time_app("killable", broker)
 
     @app.task(name="killable.hog", shared=False)
     def hog(key, seconds):

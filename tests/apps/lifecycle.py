@@ -14,6 +14,7 @@ import time
 
 from celery import Celery
 
+from tests.apps import one_at_a_time_app
 from tests.apps.killable import publish_pid
 
 #: lifecycle.limited's hard time limit (seconds)
@@ -23,14 +24,7 @@ BOUNDED_LIMIT = 30
 
 
 def make_app(broker: str, pid_store: str | None = None) -> Celery:
-    app = Celery("lifecycle", broker=broker, set_as_current=False)
-    app.conf.update(
-        task_send_sent_event=True,
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-        worker_prefetch_multiplier=1,
-        task_ignore_result=True,
-    )
+    app = one_at_a_time_app("lifecycle", broker)
 
     @app.task(name="lifecycle.sleepy", shared=False)
     def sleepy(key, seconds):

@@ -12,16 +12,11 @@ import os
 from celery import Celery
 from celery.exceptions import Ignore
 
+from tests.apps import one_at_a_time_app
+
 
 def make_app(broker: str) -> Celery:
-    app = Celery("replaced", broker=broker, set_as_current=False)
-    app.conf.update(
-        task_send_sent_event=True,
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-        worker_prefetch_multiplier=1,
-        task_ignore_result=True,
-    )
+    app = one_at_a_time_app("replaced", broker)
 
     @app.task(name="replaced.entry", bind=True, shared=False)
     def entry(self, n):

@@ -11,17 +11,11 @@ import redis
 from celery import Celery
 from celery.exceptions import Reject
 
+from tests.apps import one_at_a_time_app
+
 
 def make_app(broker: str, counter: str | None = None) -> Celery:
-    app = Celery("requeued", broker=broker, set_as_current=False)
-    app.conf.update(
-        task_send_sent_event=True,
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-        worker_prefetch_multiplier=1,
-        task_ignore_result=True,
-        task_time_limit=30,
-    )
+    app = one_at_a_time_app("requeued", broker, task_time_limit=30)
 
     @app.task(name="requeued.once", bind=True, acks_late=True, shared=False)
     def once(self, n):
