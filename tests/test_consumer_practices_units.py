@@ -320,3 +320,25 @@ def test_the_benchmark_stream_retries_are_not_duplicate_deliveries() -> None:
     assert not rule.candidates and not rule.found
     eng.evaluate(time.time())
     assert not [f for f in eng.findings.active() if f.practice == "duplicate_delivery"]
+
+
+def test_a_requeue_excuses_its_redelivery_even_when_the_rejection_comes_after_it() -> None:
+    """``Reject(requeue=True)``: the worker hands the message back and the broker delivers
+    it again. In a grouped body under load the redelivery's task-received can come before
+    the task-rejected; the redelivery is still not a duplicate. A message redelivered with
+    no rejection still is."""
+    eng = engine(duplicate_delivery={"grace_seconds": 5.0})
+    t0 = time.time() - 100
+    heartbeat(eng, "w1@h", t0, active=1)
+    for uuid in ("requeued", "redelivered"):
+        task(eng, "task-sent", uuid, t0, retries=0)
+        task(eng, "task-received", uuid, t0, "w1@h", retries=0)
+        task(eng, "task-started", uuid, t0, "w1@h")
+        # the broker's second delivery, in the same body
+        task(eng, "task-received", uuid, t0 + 1, "w1@h", retries=0)
+        task(eng, "task-started", uuid, t0 + 1, "w1@h")
+    task(eng, "task-rejected", "requeued", t0 + 1, "w1@h", requeue=True)
+    heartbeat(eng, "w1@h", t0 + 2, active=1)
+    eng.evaluate(t0 + 10)
+    [f] = found(eng, "duplicate_delivery")
+    assert f["evidence"]["task_ids"] == ["redelivered"]

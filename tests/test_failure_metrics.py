@@ -63,7 +63,9 @@ def test_failures_counted_per_exception_class_and_capped(env: Env) -> None:
             env.app.send_task("killable.boom", args=(kind,))
         wait_for(lambda: env.events("failed", "killable.boom") == 3, timeout=60,
                  message="three failures")
-        labels = {"task": "killable.boom", "queue": "celery"}
+        # per task, summed over the queue label: a task-failed that overtakes its
+        # task-sent (a busy machine) is counted at once with the queue then unknown
+        labels = {"task": "killable.boom"}
         assert env.exporter.value(FAILURES, exception="ValueError", **labels) == 2
         assert env.exporter.value(FAILURES, exception="KeyError", **labels) == 1
         assert env.exporter.total("flower_practices_label_overflow_total",

@@ -136,6 +136,8 @@ class DuplicateDelivery(Rule):
         #: uuid -> the found entry of a repeated delivery excused because its first worker
         #: looked gone; counted after all if the task then finishes twice
         self.excused: LRUDict[str, tuple[str, tuple[Any, ...]]] = LRUDict(MAX_CANDIDATES)
+        #: uuid -> when a task-rejected with requeue=True handed its message back
+        self.requeued: LRUDict[str, float] = LRUDict(MAX_CANDIDATES)
 
     def hooks(self):
         return {TASK_SENT: self._on_sent, TASK_RECEIVED: self._on_received,
@@ -151,7 +153,11 @@ class DuplicateDelivery(Rule):
         # ``Reject(requeue=True)`` (or ``task_reject_on_worker_lost``): the worker handed
         # the message back on purpose, so its next delivery is expected: a new life
         if event.get("requeue") is True:
-            self.deliveries.pop(event["uuid"], None)
+            uuid = event["uuid"]
+            self.deliveries.pop(uuid, None)
+            # the redelivery's task-received may have come first (seen in grouped bodies
+            # under load): a candidate it raised is excused when judged
+            self.requeued.put(uuid, self._state.last_event_at)
 
     def _new(self, uuid: str, retries: Any, host: Any, at: float, eta: Any,
              received: int, started: int) -> list[Any]:
@@ -237,6 +243,9 @@ class DuplicateDelivery(Rule):
             gap = round(at - entry[_AT], 1)
             runtime = round(at - entry[_STARTED_AT], 1) if entry[_STARTED_AT] else None
             eta = _eta_delay(entry[_ETA], entry[_AT])
+            requeued = self.requeued.get(uuid)
+            if requeued is not None and abs(requeued - at) <= grace:
+                continue  # handed back on purpose (task-rejected, requeue=True)
             key = f"{uuid}/{max(entry[_RECEIVED], entry[_STARTED])}"
             value = (now, queue, task, entry[_HOST], host, gap, eta, runtime, uuid)
             if gone or self._first_worker_gone(entry, at, grace):
