@@ -16,7 +16,9 @@ first worker and its generation). A task-sent for an id already known (a manual 
 with the same id) starts a new life, and so does a task-rejected with ``requeue=True``:
 the worker handed the message back on purpose (``raise Reject(requeue=True)`` in an
 ``acks_late`` task, or ``task_reject_on_worker_lost`` after a killed pool process --
-``worker_process_killed``'s case), so the broker's next delivery of it is expected. A
+``worker_process_killed``'s case), so the broker's next delivery of it is expected --
+also when that delivery's events come before the task-rejected (ids requeued are kept,
+bounded, and excuse a candidate within ``grace_seconds``). A
 delivery beyond the first is a *candidate*, judged in :meth:`evaluate` ``grace_seconds``
 later: it is **not** a duplicate when the worker that got the first delivery had expired
 heartbeats at the redelivery, or went
