@@ -86,8 +86,8 @@ class QueueStarvation(Rule):
         self._busy_now: dict[tuple[str, str], tuple[int, int]] = {}
         #: this round's index of ``busy``: worker -> its queues, queue -> its workers
         self._pairs: tuple[dict[str, list[str]], dict[str, list[str]]] | None = None
-        #: this round's live workers (built when a queue is reported)
-        self._live: list[Any] | None = None
+        #: this round's live workers by hostname (built when a queue is reported)
+        self._live: dict[str, Any] | None = None
         #: queue -> tasks prefetched by live workers, as of this round (built on demand)
         self._reserved: dict[str, int] | None = None
 
@@ -197,16 +197,16 @@ class QueueStarvation(Rule):
         """Which queues' tasks occupied the workers that consume ``queue``: their busy
         pairs and running tasks only (never every pair: churned pods leave thousands)."""
         if self._live is None:
-            self._live = live_workers(self.ctx.state, now)
+            self._live = {w.hostname: w for w in live_workers(self.ctx.state, now)}
+        live = self._live
         by_worker, by_queue = self._pair_index()
-        shared = {w.hostname for w in self._live
+        shared = {host for host, w in live.items()
                   if w.active_queues is not None and queue in w.active_queues}
         if not shared:  # queues unknown (no remote control): the workers that took its
             # tasks in the window, the live ones when there are (churned pods are not)
             busy = self.busy
             took = [w for w in by_queue.get(queue, ()) if not busy[w, queue][0].idle(now)]
-            alive = {w.hostname for w in self._live}
-            shared = {w for w in took if w in alive} or set(took)
+            shared = {w for w in took if w in live} or set(took)
         per_queue: dict[str, list[float]] = {}
         running: dict[str, int] = {}
         for worker in shared:
