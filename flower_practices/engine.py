@@ -57,7 +57,8 @@ class Engine:
         self.lock = threading.RLock()
         self.metrics = BaseMetrics(self.settings.max_series_per_metric,
                                    self.settings.max_exception_classes)
-        self.state = RuntimeState(self.settings)
+        self.stream_status = stream_status or StreamStatus()
+        self.state = RuntimeState(self.settings, self.stream_status.hearing)
         #: called with (etype, event, record) after the state took a task event, before
         #: the rules' hooks: the exposition's accumulators listen here
         self.task_listeners: list[Callable[[str, dict, TaskRecord], None]] = [
@@ -69,7 +70,6 @@ class Engine:
             self.state.rate_limited = frozenset(
                 name for name, task in app.tasks.items() if task.rate_limit)
             self.state.routes.bind_all(app.bindings)
-        self.stream_status = stream_status or StreamStatus()
         self.findings = FindingTracker()
         self.ctx = RuleContext(
             settings=self.settings, state=self.state, metrics=self.metrics,
@@ -180,22 +180,24 @@ class Engine:
            (:mod:`flower_practices.store`).
 
         A rule that raises in either phase is counted in ``rule_errors`` (logged once)
-        and its conditions are *unknown* this round, not false: its findings are kept
-        as they were (``last_seen`` and ``count`` not refreshed), but each still clears
-        ``clear_after_seconds`` after it was last seen, so a rule that keeps failing
-        cannot hold findings forever, while a single failed round does not clear (and
-        then re-raise) them.
+        and its conditions are *unknown* this round, not false -- as are those of a rule
+        that judges silence (``Rule.judges_silence``) while the event stream is down: its
+        findings are kept as they were (``last_seen`` and ``count`` not refreshed), but
+        each still clears ``clear_after_seconds`` after it was last seen, so a rule that
+        keeps failing cannot hold findings forever, while a single failed round does not
+        clear (and then re-raise) them.
         """
         now = time.time() if now is None else now
         started = time.perf_counter()
         failed = {rule.id for rule in self.rules if not self._prepare_rule(rule, now)}
         with self.lock:
+            deaf = self.state.hearing.deaf  # the stream is down: silence means nothing
             for rule in self.rules:
                 options = self._rule_options[rule.id]
                 severity = self.severity(rule.id)
                 clear_after = options.get("clear_after_seconds",
                                           self.settings.clear_after_seconds)
-                if rule.id in failed:
+                if rule.id in failed or (deaf and rule.judges_silence):
                     self.findings.expire(rule.id, now, clear_after)
                     continue
                 try:

@@ -43,10 +43,12 @@ import math
 import time
 from collections import OrderedDict, deque
 from functools import partial
+from itertools import islice
 from typing import Any
 
 from .bounded import OTHER, LabelCap, LRUDict, SampleRing
 from .config import Settings
+from .events.status import Hearing
 from .events.types import (
     TASK_FAILED,
     TASK_RECEIVED,
@@ -160,11 +162,13 @@ class WorkerRecord:
                  "orphans", "active_queues",
                  "sw_ident", "label", "online_since", "prefetch", "concurrency", "epoch",
                  "restarted_at", "offline_at", "created_at", "queues_seen", "queue_reserved",
-                 "last_task_at", "heartbeats")
+                 "last_task_at", "heartbeats", "hearing")
 
-    def __init__(self, hostname: str, label: str) -> None:
+    def __init__(self, hostname: str, label: str, hearing: Hearing | None = None) -> None:
         self.hostname = hostname
         self.label = label
+        #: the engine's blind windows (shared by every record): silence unheard is unknown
+        self.hearing = hearing if hearing is not None else Hearing()
         self.online = False
         self.last_seen = 0.0
         self.freq = 2.0
@@ -215,8 +219,14 @@ class WorkerRecord:
 
     def alive(self, now: float) -> bool:
         """The one liveness rule (Celery's): online, and its last heartbeat or event is
-        less than ``2 x freq`` (at least 4 s) old."""
-        return self.online and (now - self.last_seen) <= max(self.freq * 2.0, 4.0)
+        less than ``2 x freq`` (at least 4 s) old -- counting only the time the engine
+        could hear it (:class:`~.events.status.Hearing`): while the stream is down a
+        worker alive when it went down stays alive, and after it is back the worker has
+        ``2 x freq`` to be heard again."""
+        if not self.online:
+            return False
+        expiry = max(self.freq * 2.0, 4.0)
+        return now - self.hearing.heard_from(self.last_seen, expiry) <= expiry
 
 
 class QueueRecord:
@@ -272,8 +282,11 @@ class RuntimeState:
     #: at a cap, how many least recently seen records are examined for one to evict (O(1))
     evict_scan = 16
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, hearing: Hearing | None = None) -> None:
         self.settings = settings
+        #: the stream's blind windows (its :class:`~.events.status.StreamStatus` owns
+        #: them; a state fed directly hears everything): what silence is judged against
+        self.hearing = hearing if hearing is not None else Hearing()
         self.tasks: LRUDict[str, TaskRecord] = LRUDict(settings.max_tracked_tasks)
         #: name and queue of recently finished tasks. Events of one task can arrive out of
         #: order (a threads/prefork worker may report a retry's task-retried after the
@@ -346,7 +359,8 @@ class RuntimeState:
         if len(workers) >= self.settings.max_workers and not self._evict_worker():
             self.workers_dropped += 1
             return None
-        rec = workers[hostname] = WorkerRecord(hostname, self.worker_label(hostname))
+        rec = workers[hostname] = WorkerRecord(hostname, self.worker_label(hostname),
+                                                self.hearing)
         rec.created_at = self.last_event_at or time.time()
         self._new_epoch(rec)
         return rec
@@ -922,15 +936,37 @@ class RuntimeState:
         out: dict[str, float] = {}
         for q in self.queues.values():
             age = 0.0
-            pending = q.pending
-            if pending:
-                sent_at = next(iter(pending.values())).sent_at
+            heads = self.waiting_heads(q, 1)
+            if heads:
+                sent_at = heads[0].sent_at
                 if sent_at and now > sent_at:
                     age = now - sent_at
             label = q.label
             if age > out.get(label, -1.0):
                 out[label] = age
         return out
+
+    def waiting_heads(self, q: QueueRecord, n: int) -> list[TaskRecord]:
+        """The ``n`` oldest tasks waiting in ``q`` (its ``pending`` index). After a blind
+        window, a task sent before it may have been taken while the stream was down
+        (:meth:`Hearing.unsure <.events.status.Hearing.unsure>`): such heads are dropped
+        from the index as they are met, each once, at most ``evict_scan * 64`` per call
+        (none is returned while more remain). While the stream is down the index stays
+        as it was."""
+        pending = q.pending
+        if not pending:
+            return []
+        hearing = self.hearing
+        if hearing.unsure_before and not hearing.deaf:
+            unsure_before = hearing.unsure_before
+            for rec in list(islice(pending.values(), self.evict_scan * 64)):
+                if rec.sent_at >= unsure_before:
+                    break
+                self._unpend(rec)
+            else:
+                if pending and next(iter(pending.values())).sent_at < unsure_before:
+                    return []  # more to drop next time
+        return list(islice(pending.values(), n))
 
     def label_overflow(self) -> dict[str, int]:
         """Values folded into ``__other__`` or not tracked at all, per capped label."""

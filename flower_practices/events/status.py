@@ -12,6 +12,7 @@ garbage cannot flood the logs.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -59,6 +60,60 @@ def disconnected_reason(last_error: str, down_since: float | None,
     return out
 
 
+#: seconds a sender's clock may lag ours (Celery warns of clock drift past 16 s)
+CLOCK_DRIFT_SECONDS = 16.0
+
+
+class Hearing:
+    """When the engine could hear the stream: the last blind window's start
+    (``deaf_from``) and the time since which it has been connected without a break
+    (``since``; ``inf`` while blind). Wall-clock Unix times, as events' arrival times.
+
+    The one place where silence is judged against blindness: a worker, a queue or a
+    schedule that was not heard from while the stream was down is *unknown*, not silent.
+    An engine fed directly (never connected, never blind) hears everything: both 0.
+    """
+
+    __slots__ = ("deaf_from", "since", "unsure_before")
+
+    def __init__(self) -> None:
+        self.deaf_from = 0.0
+        self.since = 0.0
+        #: records last heard of (by the sender's clock) before this may be stale: their
+        #: next event may have come while the stream was down (0: nothing is; the first
+        #: connection leaves it at 0, nothing was heard before it)
+        self.unsure_before = 0.0
+
+    @property
+    def deaf(self) -> bool:
+        """The stream is down now."""
+        return self.since == math.inf
+
+    def heard_from(self, last: float, threshold: float) -> float:
+        """From when silence after ``last`` (the last time something was heard of) counts
+        toward a ``threshold``-second judgement: ``last`` itself when it was heard after
+        the last blind window, or when that silence had already reached ``threshold``
+        when the window began (it was judged silent then); else the end of the window
+        (``inf`` while blind: nothing is silent for long enough)."""
+        if last >= self.deaf_from - threshold:
+            since = self.since
+            return last if last >= since else since
+        return last
+
+    def unsure(self, ts: float) -> bool:
+        """Something last heard of at ``ts`` (its sender's timestamp) may have changed
+        unheard since: a blind window came after it, or the stream is down now."""
+        return ts < self.unsure_before or self.since == math.inf
+
+    def reconnected(self, at: float) -> None:
+        """Connected again at ``at`` after a blind window (not the first connection):
+        what was last heard of before it is unsure. Senders' clocks may be behind ours
+        by up to :data:`CLOCK_DRIFT_SECONDS`, so for a short window the line is its start,
+        for a long one just before its end."""
+        self.unsure_before = max(self.deaf_from, at - CLOCK_DRIFT_SECONDS)
+        self.since = at
+
+
 class StreamStatus:
     """Counters and flags describing the event stream."""
 
@@ -84,6 +139,8 @@ class StreamStatus:
         # not see a counter that goes back
         self._gap_lock = threading.Lock()
         self._logged: set[str] = set()
+        #: the blind window the rules judge silence against (see :class:`Hearing`)
+        self.hearing = Hearing()
         #: called after each change of the connection state (the exporter publishes the
         #: status to its /healthz process then); from the thread that changed it
         self.on_change: Callable[[], None] | None = None
@@ -97,7 +154,15 @@ class StreamStatus:
         with self._gap_lock:
             if not self.connected and self._down_since is None:
                 self._down_since = time.monotonic()
+        if not self.connected:
+            self._go_deaf(time.time())
         self._changed()
+
+    def _go_deaf(self, at: float) -> None:
+        hearing = self.hearing
+        if hearing.since != math.inf:  # a new blind window (not another failed attempt)
+            hearing.since = math.inf  # first: a reader never sees the old ``since`` with
+            hearing.deaf_from = at    # the new ``deaf_from``
 
     def _end_gap(self) -> None:
         with self._gap_lock:
@@ -108,8 +173,14 @@ class StreamStatus:
     def mark_connected(self) -> None:
         self._end_gap()
         self.connected = True
+        first = not self.connected_since
         self.connected_since = time.time()
         self.disconnected_since = 0.0
+        if self.hearing.deaf:  # the end of a blind window (the first: nothing before it)
+            if first:
+                self.hearing.since = self.connected_since
+            else:
+                self.hearing.reconnected(self.connected_since)
         self.last_error = ""
         self._changed()
 
@@ -118,6 +189,7 @@ class StreamStatus:
         which ends the count of blind time instead of starting a gap)."""
         if self.connected or not self.disconnected_since:
             self.disconnected_since = time.time()
+        self._go_deaf(self.disconnected_since)
         if final:
             self._end_gap()
         else:

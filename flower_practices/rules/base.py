@@ -94,6 +94,13 @@ class Rule:
     defaults: ClassVar[dict[str, Any]] = {}
     #: the rule works from Celery events: ``unsupported`` where none can flow
     needs_events: ClassVar[bool] = True
+    #: the rule concludes from events *not* heard (a silent worker, a send that did not
+    #: come, a task that did not start or end): while the stream is down its conditions
+    #: are unknown, so the engine does not evaluate it and keeps its findings as they
+    #: were (each clears ``clear_after_seconds`` after it was last seen). After the
+    #: stream is back, the rule itself judges silence against the blind window
+    #: (``ctx.state.hearing``, :class:`~flower_practices.events.status.Hearing`).
+    judges_silence: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

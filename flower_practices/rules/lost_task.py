@@ -53,6 +53,7 @@ def _s(value: Any) -> str:
 
 class LostTask(Rule):
     id = "lost_task"
+    judges_silence = True
 
     @dataclass(frozen=True, slots=True)
     class Options:

@@ -8,6 +8,10 @@ run after its last send was due more than ``grace_seconds`` ago: beat is down, s
 or lost its schedule. Nothing is judged before a period and the grace have passed since
 the exporter started (it cannot know what it did not watch); a task scheduled with
 ``-A`` but never seen sent is overdue once a period and the grace passed since then.
+Likewise a run that fell due while the event stream was down may have been sent unheard
+(:class:`~flower_practices.events.status.Hearing`): nothing is judged while it is down,
+and afterwards the first run due after it came back is judged instead -- unless the task
+was overdue already when the stream went down.
 
 The count is the number of runs missed (one more per further period). The learned
 periods and last sends are this rule's memory across restarts.
@@ -15,6 +19,7 @@ periods and last sends are this rule's memory across restarts.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,6 +39,7 @@ if TYPE_CHECKING:
 
 class MissedPeriodicTask(PeriodicRule):
     id = "missed_periodic_task"
+    judges_silence = True
 
     @dataclass(frozen=True, slots=True)
     class Options:
@@ -96,12 +102,19 @@ class MissedPeriodicTask(PeriodicRule):
             return
         tracker = self.tracker
         grace = self.opts.grace_seconds
+        hearing = self.ctx.state.hearing
         for rec in tracker.periodic():
             tracker.refresh(rec, now)
             period = rec.period()
             if period <= 0.0 or now < tracker.started + period + grace:
                 continue
-            due = tracker.due(rec, now)
+            # a run due while the stream was down may have been sent unheard: the run
+            # after the blind window is judged instead (unless it was overdue already)
+            last = rec.last_sent or tracker.started
+            heard = hearing.heard_from(last, period + grace)
+            if heard == math.inf:
+                continue  # the stream is down: unknown, not missed
+            due = tracker.due(rec, now, heard if heard != last else None)
             if due is None or now <= due + grace:
                 continue
             yield self._condition(rec, now, due, period)

@@ -60,6 +60,7 @@ def _limit_exceeded(event: dict) -> bool:
 
 class MissingTimeLimit(Rule):
     id = "missing_time_limit"
+    judges_silence = True
 
     @dataclass(frozen=True, slots=True)
     class Options:
@@ -118,13 +119,16 @@ class MissingTimeLimit(Rule):
         running tasks (the state's per-worker index); a worker that is gone or restarted
         since holds none here (lost, not long: ``lost_task`` reports them)."""
         running: dict[tuple[str, str], list[float]] = {}
+        # a run started before a blind window may have ended unheard: judged at its end
+        unsure = self.ctx.state.hearing.unsure
         for worker in self.ctx.state.workers.values():
             if not worker.running_tasks or (worker.online_since and not worker.alive(now)):
                 continue
             for rec in worker.running_tasks.values():
                 age = now - rec.started_at
                 if not rec.started_at or worker.restarted_at > rec.started_at \
-                        or age <= self.limit or self._has_limit(rec.name):
+                        or age <= self.limit or self._has_limit(rec.name) \
+                        or unsure(rec.updated_at):
                     continue
                 running.setdefault((rec.queue, rec.name), []).append(age)
                 if rec.uuid not in self.counted:

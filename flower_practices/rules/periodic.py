@@ -282,10 +282,11 @@ class PeriodicTracker:
         periods = [p for e in entries if (p := e.period_at(rec.last_sent or now))]
         rec.schedule_period = min(periods) if periods else 0.0
 
-    def due(self, rec: PeriodicRecord, now: float) -> float | None:
+    def due(self, rec: PeriodicRecord, now: float, after: float | None = None) -> float | None:
         """When the run after the last one seen was due (from ``started`` when none was
-        seen); None when the task has no known period."""
-        last = rec.last_sent or self.started
+        seen; from ``after`` when given: a send before it may have gone unheard); None
+        when the task has no known period."""
+        last = after if after is not None else rec.last_sent or self.started
         entries = self.entries.get(rec.name)
         if entries:
             dues = [d for e in entries if (d := e.due_after(last)) is not None]

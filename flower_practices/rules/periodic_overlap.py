@@ -32,6 +32,7 @@ from .periodic import PeriodicRule
 
 class PeriodicOverlap(PeriodicRule):
     id = "periodic_overlap"
+    judges_silence = True
 
     @dataclass(frozen=True, slots=True)
     class Options:

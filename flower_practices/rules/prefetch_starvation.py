@@ -30,6 +30,7 @@ from .queue_view import live_workers
 
 class PrefetchStarvation(Rule):
     id = "prefetch_starvation"
+    judges_silence = True
 
     @dataclass(frozen=True, slots=True)
     class Options:

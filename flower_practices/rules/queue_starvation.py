@@ -34,7 +34,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any
 
 from ..bounded import WindowCounter, percentile
@@ -55,6 +54,7 @@ _MAX_PAIRS = 5000
 
 class QueueStarvation(Rule):
     id = "queue_starvation"
+    judges_silence = True
 
     @dataclass(frozen=True, slots=True)
     class Options:
@@ -142,10 +142,11 @@ class QueueStarvation(Rule):
         state = self.ctx.state
         throttled = state.rate_limited
         out: dict[str, tuple[float, int]] = {}
+        unsure = state.hearing.unsure
         for name, q in state.queues.items():
             if q.pending and q.length != 0:
                 # pending is oldest first; a few heads cover re-sent (retried) records
-                ages = [now - rec.sent_at for rec in islice(q.pending.values(), 8)
+                ages = [now - rec.sent_at for rec in state.waiting_heads(q, 8)
                         if rec.name not in throttled]
                 if ages:
                     out[name] = (max(ages), len(q.pending))
@@ -161,7 +162,8 @@ class QueueStarvation(Rule):
                         mine[rec.queue] = mine.get(rec.queue, 0) + 1
             for rec in worker.reserved_tasks.values():
                 base = rec.sent_at or rec.received_at
-                if not rec.queue or rec.eta or not base or rec.name in throttled:
+                if not rec.queue or rec.eta or not base or rec.name in throttled \
+                        or unsure(rec.updated_at):  # it may have started unheard
                     continue
                 age, n = out.get(rec.queue, (0.0, 0))
                 out[rec.queue] = (max(age, now - base), n + 1)

@@ -44,6 +44,7 @@ _MAX_NAMES = 10
 
 class QueueWithoutConsumer(Rule):
     id = "queue_without_consumer"
+    judges_silence = True
 
     @dataclass(frozen=True, slots=True)
     class Options:

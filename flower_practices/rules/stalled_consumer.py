@@ -65,6 +65,7 @@ _MAX_NAMES = 10
 
 class StalledConsumer(Rule):
     id = "stalled_consumer"
+    judges_silence = True
 
     @dataclass(frozen=True, slots=True)
     class Options:
@@ -176,7 +177,9 @@ class StalledConsumer(Rule):
         """Since when ``worker`` took nothing from ``queue`` while it was watched."""
         last = worker.queues_seen.get(queue, 0.0)
         came = worker.online_since or worker.created_at
-        return max(watch_start, last, came)
+        # what it took while the stream was down went unheard
+        return self.ctx.state.hearing.heard_from(max(watch_start, last, came),
+                                                 self.opts.threshold_seconds)
 
     def _count(self, name: str, length: int, watch: list[float]) -> None:
         """Count the messages that entered the queue while stalled (once per watch: a

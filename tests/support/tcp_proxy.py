@@ -13,6 +13,10 @@ On AMQP the consuming connection says so once, when it subscribes: with
 *marks* that connection, and later :meth:`BlackholeProxy.blackhole_marked` blackholes it
 or :meth:`BlackholeProxy.cut` closes both its sockets (a connection dropped by the
 network: the broker requeues the messages it had delivered unacknowledged on it).
+
+:meth:`BlackholeProxy.outage` / :meth:`BlackholeProxy.restore` make the broker
+unreachable through the proxy for a while (every connection closed, new ones refused):
+the exporter goes blind while workers connected directly carry on.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class BlackholeProxy:
         self._listener.listen(64)
         self.port: int = self._listener.getsockname()[1]
         self._armed = False
+        self._refusing = False
         self._lock = threading.Lock()
         self._closed = threading.Event()
         #: connections seen, and those blackholed (each a client socket's peer address)
@@ -81,6 +86,25 @@ class BlackholeProxy:
             self._close(client, upstream)
         return len(pairs)
 
+    def outage(self) -> int:
+        """The broker becomes unreachable through this proxy: every open connection is
+        closed (both sockets) and new ones are closed as soon as they are accepted, until
+        :meth:`restore`. Returns how many connections were cut."""
+        with self._lock:
+            self._refusing = True
+            socks, self._sockets = self._sockets, []
+            self.marked.clear()
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            self._close(sock)
+        return len(socks) // 2
+
+    def restore(self) -> None:
+        """End an :meth:`outage`: connections are forwarded again."""
+        with self._lock:
+            self._refusing = False
+
     def start(self) -> BlackholeProxy:
         self._thread.start()
         return self
@@ -105,6 +129,11 @@ class BlackholeProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            with self._lock:
+                refusing = self._refusing
+            if refusing:
+                self._close(client)
+                continue
             try:
                 upstream = socket.create_connection(self.upstream, timeout=5)
             except OSError:
