@@ -359,3 +359,24 @@ def test_both_lanes_serve_every_endpoint_and_a_split_request_line(redis_url: str
                     data += chunk
             assert data.startswith(b"HTTP/1.1 200"), (path, data[:200])
         assert exp.proc.poll() is None
+
+
+def test_an_unparsable_accept_header_gets_the_text_format(redis_url: str) -> None:
+    """prometheus_client's content negotiation raises on some ``Accept`` headers (an
+    OpenMetrics ``version`` that is not a number): one unauthenticated request must not
+    get a 500 and leave a traceback in the log each time. It is served the text format;
+    a well-formed OpenMetrics request still gets OpenMetrics."""
+    with ExporterProcess(redis_url) as exp:
+        for accept in (b"application/openmetrics-text; version=abc",
+                       b"application/openmetrics-text; version=<script>",
+                       b"application/openmetrics-text;;;version===, text/plain;q=x"):
+            answer = _raw(exp.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: " + accept
+                          + b"\r\nConnection: close\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 200"), (accept, answer[:300])
+            assert b"Content-Type: text/plain; version=0.0.4" in answer, answer[:300]
+        answer = _raw(exp.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: "
+                      b"application/openmetrics-text; version=1.0.0\r\n"
+                      b"Connection: close\r\n\r\n")
+        assert b"Content-Type: application/openmetrics-text" in answer, answer[:300]
+        assert exp.proc.poll() is None
+        assert "Traceback" not in exp.output() and "Uncaught" not in exp.output()

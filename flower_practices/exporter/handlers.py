@@ -16,16 +16,12 @@ from collections.abc import Callable
 
 import tornado.web
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import (
-    CONTENT_TYPE_PLAIN_0_0_4,
-    choose_encoder,
-    generate_latest,
-)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from ..api import health_document, practices_document
 from ..engine import Engine
 from ..events.sanitize import json_bytes
-from ..metrics import render_metrics
+from ..metrics import choose_format, render_metrics
 from .cache import RenderCache
 from .webconfig import BasicAuth
 
@@ -74,7 +70,7 @@ class MetricsHandler(_EngineHandler):
         self.formats = formats
 
     async def get(self) -> None:
-        encoder, content_type = choose_encoder(self.request.headers.get("Accept", ""))
+        encoder, content_type = choose_format(self.request.headers.get("Accept", ""))
         if content_type not in self.formats:
             if len(self.formats) >= MAX_FORMATS:
                 content_type = CONTENT_TYPE_PLAIN_0_0_4
