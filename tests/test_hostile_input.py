@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import unicodedata
 import urllib.error
 import urllib.request
 import uuid
@@ -203,6 +204,23 @@ def oversized() -> list[RawMessage]:
                   "args": "a" * size}) for size in (1536 << 10, 8 << 20)]
 
 
+#: characters str.isprintable refuses that are neither C0/C1 controls nor surrogates: a
+#: bidi override (text shown reversed), zero-width space and joiner, BOM, a tag
+#: character, the line separator
+INVISIBLE = "\u202e\u200b\u200d\ufeff\U000e0041\u2028"
+
+
+def invisible() -> list[RawMessage]:
+    out = []
+    for i, ch in enumerate(INVISIBLE):
+        tid = _uid()
+        out.append(_msg({"type": "task-sent", "uuid": tid, "name": f"inv{ch}{i}.task",
+                         "queue": f"q{ch}", "hostname": f"c{ch}@h"}))
+        out.append(_msg({"type": "task-succeeded", "uuid": tid, "hostname": f"w{ch}@h",
+                         "runtime": 0.1}))
+    return out
+
+
 def grouped() -> list[RawMessage]:
     events = [{"type": "task-sent", "uuid": _uid(), "name": "grouped.task", "queue": "celery",
                "timestamp": time.time(), "utcoffset": 0, "clock": i}
@@ -221,6 +239,7 @@ BATCHES: dict[str, tuple[Callable[[], list[RawMessage]], dict[str, int]]] = {
                                 "undecodable_body": 1}),
     "oversized": (oversized, {"oversized_message": 2}),
     "grouped": (grouped, {"too_many_events": 500}),
+    "invisible": (invisible, {"bad_text": 24}),
 }
 
 
@@ -237,6 +256,11 @@ def counters(exporter: RunningExporter) -> dict[str, float]:
     return out
 
 
+def shown_as_is(value: str) -> bool:
+    """Every character printable or a space: nothing hidden, reordered or line-breaking."""
+    return all(c.isprintable() or unicodedata.category(c) == "Zs" for c in value)
+
+
 def assert_serving(exporter: ExporterProcess, *, openmetrics: bool = True) -> dict:
     """Alive, /metrics 200 (in both formats) and parsed, /api/practices strict JSON, every
     label value at most MAX_LABEL_LENGTH characters. Returns the text families."""
@@ -248,7 +272,7 @@ def assert_serving(exporter: ExporterProcess, *, openmetrics: bool = True) -> di
         for sample in family.samples:
             for value in sample.labels.values():
                 assert len(value) <= MAX_LABEL_LENGTH, (sample.name, value[:80])
-                assert "\n" not in value and "\x00" not in value
+                assert shown_as_is(value), (sample.name, value[:80])
     if openmetrics:
         status, om = exporter.get("/metrics", OPENMETRICS)
         assert status == 200, om[:2000]
@@ -335,6 +359,9 @@ def test_hostile_batches_never_blind_the_exporter(
         if batch == "grouped":
             assert exporter.total("celery_task_events_total",
                                   task="grouped.task") == MAX_EVENTS_PER_MESSAGE
+        if batch == "invisible":
+            names = {s.labels["task"] for s in families["celery_task_events"].samples}
+            assert "inv\ufffd0.task" in names and "inv\ufffd5.task" in names
         if batch == "surrogates":
             names = {s.labels["task"] for s in families["celery_task_events"].samples}
             assert "bad\ufffd.0" in names
@@ -460,6 +487,25 @@ def test_engine_counts_what_it_cleans_and_drops() -> None:
     assert status.labels_truncated == 1
 
 
+def test_invisible_characters_are_replaced_and_counted() -> None:
+    """Bidi overrides, zero-width characters, the BOM, tag characters and the line
+    separator pass ``str.isprintable``'s test no better than control characters: they
+    would reverse or hide a name in Grafana or the page. They become U+FFFD, counted;
+    spaces (no-break, ideographic) are text and stay."""
+    engine = Engine(Settings())
+    status = engine.stream_status
+    for i, ch in enumerate(INVISIBLE):
+        event = {"type": "task-sent", "uuid": f"inv{i}", "name": f"a{ch}b",
+                 "queue": f"q{ch}", "hostname": "c@h"}
+        engine.observe(event)
+        assert (event["name"], event["queue"]) == ("a\ufffdb", "q\ufffd"), repr(ch)
+    assert status.decode_errors["bad_text"] == 2 * len(INVISIBLE)
+    event = {"type": "task-sent", "uuid": "nbsp", "name": "a\u00a0b\u3000c", "queue": "q"}
+    engine.observe(event)
+    assert event["name"] == "a\u00a0b\u3000c"
+    assert status.decode_errors["bad_text"] == 2 * len(INVISIBLE)
+
+
 def test_inflate_is_bounded() -> None:
     for compress, method in ((zlib.compress, "zlib"), (bz2.compress, "bzip2"),
                              (lzma.compress, "xz")):
@@ -516,6 +562,7 @@ def test_clean_text_always_yields_a_valid_bounded_label(value: str) -> None:
     cleaned.encode("utf-8")  # never a lone surrogate
     assert len(cleaned) <= MAX_LABEL_LENGTH and cut == (len(value) > MAX_LABEL_LENGTH)
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in cleaned)
+    assert shown_as_is(cleaned)  # no bidi control, zero-width or line separator either
     if not cut and not bad:
         assert cleaned == value  # valid text is never changed
     if len(value) <= MAX_LABEL_LENGTH and value.isprintable():
