@@ -221,6 +221,16 @@ def invisible() -> list[RawMessage]:
     return out
 
 
+def future_clock() -> list[RawMessage]:
+    """A task's events stamped a year ahead (a sender's clock, or a forged event)."""
+    ahead = time.time() + 365 * 86400
+    tid = _uid()
+    return [_msg({"type": etype, "uuid": tid, "name": "future.task", "queue": "celery",
+                  "hostname": "w@h", "timestamp": ahead, **extra})
+            for etype, extra in (("task-sent", {}), ("task-started", {}),
+                                 ("task-failed", {"exception": "ConnectionError()"}))]
+
+
 def grouped() -> list[RawMessage]:
     events = [{"type": "task-sent", "uuid": _uid(), "name": "grouped.task", "queue": "celery",
                "timestamp": time.time(), "utcoffset": 0, "clock": i}
@@ -240,6 +250,7 @@ BATCHES: dict[str, tuple[Callable[[], list[RawMessage]], dict[str, int]]] = {
     "oversized": (oversized, {"oversized_message": 2}),
     "grouped": (grouped, {"too_many_events": 500}),
     "invisible": (invisible, {"bad_text": 24}),
+    "future_clock": (future_clock, {"bad_field": 3}),
 }
 
 
@@ -504,6 +515,37 @@ def test_invisible_characters_are_replaced_and_counted() -> None:
     engine.observe(event)
     assert event["name"] == "a\u00a0b\u3000c"
     assert status.decode_errors["bad_text"] == 2 * len(INVISIBLE)
+
+
+def test_a_timestamp_from_the_future_holds_no_finding_open() -> None:
+    """An event stamped far ahead of its arrival (a sender's clock, or a forged event)
+    would keep every window it enters open until that time: a finding that never clears.
+    Past MAX_FUTURE_SECONDS (60) ahead it is stamped with its arrival, counted as
+    bad_field; a small skew is kept as is."""
+    engine = Engine(Settings())
+    status = engine.stream_status
+    now = time.time()
+    kept = []
+    for name, skew in (("year.ahead", 365 * 86400.0), ("int.ahead", 10**10),
+                       ("slightly.ahead", 30.0)):
+        ts = now + skew
+        for etype, extra in (("task-sent", {"name": name, "queue": "celery"}),
+                             ("task-started", {}),
+                             ("task-failed", {"exception": "ConnectionError()"})):
+            event = {"type": etype, "uuid": name, "hostname": "w@h", "timestamp": ts,
+                     "local_received": now, **extra}
+            engine.observe(event)
+            kept.append(event["timestamp"])
+    assert kept[:6] == [now] * 6 and kept[6:] == [now + 30.0] * 3
+    assert status.decode_errors["bad_field"] == 6
+    engine.evaluate(now + 1)
+    active = {f.task for f in engine.findings.active() if f.practice == "retryless_failure"}
+    assert active == {"year.ahead", "int.ahead", "slightly.ahead"}
+    # the rule's window (600 s) and the clearing delay (120 s) after the failures
+    for later in (now + 700, now + 900):
+        engine.evaluate(later)
+    assert [f.task for f in engine.findings.active() if f.practice == "retryless_failure"] \
+        == []
 
 
 def test_inflate_is_bounded() -> None:
