@@ -231,6 +231,31 @@ def future_clock() -> list[RawMessage]:
                                  ("task-failed", {"exception": "ConnectionError()"}))]
 
 
+#: created if any consumer ever unpickles (or yaml-loads) what it is sent
+PWNED = Path(tempfile.gettempdir()) / f"fp-hostile-unpickled-{os.getpid()}"
+
+
+class _Unpickled:
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (PWNED,))
+
+
+def serializers() -> list[RawMessage]:
+    """Event bodies in serializers other than JSON: never decoded, above all never
+    unpickled (content types are the sender's to choose)."""
+    import pickle
+
+    event = _json({"type": "task-sent", "uuid": _uid(), "name": "other.serializer"})
+    return [
+        ("task.sent", pickle.dumps(_Unpickled()),
+         {}, ("application/x-python-serialize", "binary")),
+        ("task.sent", f"!!python/object/apply:os.system ['touch {PWNED}']".encode(),
+         {}, ("application/x-yaml", "utf-8")),
+        ("task.sent", b"\x81\xa4type\xa9task-sent", {}, ("application/x-msgpack", "binary")),
+        ("task.sent", event, {}, ("application/json", "rot13")),
+    ]
+
+
 def grouped() -> list[RawMessage]:
     events = [{"type": "task-sent", "uuid": _uid(), "name": "grouped.task", "queue": "celery",
                "timestamp": time.time(), "utcoffset": 0, "clock": i}
@@ -251,6 +276,7 @@ BATCHES: dict[str, tuple[Callable[[], list[RawMessage]], dict[str, int]]] = {
     "grouped": (grouped, {"too_many_events": 500}),
     "invisible": (invisible, {"bad_text": 24}),
     "future_clock": (future_clock, {"bad_field": 3}),
+    "serializers": (serializers, {"undecodable_body": 3}),
 }
 
 
@@ -373,6 +399,8 @@ def test_hostile_batches_never_blind_the_exporter(
         if batch == "invisible":
             names = {s.labels["task"] for s in families["celery_task_events"].samples}
             assert "inv\ufffd0.task" in names and "inv\ufffd5.task" in names
+        if batch == "serializers":
+            assert not PWNED.exists(), "a consumer unpickled or yaml-loaded an event"
         if batch == "surrogates":
             names = {s.labels["task"] for s in families["celery_task_events"].samples}
             assert "bad\ufffd.0" in names
