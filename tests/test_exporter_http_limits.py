@@ -380,3 +380,42 @@ def test_an_unparsable_accept_header_gets_the_text_format(redis_url: str) -> Non
         assert b"Content-Type: application/openmetrics-text" in answer, answer[:300]
         assert exp.proc.poll() is None
         assert "Traceback" not in exp.output() and "Uncaught" not in exp.output()
+
+
+def test_concurrent_api_requests_share_one_document(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``/api/practices`` is unauthenticated by default and its document (up to 2000
+    findings: ~1 MB, ~15 ms, part of it under the engine's lock) was built on the event
+    loop for every request: a flood of requests stalled the loop and the event consumer.
+    Requests that arrive while a document is being built now share it (single flight,
+    off the loop), as scrapers of /metrics share a rendering."""
+    from flower_practices.exporter import handlers
+    from tests.conftest import make_producer
+    from tests.support.exporter import RunningExporter
+
+    real = handlers.practices_document
+    builds: list[float] = []
+
+    def slow_document(engine: Any, **kwargs: Any) -> dict:
+        builds.append(1.0)
+        threading.Event().wait(0.3)  # as long as a document of thousands of findings
+        return real(engine, **kwargs)
+
+    monkeypatch.setattr(handlers, "practices_document", slow_document)
+    with RunningExporter(make_producer(redis_url), metrics_cache_seconds=0.0) as exp:
+        clients = 40
+        barrier = threading.Barrier(clients)
+        answers: list[tuple[int, str]] = []
+
+        def ask() -> None:
+            barrier.wait(30)
+            answers.append(exp.get("/api/practices"))
+
+        threads = [threading.Thread(target=ask, daemon=True) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert [status for status, _ in answers] == [200] * clients
+        assert all("findings" in json_doc for _, json_doc in answers)
+        assert len(builds) <= 4, f"{len(builds)} documents built for {clients} requests"
