@@ -539,6 +539,11 @@ def test_invisible_characters_are_replaced_and_counted() -> None:
         engine.observe(event)
         assert (event["name"], event["queue"]) == ("a\ufffdb", "q\ufffd"), repr(ch)
     assert status.decode_errors["bad_text"] == 2 * len(INVISIBLE)
+    from flower_practices.events.sanitize import _SPACES
+
+    spaces = {c for c in map(chr, range(sys.maxunicode + 1))
+              if unicodedata.category(c) == "Zs" and c != " "}
+    assert spaces == _SPACES
     event = {"type": "task-sent", "uuid": "nbsp", "name": "a\u00a0b\u3000c", "queue": "q"}
     engine.observe(event)
     assert event["name"] == "a\u00a0b\u3000c"

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 from typing import Any
 
 from .status import StreamStatus
@@ -71,20 +70,20 @@ def clean_text(value: str, cap: int = MAX_LABEL_LENGTH) -> tuple[str, bool, bool
     return value, truncated, bad > 0
 
 
-def _replace_invisible(value: str) -> tuple[str, int]:
+#: the space separators (Unicode ``Zs``) other than U+0020, which ``str.isprintable``
+#: refuses but are text: kept
+_SPACES = frozenset("\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+                    "\u2008\u2009\u200a\u202f\u205f\u3000")
+
+
+def _replace_invisible(value: str) -> tuple[str, bool]:
     """``value`` (at most a label's length, C0/C1 and surrogates already replaced) with
-    each character that is not printable and not a space (``Zs``) replaced, and how many
-    were: bidi controls (U+202A-202E, U+2066-2069), zero-width characters (U+200B-200D,
+    each character that is neither printable nor a space replaced, and whether any was:
+    bidi controls (U+202A-202E, U+2066-2069), zero-width characters (U+200B-200D,
     U+2060), the BOM, tag characters, U+2028/U+2029, private-use, unassigned."""
-    out = []
-    n = 0
-    for ch in value:
-        if ch.isprintable() or unicodedata.category(ch) == "Zs":
-            out.append(ch)
-        else:
-            out.append(REPLACEMENT)
-            n += 1
-    return "".join(out), n
+    cleaned = "".join([ch if ch.isprintable() or ch in _SPACES else REPLACEMENT
+                       for ch in value])
+    return cleaned, cleaned != value
 
 
 def clean_event(event: dict, status: StreamStatus, _fields: tuple = TEXT_FIELDS,
