@@ -419,3 +419,31 @@ def test_concurrent_api_requests_share_one_document(
         assert [status for status, _ in answers] == [200] * clients
         assert all("findings" in json_doc for _, json_doc in answers)
         assert len(builds) <= 4, f"{len(builds)} documents built for {clients} requests"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "open: connections that never finish a request hold a slot for "
+    "http_idle_timeout_seconds each, so max_connections of them (2048 by default, from one "
+    "client) lock /healthz and /metrics out; needs eviction of the oldest incomplete "
+    "connection (or per-peer caps) across the /healthz process and the main process"))
+def test_connections_that_never_finish_a_request_do_not_lock_out_healthz(
+        redis_url: str) -> None:
+    """A slow-loris client: more connections than ``max_connections``, each sending part
+    of a request line and then nothing. /healthz (what a liveness probe asks) must still
+    answer."""
+    with ExporterProcess(redis_url, config="max_connections = 8\n") as exp:
+        slow = []
+        try:
+            for _ in range(16):
+                sock = socket.create_connection(("127.0.0.1", exp.port), timeout=5)
+                sock.sendall(b"GET /heal")
+                slow.append(sock)
+            threading.Event().wait(1.0)  # accepted and waiting for the rest of the line
+            statuses = []
+            for _ in range(5):
+                statuses.append(exp.get("/healthz", timeout=5)[0])
+                threading.Event().wait(0.2)
+            assert statuses == [200] * 5, statuses
+        finally:
+            for sock in slow:
+                sock.close()
