@@ -29,6 +29,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.core import GaugeMetricFamily
@@ -450,6 +451,31 @@ def test_memory_bounded_under_huge_names_and_concurrent_scrapes() -> None:
     finally:
         exporter.stop()
         release_redis_dbs(broker)
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_one_message_over_the_pubsub_limit_is_a_counted_gap(private_redis: dict) -> None:
+    """A single PUBLISH bigger than Redis' ``client-output-buffer-limit pubsub`` hard limit
+    (32 MB by default; 1 MB here) makes Redis drop every subscriber of the channel, however
+    fast: no consumer can prevent it. The exporter must say so -- the gap counted, the
+    cause logged as such (not only as falling behind) -- reconnect, and go on counting."""
+    url = private_redis["url"]
+    client = redis.Redis.from_url(url)
+    client.config_set("client-output-buffer-limit", "pubsub 1048576 0 0")
+    exporter = ExporterProcess(url, CONFIG.format(consumer="auto"), log_level="info").start()
+    try:
+        until_counted(exporter, url, "normal.before")
+        client.publish("/0.celeryev/task.sent", b"x" * (2 << 20))
+        wait_for(lambda: exporter.total("flower_practices_event_stream_gaps_total") >= 1,
+                 timeout=30, message="the gap counted")
+        until_counted(exporter, url, "normal.after")
+        assert_serving(exporter)
+        log = exporter.output()
+        assert "client-output-buffer-limit pubsub (1048576 0 0)" in log, log
+        assert "one message larger than the limit" in log, log
+    finally:
+        exporter.stop()
 
 
 @pytest.mark.slow
