@@ -73,8 +73,9 @@ class Settings:
     #: (always Celery's generic receiver)
     event_consumer: str = "auto"
     #: standalone exporter: `/metrics` is rendered at most once per this many seconds per
-    #: format, off the event loop; concurrent scrapers share one rendering (0: render for
-    #: every scrape that does not find one in flight)
+    #: format, and `/api/practices` built at most once, off the event loop; concurrent
+    #: requests share one rendering (0: render for every request that does not find one
+    #: in flight)
     metrics_cache_seconds: float = 1.0
     #: standalone exporter: open HTTP connections served at once; more get an immediate 503
     max_connections: int = 2048

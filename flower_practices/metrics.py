@@ -760,9 +760,9 @@ def render_metrics(registry: Collector, accept: str = "",
     0.0.4 (:func:`render_text`) or OpenMetrics. A family that cannot be rendered is left
     out and counted in ``errors`` (``flower_practices_render_errors_total``); the rest of
     the page is always served."""
-    from prometheus_client.exposition import choose_encoder, generate_latest
+    from prometheus_client.exposition import generate_latest
 
-    encoder, content_type = choose_encoder(accept)
+    encoder, content_type = choose_format(accept)
     if encoder is generate_latest:  # plain text 0.0.4: same bytes, rendered faster
         return render_text(registry, errors), content_type
     fast = _openmetrics_renderer(encoder)
@@ -780,6 +780,22 @@ def render_metrics(registry: Collector, accept: str = "",
         chunks.append(body)
     chunks.append(OPENMETRICS_EOF)
     return b"".join(chunks), content_type
+
+
+def choose_format(accept: str) -> tuple[Callable[..., bytes], str]:
+    """prometheus_client's ``choose_encoder`` for an ``Accept`` header, or the plain text
+    format 0.0.4 when it cannot parse the header (it raises on some, e.g. an OpenMetrics
+    ``version`` that is not a number): a scraper's header never fails a scrape."""
+    from prometheus_client.exposition import (
+        CONTENT_TYPE_PLAIN_0_0_4,
+        choose_encoder,
+        generate_latest,
+    )
+
+    try:
+        return choose_encoder(accept)
+    except Exception:
+        return generate_latest, CONTENT_TYPE_PLAIN_0_0_4
 
 
 def _openmetrics_renderer(encoder: Any) -> Callable[[Metric], bytes | None] | None:

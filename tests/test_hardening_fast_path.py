@@ -167,6 +167,44 @@ def test_generic_path_survives_an_undecodable_body(redis_url: str) -> None:
         stream.stop()
 
 
+def test_generic_path_survives_unparsable_envelopes_quietly(
+        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """kombu's Redis transport parses each pub/sub envelope before any guard of ours and
+    catches only TypeError/ValueError there: a deeply nested envelope (RecursionError)
+    tore the connection down, a reconnect and a blind gap per message; each non-JSON one
+    was logged with 4 KiB of its payload and a traceback. Both are now counted and
+    dropped, the stream stays connected, and the raw payload is never logged."""
+    db = int(redis_url.rsplit("/", 1)[-1])
+    events: list[dict] = []
+    status = StreamStatus()
+    stream = EventStream(_app(redis_url), events.append, status, wakeup=False)
+    stream.start()
+    try:
+        wait_for(lambda: status.connected, message="connected")
+        _until_subscribed(redis_url, events)
+        events.clear()
+        raw = redis.Redis.from_url(redis_url)
+        channel = f"/{db}.celeryev/task.sent"
+        garbage = [b"[" * 100_000 + b"]" * 100_000,  # RecursionError in json
+                   b'{"a": ' * 50_000 + b"1" + b"}" * 50_000,
+                   b"\xff SECRET-PAYLOAD not json", b"[1, 2]", b"42", b"null",
+                   b" " * (3 << 20)]  # over the envelope cap
+        for data in garbage:
+            raw.publish(channel, data)
+        app = _app(redis_url)
+        with app.connection_for_write() as conn:
+            app.events.Dispatcher(conn, hostname="w@x", enabled=True).send(
+                "worker-heartbeat", freq=2.0)
+        wait_for(lambda: _without_probes(events), message="the next event")
+        errors = status.decode_errors
+        assert errors["undecodable_body"] == 6 and errors["oversized_message"] == 1, errors
+        assert status.reconnects == 0 and status.gaps == 0 and status.connected
+        assert "SECRET-PAYLOAD" not in caplog.text and "Traceback" not in caplog.text
+        assert "Cannot process event" not in caplog.text
+    finally:
+        stream.stop()
+
+
 @pytest.mark.parametrize(("broker", "fast"), [
     ("redis://127.0.0.1:6379/3", True),
     ("redis://:secret@127.0.0.1:6379", True),

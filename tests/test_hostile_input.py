@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import unicodedata
 import urllib.error
 import urllib.request
 import uuid
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.core import GaugeMetricFamily
@@ -203,6 +205,58 @@ def oversized() -> list[RawMessage]:
                   "args": "a" * size}) for size in (1536 << 10, 8 << 20)]
 
 
+#: characters str.isprintable refuses that are neither C0/C1 controls nor surrogates: a
+#: bidi override (text shown reversed), zero-width space and joiner, BOM, a tag
+#: character, the line separator
+INVISIBLE = "\u202e\u200b\u200d\ufeff\U000e0041\u2028"
+
+
+def invisible() -> list[RawMessage]:
+    out = []
+    for i, ch in enumerate(INVISIBLE):
+        tid = _uid()
+        out.append(_msg({"type": "task-sent", "uuid": tid, "name": f"inv{ch}{i}.task",
+                         "queue": f"q{ch}", "hostname": f"c{ch}@h"}))
+        out.append(_msg({"type": "task-succeeded", "uuid": tid, "hostname": f"w{ch}@h",
+                         "runtime": 0.1}))
+    return out
+
+
+def future_clock() -> list[RawMessage]:
+    """A task's events stamped a year ahead (a sender's clock, or a forged event)."""
+    ahead = time.time() + 365 * 86400
+    tid = _uid()
+    return [_msg({"type": etype, "uuid": tid, "name": "future.task", "queue": "celery",
+                  "hostname": "w@h", "timestamp": ahead, **extra})
+            for etype, extra in (("task-sent", {}), ("task-started", {}),
+                                 ("task-failed", {"exception": "ConnectionError()"}))]
+
+
+#: created if any consumer ever unpickles (or yaml-loads) what it is sent
+PWNED = Path(tempfile.gettempdir()) / f"fp-hostile-unpickled-{os.getpid()}"
+
+
+class _Unpickled:
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (PWNED,))
+
+
+def serializers() -> list[RawMessage]:
+    """Event bodies in serializers other than JSON: never decoded, above all never
+    unpickled (content types are the sender's to choose)."""
+    import pickle
+
+    event = _json({"type": "task-sent", "uuid": _uid(), "name": "other.serializer"})
+    return [
+        ("task.sent", pickle.dumps(_Unpickled()),
+         {}, ("application/x-python-serialize", "binary")),
+        ("task.sent", f"!!python/object/apply:os.system ['touch {PWNED}']".encode(),
+         {}, ("application/x-yaml", "utf-8")),
+        ("task.sent", b"\x81\xa4type\xa9task-sent", {}, ("application/x-msgpack", "binary")),
+        ("task.sent", event, {}, ("application/json", "rot13")),
+    ]
+
+
 def grouped() -> list[RawMessage]:
     events = [{"type": "task-sent", "uuid": _uid(), "name": "grouped.task", "queue": "celery",
                "timestamp": time.time(), "utcoffset": 0, "clock": i}
@@ -221,6 +275,9 @@ BATCHES: dict[str, tuple[Callable[[], list[RawMessage]], dict[str, int]]] = {
                                 "undecodable_body": 1}),
     "oversized": (oversized, {"oversized_message": 2}),
     "grouped": (grouped, {"too_many_events": 500}),
+    "invisible": (invisible, {"bad_text": 24}),
+    "future_clock": (future_clock, {"bad_field": 3}),
+    "serializers": (serializers, {"undecodable_body": 3}),
 }
 
 
@@ -237,6 +294,11 @@ def counters(exporter: RunningExporter) -> dict[str, float]:
     return out
 
 
+def shown_as_is(value: str) -> bool:
+    """Every character printable or a space: nothing hidden, reordered or line-breaking."""
+    return all(c.isprintable() or unicodedata.category(c) == "Zs" for c in value)
+
+
 def assert_serving(exporter: ExporterProcess, *, openmetrics: bool = True) -> dict:
     """Alive, /metrics 200 (in both formats) and parsed, /api/practices strict JSON, every
     label value at most MAX_LABEL_LENGTH characters. Returns the text families."""
@@ -248,7 +310,7 @@ def assert_serving(exporter: ExporterProcess, *, openmetrics: bool = True) -> di
         for sample in family.samples:
             for value in sample.labels.values():
                 assert len(value) <= MAX_LABEL_LENGTH, (sample.name, value[:80])
-                assert "\n" not in value and "\x00" not in value
+                assert shown_as_is(value), (sample.name, value[:80])
     if openmetrics:
         status, om = exporter.get("/metrics", OPENMETRICS)
         assert status == 200, om[:2000]
@@ -335,6 +397,11 @@ def test_hostile_batches_never_blind_the_exporter(
         if batch == "grouped":
             assert exporter.total("celery_task_events_total",
                                   task="grouped.task") == MAX_EVENTS_PER_MESSAGE
+        if batch == "invisible":
+            names = {s.labels["task"] for s in families["celery_task_events"].samples}
+            assert "inv\ufffd0.task" in names and "inv\ufffd5.task" in names
+        if batch == "serializers":
+            assert not PWNED.exists(), "a consumer unpickled or yaml-loaded an event"
         if batch == "surrogates":
             names = {s.labels["task"] for s in families["celery_task_events"].samples}
             assert "bad\ufffd.0" in names
@@ -384,6 +451,31 @@ def test_memory_bounded_under_huge_names_and_concurrent_scrapes() -> None:
     finally:
         exporter.stop()
         release_redis_dbs(broker)
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_one_message_over_the_pubsub_limit_is_a_counted_gap(private_redis: dict) -> None:
+    """A single PUBLISH bigger than Redis' ``client-output-buffer-limit pubsub`` hard limit
+    (32 MB by default; 1 MB here) makes Redis drop every subscriber of the channel, however
+    fast: no consumer can prevent it. The exporter must say so -- the gap counted, the
+    cause logged as such (not only as falling behind) -- reconnect, and go on counting."""
+    url = private_redis["url"]
+    client = redis.Redis.from_url(url)
+    client.config_set("client-output-buffer-limit", "pubsub 1048576 0 0")
+    exporter = ExporterProcess(url, CONFIG.format(consumer="auto"), log_level="info").start()
+    try:
+        until_counted(exporter, url, "normal.before")
+        client.publish("/0.celeryev/task.sent", b"x" * (2 << 20))
+        wait_for(lambda: exporter.total("flower_practices_event_stream_gaps_total") >= 1,
+                 timeout=30, message="the gap counted")
+        until_counted(exporter, url, "normal.after")
+        assert_serving(exporter)
+        log = exporter.output()
+        assert "client-output-buffer-limit pubsub (1048576 0 0)" in log, log
+        assert "one message larger than the limit" in log, log
+    finally:
+        exporter.stop()
 
 
 @pytest.mark.slow
@@ -460,6 +552,61 @@ def test_engine_counts_what_it_cleans_and_drops() -> None:
     assert status.labels_truncated == 1
 
 
+def test_invisible_characters_are_replaced_and_counted() -> None:
+    """Bidi overrides, zero-width characters, the BOM, tag characters and the line
+    separator pass ``str.isprintable``'s test no better than control characters: they
+    would reverse or hide a name in Grafana or the page. They become U+FFFD, counted;
+    spaces (no-break, ideographic) are text and stay."""
+    engine = Engine(Settings())
+    status = engine.stream_status
+    for i, ch in enumerate(INVISIBLE):
+        event = {"type": "task-sent", "uuid": f"inv{i}", "name": f"a{ch}b",
+                 "queue": f"q{ch}", "hostname": "c@h"}
+        engine.observe(event)
+        assert (event["name"], event["queue"]) == ("a\ufffdb", "q\ufffd"), repr(ch)
+    assert status.decode_errors["bad_text"] == 2 * len(INVISIBLE)
+    from flower_practices.events.sanitize import _SPACES
+
+    spaces = {c for c in map(chr, range(sys.maxunicode + 1))
+              if unicodedata.category(c) == "Zs" and c != " "}
+    assert spaces == _SPACES
+    event = {"type": "task-sent", "uuid": "nbsp", "name": "a\u00a0b\u3000c", "queue": "q"}
+    engine.observe(event)
+    assert event["name"] == "a\u00a0b\u3000c"
+    assert status.decode_errors["bad_text"] == 2 * len(INVISIBLE)
+
+
+def test_a_timestamp_from_the_future_holds_no_finding_open() -> None:
+    """An event stamped far ahead of its arrival (a sender's clock, or a forged event)
+    would keep every window it enters open until that time: a finding that never clears.
+    Past MAX_FUTURE_SECONDS (60) ahead it is stamped with its arrival, counted as
+    bad_field; a small skew is kept as is."""
+    engine = Engine(Settings())
+    status = engine.stream_status
+    now = time.time()
+    kept = []
+    for name, skew in (("year.ahead", 365 * 86400.0), ("int.ahead", 10**10),
+                       ("slightly.ahead", 30.0)):
+        ts = now + skew
+        for etype, extra in (("task-sent", {"name": name, "queue": "celery"}),
+                             ("task-started", {}),
+                             ("task-failed", {"exception": "ConnectionError()"})):
+            event = {"type": etype, "uuid": name, "hostname": "w@h", "timestamp": ts,
+                     "local_received": now, **extra}
+            engine.observe(event)
+            kept.append(event["timestamp"])
+    assert kept[:6] == [now] * 6 and kept[6:] == [now + 30.0] * 3
+    assert status.decode_errors["bad_field"] == 6
+    engine.evaluate(now + 1)
+    active = {f.task for f in engine.findings.active() if f.practice == "retryless_failure"}
+    assert active == {"year.ahead", "int.ahead", "slightly.ahead"}
+    # the rule's window (600 s) and the clearing delay (120 s) after the failures
+    for later in (now + 700, now + 900):
+        engine.evaluate(later)
+    assert [f.task for f in engine.findings.active() if f.practice == "retryless_failure"] \
+        == []
+
+
 def test_inflate_is_bounded() -> None:
     for compress, method in ((zlib.compress, "zlib"), (bz2.compress, "bzip2"),
                              (lzma.compress, "xz")):
@@ -516,6 +663,7 @@ def test_clean_text_always_yields_a_valid_bounded_label(value: str) -> None:
     cleaned.encode("utf-8")  # never a lone surrogate
     assert len(cleaned) <= MAX_LABEL_LENGTH and cut == (len(value) > MAX_LABEL_LENGTH)
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in cleaned)
+    assert shown_as_is(cleaned)  # no bidi control, zero-width or line separator either
     if not cut and not bad:
         assert cleaned == value  # valid text is never changed
     if len(value) <= MAX_LABEL_LENGTH and value.isprintable():

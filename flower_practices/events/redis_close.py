@@ -50,11 +50,13 @@ class CloseCause:
     """Explains a pub/sub connection that Redis closed while staying up.
 
     Redis closes a subscriber whose pending output passes ``client-output-buffer-limit
-    pubsub`` (the consumer fell behind). The signal: the server closed our socket (EOF),
-    the same server (``run_id``) answers right after, and either its
-    ``client_output_buffer_limit_disconnections`` counter (Redis >= 7.2) went up, or --
-    on older servers, which do not count them -- a pubsub limit is configured and no
-    client was evicted by ``maxmemory-clients``; a ``CLIENT KILL`` looks the same there,
+    pubsub`` (the consumer fell behind, or one message over the hard limit was
+    published: a single PUBLISH of 33 MB drops every subscriber under the defaults).
+    The signal: the server closed our socket (EOF), the same server (``run_id``)
+    answers right after, and either its ``client_output_buffer_limit_disconnections``
+    counter (Redis >= 7.2) went up, or -- on older servers, which do not count them --
+    a pubsub limit is configured and no client was evicted by ``maxmemory-clients``; a
+    ``CLIENT KILL`` looks the same there,
     so the log says "most likely". A restart (new ``run_id``) is not blamed on the limit.
     """
 
@@ -92,7 +94,9 @@ class CloseCause:
             cause = ("Redis closed the event subscription while staying up: most likely "
                      f"it exceeded client-output-buffer-limit pubsub ({limit}); this Redis "
                      "does not count such disconnections, and a CLIENT KILL looks the same")
-        log.warning("%s. The exporter fell behind the event rate and the events published "
+        log.warning("%s. Either the exporter fell behind the event rate, or one message "
+                    "larger than the limit was published on the event channel (then every "
+                    "subscriber, Flower included, was dropped); the events published "
                     "meanwhile are lost: raise the pubsub limit, or give the exporter more "
                     "CPU (see the event_stream_gaps runbook)", cause)
         return cause

@@ -7,9 +7,13 @@ event's kind (:data:`TASK_FIELDS`, :data:`WORKER_FIELDS`), and the Flower plugin
 on all of them (:data:`TEXT_FIELDS`, which Flower's own state and metrics read too) before
 Flower's state sees the event.
 
-- Text that cannot be encoded (lone UTF-16 surrogates such as the JSON ``"\\ud800"``) and
-  control characters (C0, DEL, C1) are replaced by U+FFFD, counted as the decode-error
-  kind ``bad_text`` (the event is kept).
+- Text that cannot be encoded (lone UTF-16 surrogates such as the JSON ``"\\ud800"``),
+  control characters (C0, DEL, C1) and every other character ``str.isprintable`` refuses
+  except spaces (Unicode ``Zs``: no-break space, ideographic space...) -- bidirectional
+  overrides and isolates, zero-width characters, the BOM, tag characters, line and
+  paragraph separators, private-use and unassigned code points -- are replaced by
+  U+FFFD, counted as the decode-error kind ``bad_text`` (the event is kept): a label or
+  a page cell shows what the bytes say, never text reordered or hidden by them.
 - A value longer than :data:`MAX_LABEL_LENGTH` characters is cut to that length, its last
   character being :data:`TRUNCATION_MARKER`, counted in ``StreamStatus.labels_truncated``
   (``flower_practices_label_overflow_total{label="length"}``).
@@ -58,9 +62,28 @@ def clean_text(value: str, cap: int = MAX_LABEL_LENGTH) -> tuple[str, bool, bool
     if truncated:
         value = value[:cap - 1]
     value, bad = _BAD_CHARS.subn(REPLACEMENT, value)
+    if not value.isprintable():  # format characters, separators...: rare, per character
+        value, invisible = _replace_invisible(value)
+        bad += invisible
     if truncated:
         value += TRUNCATION_MARKER
     return value, truncated, bad > 0
+
+
+#: the space separators (Unicode ``Zs``) other than U+0020, which ``str.isprintable``
+#: refuses but are text: kept
+_SPACES = frozenset("\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+                    "\u2008\u2009\u200a\u202f\u205f\u3000")
+
+
+def _replace_invisible(value: str) -> tuple[str, bool]:
+    """``value`` (at most a label's length, C0/C1 and surrogates already replaced) with
+    each character that is neither printable nor a space replaced, and whether any was:
+    bidi controls (U+202A-202E, U+2066-2069), zero-width characters (U+200B-200D,
+    U+2060), the BOM, tag characters, U+2028/U+2029, private-use, unassigned."""
+    cleaned = "".join([ch if ch.isprintable() or ch in _SPACES else REPLACEMENT
+                       for ch in value])
+    return cleaned, cleaned != value
 
 
 def clean_event(event: dict, status: StreamStatus, _fields: tuple = TEXT_FIELDS,

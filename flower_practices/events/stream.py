@@ -25,7 +25,13 @@ from celery.events.receiver import EventReceiver
 from kombu.message import Message as KombuMessage
 from kombu.transport.virtual import Channel as VirtualChannel
 
-from .limits import MAX_EVENTS_PER_MESSAGE, MAX_MESSAGE_BYTES, MessageRefused, inflate
+from .limits import (
+    MAX_ENVELOPE_BYTES,
+    MAX_EVENTS_PER_MESSAGE,
+    MAX_MESSAGE_BYTES,
+    MessageRefused,
+    inflate,
+)
 from .reconnect import ReconnectingStream
 from .status import StreamStatus
 
@@ -120,15 +126,71 @@ def _guarded_message_class(base: type) -> type:
     return GuardedMessage
 
 
+def _guard_redis_envelopes(channel: Any,
+                           on_decode_error: Callable[[Any, Exception], None]) -> None:
+    """Replace kombu's Redis ``Channel._receive_one`` (one pub/sub push: the JSON envelope
+    parsed, then delivered) on ``channel`` by the same steps, except that an envelope
+    that cannot be parsed is counted (``on_decode_error``) and dropped, whatever the
+    error. kombu catches only TypeError and ValueError there, and logs each with up to
+    4 KiB of the raw payload and a traceback: a deeply nested envelope (RecursionError)
+    tore the connection down (a blind reconnect per message), and a flood of non-JSON
+    ones flooded the log with payloads. The envelope is capped as on the direct path
+    (:data:`~.limits.MAX_ENVELOPE_BYTES`). Left alone if kombu's channel lacks the
+    methods this relies on."""
+    try:
+        from queue import Empty
+
+        from kombu.transport.redis import Channel as RedisChannel
+        from kombu.utils.encoding import bytes_to_str
+        from kombu.utils.json import loads
+    except ImportError:  # pragma: no cover - redis is a dependency
+        return
+    if not isinstance(channel, RedisChannel) or not all(
+            hasattr(channel, name) for name in
+            ("_receive_one", "_handle_message", "_deliver_fanout_message")):
+        return
+    connection_errors = channel.connection_errors
+
+    def receive_one(c: Any) -> Any:
+        try:
+            response = c.parse_response()
+        except connection_errors:
+            channel._in_listen = None
+            raise
+        if isinstance(response, (list, tuple)):
+            payload = channel._handle_message(c, response)
+            if bytes_to_str(payload["type"]).endswith("message"):
+                name = bytes_to_str(payload["channel"])
+                data = payload["data"]
+                if data:
+                    if name[0] == "/":
+                        _, _, name = name.partition(".")
+                    try:
+                        if len(data) > MAX_ENVELOPE_BYTES:
+                            raise MessageRefused("oversized_message", "envelope over the cap")
+                        message = loads(bytes_to_str(data))
+                        if not isinstance(message, dict):
+                            raise ValueError("the envelope is not a JSON object")
+                    except Exception as exc:
+                        on_decode_error(None, exc)
+                        raise Empty() from None
+                    return channel._deliver_fanout_message(message, name.split("/", 1)[0])
+        return None
+
+    channel._receive_one = receive_one
+
+
 def guard_consumers(channel: Any, consumers: list,
                     on_decode_error: Callable[[Any, Exception], None]) -> None:
     """Make an event receiver's ``consumers`` on ``channel`` count, not raise, what they
-    cannot decode, and enforce :mod:`.limits` on each message's body."""
+    cannot decode, and enforce :mod:`.limits` on each message's body (and on Redis, on
+    the pub/sub envelope around it)."""
     if isinstance(channel, VirtualChannel) or hasattr(channel, "message_to_python"):
         # Redis & co. build the Message (base64 body, properties) before any consumer
         # callback; a malformed envelope would raise out of drain_events there too.
         # Both virtual and AMQP messages inflate a compressed body there, unbounded.
         channel.Message = _guarded_message_class(channel.Message)
+    _guard_redis_envelopes(channel, on_decode_error)
     for consumer in consumers:
         # Without this a body that fails to decode (bad JSON/base64, a content type
         # not accepted) raises out of drain_events and tears the connection down.

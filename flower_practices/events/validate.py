@@ -3,8 +3,11 @@
 :func:`validate` rejects what cannot be an event (not a mapping, no or an unknown type, a
 task event without a usable uuid), counting each in the stream status, and repairs what
 can be kept: label values and keys are sanitised (:mod:`~flower_practices.events.sanitize`)
-and the timestamps made finite Unix times. O(1) per event, no allocation beyond what
-sanitising needs.
+and the timestamps made finite Unix times. A timestamp more than
+:data:`MAX_FUTURE_SECONDS` after the event's arrival (``local_received``, which every
+consumer sets) is a sender's clock that runs ahead, or a forged event: it becomes the
+arrival time (counted as ``bad_field``), so that no window, tally or finding is held
+open into the future by it. O(1) per event, no allocation beyond what sanitising needs.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from .types import TASK_EVENTS
 
 #: Unix times from here on are not believed (year 5138)
 _MAX_TIME = 1e11
+#: seconds an event's timestamp may be ahead of its arrival (Celery warns of clock drift
+#: past 16 s); one further ahead is replaced by the arrival time
+MAX_FUTURE_SECONDS = 60.0
 
 
 def validate(event: Any, status: StreamStatus, known: Container[str],
@@ -70,10 +76,12 @@ def validate(event: Any, status: StreamStatus, known: Container[str],
     received = get("local_received")
     if type(received) is float and 0.0 < received < _MAX_TIME:
         now = received
-    else:
+        latest = received + MAX_FUTURE_SECONDS
+    else:  # no arrival time (an event fed directly, not by a consumer): no skew check
         now = _fix_received(event, received, status)
-    if type(ts) is not float or not 0.0 < ts < _MAX_TIME:
-        _fix_timestamp(event, ts, now, status)
+        latest = _MAX_TIME
+    if type(ts) is not float or not 0.0 < ts < latest:
+        _fix_timestamp(event, ts, now, latest, status)
     status.last_event_at = now
     return etype
 
@@ -129,9 +137,12 @@ def _fix_received(event: dict, received: Any, status: StreamStatus) -> float:
     return now
 
 
-def _fix_timestamp(event: dict, ts: Any, now: float, status: StreamStatus) -> None:
-    """A Unix time, finite, before year 5138: else ``now`` (counted unless just missing)."""
-    if type(ts) is int and 0 < ts < _MAX_TIME:
+def _fix_timestamp(event: dict, ts: Any, now: float, latest: float,
+                   status: StreamStatus) -> None:
+    """A Unix time, finite, before ``latest`` (the arrival plus
+    :data:`MAX_FUTURE_SECONDS`, else year 5138): else ``now`` (counted unless just
+    missing)."""
+    if type(ts) is int and 0 < ts < latest:
         event["timestamp"] = float(ts)
     else:
         event["timestamp"] = now

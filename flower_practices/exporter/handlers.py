@@ -1,7 +1,10 @@
 """HTTP handlers of the standalone exporter: ``/metrics``, ``/api/practices``, ``/healthz``.
 
 ``/metrics`` is served from a :class:`~.cache.RenderCache` (one rendering per format per
-``metrics_cache_seconds``, rendered off the event loop). With a web configuration file that
+``metrics_cache_seconds``, rendered off the event loop), and so is ``/api/practices``
+(one document per ``metrics_cache_seconds``, built off the event loop and shared by the
+requests that arrive meanwhile): a flood of requests costs one build per interval, not
+one per request on the event loop and under the engine's lock. With a web configuration file that
 lists ``basic_auth_users`` every endpoint requires basic auth except ``/healthz``, which
 stays open for load balancers and liveness probes (it tells only whether the event stream
 is connected, and why not).
@@ -16,22 +19,20 @@ from collections.abc import Callable
 
 import tornado.web
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import (
-    CONTENT_TYPE_PLAIN_0_0_4,
-    choose_encoder,
-    generate_latest,
-)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from ..api import health_document, practices_document
 from ..engine import Engine
 from ..events.sanitize import json_bytes
-from ..metrics import render_metrics
+from ..metrics import choose_format, render_metrics
 from .cache import RenderCache
 from .webconfig import BasicAuth
 
 #: distinct negotiated formats (content type + version + escaping) rendered and cached;
 #: clients asking for yet another one get the plain text format
 MAX_FORMATS = 8
+#: the /api/practices cache's one key
+API_KEY = "api/practices"
 #: zlib level for gzip responses: 6 (zlib's default) is ~2x faster than 9 for 1-2 % more bytes
 GZIP_LEVEL = 6
 
@@ -74,7 +75,7 @@ class MetricsHandler(_EngineHandler):
         self.formats = formats
 
     async def get(self) -> None:
-        encoder, content_type = choose_encoder(self.request.headers.get("Accept", ""))
+        encoder, content_type = choose_format(self.request.headers.get("Accept", ""))
         if content_type not in self.formats:
             if len(self.formats) >= MAX_FORMATS:
                 content_type = CONTENT_TYPE_PLAIN_0_0_4
@@ -94,9 +95,16 @@ class MetricsHandler(_EngineHandler):
 
 
 class PracticesApiHandler(_EngineHandler):
-    def get(self) -> None:
+    def initialize(self, engine: Engine, auth: BasicAuth | None = None,  # type: ignore[override]
+                   cache: RenderCache | None = None) -> None:
+        super().initialize(engine, auth)
+        assert cache is not None
+        self.cache = cache
+
+    async def get(self) -> None:
+        body = await self.cache.get(API_KEY)
         self.set_header("Content-Type", "application/json")
-        self.write(json_bytes(practices_document(self.engine)))
+        self.write(body)
 
 
 class HealthHandler(_EngineHandler):
@@ -169,15 +177,19 @@ def render_body(registry: CollectorRegistry, content_type: str, gzipped: bool = 
 
 def make_application(engine: Engine, registry: CollectorRegistry, *,
                      auth: BasicAuth | None = None) -> tornado.web.Application:
-    """The exporter's application; its render cache is ``application.metrics_cache``."""
+    """The exporter's application; its render caches are ``application.metrics_cache``
+    and ``application.api_cache``."""
     cache, formats = metrics_cache(registry, engine.settings.metrics_cache_seconds,
                                    engine.metrics.render_errors)
+    api_cache = RenderCache(lambda _: json_bytes(practices_document(engine)),
+                            engine.settings.metrics_cache_seconds)
     kwargs = {"engine": engine, "auth": auth}
     application = tornado.web.Application([
         (r"/", IndexHandler, kwargs),
         (r"/metrics", MetricsHandler, {**kwargs, "cache": cache, "formats": formats}),
-        (r"/api/practices", PracticesApiHandler, kwargs),
+        (r"/api/practices", PracticesApiHandler, {**kwargs, "cache": api_cache}),
         (r"/healthz", HealthHandler, kwargs),
     ])
     application.metrics_cache = cache  # type: ignore[attr-defined]
+    application.api_cache = api_cache  # type: ignore[attr-defined]
     return application

@@ -256,5 +256,6 @@ async def serve(app: Celery, settings: Settings, *, app_loaded: bool, host: str,
         if engine.store is not None:
             engine.store.close()
         application.metrics_cache.close()
+        application.api_cache.close()
         if auth is not None:
             auth.close()

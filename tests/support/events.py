@@ -17,12 +17,14 @@ def envelope(event: dict) -> bytes:
                         {"hostname": event.get("hostname", "")})
 
 
-def raw_envelope(body: bytes, routing_key: str, headers: dict | None = None) -> bytes:
+def raw_envelope(body: bytes, routing_key: str, headers: dict | None = None,
+                 content_type: str = "application/json",
+                 content_encoding: str = "utf-8") -> bytes:
     """kombu's Redis envelope around any message ``body`` (bytes as sent: JSON text,
     compressed bytes...), with ``headers`` (e.g. ``{"compression": "zlib"}``)."""
     return json.dumps({
         "body": base64.b64encode(body).decode(),
-        "content-encoding": "utf-8", "content-type": "application/json",
+        "content-encoding": content_encoding, "content-type": content_type,
         "headers": headers or {},
         "properties": {"delivery_mode": 1, "priority": 0, "body_encoding": "base64",
                        "delivery_info": {"exchange": "celeryev", "routing_key": routing_key},
@@ -30,8 +32,9 @@ def raw_envelope(body: bytes, routing_key: str, headers: dict | None = None) -> 
     }).encode()
 
 
-#: one raw message: (routing key, body bytes, headers)
-RawMessage = tuple[str, bytes, dict]
+#: one raw message: (routing key, body bytes, headers), optionally followed by its
+#: (content type, content encoding) -- JSON in UTF-8 when not given
+RawMessage = tuple[str, bytes, dict] | tuple[str, bytes, dict, tuple[str, str]]
 
 
 def publish_raw(url: str, messages: Iterable[RawMessage]) -> int:
@@ -42,9 +45,9 @@ def publish_raw(url: str, messages: Iterable[RawMessage]) -> int:
         client = redis.Redis.from_url(url)
         db = client.connection_pool.connection_kwargs.get("db", 0)
         n = 0
-        for routing_key, body, headers in messages:
+        for routing_key, body, headers, *content in messages:
             client.publish(f"/{db}.celeryev/{routing_key}",
-                           raw_envelope(body, routing_key, headers))
+                           raw_envelope(body, routing_key, headers, *(content or [()])[0]))
             n += 1
         return n
     from celery.events.event import get_exchange
@@ -53,9 +56,10 @@ def publish_raw(url: str, messages: Iterable[RawMessage]) -> int:
     with Connection(url) as conn:
         producer = conn.Producer(exchange=get_exchange(conn))
         n = 0
-        for routing_key, body, headers in messages:
-            producer.publish(body, routing_key=routing_key, content_type="application/json",
-                             content_encoding="utf-8", headers=dict(headers),
+        for routing_key, body, headers, *content in messages:
+            ctype, cenc = content[0] if content else ("application/json", "utf-8")
+            producer.publish(body, routing_key=routing_key, content_type=ctype,
+                             content_encoding=cenc, headers=dict(headers),
                              delivery_mode=1)
             n += 1
         return n
