@@ -106,7 +106,7 @@ class HealthProcess:
 
     def _heartbeat(self) -> None:
         self.board.publish(self.status, heartbeat=True)
-        self.board.set_main_connections(len(self.main_server._connections))
+        self.board.set_main_connections(self.main_server.busy_connections())
         assert self._loop is not None
         self._heartbeat_handle = self._loop.call_later(HEARTBEAT_SECONDS, self._heartbeat)
 

@@ -21,11 +21,13 @@ reads up to the end of the first request line, then:
   batches), and the main process serves the connection as if it had read them itself.
 
 Limits as in the main process: ``max_connections`` counts the connections open here and
-there (both counts on the board; past it ``/healthz`` gets the same immediate 503), at
-most ``max_connections`` being routed, headers within ``max_header_size`` bytes and the
-timeout. It exits when the link reaches EOF (the main process closed it or died), and is
-killed with its parent (``PR_SET_PDEATHSIG``); SIGINT and SIGHUP are ignored (the main
-process handles them and closes the link).
+the main process's busy ones (both counts on the board), at most ``max_connections``
+being routed, headers within ``max_header_size`` bytes and the timeout. At a cap, the
+connection that has waited longest for a request (an idle keep-alive, or a request that
+never finishes: a slow-loris client) is closed to make room; only when none waits does a
+new ``/healthz`` get the immediate 503. It exits when the link reaches EOF (the main
+process closed it or died), and is killed with its parent (``PR_SET_PDEATHSIG``); SIGINT
+and SIGHUP are ignored (the main process handles them and closes the link).
 """
 
 from __future__ import annotations
@@ -82,6 +84,12 @@ class HealthServer:
         self.routing = 0
         #: connections kept here (asking for /healthz)
         self.serving = 0
+        #: connections waiting for request bytes (first line being routed; kept here
+        #: between or inside /healthz requests) -> their task, oldest first: at a cap the
+        #: oldest is closed to make room (a client that never finishes a request cannot
+        #: lock the others out)
+        self.waiting_route: dict[socket.socket, asyncio.Task] = {}
+        self.waiting_serve: dict[socket.socket, asyncio.Task] = {}
         self.refusing = 0
         self.pending: list[tuple[socket.socket, tuple, bytes]] = []
         self._flush_scheduled = False
@@ -135,9 +143,6 @@ class HealthServer:
                     self._loop.call_later(ACCEPT_RETRY_SECONDS, self._resume, sock)
                     return
                 continue  # ECONNABORTED...
-            if self.routing >= self.max_connections:
-                conn.close()
-                continue
             conn.setblocking(False)
             try:
                 head = conn.recv(CHUNK, socket.MSG_DONTWAIT)
@@ -156,22 +161,27 @@ class HealthServer:
                     continue
                 asyncio.ensure_future(self._health(conn, address, head))
             else:
-                asyncio.ensure_future(self._route(conn, address, head))
+                if self.routing >= self.max_connections:
+                    _evict_oldest(self.waiting_route)
+                self.routing += 1
+                task = asyncio.ensure_future(self._route(conn, address, head))
+                self.waiting_route[conn] = task
 
     def _resume(self, sock: socket.socket) -> None:
         if self._loop is not None and not self.stopped.done():  # type: ignore[union-attr]
             self._loop.add_reader(sock.fileno(), self._accept, sock)
 
     async def _route(self, conn: socket.socket, address: tuple, head: bytes) -> None:
-        """Read the rest of the first request line, then serve or hand over."""
-        self.routing += 1
+        """Read the rest of the first request line, then serve or hand over (counted in
+        ``routing`` by the caller)."""
         try:
             head = await self._read_line(conn, head, self._deadline())
-        except (TimeoutError, EOFError, OSError):
+        except (TimeoutError, EOFError, OSError, asyncio.CancelledError):  # or evicted
             conn.close()
             return
         finally:
             self.routing -= 1
+            self.waiting_route.pop(conn, None)
         if not is_health_request(head):
             self._hand_over(conn, address, head)
             return
@@ -198,18 +208,20 @@ class HealthServer:
 
     # -- serving /healthz --------------------------------------------------------------
     async def _health(self, conn: socket.socket, address: tuple, head: bytes) -> None:
-        if self.serving + self.board.main_connections() >= self.max_connections:
+        if self.serving + self.board.main_connections() >= self.max_connections \
+                and not _evict_oldest(self.waiting_serve):
             await self._refuse(conn)
             return
         self.serving += 1
-        self.board.set_health_connections(self.serving)
+        self._publish_busy()
         try:
             rest = await self._serve(conn, head)
-        except (TimeoutError, EOFError, OSError):
+        except (TimeoutError, EOFError, OSError, asyncio.CancelledError):  # or evicted
             rest = None
         finally:
             self.serving -= 1
-            self.board.set_health_connections(self.serving)
+            self.waiting_serve.pop(conn, None)
+            self._publish_busy()
         if rest is None:
             conn.close()
         else:
@@ -221,8 +233,13 @@ class HealthServer:
         assert self._loop is not None
         conn.setblocking(False)
         first = True
+        task = asyncio.current_task()
         while True:
             deadline = self._deadline()
+            if task is not None:  # waiting for the request: may be closed for room
+                self.waiting_serve.pop(conn, None)
+                self.waiting_serve[conn] = task
+                self._publish_busy()
             if not first:
                 data = await self._read_line(conn, data, deadline)
                 if not is_health_request(data):
@@ -232,6 +249,8 @@ class HealthServer:
             while match is None and len(data) < self.max_header_size:
                 data += await self._recv(conn, deadline)
                 match = _HEADERS_END.search(data)
+            self.waiting_serve.pop(conn, None)  # a whole request: answering it
+            self._publish_busy()
             if match is None:
                 return data  # over the header limit: the main process answers it
             keep_alive = _plain_health_get(data[:match.start()])
@@ -250,6 +269,11 @@ class HealthServer:
                 conn.close()
                 return None
             data = data[match.end():]
+
+    def _publish_busy(self) -> None:
+        """The connections here that are not waiting for a request (the main process's
+        cap counts them: one waiting here would be closed to make room)."""
+        self.board.set_health_connections(self.serving - len(self.waiting_serve))
 
     async def _refuse(self, conn: socket.socket) -> None:
         if self.refusing >= MAX_REFUSING:
@@ -316,6 +340,16 @@ class HealthServer:
             del self.pending[:len(batch)]
             for conn, _, _ in batch:
                 conn.close()  # the main process has its own descriptor now
+
+
+def _evict_oldest(waiting: dict[socket.socket, asyncio.Task]) -> bool:
+    """Close the connection that has waited longest for its request (its task is
+    cancelled, which closes it and frees its slot); False when none waits."""
+    for conn, task in waiting.items():
+        del waiting[conn]
+        task.cancel()
+        return True
+    return False
 
 
 def log_error(message: str) -> None:

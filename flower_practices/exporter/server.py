@@ -7,9 +7,12 @@ HTTP limits (every endpoint is GET-only):
   the body is read, so a 30 MB POST costs nothing;
 - headers: at most :data:`MAX_HEADER_SIZE` bytes, and they must arrive within
   ``http_idle_timeout_seconds``, which is also how long an idle keep-alive connection is kept;
-- connections: at most ``max_connections`` open at once; one more is answered an immediate
-  ``503`` with ``Retry-After: 1`` and closed. Connections not yet accepted wait in the listen
-  backlog (:data:`LISTEN_BACKLOG`, capped by the kernel's ``net.core.somaxconn``).
+- connections: at most ``max_connections`` open at once; at the cap the connection that
+  has waited longest for a request (an idle keep-alive, or a request that never finishes:
+  a slow-loris client) is closed to make room, and only when none waits is one more
+  answered an immediate ``503`` with ``Retry-After: 1`` and closed. Connections not yet
+  accepted wait in the listen backlog (:data:`LISTEN_BACKLOG`, capped by the kernel's
+  ``net.core.somaxconn``).
 
 ``/healthz`` is served by a process of its own (:mod:`.health_process`, which also accepts
 every connection and hands all but ``/healthz`` to this one), so ``/metrics`` load cannot
@@ -28,6 +31,7 @@ import resource
 import signal
 import socket
 import sys
+from typing import Any
 
 from celery import Celery
 from prometheus_client import CollectorRegistry
@@ -35,6 +39,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from tornado.httpserver import HTTPServer
+from tornado.httputil import HTTPMessageDelegate
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.netutil import bind_sockets
 
@@ -97,23 +102,59 @@ class BoundedHTTPServer(HTTPServer):
         #: connections refused with 503 since start
         self.refused = 0
         self._refusing = 0
-        #: shared with the /healthz process (None: no such process): its connections
-        #: count against the cap too, and this server's count is published there
+        #: shared with the /healthz process (None: no such process): its busy
+        #: connections count against the cap too, and this server's are published there
         self.board: StatusBoard | None = None
+        #: connections waiting for a request (idle keep-alive, or a request whose
+        #: headers or body are still arriving), oldest first: at the cap the oldest is
+        #: closed to make room, so clients that never finish a request (slow loris)
+        #: cannot lock the others out
+        self.waiting: dict[Any, None] = {}
 
     def _refused(self, _: object) -> None:
         self._refusing -= 1
 
+    def busy_connections(self) -> int:
+        """Open connections that are not waiting for a request (what the /healthz
+        process counts against the cap: a waiting one would be closed for room)."""
+        return len(self._connections) - len(self.waiting)
+
+    def start_request(self, server_conn: Any, request_conn: Any) -> Any:
+        # tornado asks for a delegate before it reads each request
+        self.waiting.pop(server_conn, None)
+        self.waiting[server_conn] = None
+        self._publish()
+        return _RequestRead(super().start_request(server_conn, request_conn), self,
+                            server_conn)
+
+    def request_read(self, server_conn: Any) -> None:
+        self.waiting.pop(server_conn, None)
+        self._publish()
+
+    def _publish(self) -> None:
+        if self.board is not None:
+            self.board.set_main_connections(self.busy_connections())
+
     def on_close(self, server_conn: object) -> None:
         super().on_close(server_conn)
-        if self.board is not None:
-            self.board.set_main_connections(len(self._connections))
+        self.waiting.pop(server_conn, None)
+        self._publish()
+
+    def _evict(self) -> bool:
+        """Close the connection (of this server or a peer) that has waited longest for a
+        request; False when none waits."""
+        for peer in self.peers:
+            for conn in peer.waiting:
+                del peer.waiting[conn]
+                conn.stream.close()
+                return True
+        return False
 
     def handle_stream(self, stream: IOStream, address: tuple) -> None:
         open_ = sum(len(peer._connections) for peer in self.peers)
         if self.board is not None:
             open_ += self.board.health_connections()
-        if open_ >= self.max_connections:
+        if open_ >= self.max_connections and not self._evict():
             self.refused += 1
             if self._refusing >= MAX_REFUSING:  # a flood: no polite answer, close at once
                 stream.close()
@@ -124,8 +165,33 @@ class BoundedHTTPServer(HTTPServer):
         with contextlib.suppress(OSError):  # bounded sends (see SEND_BUFFER)
             stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         super().handle_stream(stream, address)
-        if self.board is not None:
-            self.board.set_main_connections(len(self._connections))
+        self._publish()
+
+
+class _RequestRead(HTTPMessageDelegate):
+    """Passes a request through to tornado's delegate, telling the server when the whole
+    request has arrived (headers and body: the connection no longer waits for it)."""
+
+    __slots__ = ("delegate", "server", "conn")
+
+    def __init__(self, delegate: HTTPMessageDelegate, server: BoundedHTTPServer,
+                 conn: Any) -> None:
+        self.delegate = delegate
+        self.server = server
+        self.conn = conn
+
+    def headers_received(self, start_line: Any, headers: Any) -> Any:
+        return self.delegate.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Any:
+        return self.delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        self.server.request_read(self.conn)
+        self.delegate.finish()
+
+    def on_connection_close(self) -> None:
+        self.delegate.on_connection_close()
 
 
 async def _refuse(stream: IOStream) -> None:
