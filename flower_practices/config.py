@@ -77,7 +77,8 @@ class Settings:
     #: requests share one rendering (0: render for every request that does not find one
     #: in flight)
     metrics_cache_seconds: float = 1.0
-    #: standalone exporter: open HTTP connections served at once; more get an immediate 503
+    #: standalone exporter: open HTTP connections served at once; at the cap the one that
+    #: has waited longest for a request is closed for room, else a new one gets a 503
     max_connections: int = 2048
     #: standalone exporter: a connection is closed when a request's headers take longer
     #: than this, or when it stays idle between requests this long
