@@ -1,6 +1,12 @@
 """retry_storm: a task retries too often over a window, or retries with ~zero delay.
 
-Hooks: task-retried counts a retry (per queue and task, in a sliding window). Each retry's
+Hooks: task-retried counts a retry (per queue and task, in a sliding window); task-started
+counts a run (every execution, first attempts and retries alike, per queue and task, in
+the same window). A count storm needs both more than ``max_retries_per_window`` retries
+*and* retries making more than ``max_retry_share`` of the task's own runs in the window:
+a busy task whose occasional transient failures retry (with back-off) retries many times
+in absolute terms but a small share of its runs, and is not a storm; a task whose runs
+are mostly retries is. Each retry's
 delay is measured on the worker's own clock, from the retry message's ``eta`` minus the
 moment it was published: the retry's ``task-sent`` event (sent events on) is that
 moment; without it, the ``task-retried`` event (or the retry's ``task-received``, when
@@ -30,7 +36,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..bounded import LRUDict, WindowCounter
-from ..events.types import TASK_RECEIVED, TASK_RETRIED, TASK_SENT
+from ..events.types import TASK_RECEIVED, TASK_RETRIED, TASK_SENT, TASK_STARTED
 from ..findings import Condition
 from .base import Rule
 
@@ -38,6 +44,8 @@ if TYPE_CHECKING:
     from ..appinfo import AppInfo
 
 _MAX_KEYS = 2000
+#: (queue, task) pairs whose runs are counted; idle ones are forgotten each window
+_MAX_RUN_KEYS = 10_000
 #: seconds a received retry waits for its own task-sent before task-retried stands in
 _SENT_WAIT = 2.0
 
@@ -110,8 +118,13 @@ class RetryStorm(Rule):
 
         #: sliding window the counts below are taken over
         window_seconds: float = 300.0
-        #: more retries than this per task and queue within the window is a storm
+        #: a count storm needs more retries than this per task and queue within the
+        #: window (an absolute floor) ...
         max_retries_per_window: int = 100
+        #: ... and retries making more than this share of the task's runs (task-started,
+        #: retries included) in the window: a busy task retrying a few per cent of its
+        #: runs with back-off is not a storm
+        max_retry_share: float = 0.5
         #: a retry scheduled (eta) sooner than this after task-retried has no back-off
         zero_delay_seconds: float = 0.5
         #: zero-delay retries within the window needed for a finding
@@ -135,6 +148,10 @@ class RetryStorm(Rule):
         #: retries received whose task-sent may still come: (task id, retry number) ->
         #: (arrived, eta, queue, task, task-retried time, event time)
         self.provisional: LRUDict[tuple[str, int], tuple] = LRUDict(20_000)
+        #: (queue, task) -> task-started events (runs) in the window, for every task: a
+        #: task's runs before its first retry count too
+        self.runs: dict[tuple[str, str], WindowCounter] = {}
+        self._runs_pruned = 0.0
 
     @classmethod
     def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
@@ -167,7 +184,27 @@ class RetryStorm(Rule):
 
     def hooks(self):
         return {TASK_RETRIED: self._on_retried, TASK_RECEIVED: self._on_received,
-                TASK_SENT: self._on_sent}
+                TASK_SENT: self._on_sent, TASK_STARTED: self._on_started}
+
+    def _on_started(self, event: dict, rec: Any) -> None:
+        """A run of the task (first attempt or retry) in its queue: O(1)."""
+        if rec is None:
+            return
+        key = (rec.queue, rec.name)
+        counter = self.runs.get(key)
+        if counter is None:
+            if len(self.runs) >= _MAX_RUN_KEYS:
+                return
+            counter = self.runs[key] = WindowCounter(self.window)
+        counter.add(event["timestamp"])
+
+    def _prune_runs(self, now: float) -> None:
+        """Forget the run counters idle for a whole window (once per window/12)."""
+        if now - self._runs_pruned < self.window / 12:
+            return
+        self._runs_pruned = now
+        for key in [k for k, c in self.runs.items() if c.idle(now)]:
+            del self.runs[key]
 
     def _stats(self, queue: str, task: str) -> _Stats | None:
         key = (queue, task)
@@ -281,7 +318,9 @@ class RetryStorm(Rule):
 
     def evaluate(self, now: float) -> Iterable[Condition]:
         self._settle(now)
+        self._prune_runs(now)
         limit = self.opts.max_retries_per_window
+        max_share = self.opts.max_retry_share
         min_zero = self.opts.min_zero_delay_retries
         app = self.ctx.app
         for key in [k for k, s in self.stats.items() if now - s.last_seen > self.window]:
@@ -292,9 +331,16 @@ class RetryStorm(Rule):
             delayed = st.delayed.total(now)
             measured = zero + delayed
             expected = st.expected_zero_milli.total(now) / 1000.0
+            counter = self.runs.get((queue, task))
+            # every retry is a run: a run missed (event lost, started before the window)
+            # must not make the share exceed 1; untracked runs (key cap): no count storm
+            runs = max(counter.total(now), retries) if counter is not None else None
+            share = retries / runs if runs else None
             reasons = []
-            if retries > limit:
-                reasons.append(f"{retries} retries in {self.window:g}s (limit {limit})")
+            if retries > limit and share is not None and share > max_share:
+                reasons.append(f"{retries} retries in {self.window:g}s (limit {limit}), "
+                               f"{share:.0%} of the task's {runs} runs (limit "
+                               f"{max_share:.0%})")
             if zero >= min_zero and self._storm_share(st, now):
                 reasons.append(f"{zero} of {measured} retries with < {self.zero:g}s delay "
                                "(no back-off)")
@@ -303,6 +349,9 @@ class RetryStorm(Rule):
                 continue
             evidence: dict[str, Any] = {
                 "retries_in_window": retries, "window_seconds": self.window,
+                "runs_in_window": runs,
+                "retry_share": round(share, 3) if share is not None else None,
+                "max_retry_share": max_share,
                 "zero_delay_retries": zero, "delayed_retries": delayed,
                 "zero_delay_share": round(zero / measured, 3) if measured else None,
                 "min_zero_delay_share": self.opts.min_zero_delay_share,
