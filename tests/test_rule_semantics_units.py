@@ -229,20 +229,33 @@ def test_a_busy_task_retrying_a_few_per_cent_with_backoff_is_no_storm() -> None:
 
 
 def test_a_task_whose_runs_are_mostly_retries_is_a_storm() -> None:
-    """Every run retries 9 times with a fixed 1 s countdown (no back-off, not zero
-    delay): 90 % of the runs are retries: a storm, over the absolute floor."""
+    """Every message retries 9 times with a fixed 1 s countdown (no back-off, not zero
+    delay): 90 % of the attempts are retries: a storm, over the absolute floor."""
     engine = retry_engine()
     t = busy_task_stream(engine, runs=20, retry_every=1, seconds=200.0, t=T0, delay=1.0,
                          retries_each=9, task="proj.storm")
     engine.evaluate(t + 1)
     (f,) = engine.findings.active()
     ev = f.evidence
-    assert ev["retries_in_window"] == 180 and ev["runs_in_window"] == 200
-    assert ev["retry_share"] == 0.9 and ev["max_retry_share"] == 0.5
+    assert ev["retries_in_window"] == 180 and ev["first_attempts_in_window"] == 20
+    assert ev["retry_share"] == 0.9 and ev["max_retry_share"] == 0.75
     assert ev["zero_delay_retries"] == 0
-    assert "90% of the task's 200 runs" in f.summary
+    assert "for 20 first attempts: 90% of the attempts are retries" in f.summary
     assert f.count == 180 == engine.metrics.violations_total[("retry_storm", "q",
                                                               "proj.storm")]
+
+
+def test_a_burst_of_tasks_each_retrying_twice_with_backoff_is_no_storm() -> None:
+    """150 messages in a minute, each retried twice with back-off (a dependency blip):
+    300 retries over the floor, 2 per first attempt (67 % of the attempts): no storm,
+    also at the moment the retries are scheduled and their runs not started yet."""
+    engine = retry_engine()
+    t = busy_task_stream(engine, runs=150, retry_every=1, seconds=60.0, t=T0,
+                         delay=2.0, retries_each=2)
+    engine.evaluate(t)
+    engine.evaluate(t + 1)
+    assert engine.findings.active() == []
+    assert engine.metrics.violations_total == {}
 
 
 def test_the_retry_share_and_floor_are_both_configurable() -> None:
@@ -253,6 +266,7 @@ def test_the_retry_share_and_floor_are_both_configurable() -> None:
     engine.evaluate(t + 1)
     (f,) = engine.findings.active()
     assert f.evidence["retry_share"] == round(167 / 5167, 3)
+    assert f.evidence["first_attempts_in_window"] == 5000
     # and the storm is none under a floor above its retries
     engine = retry_engine(max_retries_per_window=200)
     busy_task_stream(engine, runs=20, retry_every=1, seconds=200.0, t=T0, delay=1.0,

@@ -1,12 +1,16 @@
 """retry_storm: a task retries too often over a window, or retries with ~zero delay.
 
 Hooks: task-retried counts a retry (per queue and task, in a sliding window); task-started
-counts a run (every execution, first attempts and retries alike, per queue and task, in
-the same window). A count storm needs both more than ``max_retries_per_window`` retries
-*and* retries making more than ``max_retry_share`` of the task's own runs in the window:
-a busy task whose occasional transient failures retry (with back-off) retries many times
-in absolute terms but a small share of its runs, and is not a storm; a task whose runs
-are mostly retries is. Each retry's
+of a first attempt (``retries`` 0) counts a first attempt (per queue and task, in the same
+window). A count storm needs both more than ``max_retries_per_window`` retries *and*
+retries making more than ``max_retry_share`` of the task's attempts in the window (first
+attempts plus retries; a retry counts when it is scheduled, not when its delayed run
+starts, so a burst of back-off retries does not read high while their runs wait). The
+default share, 0.75, is more than 3 retries per first attempt: more than Celery's
+default ``max_retries`` allows. A busy task whose occasional transient failures retry
+(with back-off) retries many times in absolute terms but a small share of its attempts,
+and is not a storm; nor is a burst of tasks that each retry once or twice with back-off;
+a task whose every message retries many times is. Each retry's
 delay is measured on the worker's own clock, from the retry message's ``eta`` minus the
 moment it was published: the retry's ``task-sent`` event (sent events on) is that
 moment; without it, the ``task-retried`` event (or the retry's ``task-received``, when
@@ -44,7 +48,7 @@ if TYPE_CHECKING:
     from ..appinfo import AppInfo
 
 _MAX_KEYS = 2000
-#: (queue, task) pairs whose runs are counted; idle ones are forgotten each window
+#: (queue, task) pairs whose first attempts are counted; idle ones are forgotten
 _MAX_RUN_KEYS = 10_000
 #: seconds a received retry waits for its own task-sent before task-retried stands in
 _SENT_WAIT = 2.0
@@ -121,10 +125,11 @@ class RetryStorm(Rule):
         #: a count storm needs more retries than this per task and queue within the
         #: window (an absolute floor) ...
         max_retries_per_window: int = 100
-        #: ... and retries making more than this share of the task's runs (task-started,
-        #: retries included) in the window: a busy task retrying a few per cent of its
-        #: runs with back-off is not a storm
-        max_retry_share: float = 0.5
+        #: ... and retries making more than this share of the task's attempts (first
+        #: attempts started plus retries) in the window; 0.75 is more than 3 retries
+        #: per first attempt. A busy task retrying a few per cent with back-off is not a
+        #: storm
+        max_retry_share: float = 0.75
         #: a retry scheduled (eta) sooner than this after task-retried has no back-off
         zero_delay_seconds: float = 0.5
         #: zero-delay retries within the window needed for a finding
@@ -148,8 +153,8 @@ class RetryStorm(Rule):
         #: retries received whose task-sent may still come: (task id, retry number) ->
         #: (arrived, eta, queue, task, task-retried time, event time)
         self.provisional: LRUDict[tuple[str, int], tuple] = LRUDict(20_000)
-        #: (queue, task) -> task-started events (runs) in the window, for every task: a
-        #: task's runs before its first retry count too
+        #: (queue, task) -> first attempts started (task-started, ``retries`` 0) in the
+        #: window, for every task: those before its first retry count too
         self.runs: dict[tuple[str, str], WindowCounter] = {}
         self._runs_pruned = 0.0
 
@@ -187,8 +192,8 @@ class RetryStorm(Rule):
                 TASK_SENT: self._on_sent, TASK_STARTED: self._on_started}
 
     def _on_started(self, event: dict, rec: Any) -> None:
-        """A run of the task (first attempt or retry) in its queue: O(1)."""
-        if rec is None:
+        """A first attempt of the task started in its queue: O(1)."""
+        if rec is None or rec.retries:
             return
         key = (rec.queue, rec.name)
         counter = self.runs.get(key)
@@ -332,15 +337,15 @@ class RetryStorm(Rule):
             measured = zero + delayed
             expected = st.expected_zero_milli.total(now) / 1000.0
             counter = self.runs.get((queue, task))
-            # every retry is a run: a run missed (event lost, started before the window)
-            # must not make the share exceed 1; untracked runs (key cap): no count storm
-            runs = max(counter.total(now), retries) if counter is not None else None
-            share = retries / runs if runs else None
+            # untracked first attempts (key cap): no count storm
+            first = counter.total(now) if counter is not None else None
+            attempts = first + retries if first is not None else None
+            share = retries / attempts if attempts else None
             reasons = []
             if retries > limit and share is not None and share > max_share:
-                reasons.append(f"{retries} retries in {self.window:g}s (limit {limit}), "
-                               f"{share:.0%} of the task's {runs} runs (limit "
-                               f"{max_share:.0%})")
+                reasons.append(f"{retries} retries in {self.window:g}s (limit {limit}) for "
+                               f"{first} first attempts: {share:.0%} of the attempts are "
+                               f"retries (limit {max_share:.0%})")
             if zero >= min_zero and self._storm_share(st, now):
                 reasons.append(f"{zero} of {measured} retries with < {self.zero:g}s delay "
                                "(no back-off)")
@@ -349,7 +354,7 @@ class RetryStorm(Rule):
                 continue
             evidence: dict[str, Any] = {
                 "retries_in_window": retries, "window_seconds": self.window,
-                "runs_in_window": runs,
+                "first_attempts_in_window": first,
                 "retry_share": round(share, 3) if share is not None else None,
                 "max_retry_share": max_share,
                 "zero_delay_retries": zero, "delayed_retries": delayed,
