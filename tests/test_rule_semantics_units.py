@@ -273,3 +273,53 @@ def test_the_retry_share_and_floor_are_both_configurable() -> None:
                      retries_each=9, task="proj.storm")
     engine.evaluate(t + 1)
     assert engine.findings.active() == []
+
+
+def test_first_attempts_count_when_their_task_started_comes_after_the_retry() -> None:
+    """A threads worker may send a run's task-started after the retry it published was
+    received (seen on real workers: tests/test_retry_delivery_workload.py): the first
+    attempt is still counted, from its task-received. 20 messages retried twice with
+    back-off: 40 retries over a floor of 10, 67 % of the attempts: no storm."""
+    engine = retry_engine(max_retries_per_window=10)
+    t = T0
+    for i in range(20):
+        uuid = f"late-{i}"
+        engine.observe({"type": "task-sent", "uuid": uuid, "name": "proj.call",
+                        "queue": "q", "timestamp": t, "retries": 0})
+        engine.observe({"type": "task-received", "uuid": uuid, "name": "proj.call",
+                        "hostname": "w@h", "timestamp": t + 0.005, "retries": 0})
+        if i % 2:  # half of the first runs' task-started come on time
+            engine.observe({"type": "task-started", "uuid": uuid, "hostname": "w@h",
+                            "timestamp": t + 0.006})
+        for n in (1, 2):
+            at = t + 0.01
+            engine.observe({"type": "task-sent", "uuid": uuid, "name": "proj.call",
+                            "queue": "q", "timestamp": at, "retries": n,
+                            "eta": iso(at + 2.0 * n)})
+            engine.observe({"type": "task-received", "uuid": uuid, "name": "proj.call",
+                            "hostname": "w@h", "timestamp": at + 0.01, "retries": n,
+                            "eta": iso(at + 2.0 * n)})
+            if n == 2 or not i % 2:  # the run that retried: its task-started only now
+                engine.observe({"type": "task-started", "uuid": uuid, "hostname": "w@h",
+                                "timestamp": at + 0.02})
+            engine.observe({"type": "task-retried", "uuid": uuid, "hostname": "w@h",
+                            "timestamp": at + 0.03})
+            t = at + 2.0 * n
+        engine.observe({"type": "task-started", "uuid": uuid, "hostname": "w@h",
+                        "timestamp": t + 0.01})
+        engine.observe({"type": "task-succeeded", "uuid": uuid, "hostname": "w@h",
+                        "timestamp": t + 0.02, "runtime": 0.01})
+    engine.evaluate(T0 + 200)
+    assert engine.findings.active() == []
+
+
+def test_retries_whose_first_attempts_left_the_window_are_still_judged() -> None:
+    """A message retrying for ever (``max_retries=None``, fixed 5 s countdown): a window
+    later only its retries are in the window, no first attempt: a storm (share 1.0)."""
+    engine = retry_engine(window_seconds=60.0, max_retries_per_window=5)
+    busy_task_stream(engine, runs=1, retry_every=1, seconds=1.0, t=T0, delay=5.0,
+                     retries_each=40, task="proj.forever")
+    engine.evaluate(T0 + 205.0)  # the first attempt is 205 s old, its retries went on
+    (f,) = engine.findings.active()
+    assert f.evidence["first_attempts_in_window"] == 0
+    assert f.evidence["retry_share"] == 1.0

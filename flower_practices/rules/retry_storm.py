@@ -1,16 +1,18 @@
 """retry_storm: a task retries too often over a window, or retries with ~zero delay.
 
-Hooks: task-retried counts a retry (per queue and task, in a sliding window); task-started
-of a first attempt (``retries`` 0) counts a first attempt (per queue and task, in the same
-window). A count storm needs both more than ``max_retries_per_window`` retries *and*
-retries making more than ``max_retry_share`` of the task's attempts in the window (first
-attempts plus retries; a retry counts when it is scheduled, not when its delayed run
-starts, so a burst of back-off retries does not read high while their runs wait). The
-default share, 0.75, is more than 3 retries per first attempt: more than Celery's
-default ``max_retries`` allows. A busy task whose occasional transient failures retry
-(with back-off) retries many times in absolute terms but a small share of its attempts,
-and is not a storm; nor is a burst of tasks that each retry once or twice with back-off;
-a task whose every message retries many times is. Each retry's
+Hooks: task-retried counts a retry (per queue and task, in a sliding window);
+task-received of a first attempt (``retries`` 0) counts a first attempt (per queue and
+task, in the same window; not task-started: a threads worker may send a run's
+task-started after the retry it published was received, when the record already carries
+the retry's number). A count storm needs both more than ``max_retries_per_window``
+retries *and* retries making more than ``max_retry_share`` of the task's attempts in the
+window (first attempts plus retries; a retry counts when it is scheduled, not when its
+delayed run starts, so a burst of back-off retries does not read high while their runs
+wait). The default share, 0.75, is more than 3 retries per first attempt: more than
+Celery's default ``max_retries`` allows. A busy task whose occasional transient failures
+retry (with back-off) retries many times in absolute terms but a small share of its
+attempts, and is not a storm; nor is a burst of tasks that each retry once or twice with
+back-off; a task whose every message retries many times is. Each retry's
 delay is measured on the worker's own clock, from the retry message's ``eta`` minus the
 moment it was published: the retry's ``task-sent`` event (sent events on) is that
 moment; without it, the ``task-retried`` event (or the retry's ``task-received``, when
@@ -40,7 +42,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..bounded import LRUDict, WindowCounter
-from ..events.types import TASK_RECEIVED, TASK_RETRIED, TASK_SENT, TASK_STARTED
+from ..events.types import TASK_RECEIVED, TASK_RETRIED, TASK_SENT
 from ..findings import Condition
 from .base import Rule
 
@@ -126,7 +128,7 @@ class RetryStorm(Rule):
         #: window (an absolute floor) ...
         max_retries_per_window: int = 100
         #: ... and retries making more than this share of the task's attempts (first
-        #: attempts started plus retries) in the window; 0.75 is more than 3 retries
+        #: attempts received plus retries) in the window; 0.75 is more than 3 retries
         #: per first attempt. A busy task retrying a few per cent with back-off is not a
         #: storm
         max_retry_share: float = 0.75
@@ -153,7 +155,7 @@ class RetryStorm(Rule):
         #: retries received whose task-sent may still come: (task id, retry number) ->
         #: (arrived, eta, queue, task, task-retried time, event time)
         self.provisional: LRUDict[tuple[str, int], tuple] = LRUDict(20_000)
-        #: (queue, task) -> first attempts started (task-started, ``retries`` 0) in the
+        #: (queue, task) -> first attempts received (task-received, ``retries`` 0) in the
         #: window, for every task: those before its first retry count too
         self.runs: dict[tuple[str, str], WindowCounter] = {}
         self._runs_pruned = 0.0
@@ -189,12 +191,10 @@ class RetryStorm(Rule):
 
     def hooks(self):
         return {TASK_RETRIED: self._on_retried, TASK_RECEIVED: self._on_received,
-                TASK_SENT: self._on_sent, TASK_STARTED: self._on_started}
+                TASK_SENT: self._on_sent}
 
-    def _on_started(self, event: dict, rec: Any) -> None:
-        """A first attempt of the task started in its queue: O(1)."""
-        if rec is None or rec.retries:
-            return
+    def _first_attempt(self, event: dict, rec: Any) -> None:
+        """A first attempt of the task delivered to a worker of its queue: O(1)."""
         key = (rec.queue, rec.name)
         counter = self.runs.get(key)
         if counter is None:
@@ -249,10 +249,14 @@ class RetryStorm(Rule):
         self._delay(event.get("eta"), rec.queue, rec.name, retries, ts, ts, from_sent=True)
 
     def _on_received(self, event: dict, rec: Any) -> None:
-        """The retry's message reached a worker: its delay is measured from task-retried
-        unless the retry's own task-sent arrives within ``_SENT_WAIT`` (see evaluate)."""
+        """A first attempt's message reached a worker: counted. A retry's: its delay is
+        measured from task-retried unless the retry's own task-sent arrives within
+        ``_SENT_WAIT`` (see evaluate)."""
         retries = event.get("retries")
-        if not isinstance(retries, int) or retries < 1 or rec is None:
+        if rec is None:
+            return
+        if not isinstance(retries, int) or retries < 1:
+            self._first_attempt(event, rec)
             return
         ts = event["timestamp"]
         entry = self.pending.pop(event["uuid"], None)
@@ -337,8 +341,10 @@ class RetryStorm(Rule):
             measured = zero + delayed
             expected = st.expected_zero_milli.total(now) / 1000.0
             counter = self.runs.get((queue, task))
-            # untracked first attempts (key cap): no count storm
-            first = counter.total(now) if counter is not None else None
+            # no counter: none in the window (idle ones are pruned), unless the key cap
+            # refused it (unknown: no count storm)
+            first = counter.total(now) if counter is not None else \
+                None if len(self.runs) >= _MAX_RUN_KEYS else 0
             attempts = first + retries if first is not None else None
             share = retries / attempts if attempts else None
             reasons = []
