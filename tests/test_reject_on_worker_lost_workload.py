@@ -3,7 +3,9 @@
 the broker deliver the message again; it runs to success. On real prefork workers on
 Redis and RabbitMQ, with every rule on and short thresholds: that redelivery is no
 ``duplicate_delivery``, the run is no ``lost_task`` (the worker stayed up) and no
-``retryless_failure`` (no task-failed at all).
+``retryless_failure`` (no task-failed at all). A run killed by its own hard
+``time_limit`` under the same settings fails (TimeLimitExceeded; Celery replaces the
+process and does not requeue): no ``worker_process_killed`` and no duplicate either.
 
 Not asserted either way: ``worker_process_killed`` is defined on task-failed
 ``WorkerLostError`` (PRACTICES.md), which Celery does not send when it requeues the
@@ -31,6 +33,8 @@ pytestmark = pytest.mark.slow
 
 QUIET = ("duplicate_delivery", "lost_task", "retryless_failure", "stalled_consumer",
          "prefetch_starvation", "missing_time_limit")
+#: and for the run its own time limit killed
+QUIET_OVERRUN = ("worker_process_killed",)
 
 
 @pytest.mark.parametrize("broker_kind", ["redis", "rabbitmq"])
@@ -65,10 +69,15 @@ def test_a_killed_pool_process_requeued_and_run_again_is_no_duplicate_nor_lost(
                          message="the requeued hog ran again")
                 assert events("rejected") == 1 and events("failed") == 0
                 assert events("received") == 2
+                app.send_task("rejecting.overrun", args=(10,))
+                wait_for(lambda: exporter.total("celery_task_events_total", type="failed",
+                                                task="rejecting.overrun") == 1,
+                         timeout=60, message="the overrun killed by its time limit")
                 # judged past the longest grace of the rules above (duplicate_delivery's)
                 exporter.wait_evaluated(since=time.time() + 10.0)
                 found = [(f["practice"], f["summary"]) for f in exporter.findings()
-                         if f["practice"] in QUIET]
+                         if f["practice"] in QUIET or (f["practice"] in QUIET_OVERRUN
+                                                      and f["task"] == "rejecting.overrun")]
                 assert found == []
                 for practice in QUIET:
                     assert exporter.total("celery_practice_violations_total",

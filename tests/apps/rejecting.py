@@ -3,6 +3,7 @@
 
 ``rejecting.hog`` publishes its pool process's pid at the Redis key it is given and
 sleeps on its first delivery; on any later delivery it returns at once.
+``rejecting.overrun`` sleeps past its hard ``time_limit`` of 2 s.
 ``make_app(broker, pid_store)`` builds a fresh copy (pids on ``pid_store``, the broker's
 Redis by default; FP_TEST_PID_REDIS for the worker).
 """
@@ -27,6 +28,11 @@ def make_app(broker: str, pid_store: str | None = None) -> Celery:
         if store.incr(f"{key}:runs") == 1:
             store.set(key, os.getpid(), ex=600)
             time.sleep(seconds)
+
+    @app.task(name="rejecting.overrun", shared=False, time_limit=2)
+    def overrun(seconds):
+        """Killed by its hard time limit (Celery replaces the pool process)."""
+        time.sleep(seconds)
 
     @app.task(name="rejecting.quick", shared=False)
     def quick():
