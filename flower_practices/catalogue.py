@@ -81,8 +81,9 @@ PRACTICES: tuple[Practice, ...] = (
         "retry_storm",
         "Retry storm",
         "warning",
-        "A task retries too often over a window, or retries are scheduled with about zero "
-        "delay (no back-off).",
+        "A task retries too often over a window (more than 3 retries per first attempt, "
+        "above an absolute floor), or retries are scheduled with about zero delay (no "
+        "back-off).",
         4,
     ),
     Practice(

@@ -8,6 +8,7 @@ import importlib
 import sys
 import textwrap
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from flower_practices.appinfo import snapshot_app
@@ -342,3 +343,48 @@ def test_a_requeue_excuses_its_redelivery_even_when_the_rejection_comes_after_it
     eng.evaluate(t0 + 10)
     [f] = found(eng, "duplicate_delivery")
     assert f["evidence"]["task_ids"] == ["redelivered"]
+
+
+def _late_started_retry(eng: Engine, uuid: str, t0: float, countdown: float | None) -> None:
+    """A manual ``self.retry`` on a threads worker, as RabbitMQ delivered it: the retried
+    run's task-started is sent after the retry message it published was received."""
+    def eta(at: float) -> dict:
+        return {} if countdown is None else {
+            "eta": datetime.fromtimestamp(at + countdown, UTC).isoformat()}
+
+    task(eng, "task-sent", uuid, t0, retries=0)
+    task(eng, "task-received", uuid, t0 + 0.005, "w1@h", retries=0)
+    task(eng, "task-started", uuid, t0 + 0.013, "w1@h")
+    task(eng, "task-sent", uuid, t0 + 0.029, retries=1, **eta(t0 + 0.029))
+    task(eng, "task-retried", uuid, t0 + 0.045, "w1@h")
+    task(eng, "task-received", uuid, t0 + 0.073, "w1@h", retries=1, **eta(t0 + 0.029))
+    r1 = t0 + 0.029 + (countdown or 0.0)  # the first retry runs: it retries again
+    task(eng, "task-sent", uuid, r1 + 0.003, retries=2, **eta(r1 + 0.003))
+    task(eng, "task-received", uuid, r1 + 0.006, "w1@h", retries=2, **eta(r1 + 0.003))
+    task(eng, "task-started", uuid, r1 + 0.007, "w1@h")   # the first retry's, sent late
+    task(eng, "task-retried", uuid, r1 + 0.016, "w1@h")
+    r2 = r1 + 0.003 + (countdown or 0.0)
+    task(eng, "task-started", uuid, r2 + 0.002, "w1@h")   # the second retry's run
+    task(eng, "task-succeeded", uuid, r2 + 0.003, "w1@h", runtime=0.001)
+
+
+def test_a_retried_runs_late_task_started_is_not_a_duplicate_of_its_retry() -> None:
+    """Seen on a real threads worker on RabbitMQ (tests/test_retry_delivery_workload.py):
+    with a countdown the late start comes before the retry's eta; without one the run's
+    task-retried follows it. Neither is a duplicate; a retry message really delivered and
+    started twice still is."""
+    eng = engine(duplicate_delivery={"grace_seconds": 2.0})
+    t0 = time.time() - 100
+    heartbeat(eng, "w1@h", t0, active=1)
+    _late_started_retry(eng, "eta", t0, countdown=1.4)
+    _late_started_retry(eng, "now", t0 + 5, countdown=None)
+    # a retry's message delivered twice (received and started twice, no retry between)
+    task(eng, "task-sent", "dup", t0 + 10, retries=1)
+    task(eng, "task-received", "dup", t0 + 10, "w1@h", retries=1)
+    task(eng, "task-started", "dup", t0 + 10, "w1@h")
+    task(eng, "task-received", "dup", t0 + 13, "w1@h", retries=1)
+    task(eng, "task-started", "dup", t0 + 13, "w1@h")
+    heartbeat(eng, "w1@h", t0 + 14, active=1)
+    eng.evaluate(t0 + 20)
+    [f] = found(eng, "duplicate_delivery")
+    assert f["evidence"]["task_ids"] == ["dup"] and f["count"] == 1

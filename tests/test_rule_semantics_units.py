@@ -177,3 +177,149 @@ def test_consumer_knowledge_per_worker() -> None:
     engine.observe({"type": "worker-offline", "hostname": "new@h", "timestamp": T0 + 43,
                     "local_received": T0 + 43})
     assert queue_consumers(state, q, T0 + 44, False, 30.0, 300.0).count == 0
+
+
+def busy_task_stream(engine: Engine, *, runs: int, retry_every: int, seconds: float,
+                     t: float, delay: float, retries_each: int = 1,
+                     task: str = "proj.busy") -> float:
+    """``runs`` first attempts spread over ``seconds``; every ``retry_every``-th retries
+    ``retries_each`` times, each retry published with ``delay`` s countdown (the
+    exporter's view of a real worker: sent, received, started, retried, the retry's
+    task-sent with its eta, its received/started, succeeded)."""
+    step = seconds / runs
+    for i in range(runs):
+        ts = t + i * step
+        uuid = f"{task}-{i}"
+        engine.observe({"type": "task-sent", "uuid": uuid, "name": task, "queue": "q",
+                        "timestamp": ts, "retries": 0})
+        engine.observe({"type": "task-received", "uuid": uuid, "name": task,
+                        "hostname": "w@h", "timestamp": ts + 0.001, "retries": 0})
+        engine.observe({"type": "task-started", "uuid": uuid, "hostname": "w@h",
+                        "timestamp": ts + 0.002})
+        if i % retry_every == 0:
+            at = ts + 0.01
+            for n in range(1, retries_each + 1):
+                engine.observe({"type": "task-sent", "uuid": uuid, "name": task,
+                                "queue": "q", "timestamp": at, "retries": n,
+                                "eta": iso(at + delay)})
+                engine.observe({"type": "task-retried", "uuid": uuid, "hostname": "w@h",
+                                "timestamp": at + 0.005})
+                at += delay
+                engine.observe({"type": "task-received", "uuid": uuid, "name": task,
+                                "hostname": "w@h", "timestamp": at, "retries": n})
+                engine.observe({"type": "task-started", "uuid": uuid, "hostname": "w@h",
+                                "timestamp": at + 0.001})
+                at += 0.01
+        engine.observe({"type": "task-succeeded", "uuid": uuid, "hostname": "w@h",
+                        "timestamp": ts + 0.02, "runtime": 0.01})
+    return t + seconds
+
+
+def test_a_busy_task_retrying_a_few_per_cent_with_backoff_is_no_storm() -> None:
+    """5,000 runs in 5 min, 3 % of them retried once with a 2-4 s back-off: 167 retries,
+    far over the absolute floor of 100, but 3 % of the task's runs (engine-level: the
+    volume is too high for real workers on a 2-core box; the real-worker counterpart is
+    tests/test_retry_storm_volume.py)."""
+    engine = retry_engine()
+    t = busy_task_stream(engine, runs=5000, retry_every=30, seconds=290.0, t=T0,
+                         delay=3.0)
+    engine.evaluate(t + 1)
+    assert engine.findings.active() == []
+    assert engine.metrics.violations_total == {}
+
+
+def test_a_task_whose_runs_are_mostly_retries_is_a_storm() -> None:
+    """Every message retries 9 times with a fixed 1 s countdown (no back-off, not zero
+    delay): 90 % of the attempts are retries: a storm, over the absolute floor."""
+    engine = retry_engine()
+    t = busy_task_stream(engine, runs=20, retry_every=1, seconds=200.0, t=T0, delay=1.0,
+                         retries_each=9, task="proj.storm")
+    engine.evaluate(t + 1)
+    (f,) = engine.findings.active()
+    ev = f.evidence
+    assert ev["retries_in_window"] == 180 and ev["first_attempts_in_window"] == 20
+    assert ev["retry_share"] == 0.9 and ev["max_retry_share"] == 0.75
+    assert ev["zero_delay_retries"] == 0
+    assert "for 20 first attempts: 90% of the attempts are retries" in f.summary
+    assert f.count == 180 == engine.metrics.violations_total[("retry_storm", "q",
+                                                              "proj.storm")]
+
+
+def test_a_burst_of_tasks_each_retrying_twice_with_backoff_is_no_storm() -> None:
+    """150 messages in a minute, each retried twice with back-off (a dependency blip):
+    300 retries over the floor, 2 per first attempt (67 % of the attempts): no storm,
+    also at the moment the retries are scheduled and their runs not started yet."""
+    engine = retry_engine()
+    t = busy_task_stream(engine, runs=150, retry_every=1, seconds=60.0, t=T0,
+                         delay=2.0, retries_each=2)
+    engine.evaluate(t)
+    engine.evaluate(t + 1)
+    assert engine.findings.active() == []
+    assert engine.metrics.violations_total == {}
+
+
+def test_the_retry_share_and_floor_are_both_configurable() -> None:
+    # the same busy task is a storm under a share limit of 2 %
+    engine = retry_engine(max_retry_share=0.02)
+    t = busy_task_stream(engine, runs=5000, retry_every=30, seconds=290.0, t=T0,
+                         delay=3.0)
+    engine.evaluate(t + 1)
+    (f,) = engine.findings.active()
+    assert f.evidence["retry_share"] == round(167 / 5167, 3)
+    assert f.evidence["first_attempts_in_window"] == 5000
+    # and the storm is none under a floor above its retries
+    engine = retry_engine(max_retries_per_window=200)
+    busy_task_stream(engine, runs=20, retry_every=1, seconds=200.0, t=T0, delay=1.0,
+                     retries_each=9, task="proj.storm")
+    engine.evaluate(t + 1)
+    assert engine.findings.active() == []
+
+
+def test_first_attempts_count_when_their_task_started_comes_after_the_retry() -> None:
+    """A threads worker may send a run's task-started after the retry it published was
+    received (seen on real workers: tests/test_retry_delivery_workload.py): the first
+    attempt is still counted, from its task-received. 20 messages retried twice with
+    back-off: 40 retries over a floor of 10, 67 % of the attempts: no storm."""
+    engine = retry_engine(max_retries_per_window=10)
+    t = T0
+    for i in range(20):
+        uuid = f"late-{i}"
+        engine.observe({"type": "task-sent", "uuid": uuid, "name": "proj.call",
+                        "queue": "q", "timestamp": t, "retries": 0})
+        engine.observe({"type": "task-received", "uuid": uuid, "name": "proj.call",
+                        "hostname": "w@h", "timestamp": t + 0.005, "retries": 0})
+        if i % 2:  # half of the first runs' task-started come on time
+            engine.observe({"type": "task-started", "uuid": uuid, "hostname": "w@h",
+                            "timestamp": t + 0.006})
+        for n in (1, 2):
+            at = t + 0.01
+            engine.observe({"type": "task-sent", "uuid": uuid, "name": "proj.call",
+                            "queue": "q", "timestamp": at, "retries": n,
+                            "eta": iso(at + 2.0 * n)})
+            engine.observe({"type": "task-received", "uuid": uuid, "name": "proj.call",
+                            "hostname": "w@h", "timestamp": at + 0.01, "retries": n,
+                            "eta": iso(at + 2.0 * n)})
+            if n == 2 or not i % 2:  # the run that retried: its task-started only now
+                engine.observe({"type": "task-started", "uuid": uuid, "hostname": "w@h",
+                                "timestamp": at + 0.02})
+            engine.observe({"type": "task-retried", "uuid": uuid, "hostname": "w@h",
+                            "timestamp": at + 0.03})
+            t = at + 2.0 * n
+        engine.observe({"type": "task-started", "uuid": uuid, "hostname": "w@h",
+                        "timestamp": t + 0.01})
+        engine.observe({"type": "task-succeeded", "uuid": uuid, "hostname": "w@h",
+                        "timestamp": t + 0.02, "runtime": 0.01})
+    engine.evaluate(T0 + 200)
+    assert engine.findings.active() == []
+
+
+def test_retries_whose_first_attempts_left_the_window_are_still_judged() -> None:
+    """A message retrying for ever (``max_retries=None``, fixed 5 s countdown): a window
+    later only its retries are in the window, no first attempt: a storm (share 1.0)."""
+    engine = retry_engine(window_seconds=60.0, max_retries_per_window=5)
+    busy_task_stream(engine, runs=1, retry_every=1, seconds=1.0, t=T0, delay=5.0,
+                     retries_each=40, task="proj.forever")
+    engine.evaluate(T0 + 205.0)  # the first attempt is 205 s old, its retries went on
+    (f,) = engine.findings.active()
+    assert f.evidence["first_attempts_in_window"] == 0
+    assert f.evidence["retry_share"] == 1.0

@@ -451,7 +451,9 @@ def test_retry_storm_counts_each_offending_retry_exactly_once(received_first: bo
     whatever the order of its task-retried and task-received events."""
     from flower_practices.rules.retry_storm import RetryStorm
 
-    e = engine(RetryStorm, max_retries_per_window=2, window_seconds=300.0)
+    # one retry per first attempt is half the attempts: a count storm over a share of 0.4
+    e = engine(RetryStorm, max_retries_per_window=2, max_retry_share=0.4,
+               window_seconds=300.0)
     ids = ("u1", "u2", "u3", "u4")
     for n, uuid in enumerate(ids):
         ts = T0 + n

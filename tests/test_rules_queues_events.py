@@ -125,3 +125,37 @@ def test_a_second_queue_means_no_single_default_queue() -> None:
     e.observe(ev("task-sent", T0 + 2, uuid="c", name="t.c", queue="bulk"))
     e.evaluate(T0 + 3)
     assert findings(e, "single_default_queue") == []
+
+
+def test_single_default_queue_waits_for_a_new_workers_queues() -> None:
+    """Two workers came online (one consumes ``bulk``) and tasks flow to the default
+    queue before remote control told their queues: undecided, nothing reported (seen
+    with real workers: tests/test_queue_routing_workload.py). Once the queues are known
+    the second queue settles it; a worker that never answers stops deferring after
+    ``unanswered_worker_grace_seconds``, and then the default queue alone is reported."""
+    e = engine(SingleDefaultQueue)
+    for host in ("a@h", "b@h"):
+        e.observe(ev("worker-online", T0, hostname=host, freq=2.0))
+    e.observe(ev("task-sent", T0 + 0.1, uuid="a", name="t.a", queue="celery"))
+    e.observe(ev("task-sent", T0 + 0.2, uuid="b", name="t.b", queue="celery"))
+    e.evaluate(T0 + 0.5)
+    assert findings(e, "single_default_queue") == []
+    e.state.workers["a@h"].active_queues = ("celery",)
+    e.state.workers["b@h"].active_queues = ("bulk",)
+    e.evaluate(T0 + 1)
+    assert findings(e, "single_default_queue") == []
+    assert e.metrics.violations_total == {}
+
+    mute = engine(SingleDefaultQueue, unanswered_worker_grace_seconds=30.0)
+    mute.observe(ev("worker-online", T0, hostname="m@h", freq=2.0))
+    mute.observe(ev("task-sent", T0 + 0.1, uuid="a", name="t.a", queue="celery"))
+    mute.observe(ev("task-sent", T0 + 0.2, uuid="b", name="t.b", queue="celery"))
+    for t in (T0 + 10, T0 + 20, T0 + 29):
+        mute.observe(heartbeat("m@h", t))
+        mute.evaluate(t)
+        assert findings(mute, "single_default_queue") == []
+    mute.observe(heartbeat("m@h", T0 + 31))
+    mute.evaluate(T0 + 31)
+    [f] = findings(mute, "single_default_queue")
+    assert f["evidence"]["queue_source"] == "task-sent queue"
+    assert mute.metrics.violations_total[("single_default_queue", "celery", "t.a")] == 1

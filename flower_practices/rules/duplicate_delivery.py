@@ -37,6 +37,13 @@ another worker (or the same one, reconnected) runs it again; the worker itself s
 up, but Celery restarts its consumer, which sends worker-offline and worker-online, so
 the redelivery alone looks like a worker that went away.
 
+A task-started is the run of the message last received for its id -- except that a
+worker may send a run's task-started *after* the retry that run published was received
+(seen with the threads pool: the body runs before the start event goes out). Such a
+start is not counted for the retry's message: when that message has an eta the start
+comes before (a worker holds an ETA message until its eta), and in any case the run's
+task-retried follows while no newer message was seen, which takes the start back.
+
 Each duplicate delivery is counted once. The finding (per queue and task) stays
 ``window_seconds`` after the last one; its evidence gives the seconds between the first
 and the repeated delivery, the ETA/countdown delay and the runtime of the first delivery
@@ -59,6 +66,7 @@ from ..events.types import (
     TASK_FAILED,
     TASK_RECEIVED,
     TASK_REJECTED,
+    TASK_RETRIED,
     TASK_SENT,
     TASK_STARTED,
     TASK_SUCCEEDED,
@@ -79,6 +87,9 @@ MAX_TASK_IDS = 10
 MAX_CANDIDATES = 10_000
 #: the longest ``eta`` string parsed
 _MAX_ETA_LENGTH = 64
+#: seconds: a task-started this much before a message's eta is not its run (a worker
+#: holds an ETA message until its eta on its own clock; its timer may fire a little early)
+_BEFORE_ETA = 0.5
 
 # a delivery entry: [retries, received, started, first worker, its epoch, first received
 # (local time), first started (local time), eta string, completions (succeeded/failed)]
@@ -87,6 +98,17 @@ _RETRIES, _RECEIVED, _STARTED, _HOST, _EPOCH, _AT, _STARTED_AT, _ETA, _DONE = ra
 
 def _s(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+def _eta_timestamp(eta: str) -> float | None:
+    """Unix time of an aware ISO-8601 eta (None: unusable)."""
+    if len(eta) > _MAX_ETA_LENGTH:
+        return None
+    try:
+        when = datetime.fromisoformat(eta)
+    except ValueError:
+        return None
+    return when.timestamp() if when.tzinfo is not None else None
 
 
 def _eta_delay(eta: Any, received_ts: float) -> float | None:
@@ -144,7 +166,8 @@ class DuplicateDelivery(Rule):
     def hooks(self):
         return {TASK_SENT: self._on_sent, TASK_RECEIVED: self._on_received,
                 TASK_STARTED: self._on_started, TASK_SUCCEEDED: self._on_done,
-                TASK_FAILED: self._on_done, TASK_REJECTED: self._on_rejected}
+                TASK_FAILED: self._on_done, TASK_REJECTED: self._on_rejected,
+                TASK_RETRIED: self._on_retried}
 
     # -- hot path ------------------------------------------------------------------------
     def _on_sent(self, event: dict, rec: Any) -> None:
@@ -199,11 +222,30 @@ class DuplicateDelivery(Rule):
             self._new(uuid, None, event.get("hostname"), self._state.last_event_at, None,
                       0, 1)
             return
+        if entry[_ETA] is not None and entry[_STARTED] == 0:
+            eta = _eta_timestamp(entry[_ETA])
+            ts = event.get("timestamp")
+            if eta is not None and isinstance(ts, float) and ts < eta - _BEFORE_ETA:
+                # started before this message's eta: the previous run's task-started,
+                # sent after the retry it published was received (threads pool)
+                return
         entry[_STARTED] += 1
         if not entry[_STARTED_AT]:
             entry[_STARTED_AT] = self._state.last_event_at
         if entry[_STARTED] > 1 and entry[_STARTED] > entry[_RECEIVED]:
             self._candidate(uuid, entry, event, rec, self._state.last_event_at)
+
+    def _on_retried(self, event: dict, rec: Any) -> None:
+        """A run retried while the entry is still the message it was started for: with
+        no newer message seen, that run was the *previous* message's, whose task-started
+        came after the retry's task-received (the worker sends task-started late, e.g.
+        the threads pool): the start counted for this message is taken back."""
+        entry = self.deliveries.get(event["uuid"])
+        if entry is not None and entry[_RETRIES] and entry[_STARTED] > 0 \
+                and not entry[_DONE]:
+            entry[_STARTED] -= 1
+            if not entry[_STARTED]:
+                entry[_STARTED_AT] = 0.0
 
     def _on_done(self, event: dict, rec: Any) -> None:
         uuid = event["uuid"]
@@ -248,6 +290,10 @@ class DuplicateDelivery(Rule):
             requeued = self.requeued.get(uuid)
             if requeued is not None and abs(requeued - at) <= grace:
                 continue  # handed back on purpose (task-rejected, requeue=True)
+            live = self.deliveries.get(uuid)
+            if live is not None and live[_RETRIES] == entry[_RETRIES] \
+                    and live[_RECEIVED] <= 1 and live[_STARTED] <= 1:
+                continue  # the extra start was the previous run's (taken back since)
             key = f"{uuid}/{max(entry[_RECEIVED], entry[_STARTED])}"
             value = (now, queue, task, entry[_HOST], host, gap, eta, runtime, uuid)
             if gone or self._first_worker_gone(entry, at, grace):

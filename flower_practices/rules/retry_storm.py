@@ -1,6 +1,18 @@
 """retry_storm: a task retries too often over a window, or retries with ~zero delay.
 
-Hooks: task-retried counts a retry (per queue and task, in a sliding window). Each retry's
+Hooks: task-retried counts a retry (per queue and task, in a sliding window);
+task-received of a first attempt (``retries`` 0) counts a first attempt (per queue and
+task, in the same window; not task-started: a threads worker may send a run's
+task-started after the retry it published was received, when the record already carries
+the retry's number). A count storm needs both more than ``max_retries_per_window``
+retries *and* retries making more than ``max_retry_share`` of the task's attempts in the
+window (first attempts plus retries; a retry counts when it is scheduled, not when its
+delayed run starts, so a burst of back-off retries does not read high while their runs
+wait). The default share, 0.75, is more than 3 retries per first attempt: more than
+Celery's default ``max_retries`` allows. A busy task whose occasional transient failures
+retry (with back-off) retries many times in absolute terms but a small share of its
+attempts, and is not a storm; nor is a burst of tasks that each retry once or twice with
+back-off; a task whose every message retries many times is. Each retry's
 delay is measured on the worker's own clock, from the retry message's ``eta`` minus the
 moment it was published: the retry's ``task-sent`` event (sent events on) is that
 moment; without it, the ``task-retried`` event (or the retry's ``task-received``, when
@@ -38,6 +50,8 @@ if TYPE_CHECKING:
     from ..appinfo import AppInfo
 
 _MAX_KEYS = 2000
+#: (queue, task) pairs whose first attempts are counted; idle ones are forgotten
+_MAX_RUN_KEYS = 10_000
 #: seconds a received retry waits for its own task-sent before task-retried stands in
 _SENT_WAIT = 2.0
 
@@ -110,8 +124,14 @@ class RetryStorm(Rule):
 
         #: sliding window the counts below are taken over
         window_seconds: float = 300.0
-        #: more retries than this per task and queue within the window is a storm
+        #: a count storm needs more retries than this per task and queue within the
+        #: window (an absolute floor) ...
         max_retries_per_window: int = 100
+        #: ... and retries making more than this share of the task's attempts (first
+        #: attempts received plus retries) in the window; 0.75 is more than 3 retries
+        #: per first attempt. A busy task retrying a few per cent with back-off is not a
+        #: storm
+        max_retry_share: float = 0.75
         #: a retry scheduled (eta) sooner than this after task-retried has no back-off
         zero_delay_seconds: float = 0.5
         #: zero-delay retries within the window needed for a finding
@@ -135,6 +155,10 @@ class RetryStorm(Rule):
         #: retries received whose task-sent may still come: (task id, retry number) ->
         #: (arrived, eta, queue, task, task-retried time, event time)
         self.provisional: LRUDict[tuple[str, int], tuple] = LRUDict(20_000)
+        #: (queue, task) -> first attempts received (task-received, ``retries`` 0) in the
+        #: window, for every task: those before its first retry count too
+        self.runs: dict[tuple[str, str], WindowCounter] = {}
+        self._runs_pruned = 0.0
 
     @classmethod
     def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
@@ -168,6 +192,24 @@ class RetryStorm(Rule):
     def hooks(self):
         return {TASK_RETRIED: self._on_retried, TASK_RECEIVED: self._on_received,
                 TASK_SENT: self._on_sent}
+
+    def _first_attempt(self, event: dict, rec: Any) -> None:
+        """A first attempt of the task delivered to a worker of its queue: O(1)."""
+        key = (rec.queue, rec.name)
+        counter = self.runs.get(key)
+        if counter is None:
+            if len(self.runs) >= _MAX_RUN_KEYS:
+                return
+            counter = self.runs[key] = WindowCounter(self.window)
+        counter.add(event["timestamp"])
+
+    def _prune_runs(self, now: float) -> None:
+        """Forget the run counters idle for a whole window (once per window/12)."""
+        if now - self._runs_pruned < self.window / 12:
+            return
+        self._runs_pruned = now
+        for key in [k for k, c in self.runs.items() if c.idle(now)]:
+            del self.runs[key]
 
     def _stats(self, queue: str, task: str) -> _Stats | None:
         key = (queue, task)
@@ -207,10 +249,14 @@ class RetryStorm(Rule):
         self._delay(event.get("eta"), rec.queue, rec.name, retries, ts, ts, from_sent=True)
 
     def _on_received(self, event: dict, rec: Any) -> None:
-        """The retry's message reached a worker: its delay is measured from task-retried
-        unless the retry's own task-sent arrives within ``_SENT_WAIT`` (see evaluate)."""
+        """A first attempt's message reached a worker: counted. A retry's: its delay is
+        measured from task-retried unless the retry's own task-sent arrives within
+        ``_SENT_WAIT`` (see evaluate)."""
         retries = event.get("retries")
-        if not isinstance(retries, int) or retries < 1 or rec is None:
+        if rec is None:
+            return
+        if not isinstance(retries, int) or retries < 1:
+            self._first_attempt(event, rec)
             return
         ts = event["timestamp"]
         entry = self.pending.pop(event["uuid"], None)
@@ -281,7 +327,9 @@ class RetryStorm(Rule):
 
     def evaluate(self, now: float) -> Iterable[Condition]:
         self._settle(now)
+        self._prune_runs(now)
         limit = self.opts.max_retries_per_window
+        max_share = self.opts.max_retry_share
         min_zero = self.opts.min_zero_delay_retries
         app = self.ctx.app
         for key in [k for k, s in self.stats.items() if now - s.last_seen > self.window]:
@@ -292,9 +340,18 @@ class RetryStorm(Rule):
             delayed = st.delayed.total(now)
             measured = zero + delayed
             expected = st.expected_zero_milli.total(now) / 1000.0
+            counter = self.runs.get((queue, task))
+            # no counter: none in the window (idle ones are pruned), unless the key cap
+            # refused it (unknown: no count storm)
+            first = counter.total(now) if counter is not None else \
+                None if len(self.runs) >= _MAX_RUN_KEYS else 0
+            attempts = first + retries if first is not None else None
+            share = retries / attempts if attempts else None
             reasons = []
-            if retries > limit:
-                reasons.append(f"{retries} retries in {self.window:g}s (limit {limit})")
+            if retries > limit and share is not None and share > max_share:
+                reasons.append(f"{retries} retries in {self.window:g}s (limit {limit}) for "
+                               f"{first} first attempts: {share:.0%} of the attempts are "
+                               f"retries (limit {max_share:.0%})")
             if zero >= min_zero and self._storm_share(st, now):
                 reasons.append(f"{zero} of {measured} retries with < {self.zero:g}s delay "
                                "(no back-off)")
@@ -303,6 +360,9 @@ class RetryStorm(Rule):
                 continue
             evidence: dict[str, Any] = {
                 "retries_in_window": retries, "window_seconds": self.window,
+                "first_attempts_in_window": first,
+                "retry_share": round(share, 3) if share is not None else None,
+                "max_retry_share": max_share,
                 "zero_delay_retries": zero, "delayed_retries": delayed,
                 "zero_delay_share": round(zero / measured, 3) if measured else None,
                 "min_zero_delay_share": self.opts.min_zero_delay_share,

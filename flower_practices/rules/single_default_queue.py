@@ -6,6 +6,13 @@ window. When task-sent events are off the queue comes from workers' ``active_que
 every live worker consuming only the default queue means every task runs there. The
 default queue is the app's ``task_default_queue`` when the app is loaded, else the
 ``default_queue`` option (``celery``).
+
+A live worker whose queues are not known yet (it came online, or the exporter first saw
+it, less than ``unanswered_worker_grace_seconds`` ago, and remote control has not
+answered) may consume another queue: until it answers or the grace passes the condition
+is undecided, its messages kept pending, nothing reported. Otherwise tasks sent to the
+default queue in the first seconds after a deployment (or an exporter restart) read as
+"everything in one queue" while the routed queue's workers are still unknown.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..events.types import TASK_RECEIVED, TASK_SENT
 from ..findings import Condition
 from .base import Rule
-from .queue_view import live_workers
+from .queue_view import UNANSWERED_GRACE, live_workers
 
 if TYPE_CHECKING:
     from ..appinfo import AppInfo
@@ -39,6 +46,9 @@ class SingleDefaultQueue(Rule):
         window_seconds: float = 3600.0
         #: the default queue when the app is not loaded ("" = Celery's "celery")
         default_queue: str = ""
+        #: a live worker whose queues are unknown this long after it came online (or was
+        #: first seen) no longer defers the judgement (remote control off)
+        unanswered_worker_grace_seconds: float = UNANSWERED_GRACE
 
     #: this rule's options, typed (set by :class:`Rule`)
     opts: Options
@@ -80,8 +90,12 @@ class SingleDefaultQueue(Rule):
         for key in [k for k, ts in self.seen.items() if now - ts > window]:
             del self.seen[key]
         default, default_source = self.default_queue()
-        workers = [w for w in live_workers(self.ctx.state, now) if w.active_queues is not None]
-        source = self._only_default(default, workers)
+        live = live_workers(self.ctx.state, now)
+        workers = [w for w in live if w.active_queues is not None]
+        grace = self.opts.unanswered_worker_grace_seconds
+        undecided = any(w.active_queues is None
+                        and now - (w.online_since or w.created_at) < grace for w in live)
+        source = self._only_default(default, workers, undecided)
         if source is None:
             return
         names = sorted({t for _, t in self.seen})
@@ -95,10 +109,12 @@ class SingleDefaultQueue(Rule):
         }
         yield self._condition(default, names, evidence)
 
-    def _only_default(self, default: str, workers: list[Any]) -> str | None:
+    def _only_default(self, default: str, workers: list[Any], undecided: bool
+                      ) -> str | None:
         """Where the default queue was seen to be the only one in use, or None: no
         traffic, a second queue in use or consumed (pending occurrences dropped), fewer
-        than ``min_tasks`` task names (kept pending), or no queue known at all."""
+        than ``min_tasks`` task names or a new worker's queues still unknown (kept
+        pending), or no queue known at all."""
         queues = {q for q, _ in self.seen if q}
         consumed = {q for w in workers for q in w.active_queues or ()}
         if not self.seen or queues - {default} or consumed - {default}:
@@ -106,6 +122,8 @@ class SingleDefaultQueue(Rule):
             return None
         if len({t for _, t in self.seen}) < self.opts.min_tasks:
             return None  # messages stay pending: they count once a second task shows up
+        if undecided:
+            return None  # a new worker may consume another queue: pending until known
         if queues:
             return "task-sent queue"
         return "workers' active_queues" if consumed else None

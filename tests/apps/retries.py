@@ -3,7 +3,11 @@
 - ``retries.jittery``: ``autoretry_for=(ConnectionError,)``, ``retry_backoff=True``,
   ``max_retries=3`` and Celery's default ``retry_jitter=True`` (draws 0 s delays often);
 - ``retries.runbook``: the configuration the retry_storm runbook recommends;
-- ``retries.tight``: ``self.retry(countdown=0.2)`` every time: a storm with no back-off.
+- ``retries.tight``: ``self.retry(countdown=0.2)`` every time: a storm with no back-off;
+- ``retries.busy``: a busy task of which one run in 20 hits a transient error and retries
+  once with jittered back-off (``autoretry_for``, ``retry_backoff=True``): no storm;
+- ``retries.pounding``: ``self.retry(countdown=1)`` on every run, 5 times: most of its
+  runs are retries, a storm although no retry is zero-delay.
 
 The first two fail on their first two attempts, then succeed.
 """
@@ -43,6 +47,17 @@ def make_app(broker: str) -> Celery:
     @app.task(name="retries.tight", shared=False, bind=True, max_retries=8)
     def tight(self):
         raise self.retry(exc=ConnectionError("down"), countdown=0.2)
+
+    @app.task(name="retries.busy", shared=False, bind=True,
+              autoretry_for=(ConnectionError,), retry_backoff=True, max_retries=3)
+    def busy(self, n):
+        if n % 20 == 0 and self.request.retries == 0:
+            raise ConnectionError("transient")
+        return None
+
+    @app.task(name="retries.pounding", shared=False, bind=True, max_retries=5)
+    def pounding(self):
+        raise self.retry(exc=ConnectionError("down"), countdown=1)
 
     return app
 

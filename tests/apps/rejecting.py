@@ -1,0 +1,45 @@
+"""``acks_late`` + ``task_reject_on_worker_lost``: a task whose pool process a test kills
+(what the OOM killer does) is handed back to the broker and runs again.
+
+``rejecting.hog`` publishes its pool process's pid at the Redis key it is given and
+sleeps on its first delivery; on any later delivery it returns at once.
+``rejecting.overrun`` sleeps past its hard ``time_limit`` of 2 s.
+``make_app(broker, pid_store)`` builds a fresh copy (pids on ``pid_store``, the broker's
+Redis by default; FP_TEST_PID_REDIS for the worker).
+"""
+
+import os
+import time
+
+from celery import Celery
+
+from tests.apps import one_at_a_time_app
+
+
+def make_app(broker: str, pid_store: str | None = None) -> Celery:
+    app = one_at_a_time_app("rejecting", broker, task_acks_late=True,
+                            task_reject_on_worker_lost=True)
+
+    @app.task(name="rejecting.hog", shared=False)
+    def hog(key, seconds):
+        import redis
+
+        store = redis.Redis.from_url(pid_store or broker)
+        if store.incr(f"{key}:runs") == 1:
+            store.set(key, os.getpid(), ex=600)
+            time.sleep(seconds)
+
+    @app.task(name="rejecting.overrun", shared=False, time_limit=2)
+    def overrun(seconds):
+        """Killed by its hard time limit (Celery replaces the pool process)."""
+        time.sleep(seconds)
+
+    @app.task(name="rejecting.quick", shared=False)
+    def quick():
+        return None
+
+    return app
+
+
+app = make_app(os.environ.get("FP_TEST_BROKER", "memory://"),
+               os.environ.get("FP_TEST_PID_REDIS") or None)
