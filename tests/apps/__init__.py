@@ -7,10 +7,11 @@ from typing import Any
 from celery import Celery
 
 
-def one_at_a_time_app(name: str, broker: str, **conf: Any) -> Celery:
+def one_at_a_time_app(name: str, broker: str, backend: str | None = None,
+                      **conf: Any) -> Celery:
     """A fresh app for lifecycle workloads: task-sent events on, one task prefetched per
     process, no results stored; ``conf`` adds or overrides settings."""
-    app = Celery(name, broker=broker, set_as_current=False)
+    app = Celery(name, broker=broker, backend=backend, set_as_current=False)
     app.conf.update(
         task_send_sent_event=True,
         broker_connection_retry_on_startup=True,

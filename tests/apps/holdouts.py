@@ -11,16 +11,15 @@ from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 from kombu import Queue
 
+from tests.apps import one_at_a_time_app
+
 QUEUES = ("default", "io")
 
 
 def make_app(broker: str, backend: str | None = None, **conf) -> Celery:
-    app = Celery("holdouts", broker=broker, backend=backend, set_as_current=False)
-    app.conf.update(
-        task_send_sent_event=True,
+    app = one_at_a_time_app(
+        "holdouts", broker, backend,
         worker_send_task_events=True,
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
@@ -31,8 +30,6 @@ def make_app(broker: str, backend: str | None = None, **conf) -> Celery:
         task_soft_time_limit=50,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_ignore_result=True,
     )
     app.conf.update(conf)
 
