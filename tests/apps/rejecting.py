@@ -2,7 +2,8 @@
 (what the OOM killer does) is handed back to the broker and runs again.
 
 ``rejecting.hog`` publishes its pool process's pid at the Redis key it is given and
-sleeps on its first delivery; on any later delivery it returns at once.
+sleeps on its first delivery (under a hard ``time_limit`` far past the sleep); on any
+later delivery it returns at once.
 ``rejecting.overrun`` sleeps past its hard ``time_limit`` of 2 s.
 ``make_app(broker, pid_store)`` builds a fresh copy (pids on ``pid_store``, the broker's
 Redis by default; FP_TEST_PID_REDIS for the worker).
@@ -20,7 +21,9 @@ def make_app(broker: str, pid_store: str | None = None) -> Celery:
     app = one_at_a_time_app("rejecting", broker, task_acks_late=True,
                             task_reject_on_worker_lost=True)
 
-    @app.task(name="rejecting.hog", shared=False)
+    # a hard time limit well past its sleep: a well-behaved task, so that its run before
+    # the kill (seconds on a busy machine) is no missing_time_limit either
+    @app.task(name="rejecting.hog", shared=False, time_limit=600)
     def hog(key, seconds):
         import redis
 
