@@ -76,8 +76,9 @@ class Env:
         assert exporter.practices()["coverage"]["missed_periodic_task"] == "active"
         return exporter
 
-    def beat(self) -> BeatProcess:
-        return BeatProcess(APP, self.broker, env={"FP_TEST_BEAT_ENTRIES": self.entries})
+    def beat(self, **env: str) -> BeatProcess:
+        return BeatProcess(APP, self.broker, env={"FP_TEST_BEAT_ENTRIES": self.entries,
+                                                   **env})
 
     @staticmethod
     def wait_beat_sending(beat: BeatProcess) -> None:
@@ -171,6 +172,33 @@ def test_beat_stopped_is_a_missed_periodic_task(loaded: bool, broker_kind: str) 
                                   practice="missed_periodic_task", task="periodic.tick") >= 1
         env.assert_none("duplicate_beat")
         env.assert_none("periodic_overlap")
+
+
+def test_a_learned_schedule_pausing_while_beat_runs_is_not_missed(tmp_path) -> None:
+    """Without ``-A`` periods are learned: a schedule that pauses while its beat keeps
+    sending the other tasks (a crontab's hours ending) raises nothing; once beat is
+    down, both tasks are missed."""
+    pause = tmp_path / "pause"
+    with environment("tick,pausing", False) as env:
+        env.worker("pausing@fp-test")
+        with env.beat(FP_TEST_PAUSE_FILE=str(pause)) as beat:
+            env.wait_beat_sending(beat)
+            env.watch()
+            env.wait_sends("periodic.pausing", 6)
+            env.wait_sends("periodic.tick", 6)
+            pause.touch()  # beat stops sending periodic.pausing, and runs on
+            paused_at = env.events("sent", "periodic.pausing")
+            # periodic.pausing's run is due about 2 s after its last send, then the
+            # 1.5 s grace: six more ticks (12 s) is well past it
+            env.wait_sends("periodic.tick", env.events("sent", "periodic.tick") + 6)
+            env.exporter.wait_evaluated()
+            assert env.events("sent", "periodic.pausing") <= paused_at + 1
+            env.assert_none("missed_periodic_task")
+            beat.stop()
+            env.finding("missed_periodic_task", "periodic.tick", timeout=30)
+            f = env.finding("missed_periodic_task", "periodic.pausing", timeout=30)
+        assert f["evidence"]["period_source"] == "learned from sends"
+        assert f["severity"] == "critical"
 
 
 @LOADED

@@ -109,6 +109,61 @@ def test_learned_task_missed_and_countdown_tasks_not_learned() -> None:
     assert {r.name for r in rule.tracker.periodic()} == {"p.tick"}
 
 
+def test_a_learned_task_paused_while_its_beat_sends_others_is_not_missed() -> None:
+    """A learned period is one fixed interval: a crontab with hours (or an entry disabled
+    in a database scheduler) pauses while its beat keeps sending its other periodic
+    tasks -- no page. The same pause with the beat gone, or with only another beat still
+    sending, is a miss; so is a scheduled task (``-A``) its running beat stopped sending."""
+    e = engine(missed_periodic_task={"grace_seconds": 2.0})
+    rule = next(r for r in e.rules if isinstance(r, MissedPeriodicTask))
+    t0 = time.time() - 200
+    rule.tracker.started = t0
+    for k in range(8):  # both learned from gen1@beat; p.other from a second beat too
+        sent(e, "p.hours", t0 + 5 * k)
+        sent(e, "p.tick", t0 + 5 * k + 1)
+        sent(e, "p.other", t0 + 5 * k + 2, host="gen9@beat2")
+    # p.hours pauses after +35 (due +40); gen1@beat keeps sending p.tick
+    for k in range(8, 14):
+        sent(e, "p.tick", t0 + 5 * k + 1)
+        sent(e, "p.other", t0 + 5 * k + 2, host="gen9@beat2")
+    e.evaluate(t0 + 67.0)
+    assert not findings(e, "missed_periodic_task")
+    assert e.metrics.violations_total.get(("missed_periodic_task", "", "p.hours"), 0) == 0
+    # then gen1@beat goes down (gen9@beat2, another scheduler, still sends p.other):
+    # p.tick is missed, and p.hours is no longer excused by it
+    for k in range(14, 17):
+        sent(e, "p.other", t0 + 5 * k + 2, host="gen9@beat2")
+    e.evaluate(t0 + 75.0)  # p.tick due +71, grace 2
+    assert sorted(f.task for f in findings(e, "missed_periodic_task")) == [
+        "p.hours", "p.tick"]
+
+    # a task paused on one beat while only *another* beat sends: missed
+    e = engine(missed_periodic_task={"grace_seconds": 2.0})
+    rule = next(r for r in e.rules if isinstance(r, MissedPeriodicTask))
+    rule.tracker.started = t0
+    for k in range(8):
+        sent(e, "p.hours", t0 + 5 * k)
+    for k in range(14):
+        sent(e, "p.other", t0 + 5 * k + 2, host="gen9@beat2")
+    e.evaluate(t0 + 67.0)
+    assert [f.task for f in findings(e, "missed_periodic_task")] == ["p.hours"]
+
+    # with -A: a scheduled task its running beat stops sending is missed all the same
+    app = Celery("p", broker="memory://", set_as_current=False)
+    app.conf.task_send_sent_event = True
+    app.conf.beat_schedule = {"hours": {"task": "p.hours", "schedule": 5.0},
+                              "tick": {"task": "p.tick", "schedule": 5.0}}
+    e = engine(snapshot_app(app), missed_periodic_task={"grace_seconds": 2.0})
+    rule = next(r for r in e.rules if isinstance(r, MissedPeriodicTask))
+    rule.tracker.started = t0
+    for k in range(8):
+        sent(e, "p.hours", t0 + 5 * k)
+    for k in range(14):
+        sent(e, "p.tick", t0 + 5 * k + 1)
+    e.evaluate(t0 + 67.0)
+    assert [f.task for f in findings(e, "missed_periodic_task")] == ["p.hours"]
+
+
 def test_a_steady_sub_second_producer_is_not_periodic() -> None:
     """A load generator or producer loop sending tasks round-robin many times a second
     is perfectly regular per task name, but not a schedule: when it stops, nothing is

@@ -8,7 +8,14 @@ run after its last send was due more than ``grace_seconds`` ago: beat is down, s
 or lost its schedule. Nothing is judged before a period and the grace have passed since
 the exporter started (it cannot know what it did not watch); a task scheduled with
 ``-A`` but never seen sent is overdue once a period and the grace passed since then.
-Likewise a run that fell due while the event stream was down may have been sent unheard
+A task whose period was *learned* (not in the loaded ``beat_schedule``) is not missed
+while a producer cadenced for it (its ``celery beat``) has sent another of its periodic
+tasks since the run was due (from ``tolerance`` x period before: beat sends the runs of
+one tick together) and that one is not overdue: that scheduler is running, and a learned
+period cannot tell a schedule's pause (``crontab(hour="9-17")``, weekdays only, an entry
+disabled in a database scheduler) from a miss. A beat that sends nothing else is judged
+as before.
+A run that fell due while the event stream was down may have been sent unheard
 (:class:`~flower_practices.events.status.Hearing`): nothing is judged while it is down,
 and afterwards the first run due after it came back is judged instead -- unless the task
 was overdue already when the stream went down.
@@ -116,6 +123,13 @@ class MissedPeriodicTask(PeriodicRule):
                 continue  # the stream is down: unknown, not missed
             due = tracker.due(rec, now, heard if heard != last else None)
             if due is None or now <= due + grace:
+                continue
+            if not rec.scheduled and tracker.still_sending(
+                    rec, due - tracker.tolerance * period, now, grace):
+                # a learned period is one fixed interval: its producer sent another of
+                # its periodic tasks since this run was due (or at its tick, within the
+                # jitter), so it runs, and this one paused (a crontab with hours or
+                # weekdays) or left its schedule -- not a scheduler down
                 continue
             yield self._condition(rec, now, due, period)
 

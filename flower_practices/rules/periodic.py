@@ -433,6 +433,26 @@ class PeriodicTracker:
             del rec.running[uuid]
         self._drop_dead(rec.running)
 
+    def still_sending(self, rec: PeriodicRecord, after: float, now: float,
+                      grace: float) -> str | None:
+        """A producer cadenced for ``rec`` that is still running: it sent another periodic
+        task after ``after``, and that task is not overdue from it at ``now`` (its period
+        plus ``grace``); its node name, else None. O(periodic tasks x producers), for a
+        task judged overdue only."""
+        hosts = [h for h, p in rec.producers.items() if p.cadenced]
+        if not hosts:
+            return None
+        for other in self.known.values():
+            period = other.period()
+            if other is rec or period <= 0.0:
+                continue
+            for host in hosts:
+                p = other.producers.get(host)
+                if p is not None and p.cadenced and p.last > after \
+                        and now - p.last <= period + grace:
+                    return host
+        return None
+
     def active_producers(self, rec: PeriodicRecord, now: float, within: float) -> list[str]:
         return sorted(h for h, p in rec.producers.items()
                       if p.cadenced and now - p.last <= within)[:MAX_HOSTS]

@@ -6,7 +6,10 @@ comma separated, for the ``celery beat`` and ``celery worker`` subprocesses):
   worker threads start together: not an overlap);
 - ``slow``: ``periodic.slow`` every 2 s, sleeps 3.5 s (longer than its period);
 - ``flaky``: ``periodic.flaky`` every 3 s, fails with ConnectionError on its first
-  attempt and retries with a 1 s back-off.
+  attempt and retries with a 1 s back-off;
+- ``pausing``: ``periodic.pausing`` every 2 s until the file named by
+  ``FP_TEST_PAUSE_FILE`` exists, then never (a crontab's hours ending: the schedule
+  pauses while beat runs on).
 
 ``periodic.later`` is never scheduled: the tests send it with a countdown.
 """
@@ -15,11 +18,24 @@ import os
 import time
 
 from celery import Celery
+from celery.schedules import schedstate, schedule
+
+
+class Pausing(schedule):
+    """Due every ``run_every`` until ``FP_TEST_PAUSE_FILE`` exists, then paused."""
+
+    def is_due(self, last_run_at):  # noqa: ANN001, ANN201 - Celery's signature
+        path = os.environ.get("FP_TEST_PAUSE_FILE")
+        if path and os.path.exists(path):
+            return schedstate(False, 0.5)
+        return super().is_due(last_run_at)
+
 
 ENTRIES = {
     "tick": {"task": "periodic.tick", "schedule": 2.0},
     "slow": {"task": "periodic.slow", "schedule": 2.0},
     "flaky": {"task": "periodic.flaky", "schedule": 3.0},
+    "pausing": {"task": "periodic.pausing", "schedule": Pausing(2.0)},
 }
 
 
@@ -48,6 +64,10 @@ def make_app(broker: str, entries: str = "") -> Celery:
     def flaky(self) -> None:
         if self.request.retries < 1:
             raise ConnectionError("transient")
+
+    @app.task(name="periodic.pausing", shared=False)
+    def pausing() -> None:
+        return None
 
     @app.task(name="periodic.later", shared=False)
     def later() -> None:
