@@ -57,6 +57,44 @@ def test_eta_tasks_do_not_count_as_starved() -> None:
     assert f["evidence"]["samples"] == 1  # the eta task's 99 s are not a sample
 
 
+def test_priority_inversion_is_named_only_when_another_queue_held_the_workers() -> None:
+    """A starved queue whose worker ran a few short tasks of another queue (a loaded
+    machine) is not blamed on that queue; one whose worker spent the wait on another
+    queue's long runs -- finished in the window, or still going -- is."""
+
+    def starved(other_runs: list[tuple[float, float | None]]) -> dict:
+        e = engine(QueueStarvation, max_wait_seconds=30.0, min_samples=1)
+        e.apply_worker_probes({"w@h": WorkerSample(("q", "bulk"), prefetch=1,
+                                                   concurrency=1)})
+        e.observe(heartbeat("w@h", T0))
+        for i, (start, end) in enumerate(other_runs):
+            uuid = f"bulk{i}"
+            e.observe(ev("task-sent", T0 + start, uuid=uuid, name="t.bulk", queue="bulk"))
+            e.observe(ev("task-received", T0 + start, uuid=uuid, name="t.bulk",
+                         hostname="w@h"))
+            e.observe(ev("task-started", T0 + start, uuid=uuid, hostname="w@h"))
+            if end is not None:
+                e.observe(ev("task-succeeded", T0 + end, uuid=uuid, hostname="w@h",
+                             runtime=end - start))
+        e.observe(ev("task-sent", T0 + 1, uuid="urgent", name="t.urgent", queue="q"))
+        e.observe(ev("task-started", T0 + 80, uuid="urgent", hostname="w@h"))
+        e.observe(heartbeat("w@h", T0 + 80, active=1))
+        e.evaluate(T0 + 81)
+        [f] = findings(e, "queue_starvation")
+        assert f["queue"] == "q"
+        return f
+
+    f = starved([(2.0, 2.1), (40.0, 40.2)])  # 0.3 s of 'bulk' in all
+    assert "priority inversion" not in f["summary"], f["summary"]
+    assert f["evidence"]["occupied_by"][0]["queue"] == "bulk"  # listed, not blamed
+    f = starved([(2.0, 78.0)])  # a 76 s 'bulk' run
+    assert "priority inversion" in f["summary"] and "'bulk'" in f["summary"]
+    f = starved([(2.0, 40.0), (41.0, None)])  # 38 s finished, one still running
+    assert "priority inversion" in f["summary"]
+    assert f["evidence"]["occupied_by"][0]["running_now"] == 1
+    assert f["evidence"]["occupied_by"][0]["running_seconds"] >= 39.0
+
+
 def test_worker_finding_clears_once_events_are_enabled() -> None:
     e = engine(EventsDisabled, min_processed=3, window_seconds=10.0)
     for i in range(6):

@@ -11,9 +11,12 @@ task, exceeds ``max_wait_seconds``. A queue with no consumer
 (:func:`~flower_practices.rules.queue_view.no_consumer`, the fact
 ``queue_without_consumer`` reports) is never reported here: one cause, one finding.
 The evidence names the queues whose tasks occupied the workers that consume the starved
-queue (priority inversion), and the backlog both ways: ``queue_length`` (the broker's
-count) and ``reserved_on_workers`` (received by live workers, not started: prefetched
-messages the broker no longer counts).
+queue (``occupied_by``: runs finished in the window, ``busy_seconds``, and runs going on,
+``running_now``/``running_seconds``); the summary calls it a priority inversion only when
+another queue's tasks held those workers at least ``max_wait_seconds`` in all (a few short
+runs on a loaded machine are not what starved the queue). And the backlog both ways:
+``queue_length`` (the broker's count) and ``reserved_on_workers`` (received by live
+workers, not started: prefetched messages the broker no longer counts).
 
 Rate limits: Celery keeps a task that waits for its rate limit reserved, in the worker's
 prefetch, so a worker full of them fetches nothing else -- other queues it consumes
@@ -150,7 +153,7 @@ class QueueStarvation(Rule):
                         if rec.name not in throttled]
                 if ages:
                     out[name] = (max(ages), len(q.pending))
-        running: dict[str, dict[str, int]] = {}
+        running: dict[str, dict[str, list[float]]] = {}
         self._running = running
         for worker in state.workers.values():
             if not worker.alive(now):
@@ -159,7 +162,12 @@ class QueueStarvation(Rule):
                 mine = running[worker.hostname] = {}
                 for rec in worker.running_tasks.values():
                     if rec.queue:
-                        mine[rec.queue] = mine.get(rec.queue, 0) + 1
+                        acc = mine.get(rec.queue)
+                        if acc is None:
+                            acc = mine[rec.queue] = [0, 0.0]
+                        acc[0] += 1
+                        if rec.started_at and not unsure(rec.updated_at):
+                            acc[1] += max(0.0, now - rec.started_at)
             for rec in worker.reserved_tasks.values():
                 base = rec.sent_at or rec.received_at
                 if not rec.queue or rec.eta or not base or rec.name in throttled \
@@ -210,7 +218,7 @@ class QueueStarvation(Rule):
             took = [w for w in by_queue.get(queue, ()) if not busy[w, queue][0].idle(now)]
             shared = {w for w in took if w in live} or set(took)
         per_queue: dict[str, list[float]] = {}
-        running: dict[str, int] = {}
+        running: dict[str, list[float]] = {}
         for worker in shared:
             for q in by_worker.get(worker, ()):
                 started, busy_ms = self._totals(worker, q, now)
@@ -218,19 +226,24 @@ class QueueStarvation(Rule):
                     acc = per_queue.setdefault(q, [0.0, 0.0])
                     acc[0] += started
                     acc[1] += busy_ms / 1000.0
-            for q, n in self._running.get(worker, {}).items():
-                running[q] = running.get(q, 0) + n
+            for q, (n, seconds) in self._running.get(worker, {}).items():
+                acc = running.setdefault(q, [0, 0.0])
+                acc[0] += n
+                acc[1] += seconds
         total_busy = sum(v[1] for v in per_queue.values()) or 0.0
+        idle = (0, 0.0)
         occupied = [
             {"queue": q, "tasks_started": int(v[0]), "busy_seconds": round(v[1], 1),
              "busy_share": round(v[1] / total_busy, 3) if total_busy else None,
-             "running_now": running.get(q, 0)}
+             "running_now": int(running.get(q, idle)[0]),
+             "running_seconds": round(running.get(q, idle)[1], 1)}
             for q, v in per_queue.items()
         ]
-        for q, n in running.items():
+        for q, (n, seconds) in running.items():
             if q not in per_queue:
                 occupied.append({"queue": q, "tasks_started": 0, "busy_seconds": 0.0,
-                                 "busy_share": None, "running_now": n})
+                                 "busy_share": None, "running_now": int(n),
+                                 "running_seconds": round(seconds, 1)})
         occupied.sort(key=lambda d: (-d["busy_seconds"], -d["running_now"], d["queue"]))
         return {"shared_workers": sorted(shared)[:10], "occupied_by": occupied[:5],
                 "rate_limited_reserved": self._rate_limited_reserved(shared)}
@@ -303,8 +316,12 @@ class QueueStarvation(Rule):
             if qrec is not None and qrec.waits_from_received else TASK_SENT,
             **inversion,
         })
+        # an inversion only when another queue's tasks held the shared workers at least
+        # as long as the wait limit (finished runs in the window plus the runs going on):
+        # a few short runs on a loaded machine are not what starved the queue
         others = [o for o in inversion["occupied_by"] if o["queue"] != queue
-                  and (o["busy_seconds"] or o["running_now"])]
+                  and o["busy_seconds"] + o["running_seconds"] >= self.max_wait]
+        others.sort(key=lambda o: -(o["busy_seconds"] + o["running_seconds"]))
         summary = f"queue '{queue}' is starved: " + "; ".join(reasons) + \
             f" (limit {self.max_wait:g}s)"
         held = inversion["rate_limited_reserved"]
