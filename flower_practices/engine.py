@@ -191,6 +191,8 @@ class Engine:
         started = time.perf_counter()
         failed = {rule.id for rule in self.rules if not self._prepare_rule(rule, now)}
         with self.lock:
+            # back from a blind window: what was reserved before it is not believed
+            self.state.settle()
             deaf = self.state.hearing.deaf  # the stream is down: silence means nothing
             for rule in self.rules:
                 options = self._rule_options[rule.id]
@@ -352,6 +354,7 @@ class Engine:
         """What exposition reads, in one place; call under ``lock`` (the counters and
         findings are the live objects, not copies: read them before releasing it)."""
         state = self.state
+        state.settle()  # back from a blind window: the reserved counts start over
         lengths, consumers = state.queue_gauges()
         ups, busy = state.worker_gauges(now)
         return EngineView(

@@ -83,7 +83,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "other transports)", ("queue", "priority")),
     "celery_queue_reserved_tasks": (
         "gauge", "Tasks of a queue received by live workers but not started (prefetched, no "
-        "longer in celery_queue_length; from events)", ("queue",)),
+        "longer in celery_queue_length; from events, heard since the event stream's last "
+        "blind window)", ("queue",)),
     "celery_queue_consumers": (
         "gauge", "Consumers of a broker queue (RabbitMQ count, else workers' active_queues)",
         ("queue",)),
@@ -96,7 +97,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "gauge", "1 while a worker's heartbeats are fresh, 0 once they stopped without a "
         "worker-offline (a worker that left cleanly has no series)", ("worker",)),
     "celery_worker_tasks_reserved": (
-        "gauge", "Tasks received but not started, per worker (from events)", ("worker",)),
+        "gauge", "Tasks received but not started, per worker (from events, heard since the "
+        "event stream's last blind window)", ("worker",)),
     "celery_worker_tasks_running": (
         "gauge", "Tasks started but not finished, per worker (from events)", ("worker",)),
     "flower_practices_events_total": (

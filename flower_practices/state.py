@@ -27,6 +27,13 @@ Lifecycle (what leaves the state, and when):
   A reserved record is also counted per queue on its worker (``queue_reserved``), so the
   backlog prefetched by live workers is known per queue without a scan of the tasks
   (:meth:`RuntimeState.reserved_by_queue`).
+- After a blind window of the event stream (:class:`~.events.status.Hearing`) a task
+  counted reserved before it may have run unheard: each worker's reserved index and
+  per-queue counts start over empty in a new ``reserved_epoch`` (:meth:`RuntimeState.settle`,
+  O(workers) once per window), so what pages and what is exposed count only tasks heard
+  received since; a record let go is counted again by its next event. Running records
+  stay (a run from before the window is still ``lost_task``'s if a kill interrupts it);
+  an idle heartbeat releases those that ended unheard, as above.
 - A worker restart is a worker-online event, a heartbeat after worker-offline, or a
   heartbeat whose ``processed`` counter went down (a new process counts from zero).
 - At ``max_workers`` a dead worker among the least recently seen makes room for a new
@@ -120,7 +127,8 @@ class TaskRecord:
         self.updated_at = 0.0
         #: NOT_COUNTED, RESERVED or RUNNING on worker ``hostname`` ...
         self.counted = NOT_COUNTED
-        #: ... in that worker's generation (``WorkerRecord.epoch``)
+        #: ... in that worker's generation (``WorkerRecord.epoch``; for a reserved record
+        #: ``WorkerRecord.reserved_epoch``)
         self.counted_epoch = 0
         #: created by a late event of a task that had already finished (see ``finished``)
         self.straggler = False
@@ -162,7 +170,7 @@ class WorkerRecord:
                  "orphans", "active_queues",
                  "sw_ident", "label", "online_since", "prefetch", "concurrency", "epoch",
                  "restarted_at", "offline_at", "created_at", "queues_seen", "queue_reserved",
-                 "last_task_at", "heartbeats", "hearing")
+                 "last_task_at", "heartbeats", "hearing", "reserved_epoch")
 
     def __init__(self, hostname: str, label: str, hearing: Hearing | None = None) -> None:
         self.hostname = hostname
@@ -190,6 +198,9 @@ class WorkerRecord:
         self.concurrency: int | None = None
         #: generation: changes when the counts are reset (offline, restart)
         self.epoch = 0
+        #: generation of the reserved index alone: also changes when the stream comes
+        #: back from a blind window (:meth:`RuntimeState.settle`)
+        self.reserved_epoch = 0
         #: worker's own timestamp of its last known restart (0: none seen)
         self.restarted_at = 0.0
         #: when its worker-offline arrived (0: not offline by event)
@@ -331,9 +342,14 @@ class RuntimeState:
         #: runs ended with no outcome event (``Ignore``, ``Task.replace``), found by an
         #: idle heartbeat (see :meth:`_ended_unreported`)
         self.tasks_ended_unreported = 0
+        #: reserved records let go when the stream came back from a blind window: they
+        #: may have started unheard (see :meth:`settle`)
+        self.reserved_unheard = 0
         self.workers_forgotten = 0
         self.queues_forgotten = 0
         self._epoch = 0
+        #: ``hearing.returns`` as of the last :meth:`settle`
+        self._returns = self.hearing.returns
         self._swept_at = -math.inf
         #: the task ids of the pass in progress (None: none) and the position in them
         self._sweep_keys: list[str] | None = None
@@ -409,19 +425,49 @@ class RuntimeState:
         """Start a new generation of ``worker``: its counts restart from zero, and records
         counted in an older generation no longer decrement them."""
         self._epoch += 1
-        worker.epoch = self._epoch
+        worker.epoch = worker.reserved_epoch = self._epoch
         if worker.running_tasks:
             worker.orphans.update(worker.running_tasks)
             worker.running_tasks = {}
         worker.reserved_tasks = {}
         worker.queue_reserved.clear()
 
+    def settle(self) -> None:
+        """Bring the reserved indexes up to the stream's blind windows (cheap when there
+        was none since the last call: one comparison).
+
+        After a return, a task counted reserved on a worker before the window may have
+        started -- and ended -- while nothing was heard, or may still wait: the two cannot
+        be told apart. Such a record is not believed reserved any more: each worker's
+        reserved index and per-queue counts start over empty in a new generation
+        (``reserved_epoch``, O(workers), once per window; the records themselves are not
+        visited), so ``prefetch_starvation``, ``celery_queue_reserved_tasks`` and
+        ``celery_worker_tasks_reserved`` count only tasks heard received since the
+        return. A record let go this way is counted again by its next event (a
+        task-started counts it running; it never leaves a count twice). Called before a
+        task is counted reserved, and by the engine before the rules' evaluation and the
+        exposition read the counts."""
+        returns = self.hearing.returns
+        if returns == self._returns:
+            return
+        self._returns = returns
+        for worker in self.workers.values():
+            if worker.reserved_tasks or worker.queue_reserved:
+                self.reserved_unheard += len(worker.reserved_tasks)
+                self._epoch += 1
+                worker.reserved_epoch = self._epoch
+                worker.reserved_tasks = {}
+                worker.queue_reserved = {}
+
     def _count(self, rec: TaskRecord, worker: WorkerRecord, kind: int) -> None:
         rec.counted = kind
-        rec.counted_epoch = worker.epoch
         if kind == RUNNING:
+            rec.counted_epoch = worker.epoch
             worker.running_tasks[rec.uuid] = rec
         else:
+            if self.hearing.returns != self._returns:  # back from a blind window
+                self.settle()
+            rec.counted_epoch = worker.reserved_epoch
             worker.reserved_tasks[rec.uuid] = rec
             if rec.queue:
                 self._count_queue(rec, worker, self.queue(rec.queue))
@@ -447,13 +493,15 @@ class RuntimeState:
         worker = self.workers.get(rec.hostname)
         if worker is None:
             return
-        if worker.epoch != rec.counted_epoch:
-            worker.orphans.pop(rec.uuid, None)  # its per-queue count went with the epoch
-            return
         if kind == RUNNING:
-            worker.running_tasks.pop(rec.uuid, None)
-        else:
-            worker.reserved_tasks.pop(rec.uuid, None)
+            if worker.epoch != rec.counted_epoch:
+                worker.orphans.pop(rec.uuid, None)
+            else:
+                worker.running_tasks.pop(rec.uuid, None)
+            return
+        if worker.reserved_epoch != rec.counted_epoch:
+            return  # its counts went with that generation (a restart, a blind window)
+        worker.reserved_tasks.pop(rec.uuid, None)
         if q is not None:
             per_queue = worker.queue_reserved
             n = per_queue.get(q, 0) - 1
@@ -609,7 +657,7 @@ class RuntimeState:
                 if rec.counted == RESERVED and rec.counted_queue is None:
                     # its task-received came first, when its queue was not known yet
                     worker = self.workers.get(rec.hostname)
-                    if worker is not None and worker.epoch == rec.counted_epoch:
+                    if worker is not None and worker.reserved_epoch == rec.counted_epoch:
                         self._count_queue(rec, worker, q)
         elif rec.queue:
             q = self.queues.get(rec.queue)

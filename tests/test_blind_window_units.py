@@ -161,3 +161,99 @@ def test_tasks_that_may_have_started_unheard_are_not_a_starved_queue() -> None:
     (f,) = findings(e, "queue_starvation")
     assert f.queue == "work"
     assert f.evidence["oldest_waiting_seconds"] >= 10.0
+
+
+class _Pool:
+    """Two live workers consuming queue 'work' (pool size 1, prefetch 4): ``busy@h`` and
+    its idle peer ``idle@h``, fed through the real Engine."""
+
+    def __init__(self, e: Engine) -> None:
+        self.e = e
+        for host in ("busy@h", "idle@h"):
+            e.state.probed_worker(host, ("work",), 4, 1)
+
+    def beat(self, start: float, until: float) -> None:
+        """Heartbeats of both (the busy one runs a task throughout)."""
+        at = start
+        while at <= until:
+            for host, active in (("busy@h", 1), ("idle@h", 0)):
+                self.e.observe({"type": "worker-heartbeat", "hostname": host, "freq": 2.0,
+                                "active": active, "timestamp": at, "local_received": at})
+            at += 2.0
+
+    def task(self, etype: str, uuid: str, at: float) -> None:
+        extra = {"queue": "work", "retries": 0} if etype == "task-sent" else {}
+        self.e.observe({"type": etype, "uuid": uuid, "name": "t.work",
+                        "hostname": "web@h" if etype == "task-sent" else "busy@h",
+                        "timestamp": at, "local_received": at, **extra})
+
+    def receive(self, uuid: str, at: float) -> None:
+        self.task("task-sent", uuid, at - 0.1)
+        self.task("task-received", uuid, at)
+
+    def reserved_gauge(self, at: float) -> tuple[float, int]:
+        """(celery_queue_reserved_tasks{queue="work"}, celery_worker_tasks_reserved of
+        the busy worker), as the exposition reads them."""
+        view = self.e.view(at)
+        return view.queue_reserved.get("work", 0), view.workers_busy["busy@h"][0]
+
+
+def test_tasks_reserved_before_a_blind_window_are_no_prefetch_starvation() -> None:
+    t0 = time.time() - 400
+    e = connected(t0 - 10)
+    pool = _Pool(e)
+    pool.beat(t0, t0 + 4)
+    pool.receive("long", t0)
+    pool.task("task-started", "long", t0 + 0.5)
+    for uuid in ("r1", "r2"):  # prefetched behind it
+        pool.receive(uuid, t0 + 1)
+    e.evaluate(t0 + 4)
+    assert pool.reserved_gauge(t0 + 4) == (2, 2)
+    # down from +5 to +60: 'long', 'r1' and 'r2' ran and ended unheard; the busy worker
+    # runs another task it took meanwhile (its heartbeats say active=1 throughout)
+    blind(e, t0 + 5, t0 + 60)
+    pool.beat(t0 + 60, t0 + 100)
+    e.evaluate(t0 + 100)  # r1/r2 "reserved" for 99 s, the peer idle for 100 s
+    assert not findings(e, "prefetch_starvation")
+    assert pool.reserved_gauge(t0 + 100) == (0, 0)
+    assert e.state.reserved_unheard == 2
+    # must fire: tasks heard received after the return wait reserved on the busy worker
+    pool.task("task-started", "n0", t0 + 103)
+    pool.receive("n1", t0 + 104)
+    assert pool.reserved_gauge(t0 + 105) == (1, 1)
+    # the next event of a task let go finds it, and uncounts nothing of the new ones
+    pool.task("task-started", "r1", t0 + 106)
+    pool.task("task-succeeded", "r1", t0 + 107)
+    assert pool.reserved_gauge(t0 + 107) == (1, 1)
+    assert "r1" not in e.state.workers["busy@h"].running_tasks
+    pool.beat(t0 + 102, t0 + 140)
+    e.evaluate(t0 + 140)
+    (f,) = findings(e, "prefetch_starvation")
+    assert (f.queue, f.worker) == ("work", "busy@h")
+    assert f.evidence["reserved_waiting"] == 1
+    assert f.evidence["idle_workers"] == ["idle@h"]
+
+
+def test_a_task_reserved_right_after_the_return_is_counted() -> None:
+    """No evaluation or scrape between the return and the next task-received: the
+    records from before the window go, the one heard after it stays."""
+    t0 = time.time() - 400
+    e = connected(t0 - 10)
+    pool = _Pool(e)
+    pool.beat(t0, t0 + 4)
+    pool.receive("long", t0)
+    pool.task("task-started", "long", t0 + 0.5)
+    for uuid in ("r1", "r2"):
+        pool.receive(uuid, t0 + 1)
+    blind(e, t0 + 5, t0 + 60)
+    pool.task("task-started", "n0", t0 + 60.5)
+    pool.receive("n1", t0 + 61)
+    pool.beat(t0 + 60, t0 + 100)
+    e.evaluate(t0 + 100)
+    (f,) = findings(e, "prefetch_starvation")
+    assert f.evidence["reserved_waiting"] == 1
+    assert pool.reserved_gauge(t0 + 100) == (1, 1)
+    # a second window lets n1 go too
+    blind(e, t0 + 101, t0 + 120)
+    assert pool.reserved_gauge(t0 + 120) == (0, 0)
+    assert e.state.reserved_unheard == 3

@@ -97,3 +97,73 @@ def _run(exporter: RunningExporter, proxy: BlackholeProxy, worker: WorkerProcess
                      message="lost_task for the killed worker's task")
     assert found[0]["task"] == "killable.sleepy"
     assert found[0]["worker"] == name
+
+
+#: celery_queue_reserved_tasks of the worker's queue (the app's default queue)
+RESERVED = ("celery_queue_reserved_tasks", "celery")
+
+
+def test_tasks_reserved_before_a_blind_window_leave_the_reserved_gauge() -> None:
+    """One pool slot (threads, prefetch 1): a gated task runs and a task waits reserved
+    behind it. While the exporter is blind the gate opens and both run unheard: after the
+    return ``celery_queue_reserved_tasks`` shows no phantom backlog. Must count: a task
+    heard received after the return, waiting behind a new gated task, is in the gauge."""
+    import redis
+
+    url = fresh_redis_url()
+    db = int(url.rsplit("/", 1)[-1])
+    store = redis.Redis.from_url(url)
+    settings = Settings(evaluation_interval=0.5, probe_interval=1.0)
+
+    def reserved(exporter: RunningExporter) -> float | None:
+        return exporter.value(RESERVED[0], queue=RESERVED[1])
+
+    try:
+        with BlackholeProxy("127.0.0.1", 6379, trigger=b"\x00never\x00") as proxy:
+            worker_app = killable.make_app(url)
+            with RunningExporter(killable.make_app(proxy.url(db)), settings) as exporter:
+                wait_for(lambda: exporter.get("/healthz")[0] == 200, message="healthz 200")
+                name = f"blindres{int(time.time() * 1000) % 100000}@fp-test"
+                worker = WorkerProcess("tests.apps.killable", url, name=name, pool="threads",
+                                       concurrency=1).start(worker_app, timeout=60)
+                try:
+                    worker_app.send_task("killable.gated", args=("gate:before", 300))
+                    wait_for(lambda: exporter.total("celery_task_events_total",
+                                                    type="started",
+                                                    task="killable.gated") >= 1,
+                             timeout=60, message="the gated task started")
+                    worker_app.send_task("killable.sleepy", args=("pid:behind", 0))
+                    wait_for(lambda: reserved(exporter) == 1.0, timeout=60,
+                             message="a task reserved behind the gated one")
+
+                    assert proxy.outage() >= 1
+                    wait_for(lambda: exporter.get("/healthz")[0] == 503, timeout=30,
+                             message="/healthz says the stream is down")
+                    store.set("gate:before", 1, ex=600)  # both run now, unheard
+                    wait_for(lambda: store.exists("pid:behind"), timeout=60,
+                             message="the reserved task ran while the exporter was blind")
+                    assert reserved(exporter) == 1.0  # while blind: as last known
+                    proxy.restore()
+                    wait_for(lambda: exporter.get("/healthz")[0] == 200, timeout=60,
+                             message="the stream is back")
+                    exporter.wait_evaluated(since=time.time(), rounds=2)
+                    assert reserved(exporter) == 0.0, "a phantom backlog after the window"
+
+                    # must count: reserved behind a gated task, both heard after the return
+                    worker_app.send_task("killable.gated", args=("gate:after", 300))
+                    wait_for(lambda: exporter.total("celery_task_events_total",
+                                                    type="started",
+                                                    task="killable.gated") >= 2,
+                             timeout=60, message="the second gated task started")
+                    worker_app.send_task("killable.sleepy", args=("pid:after", 0))
+                    wait_for(lambda: reserved(exporter) == 1.0, timeout=60,
+                             message="the task reserved after the return counted")
+                    store.set("gate:after", 1, ex=600)
+                    wait_for(lambda: reserved(exporter) == 0.0 and store.exists("pid:after"),
+                             timeout=60, message="the reserved task started")
+                finally:
+                    store.set("gate:before", 1, ex=600)
+                    store.set("gate:after", 1, ex=600)
+                    worker.kill()
+    finally:
+        release_redis_dbs(url)

@@ -21,7 +21,7 @@ from flower_practices.engine import Engine
 from flower_practices.metrics import PracticesCollector, render_text
 from flower_practices.probes.poller import apply_worker_samples
 from flower_practices.probes.workers import WorkerSample
-from flower_practices.state import RuntimeState
+from flower_practices.state import RESERVED, RUNNING, RuntimeState
 
 T0 = 1_700_000_000.0
 H = "w1@h"
@@ -522,17 +522,28 @@ _worker_event = st.builds(
     st.sampled_from(_HOSTS), st.floats(0, 100), st.integers(0, 5))
 
 
+#: the event stream back from a blind window (the reserved indexes start over)
+_RETURN = st.just({"type": "(stream back)"})
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.one_of(_task_event, _worker_event), max_size=40),
-       st.integers(min_value=2, max_value=5))
-def test_worker_counts_always_match_the_records(events: list[dict], cap: int) -> None:
+@given(st.lists(st.one_of(_task_event, _worker_event, _RETURN), max_size=40),
+       st.integers(min_value=2, max_value=5), st.booleans())
+def test_worker_counts_always_match_the_records(events: list[dict], cap: int,
+                                                eager: bool) -> None:
     eng = engine(max_tracked_tasks=cap)
     for event in events:
-        eng.observe(event)
+        if event["type"] == "(stream back)":
+            eng.state.hearing.reconnected(T0)
+            if eager:  # settled at once (an evaluation, a scrape), else at the next receipt
+                eng.state.settle()
+        else:
+            eng.observe(event)
         state = eng.state
         for host, worker in state.workers.items():
-            mine = [r for r in state.tasks.values() if r.hostname == host
-                    and r.counted and r.counted_epoch == worker.epoch]
+            mine = [r for r in state.tasks.values() if r.hostname == host and (
+                (r.counted == RUNNING and r.counted_epoch == worker.epoch)
+                or (r.counted == RESERVED and r.counted_epoch == worker.reserved_epoch))]
             assert worker.running == sum(1 for r in mine if r.state == "STARTED")
             assert worker.reserved == sum(1 for r in mine if r.state == "RECEIVED")
             assert len(mine) == worker.running + worker.reserved
@@ -540,6 +551,11 @@ def test_worker_counts_always_match_the_records(events: list[dict], cap: int) ->
             assert set(worker.running_tasks) == {r.uuid for r in mine if r.state == "STARTED"}
             assert set(worker.reserved_tasks) == {r.uuid for r in mine
                                                   if r.state == "RECEIVED"}
+            per_queue: dict = {}
+            for r in worker.reserved_tasks.values():
+                if r.counted_queue is not None:
+                    per_queue[r.counted_queue] = per_queue.get(r.counted_queue, 0) + 1
+            assert worker.queue_reserved == per_queue
             for rec in worker.orphans.values():
                 assert rec.hostname == host and rec.counted_epoch != worker.epoch
                 assert state.tasks.get(rec.uuid) is rec and rec.state == "STARTED"

@@ -71,10 +71,12 @@ class Hearing:
 
     The one place where silence is judged against blindness: a worker, a queue or a
     schedule that was not heard from while the stream was down is *unknown*, not silent.
+    Each return counts in ``returns``; the state then lets go of the tasks it held as
+    reserved from before (``RuntimeState.settle``): they may have started unheard.
     An engine fed directly (never connected, never blind) hears everything: both 0.
     """
 
-    __slots__ = ("deaf_from", "since", "unsure_before")
+    __slots__ = ("deaf_from", "since", "unsure_before", "returns")
 
     def __init__(self) -> None:
         self.deaf_from = 0.0
@@ -83,6 +85,9 @@ class Hearing:
         #: next event may have come while the stream was down (0: nothing is; the first
         #: connection leaves it at 0, nothing was heard before it)
         self.unsure_before = 0.0
+        #: blind windows ended so far (the first connection is none): the state lets go
+        #: of the reserved tasks it holds as of an earlier count (``RuntimeState.settle``)
+        self.returns = 0
 
     @property
     def deaf(self) -> bool:
@@ -112,6 +117,7 @@ class Hearing:
         for a long one just before its end."""
         self.unsure_before = max(self.deaf_from, at - CLOCK_DRIFT_SECONDS)
         self.since = at
+        self.returns += 1
 
 
 class StreamStatus:

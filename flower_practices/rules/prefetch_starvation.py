@@ -10,6 +10,11 @@ size, from ``inspect stats``; >= 1 when unknown) and that have waited at least
 ``min_wait_seconds``, and looks for another live worker consuming the same queue
 (``active_queues`` from the probes) that has had nothing to do for at least as long.
 
+After a blind window of the event stream the reserved index holds only tasks heard
+received since its end (``RuntimeState.settle``): one received before it may have run
+unheard, so it is not taken for waiting -- no page on a phantom backlog; tasks received
+after the return page as usual.
+
 Tasks held by a ``rate_limit`` wait reserved on purpose (with the app loaded they are
 left out, as above; without it, the worker holding them has free pool slots: not busy).
 Workers started ``--without-heartbeat`` are never live

@@ -31,9 +31,11 @@ so the queue starts to grow only after that many messages. A finding needs, for
   and the ``active`` count of its heartbeats) reach its pool size (``inspect stats``
   ``pool.max-concurrency``; 1 when unknown), or when its running plus reserved tasks
   without an ETA reach its prefetch count (``inspect stats`` ``prefetch_count``):
-  such a worker fetches nothing by design. Only workers not seen busy for
-  ``threshold_seconds`` are reported (their stall counted from when they were last
-  busy), so a saturated worker between two tasks is never taken for a zombie.
+  such a worker fetches nothing by design (after a blind window of the event stream the
+  reserved tasks are those heard received since: ``RuntimeState.settle``). Only workers
+  not seen busy for ``threshold_seconds`` are reported (their stall counted from when
+  they were last busy), so a saturated worker between two tasks is never taken for a
+  zombie.
 
 A worker holding ``rate_limit`` tasks fills its prefetch count with them and fetches
 nothing until its token bucket lets one through: busy by the second criterion, never a

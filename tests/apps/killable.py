@@ -4,6 +4,8 @@
 given (on the broker's Redis, or on ``pid_store`` / ``FP_TEST_PID_REDIS`` when the broker
 is RabbitMQ) and sleep, so a test can SIGKILL exactly the pool process
 running them. ``killable.boom`` raises the built-in exception class it is named.
+``killable.gated`` runs until the test sets its gate key (on the same Redis), so a test
+decides when a pool slot frees, whatever the machine's load.
 ``make_app(broker)`` builds a fresh copy for tests (broker from FP_TEST_BROKER).
 """
 
@@ -38,6 +40,15 @@ def make_app(broker: str, pid_store: str | None = None) -> Celery:
     def sleepy(key, seconds):
         publish_pid(pid_store or broker, key)
         time.sleep(seconds)
+
+    @app.task(name="killable.gated", shared=False)
+    def gated(gate, seconds):
+        import redis
+
+        store = redis.Redis.from_url(pid_store or broker)
+        deadline = time.monotonic() + seconds
+        while not store.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     @app.task(name="killable.boom", shared=False)
     def boom(kind):
