@@ -80,7 +80,9 @@ def build() -> db.Dashboard:
         "Per queue: messages in the broker (celery_queue_length, all priorities) and tasks "
         "received by live workers but not started (celery_queue_reserved_tasks, from "
         "events). Prefetched messages leave the broker's count: during a priority "
-        "inversion the broker can say 0 while workers hold the backlog.", "short",
+        "inversion the broker can say 0 while workers hold the backlog. After a gap in the "
+        "exporter's event stream the reserved count starts over (tasks reserved before it "
+        "may have run unheard): it can read low for a while, never high.", "short",
         [query(f"sum by (queue) ({length})", "{{queue}} in broker", ref="A"),
          query(f"sum by (queue) ({series('celery_queue_reserved_tasks', Q)})",
                "{{queue}} reserved on workers", ref="B")], width=24))

@@ -53,7 +53,7 @@ def build() -> db.Dashboard:
         zero_while_up(f"sum({per_worker('celery_worker_tasks_running')})")))
     board.with_panel(single(
         "Tasks reserved", "Tasks received but not started (prefetched), all selected "
-        "workers.", "short",
+        "workers; heard since the exporter's last event-stream gap.", "short",
         zero_while_up(f"sum({per_worker('celery_worker_tasks_reserved')})")))
     board.with_panel(graph(
         "Worker up", "1 while a worker's heartbeats are fresh.", "bool_on_off",
@@ -63,7 +63,8 @@ def build() -> db.Dashboard:
         "Tasks running by worker", "Tasks started but not finished, per worker.", "short",
         [query(f"sum by (worker) ({per_worker('celery_worker_tasks_running')})", "{{worker}}")]))
     board.with_panel(graph(
-        "Tasks reserved by worker", "Tasks received but not started, per worker.", "short",
+        "Tasks reserved by worker", "Tasks received but not started, per worker (heard "
+        "since the exporter's last event-stream gap).", "short",
         [query(f"sum by (worker) ({per_worker('celery_worker_tasks_reserved')})",
                "{{worker}}")]))
     board.with_row(row("Exporter health"))
