@@ -35,7 +35,15 @@ Lifecycle (what leaves the state, and when):
   stay (a run from before the window is still ``lost_task``'s if a kill interrupts it);
   an idle heartbeat releases those that ended unheard, as above.
 - A worker restart is a worker-online event, a heartbeat after worker-offline, or a
-  heartbeat whose ``processed`` counter went down (a new process counts from zero).
+  heartbeat whose ``processed`` counter went down (a new process counts from zero) --
+  unless that worker-online (or heartbeat) comes from the same process with tasks still
+  running: a *reconnect*. Celery's consumer sends worker-offline and then worker-online
+  around a lost broker connection (a Redis or RabbitMQ restart) while the pool runs on;
+  the worker-online then reports ``active`` > 0, ``processed`` not reset and the same
+  ``pid``, which a new process cannot (it has run nothing when it says it is online; a
+  heartbeat after worker-offline, its worker-online missed, is still a restart).
+  The runs it went offline with are taken back as running (:meth:`RuntimeState._reconnected`),
+  so a broker restart is no ``lost_task``.
 - At ``max_workers`` a dead worker among the least recently seen makes room for a new
   one; dead workers are forgotten after ``worker_ttl``. At ``max_queues`` an idle queue
   makes room; idle queues are forgotten after ``queue_ttl``. When every record is live
@@ -170,7 +178,7 @@ class WorkerRecord:
                  "orphans", "active_queues",
                  "sw_ident", "label", "online_since", "prefetch", "concurrency", "epoch",
                  "restarted_at", "offline_at", "created_at", "queues_seen", "queue_reserved",
-                 "last_task_at", "heartbeats", "hearing", "reserved_epoch")
+                 "last_task_at", "heartbeats", "hearing", "reserved_epoch", "pid")
 
     def __init__(self, hostname: str, label: str, hearing: Hearing | None = None) -> None:
         self.hostname = hostname
@@ -201,6 +209,8 @@ class WorkerRecord:
         #: generation of the reserved index alone: also changes when the stream comes
         #: back from a blind window (:meth:`RuntimeState.settle`)
         self.reserved_epoch = 0
+        #: process id of its worker events (None: none seen)
+        self.pid: int | None = None
         #: worker's own timestamp of its last known restart (0: none seen)
         self.restarted_at = 0.0
         #: when its worker-offline arrived (0: not offline by event)
@@ -342,6 +352,9 @@ class RuntimeState:
         #: runs ended with no outcome event (``Ignore``, ``Task.replace``), found by an
         #: idle heartbeat (see :meth:`_ended_unreported`)
         self.tasks_ended_unreported = 0
+        #: worker-online events (or heartbeats after worker-offline) from the same process
+        #: with tasks running: consumer reconnects, not restarts (see :meth:`_reconnected`)
+        self.reconnects = 0
         #: reserved records let go when the stream came back from a blind window: they
         #: may have started unheard (see :meth:`settle`)
         self.reserved_unheard = 0
@@ -725,12 +738,26 @@ class RuntimeState:
             return
         restarted = etype == WORKER_ONLINE or worker.offline_at > 0.0
         processed = event.get("processed")
+        active = event.get("active")
+        pid = event.get("pid")
+        if type(pid) is not int:
+            pid = None
+        if etype == WORKER_ONLINE and type(active) is int and active > 0 \
+                and type(processed) is int and processed >= worker.processed \
+                and pid is not None and pid == worker.pid:
+            # the same process, tasks running: its consumer reconnected, nothing restarted
+            # (a new process has run nothing when it says it is online; a heartbeat after
+            # worker-offline, the worker-online missed, is not believed: it may be one)
+            self._reconnected(worker)
+            restarted = False
         if type(processed) is int:
             if processed < worker.processed:
                 restarted = True  # a new process counts from zero
             worker.processed = processed
             if worker.first_processed is None:
                 worker.first_processed = processed
+        if pid is not None:
+            worker.pid = pid
         if restarted:
             worker.restarted_at = ts
             worker.offline_at = 0.0
@@ -741,7 +768,6 @@ class RuntimeState:
         freq = finite_seconds(event.get("freq"))
         if freq and freq <= _MAX_FREQ:
             worker.freq = freq
-        active = event.get("active")
         if type(active) is int:
             worker.active = active
             if active == 0 and worker.running_tasks:
@@ -749,6 +775,25 @@ class RuntimeState:
         sw = event.get("sw_ident")
         if isinstance(sw, str):
             worker.sw_ident = sw
+
+    def _reconnected(self, worker: WorkerRecord) -> None:
+        """``worker``'s process came back after its worker-offline with tasks still running
+        (a consumer reconnect, see the module docstring): not a restart. The runs it went
+        offline with (its orphans, still STARTED) are running again in its current
+        generation; the reserved tasks stay let go (a reconnecting consumer drops its
+        prefetched messages, which the broker delivers again). O(orphans)."""
+        worker.offline_at = 0.0
+        orphans = worker.orphans
+        running = worker.running_tasks
+        for uuid, rec in list(orphans.items()):
+            # (not a run orphaned by an earlier, real restart: that one stays lost_task's)
+            if rec.state == "STARTED" and rec.counted == RUNNING \
+                    and rec.hostname == worker.hostname \
+                    and rec.started_at >= worker.restarted_at:
+                del orphans[uuid]
+                rec.counted_epoch = worker.epoch
+                running[uuid] = rec
+        self.reconnects += 1
 
     def _ended_unreported(self, worker: WorkerRecord, before: float) -> None:
         """``worker``'s heartbeat says it runs nothing: the runs it started at or before

@@ -180,6 +180,74 @@ def test_lost_task_when_worker_restarted_under_it() -> None:
     assert f["evidence"]["reasons"] == ["worker restarted after the task started"]
 
 
+def _worker_ev(etype: str, ts: float, pid: int | None = 7, active: int = 1,
+               processed: int = 3) -> dict:
+    ev = {"type": etype, "hostname": "w1@h", "timestamp": ts, "local_received": ts,
+          "freq": 2.0, "active": active, "processed": processed}
+    if pid is not None:
+        ev["pid"] = pid
+    return ev
+
+
+def _reconnect_case(online: dict, *, restart_before: bool = False) -> Engine:
+    """A task runs on w1@h (pid 7, 3 processed); the worker goes offline and ``online``
+    follows (as Celery's consumer does around a broker reconnect, or a new process);
+    heartbeats like ``online`` keep it alive; evaluated well past every grace."""
+    eng = engine(practices={"lost_task": {"offline_grace_seconds": 5, "grace_seconds": 2}})
+    t0 = time.time() - 100
+    eng.observe(_worker_ev("worker-online", t0, active=0))
+    for ev in task_events("u3", "proj.job", t0 + 1):
+        eng.observe(ev)
+    if restart_before:  # a real restart first: the run is orphaned by it
+        eng.observe(_worker_ev("worker-online", t0 + 2, pid=8, active=0, processed=0))
+    eng.observe(_worker_ev("worker-offline", t0 + 10, pid=online.get("pid")))
+    eng.observe(online)
+    for k in range(1, 40):
+        beat = {**online, "type": "worker-heartbeat", "timestamp": t0 + 10 + k,
+                "local_received": t0 + 10 + k}
+        eng.observe(beat)
+    eng.evaluate(t0 + 50)
+    return eng
+
+
+def test_a_consumer_reconnect_is_no_restart_but_a_new_process_is() -> None:
+    """worker-offline then worker-online from the same process (same pid, processed not
+    reset) with tasks still running is Celery's consumer reconnecting after a broker
+    restart: the run goes on, no lost_task. A new process under the same name (another
+    pid, processed reset, nothing running, or no worker-online heard) is a restart: the
+    run is lost."""
+    same = _worker_ev("worker-online", time.time() - 90)
+    eng = _reconnect_case(same)
+    assert [f["practice"] for f in eng.practices_payload()["findings"]] == []
+    worker = eng.state.workers["w1@h"]
+    assert list(worker.running_tasks) == ["u3"] and not worker.orphans
+    assert eng.state.reconnects == 1
+    # must fire: its heartbeats then stop -- the run is lost with it
+    eng.evaluate(time.time())
+    [f] = eng.practices_payload()["findings"]
+    assert f["practice"] == "lost_task"
+    assert f["evidence"]["reasons"] == ["heartbeats expired"]
+
+    for online in (_worker_ev("worker-online", time.time() - 90, pid=8),  # another pid
+                   _worker_ev("worker-online", time.time() - 90, processed=0),  # reset
+                   _worker_ev("worker-online", time.time() - 90, active=0),  # idle
+                   _worker_ev("worker-online", time.time() - 90, pid=None),  # unknown
+                   # its worker-online missed: a heartbeat after worker-offline may be a
+                   # new process's (containers reuse pid 1), so it is not believed
+                   _worker_ev("worker-heartbeat", time.time() - 90)):
+        eng = _reconnect_case(online)
+        [f] = eng.practices_payload()["findings"]
+        assert f["practice"] == "lost_task", online
+        assert f["evidence"]["reasons"] == ["worker restarted after the task started"]
+        assert eng.state.reconnects == 0
+
+    # a run orphaned by an earlier real restart is not taken back by a later reconnect
+    eng = _reconnect_case(_worker_ev("worker-online", time.time() - 90, pid=8,
+                                     processed=0), restart_before=True)
+    [f] = eng.practices_payload()["findings"]
+    assert f["evidence"]["reasons"] == ["worker restarted after the task started"]
+
+
 # -- unread_results coverage ------------------------------------------------------------------
 def test_unread_results_coverage_without_redis_backend() -> None:
     assert engine().coverage()["unread_results"].startswith(

@@ -8,7 +8,10 @@ worker-offline first and lets the task run up to its limit), whose heartbeats ex
 (:meth:`~flower_practices.state.WorkerRecord.alive`) more than ``grace_seconds`` ago, or
 which restarted after the task started
 (worker-online, a heartbeat after worker-offline, or ``processed`` going down, as the
-state records them) -- a restart the task did not survive.
+state records them) -- a restart the task did not survive. A consumer reconnect after a
+broker restart (worker-offline and worker-online from the same process, tasks still
+running) is no restart: the state takes its runs back as running
+(:meth:`~flower_practices.state.RuntimeState._reconnected`).
 
 Each lost task is counted once: its record is marked ``LOST`` in the state
 (:meth:`~flower_practices.state.RuntimeState.mark_lost`), so it is never judged again,
