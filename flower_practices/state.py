@@ -36,8 +36,8 @@ Lifecycle (what leaves the state, and when):
   an idle heartbeat releases those that ended unheard, as above.
 - A worker restart is a worker-online event, a heartbeat after worker-offline, or a
   heartbeat whose ``processed`` counter went down (a new process counts from zero) --
-  unless that worker-online (or heartbeat) comes from the same process with tasks still
-  running: a *reconnect*. Celery's consumer sends worker-offline and then worker-online
+  unless that worker-online comes from the same process with tasks still running: a
+  *reconnect*. Celery's consumer sends worker-offline and then worker-online
   around a lost broker connection (a Redis or RabbitMQ restart) while the pool runs on;
   the worker-online then reports ``active`` > 0, ``processed`` not reset and the same
   ``pid``, which a new process cannot (it has run nothing when it says it is online; a
@@ -352,8 +352,8 @@ class RuntimeState:
         #: runs ended with no outcome event (``Ignore``, ``Task.replace``), found by an
         #: idle heartbeat (see :meth:`_ended_unreported`)
         self.tasks_ended_unreported = 0
-        #: worker-online events (or heartbeats after worker-offline) from the same process
-        #: with tasks running: consumer reconnects, not restarts (see :meth:`_reconnected`)
+        #: worker-online events from the same process with tasks running: consumer
+        #: reconnects, not restarts (see :meth:`_reconnected`)
         self.reconnects = 0
         #: reserved records let go when the stream came back from a blind window: they
         #: may have started unheard (see :meth:`settle`)
