@@ -198,15 +198,21 @@ class _Pool:
         return view.queue_reserved.get("work", 0), view.workers_busy["busy@h"][0]
 
 
-def test_tasks_reserved_before_a_blind_window_are_no_prefetch_starvation() -> None:
-    t0 = time.time() - 400
+def _two_reserved_behind_a_long_run(t0: float) -> tuple[Engine, _Pool]:
+    """busy@h runs 'long' from t0 and has 'r1' and 'r2' prefetched behind it."""
     e = connected(t0 - 10)
     pool = _Pool(e)
     pool.beat(t0, t0 + 4)
     pool.receive("long", t0)
     pool.task("task-started", "long", t0 + 0.5)
-    for uuid in ("r1", "r2"):  # prefetched behind it
+    for uuid in ("r1", "r2"):
         pool.receive(uuid, t0 + 1)
+    return e, pool
+
+
+def test_tasks_reserved_before_a_blind_window_are_no_prefetch_starvation() -> None:
+    t0 = time.time() - 400
+    e, pool = _two_reserved_behind_a_long_run(t0)
     e.evaluate(t0 + 4)
     assert pool.reserved_gauge(t0 + 4) == (2, 2)
     # down from +5 to +60: 'long', 'r1' and 'r2' ran and ended unheard; the busy worker
@@ -238,13 +244,7 @@ def test_a_task_reserved_right_after_the_return_is_counted() -> None:
     """No evaluation or scrape between the return and the next task-received: the
     records from before the window go, the one heard after it stays."""
     t0 = time.time() - 400
-    e = connected(t0 - 10)
-    pool = _Pool(e)
-    pool.beat(t0, t0 + 4)
-    pool.receive("long", t0)
-    pool.task("task-started", "long", t0 + 0.5)
-    for uuid in ("r1", "r2"):
-        pool.receive(uuid, t0 + 1)
+    e, pool = _two_reserved_behind_a_long_run(t0)
     blind(e, t0 + 5, t0 + 60)
     pool.task("task-started", "n0", t0 + 60.5)
     pool.receive("n1", t0 + 61)

@@ -12,6 +12,9 @@ fire), so the detection still works after the window.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -33,21 +36,31 @@ DISCONNECTED = "flower_practices_event_stream_disconnected_seconds_total"
 
 
 def test_a_blind_window_pages_no_lost_task_and_a_kill_after_it_still_does() -> None:
-    url = fresh_redis_url()
-    db = int(url.rsplit("/", 1)[-1])
     settings = Settings(evaluation_interval=0.5, probe_interval=1.0,
                         clear_after_seconds=600.0,
                         practices={"lost_task": {"grace_seconds": GRACE}})
+    with _blind_setup(settings, "blind", concurrency=2) as (exporter, proxy, worker, app):
+        _run(exporter, proxy, worker, app, worker.name)
+
+
+@contextmanager
+def _blind_setup(settings: Settings, prefix: str, concurrency: int
+                 ) -> Iterator[tuple[RunningExporter, BlackholeProxy, WorkerProcess, Any]]:
+    """A fresh Redis database; the exporter reaching it through a proxy that can black
+    it out; a threads worker (``concurrency`` slots) reaching it directly; the worker's
+    app. Everything is killed and released on exit."""
+    url = fresh_redis_url()
+    db = int(url.rsplit("/", 1)[-1])
     try:
         with BlackholeProxy("127.0.0.1", 6379, trigger=b"\x00never\x00") as proxy:
             worker_app = killable.make_app(url)
             with RunningExporter(killable.make_app(proxy.url(db)), settings) as exporter:
                 wait_for(lambda: exporter.get("/healthz")[0] == 200, message="healthz 200")
-                name = f"blind{int(time.time() * 1000) % 100000}@fp-test"
+                name = f"{prefix}{int(time.time() * 1000) % 100000}@fp-test"
                 worker = WorkerProcess("tests.apps.killable", url, name=name, pool="threads",
-                                       concurrency=2).start(worker_app, timeout=60)
+                                       concurrency=concurrency).start(worker_app, timeout=60)
                 try:
-                    _run(exporter, proxy, worker, worker_app, name)
+                    yield exporter, proxy, worker, worker_app
                 finally:
                     worker.kill()
     finally:
@@ -110,60 +123,45 @@ def test_tasks_reserved_before_a_blind_window_leave_the_reserved_gauge() -> None
     heard received after the return, waiting behind a new gated task, is in the gauge."""
     import redis
 
-    url = fresh_redis_url()
-    db = int(url.rsplit("/", 1)[-1])
-    store = redis.Redis.from_url(url)
     settings = Settings(evaluation_interval=0.5, probe_interval=1.0)
 
     def reserved(exporter: RunningExporter) -> float | None:
         return exporter.value(RESERVED[0], queue=RESERVED[1])
 
-    try:
-        with BlackholeProxy("127.0.0.1", 6379, trigger=b"\x00never\x00") as proxy:
-            worker_app = killable.make_app(url)
-            with RunningExporter(killable.make_app(proxy.url(db)), settings) as exporter:
-                wait_for(lambda: exporter.get("/healthz")[0] == 200, message="healthz 200")
-                name = f"blindres{int(time.time() * 1000) % 100000}@fp-test"
-                worker = WorkerProcess("tests.apps.killable", url, name=name, pool="threads",
-                                       concurrency=1).start(worker_app, timeout=60)
-                try:
-                    worker_app.send_task("killable.gated", args=("gate:before", 300))
-                    wait_for(lambda: exporter.total("celery_task_events_total",
-                                                    type="started",
-                                                    task="killable.gated") >= 1,
-                             timeout=60, message="the gated task started")
-                    worker_app.send_task("killable.sleepy", args=("pid:behind", 0))
-                    wait_for(lambda: reserved(exporter) == 1.0, timeout=60,
-                             message="a task reserved behind the gated one")
+    with _blind_setup(settings, "blindres", concurrency=1) as (exporter, proxy, worker,
+                                                                 worker_app):
+        store = redis.Redis.from_url(worker_app.conf.broker_url)
+        try:
+            def one_reserved_behind_a_gated_task(gate: str, pid_key: str, n: int) -> None:
+                """The only slot held by a gated task (the ``n``-th), a task behind it."""
+                worker_app.send_task("killable.gated", args=(gate, 300))
+                wait_for(lambda: exporter.total("celery_task_events_total", type="started",
+                                                task="killable.gated") >= n,
+                         timeout=60, message=f"gated task {n} started")
+                worker_app.send_task("killable.sleepy", args=(pid_key, 0))
+                wait_for(lambda: reserved(exporter) == 1.0, timeout=60,
+                         message=f"a task reserved behind gated task {n}")
 
-                    assert proxy.outage() >= 1
-                    wait_for(lambda: exporter.get("/healthz")[0] == 503, timeout=30,
-                             message="/healthz says the stream is down")
-                    store.set("gate:before", 1, ex=600)  # both run now, unheard
-                    wait_for(lambda: store.exists("pid:behind"), timeout=60,
-                             message="the reserved task ran while the exporter was blind")
-                    assert reserved(exporter) == 1.0  # while blind: as last known
-                    proxy.restore()
-                    wait_for(lambda: exporter.get("/healthz")[0] == 200, timeout=60,
-                             message="the stream is back")
-                    exporter.wait_evaluated(since=time.time(), rounds=2)
-                    assert reserved(exporter) == 0.0, "a phantom backlog after the window"
+            one_reserved_behind_a_gated_task("gate:before", "pid:behind", 1)
 
-                    # must count: reserved behind a gated task, both heard after the return
-                    worker_app.send_task("killable.gated", args=("gate:after", 300))
-                    wait_for(lambda: exporter.total("celery_task_events_total",
-                                                    type="started",
-                                                    task="killable.gated") >= 2,
-                             timeout=60, message="the second gated task started")
-                    worker_app.send_task("killable.sleepy", args=("pid:after", 0))
-                    wait_for(lambda: reserved(exporter) == 1.0, timeout=60,
-                             message="the task reserved after the return counted")
-                    store.set("gate:after", 1, ex=600)
-                    wait_for(lambda: reserved(exporter) == 0.0 and store.exists("pid:after"),
-                             timeout=60, message="the reserved task started")
-                finally:
-                    store.set("gate:before", 1, ex=600)
-                    store.set("gate:after", 1, ex=600)
-                    worker.kill()
-    finally:
-        release_redis_dbs(url)
+            assert proxy.outage() >= 1
+            wait_for(lambda: exporter.get("/healthz")[0] == 503, timeout=30,
+                     message="/healthz says the stream is down")
+            store.set("gate:before", 1, ex=600)  # both run now, unheard
+            wait_for(lambda: store.exists("pid:behind"), timeout=60,
+                     message="the reserved task ran while the exporter was blind")
+            assert reserved(exporter) == 1.0  # while blind: as last known
+            proxy.restore()
+            wait_for(lambda: exporter.get("/healthz")[0] == 200, timeout=60,
+                     message="the stream is back")
+            exporter.wait_evaluated(since=time.time(), rounds=2)
+            assert reserved(exporter) == 0.0, "a phantom backlog after the window"
+
+            # must count: reserved behind a gated task, both heard after the return
+            one_reserved_behind_a_gated_task("gate:after", "pid:after", 2)
+            store.set("gate:after", 1, ex=600)
+            wait_for(lambda: reserved(exporter) == 0.0 and store.exists("pid:after"),
+                     timeout=60, message="the reserved task started")
+        finally:
+            store.set("gate:before", 1, ex=600)
+            store.set("gate:after", 1, ex=600)
