@@ -181,19 +181,25 @@ def test_consumer_knowledge_per_worker() -> None:
 
 def busy_task_stream(engine: Engine, *, runs: int, retry_every: int, seconds: float,
                      t: float, delay: float, retries_each: int = 1,
-                     task: str = "proj.busy") -> float:
+                     task: str = "proj.busy", received_first: bool = False) -> float:
     """``runs`` first attempts spread over ``seconds``; every ``retry_every``-th retries
     ``retries_each`` times, each retry published with ``delay`` s countdown (the
     exporter's view of a real worker: sent, received, started, retried, the retry's
-    task-sent with its eta, its received/started, succeeded)."""
+    task-sent with its eta, its received/started, succeeded). ``received_first``: each
+    first attempt's task-received arrives before its task-sent (the worker's event
+    overtook the client's), so its queue is not known yet when it is received."""
     step = seconds / runs
     for i in range(runs):
         ts = t + i * step
         uuid = f"{task}-{i}"
-        engine.observe({"type": "task-sent", "uuid": uuid, "name": task, "queue": "q",
-                        "timestamp": ts, "retries": 0})
+        sent = {"type": "task-sent", "uuid": uuid, "name": task, "queue": "q",
+                "timestamp": ts, "retries": 0}
+        if not received_first:
+            engine.observe(sent)
         engine.observe({"type": "task-received", "uuid": uuid, "name": task,
                         "hostname": "w@h", "timestamp": ts + 0.001, "retries": 0})
+        if received_first:
+            engine.observe(sent)
         engine.observe({"type": "task-started", "uuid": uuid, "hostname": "w@h",
                         "timestamp": ts + 0.002})
         if i % retry_every == 0:
@@ -226,6 +232,25 @@ def test_a_busy_task_retrying_a_few_per_cent_with_backoff_is_no_storm() -> None:
     engine.evaluate(t + 1)
     assert engine.findings.active() == []
     assert engine.metrics.violations_total == {}
+
+
+def test_first_attempts_received_before_their_task_sent_still_count() -> None:
+    """A task-received that overtakes its task-sent (seen on a loaded box: the worker's
+    event reached the broker before the client's) does not know the task's queue yet:
+    such first attempts still count for the task's share, so a busy task retrying a few
+    runs is no storm; a task whose runs are mostly retries still is."""
+    engine = retry_engine(max_retries_per_window=10)
+    t = busy_task_stream(engine, runs=200, retry_every=10, seconds=100.0, t=T0,
+                         delay=3.0, received_first=True)
+    engine.evaluate(t + 1)
+    assert engine.findings.active() == []
+    storm = retry_engine(max_retries_per_window=10)
+    t = busy_task_stream(storm, runs=4, retry_every=1, seconds=10.0, t=T0, delay=1.0,
+                         retries_each=5, received_first=True)
+    storm.evaluate(t + 1)
+    (f,) = storm.findings.active()
+    assert f.evidence["first_attempts_in_window"] == 4
+    assert f.evidence["retries_in_window"] == 20
 
 
 def test_a_task_whose_runs_are_mostly_retries_is_a_storm() -> None:

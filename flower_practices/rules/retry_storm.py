@@ -4,7 +4,8 @@ Hooks: task-retried counts a retry (per queue and task, in a sliding window);
 task-received of a first attempt (``retries`` 0) counts a first attempt (per queue and
 task, in the same window; not task-started: a threads worker may send a run's
 task-started after the retry it published was received, when the record already carries
-the retry's number). A count storm needs both more than ``max_retries_per_window``
+the retry's number; one received before its task-sent, its queue not known yet, counts
+for the task in every queue). A count storm needs both more than ``max_retries_per_window``
 retries *and* retries making more than ``max_retry_share`` of the task's attempts in the
 window (first attempts plus retries; a retry counts when it is scheduled, not when its
 delayed run starts, so a burst of back-off retries does not read high while their runs
@@ -203,6 +204,24 @@ class RetryStorm(Rule):
             counter = self.runs[key] = WindowCounter(self.window)
         counter.add(event["timestamp"])
 
+    def _first_attempts(self, queue: str, task: str, now: float) -> int | None:
+        """First attempts of ``task`` in ``queue`` in the window, plus those received
+        while the task's queue was not known yet (a task-received that overtook its
+        task-sent is counted under no queue: ``("", task)``); a task routed to several
+        queues then counts them in each, which can only lower its share. No counter:
+        none in the window (idle ones are pruned) -- unless the key cap refused it: None
+        (unknown, no count storm)."""
+        runs = self.runs
+        counter = runs.get((queue, task))
+        if counter is None and len(runs) >= _MAX_RUN_KEYS:
+            return None
+        first = counter.total(now) if counter is not None else 0
+        if queue:
+            unqueued = runs.get(("", task))
+            if unqueued is not None:
+                first += unqueued.total(now)
+        return first
+
     def _prune_runs(self, now: float) -> None:
         """Forget the run counters idle for a whole window (once per window/12)."""
         if now - self._runs_pruned < self.window / 12:
@@ -340,11 +359,7 @@ class RetryStorm(Rule):
             delayed = st.delayed.total(now)
             measured = zero + delayed
             expected = st.expected_zero_milli.total(now) / 1000.0
-            counter = self.runs.get((queue, task))
-            # no counter: none in the window (idle ones are pruned), unless the key cap
-            # refused it (unknown: no count storm)
-            first = counter.total(now) if counter is not None else \
-                None if len(self.runs) >= _MAX_RUN_KEYS else 0
+            first = self._first_attempts(queue, task, now)
             attempts = first + retries if first is not None else None
             share = retries / attempts if attempts else None
             reasons = []
