@@ -46,6 +46,9 @@ class TaskInfo:
     unbounded_retries: bool = False
     #: ``reject_on_worker_lost`` (task, else ``task_reject_on_worker_lost``)
     reject_on_worker_lost: bool = False
+    #: ``retry_on_worker_lost`` (task, else ``task_retry_on_worker_lost``; Celery >= 5.7):
+    #: a task whose pool process died is retried (a task-retried with WorkerLostError)
+    retry_on_worker_lost: bool = False
     #: the task's ``rate_limit`` as configured (task, ``task_annotations`` or
     #: ``task_default_rate_limit``); None: none, or ``worker_disable_rate_limits``
     rate_limit: str | None = None
@@ -268,6 +271,7 @@ def snapshot_app(app: Celery) -> AppInfo:
             retries_without_delay=_retries_without_delay(task),
             unbounded_retries=_unbounded_retries(task),
             reject_on_worker_lost=bool(getattr(task, "reject_on_worker_lost", None)),
+            retry_on_worker_lost=bool(getattr(task, "retry_on_worker_lost", None)),
             rate_limit=_rate_limit(task, conf),
         )
     queues = tuple(q.name for q in (conf.task_queues or ()))

@@ -36,7 +36,8 @@ flagged):
   instances travel as task arguments.
 - ``events_disabled``: ``task_send_sent_event`` or ``worker_send_task_events`` is off.
 - ``worker_process_killed``: ``task_acks_late`` (app-wide or per task) without
-  ``task_reject_on_worker_lost``: a killed pool process acknowledges the task anyway.
+  ``task_reject_on_worker_lost`` (nor ``retry_on_worker_lost``): a killed pool process
+  acknowledges the task anyway.
 """
 
 from __future__ import annotations

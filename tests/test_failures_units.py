@@ -139,17 +139,50 @@ def test_kills_survive_a_restart_neither_forgotten_nor_recounted(tmp_path: Path)
     assert second.metrics.violations_total == {}  # nothing counted again
 
 
-def _app(acks_late: bool, reject: bool, tasks: dict[str, tuple[bool, bool]]) -> AppInfo:
+def test_a_kill_the_worker_retried_counts_and_an_ordinary_retry_does_not() -> None:
+    """``retry_on_worker_lost`` (Celery >= 5.7): the kill is a task-retried reporting
+    WorkerLostError, counted as a kill; a retry for any other exception is not."""
+    eng = _engine()
+    t = time.time()
+    _beat(eng, t - 10, "worker-online")
+    _kill(eng, "u1", t - 6)  # failed for good
+    for uuid, exc in (("u2", PLAIN["exception"]), ("u3", "TimeoutError('x')")):
+        for etype in ("task-sent", "task-received", "task-started"):
+            eng.observe({"type": etype, "uuid": uuid, "name": "proj.hog", "queue": "q",
+                         "hostname": "w1@h", "timestamp": t - 5, "local_received": t - 5})
+        eng.observe({"type": "task-retried", "uuid": uuid, "hostname": "w1@h",
+                     "timestamp": t - 4, "local_received": t - 4, "exception": exc,
+                     "traceback": "Traceback ..."})
+    _beat(eng, t - 2)
+    eng.evaluate(t - 1)
+    (f,) = _findings(eng)
+    assert f["count"] == 2 and f["evidence"]["retried"] == 1
+    assert f["evidence"]["signals"] == {"SIGKILL": 1, "SIGSEGV": 1}
+    assert f["evidence"]["task_ids"] == ["u2", "u1"]
+    assert "1 of them retried" in f["summary"]
+    assert eng.metrics.violations_total == {(PRACTICE, "q", "proj.hog"): 2}
+    # the retried count is part of the rule's memory
+    (saved,) = eng.rules[0].memory()
+    again = _engine()
+    again.rules[0].restore_memory([saved], t)
+    assert next(iter(again.rules[0].tallies.values())).retried == 1
+    # a memory saved before retried kills were counted restores with none
+    again.rules[0].restore_memory([saved[:7]], t)
+    assert next(iter(again.rules[0].tallies.values())).retried == 0
+
+
+def _app(acks_late: bool, reject: bool, tasks: dict[str, tuple]) -> AppInfo:
     info = AppInfo(main="proj", broker_url="redis://", result_backend=None,
                    default_queue="celery", queues=(), has_routes=False,
                    task_serializer="json", result_serializer="json", accept_content=("json",),
                    prefetch_multiplier=1, send_sent_event=True, worker_send_task_events=True,
                    acks_late=acks_late, reject_on_worker_lost=reject)
-    for name, (late, rej) in tasks.items():
+    for name, (late, rej, *retry) in tasks.items():
         info.tasks[name] = TaskInfo(name=name, max_retries=3, autoretry_for=(),
                                     calls_retry=False, time_limit=None, soft_time_limit=None,
                                     ignore_result=False, queue=None, acks_late=late,
-                                    reject_on_worker_lost=rej)
+                                    reject_on_worker_lost=rej,
+                                    retry_on_worker_lost=bool(retry and retry[0]))
     return info
 
 
@@ -164,6 +197,10 @@ def test_static_check_acks_late_without_reject_on_worker_lost() -> None:
     assert [task for task, _ in found] == ["a"]
     assert check(_app(True, True, {"a": (True, True)})) == []
     assert check(_app(False, False, {"a": (False, False)})) == []
+    # retry_on_worker_lost retries a killed task first: not flagged
+    assert check(_app(False, False, {"a": (True, False, True)})) == []
+    found = check(_app(True, False, {"a": (True, False, True), "b": (True, False)}))
+    assert [task for task, _ in found] == ["b"]
 
 
 def test_exception_classes_capped_into_other() -> None:

@@ -129,6 +129,37 @@ def test_killed_pool_process_is_found_while_the_worker_stays_up(env: Env) -> Non
         worker.kill()
 
 
+def test_killed_pool_process_the_worker_retries_is_found(env: Env) -> None:
+    """``retry_on_worker_lost`` (Celery >= 5.7): the kill is reported as a task-retried
+    with WorkerLostError and the task runs again to success -- still a killed pool
+    process (found, ``retried`` 1), and no retry-less failure, lost task or duplicate."""
+    worker = env.worker("retr")
+    try:
+        env.app.send_task("killable.hog_retried", args=("pid:hog_retried", 120))
+        os.kill(env.pid("pid:hog_retried"), signal.SIGKILL)
+        (f,) = wait_for(lambda: env.findings("killable.hog_retried"), timeout=60,
+                        message="worker_process_killed finding for a retried kill")
+        assert f["worker"] == worker.name and f["count"] == 1
+        ev = f["evidence"]
+        assert ev["count"] == 1 and ev["retried"] == 1 and ev["signals"] == {"SIGKILL": 1}
+        assert ev["retry_on_worker_lost"] is True
+        assert "retried after WorkerLostError" in f["summary"]
+        assert env.exporter.total("celery_practice_violations_total", practice=PRACTICE,
+                                  task="killable.hog_retried") == 1
+        wait_for(lambda: env.events("succeeded", "killable.hog_retried") >= 1, timeout=60,
+                 message="the retried run succeeded")
+        assert env.events("retried", "killable.hog_retried") == 1
+        assert env.events("failed", "killable.hog_retried") == 0
+        env.exporter.wait_evaluated(rounds=3)
+        for quiet in ("retryless_failure", "lost_task", "duplicate_delivery", "retry_storm"):
+            assert env.findings("killable.hog_retried", quiet) == [], quiet
+        (f,) = env.findings("killable.hog_retried")
+        assert f["count"] == 1  # not counted again
+    finally:
+        worker.stop()
+        worker.kill()
+
+
 def test_whole_worker_killed_is_lost_task_not_this(env: Env) -> None:
     worker = env.worker("whole")
     child = None

@@ -3,9 +3,12 @@
 A prefork pool process killed under a task (by the kernel's OOM killer, ``kill -9``, a
 segfault in a C extension) makes the worker's main process report the task as failed
 with ``billiard.exceptions.WorkerLostError``; the worker itself lives on and keeps
-sending heartbeats, so ``lost_task`` (a worker gone) never sees it.
+sending heartbeats, so ``lost_task`` (a worker gone) never sees it. With
+``retry_on_worker_lost`` (``task_retry_on_worker_lost``, Celery >= 5.7) the worker retries
+the task instead: the kill is then a task-retried reporting ``WorkerLostError``, counted
+alike (the evidence's ``retried`` says how many of the kills were retried).
 
-The task-failed hook reads only the exception's *class name*
+The task-failed and task-retried hook reads only the exception's *class name*
 (:func:`~flower_practices.events.sanitize.failure_exception`: the ``exception`` repr's,
 or with billiard >= 4.2, whose ``ExceptionWithTraceback()`` wrapper names no class, the
 traceback's last line's) and, for a ``WorkerLostError``, the signal billiard names in
@@ -29,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..bounded import LRUDict
 from ..events.sanitize import failure_exception
-from ..events.types import TASK_FAILED
+from ..events.types import TASK_FAILED, TASK_RETRIED
 from ..findings import Condition
 from .base import Rule
 
@@ -70,17 +73,20 @@ def _s(value: Any) -> str:
 
 
 class _Tally:
-    __slots__ = ("count", "signals", "last_seen", "task_ids")
+    __slots__ = ("count", "retried", "signals", "last_seen", "task_ids")
 
     def __init__(self) -> None:
         self.count = 0
+        #: of ``count``, the kills the worker retried (``retry_on_worker_lost``)
+        self.retried = 0
         #: signal name -> kills; "" for a WorkerLostError that names no signal
         self.signals: dict[str, int] = {}
         self.last_seen = 0.0
         self.task_ids: list[str] = []
 
-    def add(self, signal: str, uuid: str, now: float) -> None:
+    def add(self, signal: str, uuid: str, now: float, retried: bool) -> None:
         self.count += 1
+        self.retried += retried
         if signal in self.signals or len(self.signals) < _MAX_SIGNALS:
             self.signals[signal] = self.signals.get(signal, 0) + 1
         self.last_seen = now
@@ -110,15 +116,18 @@ class WorkerProcessKilled(Rule):
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
-        #: uuid -> (local time of the failure, queue, task, worker, signal): failures
-        #: waiting for their worker to show it stayed up
-        self.unconfirmed: LRUDict[str, tuple[float, str, str, str, str]] = LRUDict(10_000)
+        #: uuid -> (local time of the failure, queue, task, worker, signal, retried):
+        #: failures waiting for their worker to show it stayed up
+        self.unconfirmed: LRUDict[str, tuple[float, str, str, str, str, bool]] = \
+            LRUDict(10_000)
         self.tallies: dict[tuple[str, str, str], _Tally] = {}
 
     def hooks(self):
-        return {TASK_FAILED: self._on_failed}
+        return {TASK_FAILED: self._on_failed, TASK_RETRIED: self._on_failed}
 
     def _on_failed(self, event: dict, rec: Any) -> None:
+        """A task-failed or task-retried reporting ``WorkerLostError``: held until its
+        worker shows it stayed up."""
         name, line = failure_exception(event)
         if name is None or name.rsplit(".", 1)[-1] != WORKER_LOST:
             return
@@ -130,20 +139,24 @@ class WorkerProcessKilled(Rule):
         queue = rec.queue if rec is not None else ""
         task = rec.name if rec is not None else ""
         self.unconfirmed.put(event["uuid"], (self.ctx.state.last_event_at, queue, task,
-                                             hostname, killed_by(line) or ""))
+                                             hostname, killed_by(line) or "",
+                                             event.get("type") == TASK_RETRIED))
 
     # -- persistence ---------------------------------------------------------------------
     def memory(self) -> Any:
         """The confirmed kills in the window: a restart neither forgets nor recounts them."""
         return [[q, t, w, tally.count, dict(tally.signals), tally.last_seen,
-                 list(tally.task_ids)] for (q, t, w), tally in self.tallies.items()]
+                 list(tally.task_ids), tally.retried]
+                for (q, t, w), tally in self.tallies.items()]
 
     def restore_memory(self, data: Any, now: float) -> None:
         for item in data if isinstance(data, list) else ():
             try:
-                queue, task, worker, count, signals, last_seen, task_ids = item
+                queue, task, worker, count, signals, last_seen, task_ids = item[:7]
                 tally = _Tally()
                 tally.count = int(count)
+                # saved before retried kills were counted: none of them was
+                tally.retried = min(int(item[7]), tally.count) if len(item) > 7 else 0
                 tally.signals = {str(k)[:40]: int(v) for k, v in dict(signals).items()}
                 tally.last_seen = float(last_seen)
                 tally.task_ids = [str(u)[:128] for u in task_ids][-MAX_TASK_IDS:]
@@ -162,7 +175,7 @@ class WorkerProcessKilled(Rule):
         workers = self.ctx.state.workers
         confirm = self.opts.confirm_seconds
         done: list[str] = []
-        for uuid, (at, queue, task, host, signal) in self.unconfirmed.items():
+        for uuid, (at, queue, task, host, signal, retried) in self.unconfirmed.items():
             worker = workers.get(host)
             if worker is not None and worker.last_seen > at and worker.alive(now) \
                     and not worker.offline_at:
@@ -171,7 +184,7 @@ class WorkerProcessKilled(Rule):
                 if tally is None and len(self.tallies) < _MAX_KEYS:
                     tally = self.tallies[key] = _Tally()
                 if tally is not None:
-                    tally.add(signal, uuid, now)
+                    tally.add(signal, uuid, now, retried)
                 self.count(queue or None, task or None, worker=host)
                 done.append(uuid)
             elif now - at > confirm:
@@ -189,30 +202,42 @@ class WorkerProcessKilled(Rule):
             named = sorted(s for s in tally.signals if s)
             evidence: dict[str, Any] = {
                 "worker": worker, "task": task or None, "count": tally.count,
+                "retried": tally.retried,
                 "signals": {s or "none named": n for s, n in tally.signals.items()},
                 "task_ids": list(reversed(tally.task_ids)),
             }
             how = f"killed by {', '.join(named)}" if named else "exited prematurely"
-            summary = (f"{tally.count} {task or 'task'} task(s) failed with WorkerLostError "
-                       f"on {worker}: the pool process running them was {how} while the "
-                       "worker stayed up (out of memory?)")
+            if tally.retried == tally.count:
+                outcome = "were retried after WorkerLostError"
+            elif tally.retried:
+                outcome = (f"failed with WorkerLostError ({tally.retried} of them "
+                           "retried)")
+            else:
+                outcome = "failed with WorkerLostError"
+            summary = (f"{tally.count} {task or 'task'} task(s) {outcome} on {worker}: the "
+                       f"pool process running them was {how} while the worker stayed up "
+                       "(out of memory?)")
             info = app.task(task) if app is not None else None
             if app is None:
                 evidence["acks_late"] = "unknown (app not loaded)"
             elif info is not None:
                 evidence["acks_late"] = info.acks_late
                 evidence["reject_on_worker_lost"] = info.reject_on_worker_lost
+                evidence["retry_on_worker_lost"] = info.retry_on_worker_lost
             yield Condition(summary=summary, queue=queue or None, task=task or None,
                             worker=worker, evidence=evidence)
 
     @classmethod
     def static_check(cls, app: AppInfo) -> list[tuple[str | None, str]]:
-        """``acks_late`` (``task_acks_late`` or per task) without ``reject_on_worker_lost``:
-        a task whose pool process is killed is acknowledged and fails for good."""
+        """``acks_late`` (``task_acks_late`` or per task) without ``reject_on_worker_lost``
+        (nor ``retry_on_worker_lost``, which retries the task first): a task whose pool
+        process is killed is acknowledged and fails for good."""
         why = ("without reject_on_worker_lost: a task whose pool process is killed (OOM "
                "killer, SIGKILL) is acknowledged anyway and fails with WorkerLostError "
                "instead of being redelivered")
-        if app.acks_late and not app.reject_on_worker_lost:
+        if app.acks_late and not app.reject_on_worker_lost and not any(
+                task.retry_on_worker_lost for task in app.tasks.values()):
             return [(None, f"task_acks_late is on {why}")]
         return [(name, f"acks_late {why}") for name, task in sorted(app.tasks.items())
-                if task.acks_late and not task.reject_on_worker_lost]
+                if task.acks_late and not task.reject_on_worker_lost
+                and not task.retry_on_worker_lost]

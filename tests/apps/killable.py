@@ -3,7 +3,10 @@
 ``killable.hog`` / ``killable.sleepy`` publish their process id to the Redis key they are
 given (on the broker's Redis, or on ``pid_store`` / ``FP_TEST_PID_REDIS`` when the broker
 is RabbitMQ) and sleep, so a test can SIGKILL exactly the pool process
-running them. ``killable.boom`` raises the built-in exception class it is named.
+running them. ``killable.hog_retried`` does the same on its first run with ``retry_on_worker_lost``
+(Celery >= 5.7: a killed pool process makes the worker retry it, at once here) and
+returns at once when retried. ``killable.boom`` raises the built-in exception class it
+is named.
 ``killable.gated`` runs until the test sets its gate key (on the same Redis), so a test
 decides when a pool slot frees, whatever the machine's load.
 ``make_app(broker)`` builds a fresh copy for tests (broker from FP_TEST_BROKER).
@@ -33,6 +36,14 @@ def make_app(broker: str, pid_store: str | None = None) -> Celery:
 
     @app.task(name="killable.hog", shared=False)
     def hog(key, seconds):
+        publish_pid(pid_store or broker, key)
+        time.sleep(seconds)
+
+    @app.task(name="killable.hog_retried", shared=False, bind=True,
+              retry_on_worker_lost=True, default_retry_delay=0, max_retries=3)
+    def hog_retried(self, key, seconds):
+        if self.request.retries:
+            return None
         publish_pid(pid_store or broker, key)
         time.sleep(seconds)
 
