@@ -130,6 +130,15 @@ def build() -> db.Dashboard:
          query(f"sum(rate({series('flower_practices_tasks_evicted_total')}{RATE}))",
                "tasks evicted", ref="B")]))
     board.with_panel(graph(
+        "State corrections", "Tasks whose tracked state the exporter corrected without "
+        "an event saying so, per second, by kind: reserved_unheard (reserved before a "
+        "blind window, not believed after it), reconnect_kept (kept running across a "
+        "worker's consumer reconnect), ended_unreported (runs an idle heartbeat showed "
+        "over), expired (records dropped at their maximum age). Bursts of "
+        "reserved_unheard follow event stream gaps.", "cps",
+        [query(f"sum by (kind) (rate({series('flower_practices_state_corrections_total')}"
+               f"{RATE}))", "{{kind}}")]))
+    board.with_panel(graph(
         "Tracked tasks", "In-flight task records held by the exporter.", "short",
         [query(f"sum by (instance) ({series('flower_practices_tracked_tasks')})",
                "{{instance}}")]))

@@ -363,6 +363,7 @@ class Engine:
             queue_reserved=state.reserved_gauges(now), workers_up=ups,
             workers_busy=busy, probe_errors=self.probe_errors, rule_errors=self.rule_errors,
             label_overflow=state.label_overflow(), tasks_evicted=state.tasks.evicted,
+            state_corrections=state.corrections(),
             tracked_tasks=len(state.tasks), last_evaluation_seconds=self.last_evaluation_seconds,
             last_evaluation_at=self.last_evaluation_at, started_at=self.started_at,
             state_errors=self.store.errors if self.store is not None else {},
@@ -409,6 +410,8 @@ class EngineView:
     probe_errors: dict[str, int]
     rule_errors: dict[str, int]
     label_overflow: dict[str, int]
+    #: kind -> tasks whose state was corrected unheard (``RuntimeState.corrections``)
+    state_corrections: dict[str, int]
     tasks_evicted: int
     tracked_tasks: int
     last_evaluation_seconds: float

@@ -129,6 +129,13 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "flower_practices_render_errors_total": (
         "counter", "Metric families left out of a /metrics page because they could not be "
         "rendered, by family (the rest of the page is served)", ("family",)),
+    "flower_practices_state_corrections_total": (
+        "counter", "Tasks whose tracked state was corrected without an event saying so, by "
+        "kind: reserved_unheard (counted reserved before a blind window of the event "
+        "stream, not believed reserved after it), reconnect_kept (running on a worker "
+        "whose consumer reconnected after a broker restart: kept running, not lost), "
+        "ended_unreported (runs an idle heartbeat showed over with no outcome event), "
+        "expired (in-flight records dropped at their maximum age)", ("kind",)),
     "flower_practices_tasks_evicted_total": (
         "counter", "In-flight task records evicted because of the max_tracked_tasks cap", ()),
     "flower_practices_evaluation_duration_seconds": (
@@ -560,6 +567,10 @@ def _self_families(view: EngineView) -> list[Metric]:
     fam = _family("flower_practices_render_errors_total")
     for family, n in view.metrics.render_errors.items():
         fam.add_metric([family], n)
+    out.append(fam)
+    fam = _family("flower_practices_state_corrections_total")
+    for kind, n in view.state_corrections.items():
+        fam.add_metric([kind], n)
     out.append(fam)
     out += [
         _gauge("flower_practices_tasks_evicted_total", view.tasks_evicted),

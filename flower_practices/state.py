@@ -355,6 +355,8 @@ class RuntimeState:
         #: worker-online events from the same process with tasks running: consumer
         #: reconnects, not restarts (see :meth:`_reconnected`)
         self.reconnects = 0
+        #: running records a reconnect kept on their worker (not orphaned by it)
+        self.reconnect_kept = 0
         #: reserved records let go when the stream came back from a blind window: they
         #: may have started unheard (see :meth:`settle`)
         self.reserved_unheard = 0
@@ -793,6 +795,7 @@ class RuntimeState:
                 del orphans[uuid]
                 rec.counted_epoch = worker.epoch
                 running[uuid] = rec
+                self.reconnect_kept += 1
         self.reconnects += 1
 
     def _ended_unreported(self, worker: WorkerRecord, before: float) -> None:
@@ -1060,6 +1063,16 @@ class RuntimeState:
                 if pending and next(iter(pending.values())).sent_at < unsure_before:
                     return []  # more to drop next time
         return list(islice(pending.values(), n))
+
+    def corrections(self) -> dict[str, int]:
+        """Tasks whose state was corrected without an event saying so, by kind (counters
+        since start; ``flower_practices_state_corrections_total``)."""
+        return {
+            "reserved_unheard": self.reserved_unheard,
+            "reconnect_kept": self.reconnect_kept,
+            "ended_unreported": self.tasks_ended_unreported,
+            "expired": self.tasks_expired,
+        }
 
     def label_overflow(self) -> dict[str, int]:
         """Values folded into ``__other__`` or not tracked at all, per capped label."""

@@ -11,6 +11,7 @@ import time
 from flower_practices.config import Settings
 from flower_practices.engine import Engine
 from flower_practices.events.status import CLOCK_DRIFT_SECONDS, Hearing, StreamStatus
+from flower_practices.metrics import PracticesCollector
 from flower_practices.rules.missed_periodic_task import MissedPeriodicTask
 
 
@@ -34,6 +35,15 @@ def connected(t: float) -> Engine:
     e.stream_status.mark_connected()
     e.state.hearing.since = t
     return e
+
+
+def corrected(e: Engine, kind: str) -> float:
+    """``flower_practices_state_corrections_total{kind}`` as the collector exposes it
+    (an AssertionError when the sample is missing, never a default)."""
+    (value,) = [s.value for fam in PracticesCollector(e).collect()
+                if fam.name == "flower_practices_state_corrections"
+                for s in fam.samples if s.labels == {"kind": kind}]
+    return value
 
 
 def findings(e: Engine, practice: str) -> list:
@@ -222,7 +232,7 @@ def test_tasks_reserved_before_a_blind_window_are_no_prefetch_starvation() -> No
     e.evaluate(t0 + 100)  # r1/r2 "reserved" for 99 s, the peer idle for 100 s
     assert not findings(e, "prefetch_starvation")
     assert pool.reserved_gauge(t0 + 100) == (0, 0)
-    assert e.state.reserved_unheard == 2
+    assert e.state.reserved_unheard == 2 and corrected(e, "reserved_unheard") == 2
     # must fire: tasks heard received after the return wait reserved on the busy worker
     pool.task("task-started", "n0", t0 + 103)
     pool.receive("n1", t0 + 104)
@@ -256,4 +266,4 @@ def test_a_task_reserved_right_after_the_return_is_counted() -> None:
     # a second window lets n1 go too
     blind(e, t0 + 101, t0 + 120)
     assert pool.reserved_gauge(t0 + 120) == (0, 0)
-    assert e.state.reserved_unheard == 3
+    assert e.state.reserved_unheard == 3 and corrected(e, "reserved_unheard") == 3

@@ -20,6 +20,7 @@ from flower_practices.rules.retryless_failure import (
     TransientMatcher,
     exception_class,
 )
+from tests.test_blind_window_units import corrected
 
 
 def engine(**kw) -> Engine:
@@ -222,6 +223,7 @@ def test_a_consumer_reconnect_is_no_restart_but_a_new_process_is() -> None:
     worker = eng.state.workers["w1@h"]
     assert list(worker.running_tasks) == ["u3"] and not worker.orphans
     assert eng.state.reconnects == 1
+    assert corrected(eng, "reconnect_kept") == 1 and corrected(eng, "reserved_unheard") == 0
     # must fire: its heartbeats then stop -- the run is lost with it
     eng.evaluate(time.time())
     [f] = eng.practices_payload()["findings"]
@@ -239,7 +241,7 @@ def test_a_consumer_reconnect_is_no_restart_but_a_new_process_is() -> None:
         [f] = eng.practices_payload()["findings"]
         assert f["practice"] == "lost_task", online
         assert f["evidence"]["reasons"] == ["worker restarted after the task started"]
-        assert eng.state.reconnects == 0
+        assert eng.state.reconnects == 0 and corrected(eng, "reconnect_kept") == 0
 
     # a run orphaned by an earlier real restart is not taken back by a later reconnect
     eng = _reconnect_case(_worker_ev("worker-online", time.time() - 90, pid=8,
