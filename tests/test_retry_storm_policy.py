@@ -4,7 +4,10 @@ Real workers on the real Redis, the app loaded (``-A``), the rule's default thre
 jittered exponential back-off (which draws 0 s delays on purpose) and the runbook's
 recommended configuration raise no finding, while retries with a 0.2 s countdown are a
 storm whose evidence reports that delay correctly (measured from the retry's task-sent),
-and whose ``count`` equals its ``celery_practice_violations_total`` series.
+and whose ``count`` equals its ``celery_practice_violations_total`` series. One message
+retried every second without limit is a retry loop amid healthy runs of its task, while
+a poller of the same task retrying every 5 s is not (20 s window, limit 10: the loop
+retries 20 times per window, the poller 4), however long it polls.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import redis
 
 from flower_practices.config import Settings
 from tests.apps.retries import make_app
@@ -78,6 +82,49 @@ def test_backoff_with_jitter_is_no_storm_and_zero_delay_is() -> None:
             assert exporter.total("celery_practice_violations_total", practice="retry_storm",
                                   task="retries.tight") == f["count"]
             assert [x["task"] for x in exporter.findings("retry_storm")] == ["retries.tight"]
+            worker.stop()
+    finally:
+        worker.kill()
+        release_redis_dbs(broker)
+
+
+def test_one_message_in_a_retry_loop_is_found_and_a_poller_is_not() -> None:
+    broker = fresh_redis_url()
+    app = make_app(broker)
+    settings = Settings(evaluation_interval=0.5, probe_interval=1.0,
+                        clear_after_seconds=600.0,
+                        practices={"retry_storm": {"max_retries_per_message": 10,
+                                                   "window_seconds": 20.0}})
+    worker = WorkerProcess("tests.apps.retries", broker, queues="celery", concurrency=4,
+                           name=f"loops-{int(time.time() * 1000) % 100000}@fp-test")
+    try:
+        with RunningExporter(app, settings, app_loaded=True) as exporter:
+            wait_for(lambda: exporter.get("/healthz")[0] == 200, message="healthz 200")
+            worker.start(app)
+            poison = app.send_task("retries.looping", args=(0,)).id
+            poller = app.send_task("retries.looping", args=(1,)).id
+            for i in range(2, 42):
+                app.send_task("retries.looping", args=(i,))
+            (f,) = wait_for(lambda: exporter.findings("retry_storm"), timeout=90,
+                            message="retry_storm for the looping message")
+            ev = f["evidence"]
+            assert f["task"] == "retries.looping" and f["queue"] == "celery"
+            assert ev["looping_messages"] == 1 and ev["looping_task_ids"] == [poison]
+            assert ev["zero_delay_retries"] == 0  # a 1 s countdown: not the zero-delay kind
+            assert ev["retry_share"] < 0.75
+            assert "retried more than 10 times each" in f["summary"]
+            assert events(exporter, "succeeded", "retries.looping") == 40
+            # the poller retries every 5 s for more than a whole window: never a loop
+            store = redis.Redis.from_url(broker)
+            wait_for(lambda: int(store.get("retries:poller") or 0) >= 7, timeout=90,
+                     message="the poller's 7th retry")
+            exporter.wait_evaluated()
+            (f,) = exporter.findings("retry_storm")
+            assert f["evidence"]["looping_task_ids"] == [poison], f
+            assert poller not in f["evidence"]["looping_task_ids"]
+            assert f["count"] == exporter.total("celery_practice_violations_total",
+                                                practice="retry_storm",
+                                                task="retries.looping") > 0
             worker.stop()
     finally:
         worker.kill()

@@ -348,3 +348,36 @@ def test_retries_whose_first_attempts_left_the_window_are_still_judged() -> None
     (f,) = engine.findings.active()
     assert f.evidence["first_attempts_in_window"] == 0
     assert f.evidence["retry_share"] == 1.0
+
+
+def test_one_message_retrying_in_a_loop_is_a_storm_amid_a_busy_task() -> None:
+    """A poison message retried every second (no limit) among 2,000 healthy runs of the
+    same task: 6 % of the attempts are retries and none has zero delay, but one message
+    retried 60 times in the window is a retry loop. Pollers (countdown=60), a jittered
+    exponential back-off and a message retried exactly the limit are not."""
+    engine = retry_engine()
+    t = busy_task_stream(engine, runs=2000, retry_every=30, seconds=100.0, t=T0,
+                         delay=3.0, task="proj.call")
+    t = retries(engine, "loop-1", [1.0] * 60, t)
+    engine.evaluate(t)
+    (f,) = engine.findings.active()
+    ev = f.evidence
+    assert ev["looping_messages"] == 1 and ev["looping_task_ids"] == ["loop-1"]
+    assert ev["retry_share"] < 0.1 and ev["zero_delay_retries"] == 0
+    assert "1 message(s) retried more than 50 times each within 300s" in f.summary
+    assert f.count == ev["retries_in_window"] == engine.metrics.violations_total[
+        ("retry_storm", "q", "proj.call")]
+
+    quiet = retry_engine()
+    t = busy_task_stream(quiet, runs=2000, retry_every=30, seconds=100.0, t=T0,
+                         delay=3.0, task="proj.call")
+    start = t
+    t = retries(quiet, "poll-1", [60.0] * 5, start)                  # 5 in the window
+    retries(quiet, "backoff-1", [float(2 ** n) for n in range(8)], start)  # 8 in 255 s
+    retries(quiet, "at-limit", [4.0] * 50, start)                    # exactly 50
+    # 80 retries 7 s apart: never more than 43 in one window
+    end = retries(quiet, "slow-loop", [7.0] * 80, start)
+    for at in (t, start + 300.0, end):
+        quiet.evaluate(at)
+        assert quiet.findings.active() == [], at
+    assert quiet.metrics.violations_total == {}

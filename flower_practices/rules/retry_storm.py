@@ -24,6 +24,15 @@ used. ``delay_measured_from`` in the evidence says which. No ``eta`` at all
 means the retry was scheduled with no delay. A delay under ``zero_delay_seconds`` is a
 zero-delay retry.
 
+A retry loop is a storm by itself, however busy the task is otherwise: one message
+(task id) retried more than ``max_retries_per_message`` times within the window (a poison
+message retried without limit on a short countdown hammers its dependency while the
+task's other messages keep its share low). Each retried message's retries are counted in
+a tumbling window of its own (bounded table of the latest 20,000 retried ids), O(1) per
+task-retried; the looping ids (at most :data:`MAX_TASK_IDS` newest per task and queue)
+are the evidence. A message polling with ``countdown=60`` retries 5 times per default
+window, a jittered exponential back-off about 8: neither is a loop.
+
 A zero-delay storm needs at least ``min_zero_delay_retries`` zero-delay retries that make
 at least ``min_zero_delay_share`` of the retries whose delay was measured in the window:
 Celery's jittered back-off (``retry_backoff`` with the default ``retry_jitter=True``)
@@ -51,6 +60,10 @@ if TYPE_CHECKING:
     from ..appinfo import AppInfo
 
 _MAX_KEYS = 2000
+#: looping task ids kept per (queue, task), the newest; also the most in a finding
+MAX_TASK_IDS = 10
+#: retried task ids whose own retries are counted (the latest)
+_MAX_RETRIED_IDS = 20_000
 #: (queue, task) pairs whose first attempts are counted; idle ones are forgotten
 _MAX_RUN_KEYS = 10_000
 #: seconds a received retry waits for its own task-sent before task-retried stands in
@@ -95,7 +108,7 @@ def zero_delay_chance(backoff: bool | float, maximum: int, jitter: bool,
 class _Stats:
     __slots__ = ("retries", "zero_delay", "delayed", "expected_zero_milli", "last_seen",
                  "min_delay", "max_delay", "from_sent", "from_retried", "seen",
-                 "counted_upto", "storming")
+                 "counted_upto", "storming", "looping")
 
     def __init__(self, window: float) -> None:
         self.retries = WindowCounter(window)
@@ -113,6 +126,8 @@ class _Stats:
         self.seen = 0
         self.counted_upto = 0
         self.storming = False
+        #: task id -> when it last retried past ``max_retries_per_message`` (newest last)
+        self.looping: dict[str, float] = {}
 
 
 class RetryStorm(Rule):
@@ -140,6 +155,10 @@ class RetryStorm(Rule):
         #: ... and the share of measured retries they must make (jittered back-off
         #: draws some 0 s delays on purpose: it is not a storm)
         min_zero_delay_share: float = 0.8
+        #: one message (task id) retried more than this many times within the window is
+        #: a retry loop, a storm whatever the task's share (50 per 300 s: a retry every
+        #: 6 s; a countdown=60 poll retries 5 times, a jittered back-off about 8)
+        max_retries_per_message: int = 50
 
     #: this rule's options, typed (set by :class:`Rule`)
     opts: Options
@@ -159,6 +178,9 @@ class RetryStorm(Rule):
         #: (queue, task) -> first attempts received (task-received, ``retries`` 0) in the
         #: window, for every task: those before its first retry count too
         self.runs: dict[tuple[str, str], WindowCounter] = {}
+        #: task id -> [its retries counted, since when]: each retried message's retries
+        #: in a tumbling window of its own (a retry loop)
+        self.per_message: LRUDict[str, list[float]] = LRUDict(_MAX_RETRIED_IDS)
         self._runs_pruned = 0.0
 
     @classmethod
@@ -249,9 +271,25 @@ class RetryStorm(Rule):
         st.retries.add(ts)
         st.seen += 1
         st.last_seen = ts
+        self._per_message(event["uuid"], ts, st)
         if rec is not None and rec.received_at <= rec.started_at:
             # the retry's message is still to come (else it raced ahead of this event)
             self.pending.put(event["uuid"], (ts, rec.retries + 1))
+
+    def _per_message(self, uuid: str, ts: float, st: _Stats) -> None:
+        """Count one retry of message ``uuid``; past ``max_retries_per_message`` within
+        its window it is looping (kept in ``st.looping``, the newest ids). O(1)."""
+        mine = self.per_message.get(uuid)
+        if mine is None or not 0.0 <= ts - mine[1] <= self.window:
+            self.per_message.put(uuid, [1, ts])
+            return
+        mine[0] += 1
+        if mine[0] > self.opts.max_retries_per_message:
+            looping = st.looping
+            looping.pop(uuid, None)
+            looping[uuid] = ts
+            if len(looping) > MAX_TASK_IDS:
+                del looping[next(iter(looping))]
 
     def _on_sent(self, event: dict, rec: Any) -> None:
         """A retry's own message published: ``eta`` minus this event's time (both on the
@@ -370,6 +408,11 @@ class RetryStorm(Rule):
             if zero >= min_zero and self._storm_share(st, now):
                 reasons.append(f"{zero} of {measured} retries with < {self.zero:g}s delay "
                                "(no back-off)")
+            looping = self._looping(st, now)
+            if looping:
+                reasons.append(f"{len(looping)} message(s) retried more than "
+                               f"{self.opts.max_retries_per_message} times each within "
+                               f"{self.window:g}s (a retry loop)")
             self._count_storm(queue, task, st, retries, bool(reasons))
             if not reasons:
                 continue
@@ -384,6 +427,9 @@ class RetryStorm(Rule):
                 "min_delay_seconds": _round(st.min_delay),
                 "max_delay_seconds": _round(st.max_delay),
                 "delay_measured_from": _measured_from(st),
+                "looping_messages": len(looping),
+                "max_retries_per_message": self.opts.max_retries_per_message,
+                "looping_task_ids": list(reversed(looping)),
             }
             if expected:
                 evidence["zero_delay_expected_from_jitter"] = round(expected, 1)
@@ -403,6 +449,15 @@ class RetryStorm(Rule):
                     summary += "; retry_backoff is not set"
             yield Condition(summary=summary, queue=queue or None, task=task or None,
                             evidence=evidence)
+
+
+    def _looping(self, st: _Stats, now: float) -> list[str]:
+        """The task ids that retried in a loop within the window (oldest first); the
+        older ones are dropped."""
+        looping = st.looping
+        for uuid in [u for u, at in looping.items() if now - at > self.window]:
+            del looping[uuid]
+        return list(looping)
 
 
 def _round(value: float | None) -> float | None:

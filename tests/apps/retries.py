@@ -7,7 +7,10 @@
 - ``retries.busy``: a busy task of which one run in 20 hits a transient error and retries
   once with jittered back-off (``autoretry_for``, ``retry_backoff=True``): no storm;
 - ``retries.pounding``: ``self.retry(countdown=1)`` on every run, 5 times: most of its
-  runs are retries, a storm although no retry is zero-delay.
+  runs are retries, a storm although no retry is zero-delay;
+- ``retries.looping``: ``n=0`` is a poison message retried every second without limit
+  (a retry loop), ``n=1`` a poller retrying every 5 s without limit (its retry number
+  published at ``retries:poller`` on the broker's Redis), any other ``n`` succeeds.
 
 The first two fail on their first two attempts, then succeed.
 """
@@ -58,6 +61,17 @@ def make_app(broker: str) -> Celery:
     @app.task(name="retries.pounding", shared=False, bind=True, max_retries=5)
     def pounding(self):
         raise self.retry(exc=ConnectionError("down"), countdown=1)
+
+    @app.task(name="retries.looping", shared=False, bind=True, max_retries=None)
+    def looping(self, n):
+        if n == 0:
+            raise self.retry(exc=ConnectionError("down"), countdown=1)
+        if n == 1:
+            import redis
+
+            redis.Redis.from_url(broker).set("retries:poller", self.request.retries, ex=600)
+            raise self.retry(exc=TimeoutError("not ready"), countdown=5)
+        return None
 
     return app
 
