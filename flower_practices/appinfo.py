@@ -49,6 +49,12 @@ class TaskInfo:
     #: ``retry_on_worker_lost`` (task, else ``task_retry_on_worker_lost``; Celery >= 5.7):
     #: a task whose pool process died is retried (a task-retried with WorkerLostError)
     retry_on_worker_lost: bool = False
+    #: the task's code may raise ``Reject`` (its body names it; unknown code: True), so a
+    #: ``task-rejected`` with ``requeue=True`` after a start may be its own doing
+    raises_reject: bool = True
+    #: ``acks_on_timeout`` (Celery >= 5.7; else ``acks_on_failure_or_timeout``): False
+    #: requeues an ``acks_late`` task killed by its time limit
+    acks_on_timeout: bool = True
     #: the task's ``rate_limit`` as configured (task, ``task_annotations`` or
     #: ``task_default_rate_limit``); None: none, or ``worker_disable_rate_limits``
     rate_limit: str | None = None
@@ -153,15 +159,38 @@ def _task_function(task: Any) -> Any:
     return getattr(run, "__func__", run)
 
 
-def _calls_retry(task: Any) -> bool:
+def _code_names(task: Any) -> set[str] | None:
+    """The global and attribute names the task's body (and functions nested in it) use;
+    None when it has no code to read."""
     code = getattr(_task_function(task), "__code__", None)
     if code is None:
-        return False
+        return None
     names = set(code.co_names)
     for const in code.co_consts:  # nested functions/closures inside the task body
         if hasattr(const, "co_names"):
             names.update(const.co_names)
-    return "retry" in names
+    return names
+
+
+def _calls_retry(task: Any) -> bool:
+    names = _code_names(task)
+    return names is not None and "retry" in names
+
+
+def _names(task: Any, name: str) -> bool:
+    """Whether the task's body may use ``name`` (True when its code cannot be read)."""
+    names = _code_names(task)
+    return names is None or name in names
+
+
+def _acks_on_timeout(task: Any) -> bool:
+    """Whether an ``acks_late`` task killed by its time limit is acknowledged (Celery:
+    ``acks_on_timeout``, else ``acks_on_failure_or_timeout``, default True)."""
+    for attr in ("acks_on_timeout", "acks_on_failure_or_timeout"):
+        value = getattr(task, attr, None)
+        if value is not None:
+            return bool(value)
+    return True
 
 
 #: a ``.retry(...)`` call whose arguments include ``countdown=0`` (or 0.0)
@@ -272,6 +301,8 @@ def snapshot_app(app: Celery) -> AppInfo:
             unbounded_retries=_unbounded_retries(task),
             reject_on_worker_lost=bool(getattr(task, "reject_on_worker_lost", None)),
             retry_on_worker_lost=bool(getattr(task, "retry_on_worker_lost", None)),
+            raises_reject=_names(task, "Reject"),
+            acks_on_timeout=_acks_on_timeout(task),
             rate_limit=_rate_limit(task, conf),
         )
     queues = tuple(q.name for q in (conf.task_queues or ()))

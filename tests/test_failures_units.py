@@ -159,7 +159,8 @@ def test_a_kill_the_worker_retried_counts_and_an_ordinary_retry_does_not() -> No
     assert f["count"] == 2 and f["evidence"]["retried"] == 1
     assert f["evidence"]["signals"] == {"SIGKILL": 1, "SIGSEGV": 1}
     assert f["evidence"]["task_ids"] == ["u2", "u1"]
-    assert "1 of them retried" in f["summary"]
+    assert "(1 failed with WorkerLostError, 1 retried after WorkerLostError)" \
+        in f["summary"]
     assert eng.metrics.violations_total == {(PRACTICE, "q", "proj.hog"): 2}
     # the retried count is part of the rule's memory
     (saved,) = eng.rules[0].memory()
@@ -169,6 +170,74 @@ def test_a_kill_the_worker_retried_counts_and_an_ordinary_retry_does_not() -> No
     # a memory saved before retried kills were counted restores with none
     again.rules[0].restore_memory([saved[:7]], t)
     assert next(iter(again.rules[0].tallies.values())).retried == 0
+
+
+def _rejecting_engine(**task: object) -> Engine:
+    """The rule with the app loaded: ``proj.hog`` runs ``acks_late`` with
+    ``reject_on_worker_lost`` and never names ``Reject`` (unless ``task`` says else)."""
+    info = _app(False, False, {})
+    info.tasks["proj.hog"] = TaskInfo(**{
+        "name": "proj.hog", "max_retries": 3, "autoretry_for": (), "calls_retry": False,
+        "time_limit": None, "soft_time_limit": None, "ignore_result": False,
+        "queue": None, "acks_late": True, "reject_on_worker_lost": True,
+        "raises_reject": False, **task})
+    return Engine(Settings(), broker_url="redis://x/0", rule_classes=[WorkerProcessKilled],
+                  app=info)
+
+
+def _requeued(eng: Engine, uuid: str, t: float, *, started: bool = True) -> None:
+    """A delivery of ``proj.hog`` received (and started) on w1@h, then handed back with
+    task-rejected ``requeue=True`` at ``t``."""
+    for etype in ("task-sent", "task-received", "task-started")[:3 if started else 2]:
+        eng.observe({"type": etype, "uuid": uuid, "name": "proj.hog", "queue": "q",
+                     "hostname": "w1@h", "timestamp": t - 1, "local_received": t - 1})
+    eng.observe({"type": "task-rejected", "uuid": uuid, "hostname": "w1@h",
+                 "requeue": True, "timestamp": t, "local_received": t})
+
+
+def test_a_kill_requeued_by_reject_on_worker_lost_counts_when_nothing_else_can_be() -> None:
+    """acks_late + reject_on_worker_lost: the kill is a task-rejected requeue=True of a
+    started run. Counted only when the app shows nothing else requeues it: not when
+    the task may raise Reject, when its time limit would be requeued too, when the run
+    had not started, without the app, or for a requeue=False."""
+    t = time.time()
+    eng = _rejecting_engine()
+    _beat(eng, t - 10, "worker-online")
+    _requeued(eng, "u1", t - 5)
+    _beat(eng, t - 4)
+    eng.evaluate(t - 3)
+    (f,) = _findings(eng)
+    assert f["count"] == 1 and f["evidence"]["requeued"] == 1
+    assert f["evidence"]["signals"] == {"none named": 1}
+    assert "(1 requeued by reject_on_worker_lost)" in f["summary"]
+    assert "exited prematurely" in f["summary"]
+    assert eng.metrics.violations_total == {(PRACTICE, "q", "proj.hog"): 1}
+    # its redelivery runs to success: nothing more
+    for etype in ("task-received", "task-started", "task-succeeded"):
+        eng.observe({"type": etype, "uuid": "u1", "name": "proj.hog", "hostname": "w1@h",
+                     "timestamp": t - 2, "local_received": t - 2})
+    eng.evaluate(t)
+    assert _findings(eng)[0]["count"] == 1
+
+    quiet = [_rejecting_engine(raises_reject=True),
+             _rejecting_engine(time_limit=60, acks_on_timeout=False),
+             _rejecting_engine(reject_on_worker_lost=False),
+             Engine(Settings(), broker_url="redis://x/0",
+                    rule_classes=[WorkerProcessKilled])]
+    for eng in quiet:
+        _beat(eng, t - 10, "worker-online")
+        _requeued(eng, "u1", t - 5)
+        _beat(eng, t - 4)
+        eng.evaluate(t - 3)
+        assert _findings(eng) == [] and eng.metrics.violations_total == {}
+    eng = _rejecting_engine()
+    _beat(eng, t - 10, "worker-online")
+    _requeued(eng, "u2", t - 5, started=False)  # handed back before it ran
+    eng.observe({"type": "task-rejected", "uuid": "u3", "hostname": "w1@h",
+                 "requeue": False, "timestamp": t - 5, "local_received": t - 5})
+    _beat(eng, t - 4)
+    eng.evaluate(t - 3)
+    assert _findings(eng) == []
 
 
 def _app(acks_late: bool, reject: bool, tasks: dict[str, tuple]) -> AppInfo:

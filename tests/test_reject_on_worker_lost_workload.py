@@ -1,16 +1,14 @@
 """``acks_late`` + ``task_reject_on_worker_lost``: a pool process killed under a task
 (SIGKILL, what the OOM killer does) makes Celery send task-rejected ``requeue=True`` and
 the broker deliver the message again; it runs to success. On real prefork workers on
-Redis and RabbitMQ, with every rule on and short thresholds: that redelivery is no
-``duplicate_delivery``, the run is no ``lost_task`` (the worker stayed up) and no
-``retryless_failure`` (no task-failed at all). A run killed by its own hard
-``time_limit`` under the same settings fails (TimeLimitExceeded; Celery replaces the
-process and does not requeue): no ``worker_process_killed`` and no duplicate either.
-
-Not asserted either way: ``worker_process_killed`` is defined on task-failed
-``WorkerLostError`` (PRACTICES.md), which Celery does not send when it requeues the
-message; a kill under ``reject_on_worker_lost`` is invisible to it (its docstring says
-so), as a task-rejected ``requeue=True`` looks the same as ``raise Reject(requeue=True)``.
+Redis and RabbitMQ, with every rule on and short thresholds: that kill is a
+``worker_process_killed`` (``requeued`` 1: the app, loaded, shows nothing else requeues
+the task), the redelivery is no ``duplicate_delivery``, the run is no ``lost_task`` (the
+worker stayed up) and no ``retryless_failure`` (no task-failed at all). A task that
+hands its message back itself (``raise Reject(requeue=True)``) is no kill. A run killed
+by its own hard ``time_limit`` under the same settings fails (TimeLimitExceeded; Celery
+replaces the process and does not requeue): no ``worker_process_killed`` and no
+duplicate either.
 """
 
 from __future__ import annotations
@@ -35,6 +33,8 @@ QUIET = ("duplicate_delivery", "lost_task", "retryless_failure", "stalled_consum
          "prefetch_starvation", "missing_time_limit")
 #: and for the run its own time limit killed
 QUIET_OVERRUN = ("worker_process_killed",)
+#: tasks whose requeue or failure is no killed pool process
+NOT_KILLED = ("rejecting.overrun", "rejecting.bouncer")
 
 
 @pytest.mark.parametrize("broker_kind", ["redis", "rabbitmq"])
@@ -69,6 +69,19 @@ def test_a_killed_pool_process_requeued_and_run_again_is_no_duplicate_nor_lost(
                          message="the requeued hog ran again")
                 assert events("rejected") == 1 and events("failed") == 0
                 assert events("received") == 2
+                (killed,) = wait_for(
+                    lambda: [f for f in exporter.findings("worker_process_killed")
+                             if f["task"] == "rejecting.hog"],
+                    timeout=60, message="worker_process_killed for the requeued kill")
+                assert killed["worker"] == worker.name and killed["count"] == 1
+                assert killed["evidence"]["requeued"] == 1
+                assert killed["evidence"]["reject_on_worker_lost"] is True
+                app.send_task("rejecting.bouncer", args=("bounce",))
+                wait_for(lambda: exporter.total("celery_task_events_total", type="succeeded",
+                                                task="rejecting.bouncer") == 1,
+                         timeout=60, message="the bouncer ran again after its Reject")
+                assert exporter.total("celery_task_events_total", type="rejected",
+                                      task="rejecting.bouncer") == 1
                 app.send_task("rejecting.overrun", args=(10,))
                 wait_for(lambda: exporter.total("celery_task_events_total", type="failed",
                                                 task="rejecting.overrun") == 1,
@@ -77,8 +90,10 @@ def test_a_killed_pool_process_requeued_and_run_again_is_no_duplicate_nor_lost(
                 exporter.wait_evaluated(since=time.time() + 10.0)
                 found = [(f["practice"], f["summary"]) for f in exporter.findings()
                          if f["practice"] in QUIET or (f["practice"] in QUIET_OVERRUN
-                                                      and f["task"] == "rejecting.overrun")]
+                                                      and f["task"] in NOT_KILLED)]
                 assert found == []
+                assert exporter.total("celery_practice_violations_total",
+                                      practice="worker_process_killed") == 1
                 for practice in QUIET:
                     assert exporter.total("celery_practice_violations_total",
                                           practice=practice) == 0

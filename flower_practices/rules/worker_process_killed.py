@@ -6,7 +6,13 @@ with ``billiard.exceptions.WorkerLostError``; the worker itself lives on and kee
 sending heartbeats, so ``lost_task`` (a worker gone) never sees it. With
 ``retry_on_worker_lost`` (``task_retry_on_worker_lost``, Celery >= 5.7) the worker retries
 the task instead: the kill is then a task-retried reporting ``WorkerLostError``, counted
-alike (the evidence's ``retried`` says how many of the kills were retried).
+alike (the evidence's ``retried`` says how many of the kills were retried). With
+``acks_late`` and ``reject_on_worker_lost`` it sends no failure at all but a task-rejected
+``requeue=True`` (the message handed back): that is a kill when the app is loaded
+(``-A``) and says the task runs ``acks_late`` with ``reject_on_worker_lost``, its body
+does not name ``Reject`` (which a task raises to requeue itself) and a time-limit kill
+would be acknowledged (``acks_on_timeout``), and the rejected delivery had started
+(``requeued`` in the evidence; no signal is named then).
 
 The task-failed and task-retried hook reads only the exception's *class name*
 (:func:`~flower_practices.events.sanitize.failure_exception`: the ``exception`` repr's,
@@ -18,7 +24,7 @@ still up: an event or heartbeat from it after the failure while it is alive
 (:meth:`WorkerRecord.alive`); then it is counted once. A failure whose worker shows no
 such sign within ``confirm_seconds`` (it went offline, or died with the pool:
 ``lost_task``'s case) is dropped. Celery sends no task-failed for processes it kills
-itself in a cold shutdown, nor when ``reject_on_worker_lost`` requeues the message.
+itself in a cold shutdown (and a requeue then is followed by worker-offline: dropped).
 
 The confirmed kills in the window are this rule's memory across restarts.
 """
@@ -32,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..bounded import LRUDict
 from ..events.sanitize import failure_exception
-from ..events.types import TASK_FAILED, TASK_RETRIED
+from ..events.types import TASK_FAILED, TASK_REJECTED, TASK_RETRIED
 from ..findings import Condition
 from .base import Rule
 
@@ -72,21 +78,32 @@ def _s(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+#: what became of the task whose pool process was killed (the unconfirmed entry's last
+#: field): failed for good, retried (``retry_on_worker_lost``), requeued
+#: (``reject_on_worker_lost``)
+FAILED, RETRIED, REQUEUED = "failed", "retried", "requeued"
+
+
 class _Tally:
-    __slots__ = ("count", "retried", "signals", "last_seen", "task_ids")
+    __slots__ = ("count", "retried", "requeued", "signals", "last_seen", "task_ids")
 
     def __init__(self) -> None:
         self.count = 0
-        #: of ``count``, the kills the worker retried (``retry_on_worker_lost``)
+        #: of ``count``, the kills the worker retried (``retry_on_worker_lost``) and
+        #: those whose message it handed back (``reject_on_worker_lost``)
         self.retried = 0
+        self.requeued = 0
         #: signal name -> kills; "" for a WorkerLostError that names no signal
         self.signals: dict[str, int] = {}
         self.last_seen = 0.0
         self.task_ids: list[str] = []
 
-    def add(self, signal: str, uuid: str, now: float, retried: bool) -> None:
+    def add(self, signal: str, uuid: str, now: float, outcome: str) -> None:
         self.count += 1
-        self.retried += retried
+        if outcome == RETRIED:
+            self.retried += 1
+        elif outcome == REQUEUED:
+            self.requeued += 1
         if signal in self.signals or len(self.signals) < _MAX_SIGNALS:
             self.signals[signal] = self.signals.get(signal, 0) + 1
         self.last_seen = now
@@ -116,14 +133,15 @@ class WorkerProcessKilled(Rule):
 
     def __init__(self, ctx, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
-        #: uuid -> (local time of the failure, queue, task, worker, signal, retried):
-        #: failures waiting for their worker to show it stayed up
-        self.unconfirmed: LRUDict[str, tuple[float, str, str, str, str, bool]] = \
+        #: uuid -> (local time of the failure, queue, task, worker, signal, outcome):
+        #: kills waiting for their worker to show it stayed up
+        self.unconfirmed: LRUDict[str, tuple[float, str, str, str, str, str]] = \
             LRUDict(10_000)
         self.tallies: dict[tuple[str, str, str], _Tally] = {}
 
     def hooks(self):
-        return {TASK_FAILED: self._on_failed, TASK_RETRIED: self._on_failed}
+        return {TASK_FAILED: self._on_failed, TASK_RETRIED: self._on_failed,
+                TASK_REJECTED: self._on_rejected}
 
     def _on_failed(self, event: dict, rec: Any) -> None:
         """A task-failed or task-retried reporting ``WorkerLostError``: held until its
@@ -131,6 +149,24 @@ class WorkerProcessKilled(Rule):
         name, line = failure_exception(event)
         if name is None or name.rsplit(".", 1)[-1] != WORKER_LOST:
             return
+        self._hold(event, rec, killed_by(line) or "",
+                   RETRIED if event.get("type") == TASK_RETRIED else FAILED)
+
+    def _on_rejected(self, event: dict, rec: Any) -> None:
+        """A task-rejected ``requeue=True`` of a started run: a kill when only
+        ``reject_on_worker_lost`` can have requeued it (see the module docstring)."""
+        if event.get("requeue") is not True or rec is None \
+                or not rec.received_at or rec.started_at < rec.received_at:
+            return  # not a run that had started (this delivery's task-started unheard)
+        app = self.ctx.app
+        info = app.task(rec.name) if app is not None and rec.name else None
+        if info is None or not (info.acks_late and info.reject_on_worker_lost) \
+                or info.raises_reject or info.retry_on_worker_lost \
+                or (info.has_time_limit and not info.acks_on_timeout):
+            return
+        self._hold(event, rec, "", REQUEUED)
+
+    def _hold(self, event: dict, rec: Any, signal: str, outcome: str) -> None:
         hostname = event.get("hostname")
         if not isinstance(hostname, str) or not hostname:
             hostname = rec.hostname if rec is not None else ""
@@ -139,14 +175,13 @@ class WorkerProcessKilled(Rule):
         queue = rec.queue if rec is not None else ""
         task = rec.name if rec is not None else ""
         self.unconfirmed.put(event["uuid"], (self.ctx.state.last_event_at, queue, task,
-                                             hostname, killed_by(line) or "",
-                                             event.get("type") == TASK_RETRIED))
+                                             hostname, signal, outcome))
 
     # -- persistence ---------------------------------------------------------------------
     def memory(self) -> Any:
         """The confirmed kills in the window: a restart neither forgets nor recounts them."""
         return [[q, t, w, tally.count, dict(tally.signals), tally.last_seen,
-                 list(tally.task_ids), tally.retried]
+                 list(tally.task_ids), tally.retried, tally.requeued]
                 for (q, t, w), tally in self.tallies.items()]
 
     def restore_memory(self, data: Any, now: float) -> None:
@@ -155,8 +190,10 @@ class WorkerProcessKilled(Rule):
                 queue, task, worker, count, signals, last_seen, task_ids = item[:7]
                 tally = _Tally()
                 tally.count = int(count)
-                # saved before retried kills were counted: none of them was
+                # saved before retried / requeued kills were counted: none was
                 tally.retried = min(int(item[7]), tally.count) if len(item) > 7 else 0
+                tally.requeued = min(int(item[8]), tally.count - tally.retried) \
+                    if len(item) > 8 else 0
                 tally.signals = {str(k)[:40]: int(v) for k, v in dict(signals).items()}
                 tally.last_seen = float(last_seen)
                 tally.task_ids = [str(u)[:128] for u in task_ids][-MAX_TASK_IDS:]
@@ -175,7 +212,7 @@ class WorkerProcessKilled(Rule):
         workers = self.ctx.state.workers
         confirm = self.opts.confirm_seconds
         done: list[str] = []
-        for uuid, (at, queue, task, host, signal, retried) in self.unconfirmed.items():
+        for uuid, (at, queue, task, host, signal, outcome) in self.unconfirmed.items():
             worker = workers.get(host)
             if worker is not None and worker.last_seen > at and worker.alive(now) \
                     and not worker.offline_at:
@@ -184,7 +221,7 @@ class WorkerProcessKilled(Rule):
                 if tally is None and len(self.tallies) < _MAX_KEYS:
                     tally = self.tallies[key] = _Tally()
                 if tally is not None:
-                    tally.add(signal, uuid, now, retried)
+                    tally.add(signal, uuid, now, outcome)
                 self.count(queue or None, task or None, worker=host)
                 done.append(uuid)
             elif now - at > confirm:
@@ -202,21 +239,20 @@ class WorkerProcessKilled(Rule):
             named = sorted(s for s in tally.signals if s)
             evidence: dict[str, Any] = {
                 "worker": worker, "task": task or None, "count": tally.count,
-                "retried": tally.retried,
+                "retried": tally.retried, "requeued": tally.requeued,
                 "signals": {s or "none named": n for s, n in tally.signals.items()},
                 "task_ids": list(reversed(tally.task_ids)),
             }
             how = f"killed by {', '.join(named)}" if named else "exited prematurely"
-            if tally.retried == tally.count:
-                outcome = "were retried after WorkerLostError"
-            elif tally.retried:
-                outcome = (f"failed with WorkerLostError ({tally.retried} of them "
-                           "retried)")
-            else:
-                outcome = "failed with WorkerLostError"
-            summary = (f"{tally.count} {task or 'task'} task(s) {outcome} on {worker}: the "
-                       f"pool process running them was {how} while the worker stayed up "
-                       "(out of memory?)")
+            failed = tally.count - tally.retried - tally.requeued
+            outcomes = [text for n, text in (
+                (failed, f"{failed} failed with WorkerLostError"),
+                (tally.retried, f"{tally.retried} retried after WorkerLostError"),
+                (tally.requeued, f"{tally.requeued} requeued by reject_on_worker_lost"),
+            ) if n]
+            summary = (f"{tally.count} {task or 'task'} task(s) lost their pool process on "
+                       f"{worker} ({', '.join(outcomes)}): it was {how} while the worker "
+                       "stayed up (out of memory?)")
             info = app.task(task) if app is not None else None
             if app is None:
                 evidence["acks_late"] = "unknown (app not loaded)"

@@ -5,6 +5,8 @@
 sleeps on its first delivery (under a hard ``time_limit`` far past the sleep); on any
 later delivery it returns at once.
 ``rejecting.overrun`` sleeps past its hard ``time_limit`` of 2 s.
+``rejecting.bouncer`` hands its message back itself (``raise Reject(requeue=True)``) on
+its first delivery and returns at once on the next.
 ``make_app(broker, pid_store)`` builds a fresh copy (pids on ``pid_store``, the broker's
 Redis by default; FP_TEST_PID_REDIS for the worker).
 """
@@ -36,6 +38,14 @@ def make_app(broker: str, pid_store: str | None = None) -> Celery:
     def overrun(seconds):
         """Killed by its hard time limit (Celery replaces the pool process)."""
         time.sleep(seconds)
+
+    @app.task(name="rejecting.bouncer", shared=False, time_limit=600)
+    def bouncer(key):
+        import redis
+        from celery.exceptions import Reject
+
+        if redis.Redis.from_url(pid_store or broker).incr(f"{key}:runs") == 1:
+            raise Reject("not now", requeue=True)
 
     @app.task(name="rejecting.quick", shared=False)
     def quick():
