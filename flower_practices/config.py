@@ -75,7 +75,8 @@ class Settings:
     #: standalone exporter: `/metrics` is rendered at most once per this many seconds per
     #: format, and `/api/practices` built at most once, off the event loop; concurrent
     #: requests share one rendering (0: render for every request that does not find one
-    #: in flight)
+    #: in flight). Flower plugin: `/api/practices` built at most once per this many
+    #: seconds (on Flower's IOLoop; Flower renders its own `/metrics`)
     metrics_cache_seconds: float = 1.0
     #: standalone exporter: open HTTP connections served at once; at the cap the one that
     #: has waited longest for a request is closed for room, else a new one gets a 503

@@ -152,6 +152,25 @@ class TestBasicAuth(_PluginCase):
         assert "<script>alert(1)" not in body
         assert initial(body)["findings"][0]["summary"] == "</script><script>alert(1)</script>"
 
+    def test_api_document_is_built_once_per_cache_interval(self):
+        """Many requests (open pages, a client in a loop) cost one build per
+        ``metrics_cache_seconds``, as on the exporter; a new interval shows new data."""
+        plugin = self.flower.plugins["flower_practices"]
+        clock = [1000.0]
+        plugin.settings.metrics_cache_seconds = 1.0
+        plugin.clock = lambda: clock[0]
+        bodies = {self.fetch("/api/practices", headers=basic("admin", "s3cret")).body
+                  for _ in range(20)}
+        assert len(bodies) == 1 and plugin.api_builds == 1
+        assert not [f for f in json.loads(bodies.pop())["findings"]
+                    if f["practice"] == "retryless_failure"]
+        feed_failure(self.flower)
+        clock[0] += 1.5  # the next interval
+        body = self.fetch("/api/practices", headers=basic("admin", "s3cret")).body
+        assert plugin.api_builds == 2
+        assert [f for f in json.loads(body)["findings"]
+                if f["practice"] == "retryless_failure"]
+
     def test_api_returns_the_contract_document(self):
         feed_failure(self.flower)
         response = self.fetch("/api/practices", headers=basic("admin", "s3cret"))

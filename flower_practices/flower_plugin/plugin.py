@@ -36,11 +36,12 @@ from celery.events import EventReceiver
 from prometheus_client import REGISTRY
 from tornado.ioloop import PeriodicCallback
 
+from ..api import practices_document
 from ..assembly import build_engine
 from ..brokers import NO_EVENTS_ON_DATABASE, broker_url_problem, redact
 from ..config import ConfigError, Settings, load_settings
 from ..engine import Engine
-from ..events.sanitize import clean_event, clean_text
+from ..events.sanitize import clean_event, clean_text, json_bytes
 from ..events.status import StreamStatus
 from ..events.stream import (
     cap_events,
@@ -347,6 +348,24 @@ class PracticesPlugin:
         self._timers: list[PeriodicCallback] = []
         self._busy: set[str] = set()
         self.started = False
+        #: (monotonic time built, body) of the last ``/api/practices`` document
+        self._api_body: tuple[float, bytes] | None = None
+        #: ``/api/practices`` documents built (the rest were served from the cache)
+        self.api_builds = 0
+        self.clock: Callable[[], float] = time.monotonic
+
+    def api_body(self) -> bytes:
+        """The ``/api/practices`` body: built at most once per ``metrics_cache_seconds``
+        (as the exporter's), so that many open pages or a client polling in a loop cost
+        Flower's IOLoop one build per interval, not one per request."""
+        now = self.clock()
+        cached = self._api_body
+        if cached is not None and now - cached[0] < self.settings.metrics_cache_seconds:
+            return cached[1]
+        body = json_bytes(practices_document(self.engine))
+        self.api_builds += 1
+        self._api_body = (now, body)
+        return body
 
     # -- wiring ------------------------------------------------------------------------
     def attach(self) -> None:

@@ -108,7 +108,7 @@ class PracticesApi(BaseHandler):
             raise web.HTTPError(401, "log in to Flower first")
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
-        self.write(json_bytes(practices_document(_plugin(self))))
+        self.write(_plugin(self).api_body())  # built at most once per cache interval
 
 
 class PracticesHealth(BaseHandler):
