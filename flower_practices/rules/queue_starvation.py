@@ -231,19 +231,15 @@ class QueueStarvation(Rule):
                 acc[0] += n
                 acc[1] += seconds
         total_busy = sum(v[1] for v in per_queue.values()) or 0.0
-        idle = (0, 0.0)
-        occupied = [
-            {"queue": q, "tasks_started": int(v[0]), "busy_seconds": round(v[1], 1),
-             "busy_share": round(v[1] / total_busy, 3) if total_busy else None,
-             "running_now": int(running.get(q, idle)[0]),
-             "running_seconds": round(running.get(q, idle)[1], 1)}
-            for q, v in per_queue.items()
-        ]
-        for q, (n, seconds) in running.items():
-            if q not in per_queue:
-                occupied.append({"queue": q, "tasks_started": 0, "busy_seconds": 0.0,
-                                 "busy_share": None, "running_now": int(n),
-                                 "running_seconds": round(seconds, 1)})
+        occupied = []
+        for q in {**per_queue, **running}:  # the queues busy in the window or running now
+            started, busy = per_queue.get(q, (0.0, 0.0))
+            n, seconds = running.get(q, (0, 0.0))
+            occupied.append({
+                "queue": q, "tasks_started": int(started), "busy_seconds": round(busy, 1),
+                "busy_share": round(busy / total_busy, 3)
+                if total_busy and q in per_queue else None,
+                "running_now": int(n), "running_seconds": round(seconds, 1)})
         occupied.sort(key=lambda d: (-d["busy_seconds"], -d["running_now"], d["queue"]))
         return {"shared_workers": sorted(shared)[:10], "occupied_by": occupied[:5],
                 "rate_limited_reserved": self._rate_limited_reserved(shared)}
