@@ -450,7 +450,6 @@ class RetryStorm(Rule):
             yield Condition(summary=summary, queue=queue or None, task=task or None,
                             evidence=evidence)
 
-
     def _looping(self, st: _Stats, now: float) -> list[str]:
         """The task ids that retried in a loop within the window (oldest first); the
         older ones are dropped."""
