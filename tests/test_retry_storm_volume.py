@@ -10,67 +10,44 @@ feeds such a stream to the engine).
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from flower_practices.config import Settings
-from tests.apps.retries import make_app
-from tests.support.brokers import fresh_redis_url, release_redis_dbs
-from tests.support.exporter import RunningExporter, wait_for
-from tests.support.worker import WorkerProcess
+from tests.support.exporter import wait_for
+from tests.test_retry_storm_policy import events, retries_env
 
 pytestmark = pytest.mark.slow
 
 
-def events(exporter: RunningExporter, etype: str, task: str) -> float:
-    return exporter.total("celery_task_events_total", type=etype, task=task)
-
-
 def test_a_busy_task_retrying_a_few_runs_is_no_storm_but_retry_every_run_is() -> None:
-    broker = fresh_redis_url()
-    app = make_app(broker)
-    settings = Settings(evaluation_interval=0.5, probe_interval=1.0,
-                        clear_after_seconds=600.0,
-                        practices={"retry_storm": {"max_retries_per_window": 10}})
-    worker = WorkerProcess("tests.apps.retries", broker, queues="celery", concurrency=8,
-                           name=f"volume-{int(time.time() * 1000) % 100000}@fp-test")
-    try:
-        with RunningExporter(app, settings, app_loaded=True) as exporter:
-            wait_for(lambda: exporter.get("/healthz")[0] == 200, message="healthz 200")
-            worker.start(app)
-            for i in range(400):
-                app.send_task("retries.busy", args=(i,))
-            wait_for(lambda: events(exporter, "succeeded", "retries.busy") == 400,
-                     timeout=120, message="all 400 busy tasks succeeded")
-            assert events(exporter, "retried", "retries.busy") == 20  # > the floor of 10
-            exporter.wait_evaluated()
-            assert exporter.findings("retry_storm") == []
-            assert exporter.total("celery_practice_violations_total",
-                                  practice="retry_storm") == 0
+    with retries_env("volume", 8, {"max_retries_per_window": 10}) as (app, exporter, _):
+        for i in range(400):
+            app.send_task("retries.busy", args=(i,))
+        wait_for(lambda: events(exporter, "succeeded", "retries.busy") == 400,
+                 timeout=120, message="all 400 busy tasks succeeded")
+        assert events(exporter, "retried", "retries.busy") == 20  # > the floor of 10
+        exporter.wait_evaluated()
+        assert exporter.findings("retry_storm") == []
+        assert exporter.total("celery_practice_violations_total",
+                              practice="retry_storm") == 0
 
-            for _ in range(3):
-                app.send_task("retries.pounding")
-            wait_for(lambda: events(exporter, "failed", "retries.pounding") == 3,
-                     timeout=90, message="the pounding tasks exhausted their retries")
+        for _ in range(3):
+            app.send_task("retries.pounding")
+        wait_for(lambda: events(exporter, "failed", "retries.pounding") == 3,
+                 timeout=90, message="the pounding tasks exhausted their retries")
 
-            def settled() -> dict | None:
-                found = [f for f in exporter.findings("retry_storm")
-                         if f["task"] == "retries.pounding"]
-                if found and found[0]["evidence"]["retries_in_window"] == 15:
-                    return found[0]
-                return None
+        def settled() -> dict | None:
+            found = [f for f in exporter.findings("retry_storm")
+                     if f["task"] == "retries.pounding"]
+            if found and found[0]["evidence"]["retries_in_window"] == 15:
+                return found[0]
+            return None
 
-            f = wait_for(settled, timeout=30, message="retry_storm for retries.pounding")
-            ev = f["evidence"]
-            # 5 retries per first attempt: 83 % of the attempts are retries (limit 75 %)
-            assert ev["first_attempts_in_window"] == 3
-            assert ev["retry_share"] == round(15 / 18, 3)
-            assert ev["zero_delay_retries"] == 0  # a storm by share, not by zero delay
-            assert "for 3 first attempts: 83% of the attempts are retries" in f["summary"]
-            assert [x["task"] for x in exporter.findings("retry_storm")] == [
-                "retries.pounding"]
-            worker.stop()
-    finally:
-        worker.kill()
-        release_redis_dbs(broker)
+        f = wait_for(settled, timeout=30, message="retry_storm for retries.pounding")
+        ev = f["evidence"]
+        # 5 retries per first attempt: 83 % of the attempts are retries (limit 75 %)
+        assert ev["first_attempts_in_window"] == 3
+        assert ev["retry_share"] == round(15 / 18, 3)
+        assert ev["zero_delay_retries"] == 0  # a storm by share, not by zero delay
+        assert "for 3 first attempts: 83% of the attempts are retries" in f["summary"]
+        assert [x["task"] for x in exporter.findings("retry_storm")] == [
+            "retries.pounding"]
