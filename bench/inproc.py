@@ -210,6 +210,20 @@ def _wire(msgs: list) -> bytes:
                     % (len(c), c.encode(), len(d), d) for c, d, _ in msgs)
 
 
+def read_wire(wire: bytes, on_frame: object, pure_python: bool = False) -> None:
+    """Parse ``wire`` as the consumers do (RESP, fed in FEED_BYTES slices) and hand each
+    ``pmessage`` payload to ``on_frame``."""
+    from flower_practices.events.resp import FEED_BYTES, new_reader
+
+    reader = new_reader(pure_python)
+    for offset in range(0, len(wire), FEED_BYTES):
+        reader.feed(wire, offset, min(FEED_BYTES, len(wire) - offset))
+        frame = reader.gets()
+        while frame is not False:
+            on_frame(frame[3])  # type: ignore[operator]
+            frame = reader.gets()
+
+
 def bench_ingest(group: int = 24, n_events: int = 50_000, repeats: int = 3) -> dict:
     """Where the direct path's and the plugin's per-event CPU goes, in-process (best of
     ``repeats``, CPU µs per event): RESP parsing, the floor (parse + the two JSON
@@ -225,7 +239,6 @@ def bench_ingest(group: int = 24, n_events: int = 50_000, repeats: int = 3) -> d
 
     from bench.events import encode, stream
     from flower_practices.events.fast_redis import EventDecoder
-    from flower_practices.events.resp import FEED_BYTES, new_reader
     from flower_practices.events.status import StreamStatus
     from flower_practices.flower_plugin.plugin import flush_tap, tap_state
 
@@ -235,13 +248,7 @@ def bench_ingest(group: int = 24, n_events: int = 50_000, repeats: int = 3) -> d
     app = Celery("bench", broker="redis://127.0.0.1:6379/0", set_as_current=False)
 
     def read(on_frame: object, pure_python: bool = False) -> None:
-        reader = new_reader(pure_python)
-        for offset in range(0, len(wire), FEED_BYTES):
-            reader.feed(wire, offset, min(FEED_BYTES, len(wire) - offset))
-            frame = reader.gets()
-            while frame is not False:
-                on_frame(frame[3])
-                frame = reader.gets()
+        read_wire(wire, on_frame, pure_python)
 
     def floor(payload: bytes, loads: object = orjson.loads) -> None:
         loads(a2b_base64(loads(payload)["body"]))

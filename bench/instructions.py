@@ -65,24 +65,17 @@ def _child(subject: str, n_events: int, group: int) -> None:
     import orjson
     from celery import Celery
 
-    from bench.inproc import _wire
+    from bench.inproc import _wire, read_wire
     from flower_practices.config import Settings
     from flower_practices.engine import Engine
     from flower_practices.events.fast_redis import EventDecoder
-    from flower_practices.events.resp import FEED_BYTES, new_reader
     from flower_practices.events.status import StreamStatus
 
     wire = _wire(_stream(n_events, group))
     app = Celery("bench", broker="redis://127.0.0.1:6379/0", set_as_current=False)
 
     def read(on_frame) -> None:
-        reader = new_reader(False)
-        for offset in range(0, len(wire), FEED_BYTES):
-            reader.feed(wire, offset, min(FEED_BYTES, len(wire) - offset))
-            frame = reader.gets()
-            while frame is not False:
-                on_frame(frame[3])
-                frame = reader.gets()
+        read_wire(wire, on_frame)
 
     messages: list[list[dict]] = []
     read(EventDecoder(app, None, StreamStatus(),  # type: ignore[arg-type]
