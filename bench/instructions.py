@@ -74,21 +74,18 @@ def _child(subject: str, n_events: int, group: int) -> None:
     wire = _wire(_stream(n_events, group))
     app = Celery("bench", broker="redis://127.0.0.1:6379/0", set_as_current=False)
 
-    def read(on_frame) -> None:
-        read_wire(wire, on_frame)
-
     messages: list[list[dict]] = []
-    read(EventDecoder(app, None, StreamStatus(),  # type: ignore[arg-type]
+    read_wire(wire, EventDecoder(app, None, StreamStatus(),  # type: ignore[arg-type]
                       lambda events: messages.append([dict(e) for e in events])).feed)
     run: object
     if subject == "floor":
         loads = orjson.loads
-        run = lambda: read(lambda p: loads(a2b_base64(loads(p)["body"])))  # noqa: E731
+        run = lambda: read_wire(wire, lambda p: loads(a2b_base64(loads(p)["body"])))  # noqa: E731
     elif subject == "exporter":
         engine = Engine(Settings())
         decoder = EventDecoder(app, engine.observe, engine.stream_status,
                                engine.observe_many)
-        run = lambda: read(decoder.feed)  # noqa: E731
+        run = lambda: read_wire(wire, decoder.feed)  # noqa: E731
     elif subject == "engine":
         observe_many = Engine(Settings()).observe_many
 

@@ -172,15 +172,6 @@ def _code_names(task: Any) -> set[str] | None:
     return names
 
 
-def _calls_retry(task: Any) -> bool:
-    names = _code_names(task)
-    return names is not None and "retry" in names
-
-
-def _names(task: Any, name: str) -> bool:
-    """Whether the task's body may use ``name`` (True when its code cannot be read)."""
-    names = _code_names(task)
-    return names is None or name in names
 
 
 def _acks_on_timeout(task: Any) -> bool:
@@ -283,11 +274,12 @@ def snapshot_app(app: Celery) -> AppInfo:
     for name, task in sorted(app.tasks.items()):
         if name.startswith("celery."):
             continue
+        names = _code_names(task)  # None: no code to read
         tasks[name] = TaskInfo(
             name=name,
             max_retries=getattr(task, "max_retries", None),
             autoretry_for=_class_names(getattr(task, "autoretry_for", ())),
-            calls_retry=_calls_retry(task),
+            calls_retry=names is not None and "retry" in names,
             time_limit=getattr(task, "time_limit", None) or conf.task_time_limit,
             soft_time_limit=getattr(task, "soft_time_limit", None) or conf.task_soft_time_limit,
             ignore_result=bool(getattr(task, "ignore_result", False) or conf.task_ignore_result),
@@ -301,7 +293,7 @@ def snapshot_app(app: Celery) -> AppInfo:
             unbounded_retries=_unbounded_retries(task),
             reject_on_worker_lost=bool(getattr(task, "reject_on_worker_lost", None)),
             retry_on_worker_lost=bool(getattr(task, "retry_on_worker_lost", None)),
-            raises_reject=_names(task, "Reject"),
+            raises_reject=names is None or "Reject" in names,
             acks_on_timeout=_acks_on_timeout(task),
             rate_limit=_rate_limit(task, conf),
         )

@@ -34,6 +34,19 @@ def events(exporter: RunningExporter, etype: str, task: str) -> float:
     return exporter.total("celery_task_events_total", type=etype, task=task)
 
 
+def settled_storm(exporter: RunningExporter, task: str, retries: int,
+                  timeout: float = 30) -> dict:
+    """``task``'s retry_storm finding once its evidence counts ``retries`` retries in the
+    window (every retry judged)."""
+    def settled() -> dict | None:
+        found = [f for f in exporter.findings("retry_storm") if f["task"] == task]
+        if found and found[0]["evidence"]["retries_in_window"] == retries:
+            return found[0]
+        return None
+
+    return wait_for(settled, timeout=timeout, message=f"retry_storm for {task}")
+
+
 @contextlib.contextmanager
 def retries_env(tag: str, concurrency: int, retry_storm: dict | None = None,
                 ) -> Iterator[tuple[Celery, RunningExporter, str]]:
@@ -79,14 +92,7 @@ def test_backoff_with_jitter_is_no_storm_and_zero_delay_is() -> None:
         wait_for(lambda: events(exporter, "failed", "retries.tight") == 3, timeout=60,
                  message="the tight tasks exhausted their retries")
 
-        def settled() -> dict | None:
-            found = [f for f in exporter.findings("retry_storm")
-                     if f["task"] == "retries.tight"]
-            if found and found[0]["evidence"]["retries_in_window"] == 24:
-                return found[0]
-            return None
-
-        f = wait_for(settled, timeout=30, message="retry_storm for retries.tight")
+        f = settled_storm(exporter, "retries.tight", 24)
         ev = f["evidence"]
         assert ev["zero_delay_retries"] == 24 and ev["zero_delay_share"] == 1.0
         assert ev["delay_measured_from"] == "the retry's task-sent event"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.exporter import wait_for
-from tests.test_retry_storm_policy import events, retries_env
+from tests.test_retry_storm_policy import events, retries_env, settled_storm
 
 pytestmark = pytest.mark.slow
 
@@ -35,14 +35,7 @@ def test_a_busy_task_retrying_a_few_runs_is_no_storm_but_retry_every_run_is() ->
         wait_for(lambda: events(exporter, "failed", "retries.pounding") == 3,
                  timeout=90, message="the pounding tasks exhausted their retries")
 
-        def settled() -> dict | None:
-            found = [f for f in exporter.findings("retry_storm")
-                     if f["task"] == "retries.pounding"]
-            if found and found[0]["evidence"]["retries_in_window"] == 15:
-                return found[0]
-            return None
-
-        f = wait_for(settled, timeout=30, message="retry_storm for retries.pounding")
+        f = settled_storm(exporter, "retries.pounding", 15)
         ev = f["evidence"]
         # 5 retries per first attempt: 83 % of the attempts are retries (limit 75 %)
         assert ev["first_attempts_in_window"] == 3
