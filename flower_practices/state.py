@@ -88,6 +88,7 @@ FINISHED_KEPT = 10_000
 #: a task's state after its terminal event
 _FINAL_STATE = {TASK_SUCCEEDED: "SUCCESS", TASK_FAILED: "FAILURE",
                 TASK_REVOKED: "REVOKED", TASK_REJECTED: "REJECTED"}
+_FINAL_STATES = frozenset(_FINAL_STATE.values())
 
 #: what a task record is counted as on its worker
 NOT_COUNTED, RESERVED, RUNNING = 0, 1, 2
@@ -424,6 +425,8 @@ class RuntimeState:
             rec.name, rec.queue = done[0], done[1]
             # a new message (a redelivery) starts a new life; anything else is late
             rec.straggler = etype != TASK_SENT and etype != TASK_RECEIVED
+            if rec.straggler:  # the run's end stays on record (see forget)
+                self.finished.put(uuid, done)
         evicted = self.tasks.put(uuid, rec)
         if evicted is not None:
             self._release(evicted)
@@ -631,6 +634,8 @@ class RuntimeState:
                   worker: WorkerRecord | None) -> None:
         if rec.pending or rec.counted:  # else nothing holds it
             self._release(rec)
+        if not rec.hostname:  # its first event (a late end): the worker that reports it
+            rec.hostname = hostname
         rec.state = final
 
     def _retried(self, rec: TaskRecord, event: dict, ts: float, hostname: str,
@@ -714,8 +719,15 @@ class RuntimeState:
         if rec.pending or rec.counted:  # else nothing holds it
             self._release(rec)
         self.tasks.pop(rec.uuid, None)
-        self.finished.put(rec.uuid, (rec.name, rec.queue, rec.state, rec.hostname,
-                                     rec.starts))
+        done = self.finished.get(rec.uuid) if rec.straggler else None
+        if done is not None and rec.state not in _FINAL_STATES:
+            # a late event of an ended run that is no end itself (a task-started that
+            # arrived behind the run's task-failed): the run's end stays the one on record,
+            # with this start added, so that its duplicate end is still known as one
+            self.finished.put(rec.uuid, (*done[:4], done[4] + rec.starts))
+        else:
+            self.finished.put(rec.uuid, (rec.name, rec.queue, rec.state, rec.hostname,
+                                         rec.starts))
 
     def mark_lost(self, rec: TaskRecord, now: float) -> None:
         """A rule declared ``rec`` lost: it no longer counts as running anywhere and is not

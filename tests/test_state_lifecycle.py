@@ -650,3 +650,49 @@ def test_a_final_event_seen_twice_is_counted_once_and_a_redelivery_is_not_a_dupl
              ev("task-succeeded", T0 + 13, uuid=uuid, hostname=second, runtime=2.0))
     assert eng.metrics.task_events[("succeeded", "proj.job", "q")] == 5
     assert eng.stream_status.decode_errors["duplicate_final"] == 1
+
+
+def test_a_duplicate_end_behind_a_late_start_is_still_a_duplicate() -> None:
+    """A run stopped by its hard time limit whose task-started arrives behind its first
+    task-failed (seen on real prefork workers on Redis and RabbitMQ: received, failed,
+    started, failed): the late start counts as a start, the second task-failed is
+    still the duplicate -- one failure, not two; and two runs' ends around late starts
+    are still two."""
+    eng = engine()
+    failed = ev("task-failed", T0 + 2, uuid="u1", hostname=H,
+                exception="TimeLimitExceeded(2,)")
+    feed(eng, *started("u1", T0)[:2], dict(failed),
+         ev("task-started", T0 + 0.1, uuid="u1", hostname=H), dict(failed))
+    assert eng.metrics.task_events[("failed", "proj.job", "q")] == 1
+    assert eng.metrics.task_events[("started", "proj.job", "q")] == 1
+    assert eng.metrics.failures[("proj.job", "q", "TimeLimitExceeded")] == 1
+    assert eng.stream_status.decode_errors["duplicate_final"] == 1
+    assert "u1" not in eng.state.tasks
+    assert eng.state.workers[H].running == 0
+    # a second run (redelivered), its start also late: its end is no duplicate
+    feed(eng, ev("task-received", T0 + 5, uuid="u1", name="proj.job", hostname=H),
+         dict(failed, timestamp=T0 + 7), ev("task-started", T0 + 5.1, uuid="u1", hostname=H),
+         dict(failed, timestamp=T0 + 7))
+    assert eng.metrics.task_events[("failed", "proj.job", "q")] == 2
+    assert eng.stream_status.decode_errors["duplicate_final"] == 2
+    # a late end of another kind after it still counts (not taken for a duplicate)
+    feed(eng, ev("task-succeeded", T0 + 8, uuid="u1", hostname=H, runtime=0.1))
+    assert eng.metrics.task_events[("succeeded", "proj.job", "q")] == 1
+
+
+def test_an_end_behind_an_idle_heartbeat_is_counted_once() -> None:
+    """A worker's task events are buffered, its heartbeats are not: the heartbeat after a
+    run killed by its hard time limit (``active=0``) can arrive before the run's two
+    task-failed events (seen on real prefork workers on RabbitMQ). The heartbeat ends the
+    run unreported; the first task-failed still counts as its end, the second is its
+    duplicate -- one failure, not two."""
+    eng = engine()
+    failed = ev("task-failed", T0 + 2, uuid="u1", hostname=H,
+                exception="TimeLimitExceeded(2,)")
+    feed(eng, *started("u1", T0), beat(H, T0 + 2.1), dict(failed),
+         dict(failed, timestamp=T0 + 2.001))
+    assert eng.state.tasks_ended_unreported == 1
+    assert eng.metrics.task_events[("failed", "proj.job", "q")] == 1
+    assert eng.metrics.failures[("proj.job", "q", "TimeLimitExceeded")] == 1
+    assert eng.stream_status.decode_errors["duplicate_final"] == 1
+    assert "u1" not in eng.state.tasks and eng.state.workers[H].running == 0
