@@ -49,8 +49,8 @@ class TaskInfo:
     #: ``retry_on_worker_lost`` (task, else ``task_retry_on_worker_lost``; Celery >= 5.7):
     #: a task whose pool process died is retried (a task-retried with WorkerLostError)
     retry_on_worker_lost: bool = False
-    #: the task's code may raise ``Reject`` (its body names it; unknown code: True), so a
-    #: ``task-rejected`` with ``requeue=True`` after a start may be its own doing
+    #: the task's code may raise ``Reject`` (see :func:`_may_raise_reject`; unknown code:
+    #: True), so a ``task-rejected`` with ``requeue=True`` after a start may be its own doing
     raises_reject: bool = True
     #: ``acks_on_timeout`` (Celery >= 5.7; else ``acks_on_failure_or_timeout``): False
     #: requeues an ``acks_late`` task killed by its time limit
@@ -163,15 +163,84 @@ def _code_names(task: Any) -> set[str] | None:
     """The global and attribute names the task's body (and functions nested in it) use;
     None when it has no code to read."""
     code = getattr(_task_function(task), "__code__", None)
-    if code is None:
-        return None
+    return None if code is None else _function_names(code)
+
+
+#: functions and classes :func:`_may_raise_reject` reads at most per task (a helper
+#: graph larger than this is taken as "may raise")
+_MAX_HELPERS = 200
+
+
+def _may_raise_reject(task: Any, names: set[str] | None) -> bool:
+    """Whether the task's code may raise Celery's ``Reject`` (``names``: the body's
+    :func:`_code_names`, None when it has no code: then True).
+
+    Read without running anything: the body, or a function or class of the task's own
+    package it reaches through module globals (the helpers it calls, ``helper()`` or
+    ``module.helper()``, followed into the project's other modules; libraries are not
+    followed), names ``Reject``, or one of those modules has ``Reject`` in scope under any
+    name (``from celery.exceptions import Reject as Bounce``). A helper graph past
+    :data:`_MAX_HELPERS` counts as "may raise": the answer only ever silences
+    ``worker_process_killed``, never makes it fire. A helper reached some other way (a
+    method of an object passed in, a function looked up at runtime) is not seen."""
+    from celery.exceptions import Reject
+
+    func = _task_function(task)
+    if names is None or getattr(func, "__code__", None) is None:
+        return True
+    package = _package(func)
+    scopes_seen: set[int] = set()
+    seen: set[int] = set()
+    todo: list[tuple[Any, set[str]]] = [(func, names)]
+    while todo:
+        fn, used = todo.pop()
+        if "Reject" in used:
+            return True
+        scope = fn.__globals__
+        # the project's modules it names (``helpers.bounce()``) are searched too
+        scopes = [scope, *(value.__dict__ for value in map(scope.get, used)
+                           if inspect.ismodule(value) and _package(value) == package)]
+        for each in scopes:
+            if id(each) not in scopes_seen:
+                scopes_seen.add(id(each))
+                if any(value is Reject for value in each.values()):
+                    return True
+            for name in used:
+                for helper in _helpers(each.get(name), package):
+                    if id(helper) not in seen:
+                        seen.add(id(helper))
+                        if len(seen) > _MAX_HELPERS:
+                            return True
+                        todo.append((helper, _function_names(helper.__code__)))
+    return False
+
+
+def _package(value: Any) -> str:
+    """The top-level package a function, class or module comes from."""
+    name = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
+    return (name or "").split(".")[0]
+
+
+def _helpers(value: Any, package: str) -> list[Any]:
+    """The plain functions of ``package`` behind a global a task body uses: the function
+    itself, or a class's own methods (static and class methods too); nothing for
+    anything else, nor for what another package defines."""
+    if not (inspect.isfunction(value) or isinstance(value, type)) \
+            or _package(value) != package:
+        return []
+    if inspect.isfunction(value):
+        return [value]
+    return [f for f in (getattr(a, "__func__", a) for a in vars(value).values())
+            if inspect.isfunction(f)]
+
+
+def _function_names(code: Any) -> set[str]:
+    """The global and attribute names ``code`` and the functions nested in it use."""
     names = set(code.co_names)
-    for const in code.co_consts:  # nested functions/closures inside the task body
+    for const in code.co_consts:
         if hasattr(const, "co_names"):
-            names.update(const.co_names)
+            names.update(_function_names(const))
     return names
-
-
 
 
 def _acks_on_timeout(task: Any) -> bool:
@@ -293,7 +362,7 @@ def snapshot_app(app: Celery) -> AppInfo:
             unbounded_retries=_unbounded_retries(task),
             reject_on_worker_lost=bool(getattr(task, "reject_on_worker_lost", None)),
             retry_on_worker_lost=bool(getattr(task, "retry_on_worker_lost", None)),
-            raises_reject=names is None or "Reject" in names,
+            raises_reject=_may_raise_reject(task, names),
             acks_on_timeout=_acks_on_timeout(task),
             rate_limit=_rate_limit(task, conf),
         )

@@ -5,7 +5,8 @@ Redis and RabbitMQ, with every rule on and short thresholds: that kill is a
 ``worker_process_killed`` (``requeued`` 1: the app, loaded, shows nothing else requeues
 the task), the redelivery is no ``duplicate_delivery``, the run is no ``lost_task`` (the
 worker stayed up) and no ``retryless_failure`` (no task-failed at all). A task that
-hands its message back itself (``raise Reject(requeue=True)``) is no kill. A run killed
+hands its message back itself (``raise Reject(requeue=True)``) is no kill, nor one that
+does it through a helper function. A run killed
 by its own hard ``time_limit`` under the same settings fails (TimeLimitExceeded; Celery
 replaces the process and does not requeue): no ``worker_process_killed`` and no
 duplicate either.
@@ -34,7 +35,7 @@ QUIET = ("duplicate_delivery", "lost_task", "retryless_failure", "stalled_consum
 #: and for the run its own time limit killed
 QUIET_OVERRUN = ("worker_process_killed",)
 #: tasks whose requeue or failure is no killed pool process
-NOT_KILLED = ("rejecting.overrun", "rejecting.bouncer")
+NOT_KILLED = ("rejecting.overrun", "rejecting.bouncer", "rejecting.deferring")
 
 
 @pytest.mark.parametrize("broker_kind", ["redis", "rabbitmq"])
@@ -76,12 +77,14 @@ def test_a_killed_pool_process_requeued_and_run_again_is_no_duplicate_nor_lost(
                 assert killed["worker"] == worker.name and killed["count"] == 1
                 assert killed["evidence"]["requeued"] == 1
                 assert killed["evidence"]["reject_on_worker_lost"] is True
-                app.send_task("rejecting.bouncer", args=("bounce",))
-                wait_for(lambda: exporter.total("celery_task_events_total", type="succeeded",
-                                                task="rejecting.bouncer") == 1,
-                         timeout=60, message="the bouncer ran again after its Reject")
-                assert exporter.total("celery_task_events_total", type="rejected",
-                                      task="rejecting.bouncer") == 1
+                for task, key in (("rejecting.bouncer", "bounce"),
+                                  ("rejecting.deferring", "defer")):
+                    app.send_task(task, args=(key,))
+                    wait_for(lambda task=task: exporter.total(
+                        "celery_task_events_total", type="succeeded", task=task) == 1,
+                        timeout=60, message=f"{task} ran again after its Reject")
+                    assert exporter.total("celery_task_events_total", type="rejected",
+                                          task=task) == 1
                 app.send_task("rejecting.overrun", args=(10,))
                 wait_for(lambda: exporter.total("celery_task_events_total", type="failed",
                                                 task="rejecting.overrun") >= 1,

@@ -6,7 +6,8 @@ sleeps on its first delivery (under a hard ``time_limit`` far past the sleep); o
 later delivery it returns at once.
 ``rejecting.overrun`` sleeps past its hard ``time_limit`` of 2 s.
 ``rejecting.bouncer`` hands its message back itself (``raise Reject(requeue=True)``) on
-its first delivery and returns at once on the next.
+its first delivery and returns at once on the next; ``rejecting.deferring`` does the same
+through a helper function (``_defer_first``), its body never naming ``Reject``.
 ``make_app(broker, pid_store)`` builds a fresh copy (pids on ``pid_store``, the broker's
 Redis by default; FP_TEST_PID_REDIS for the worker).
 """
@@ -17,6 +18,15 @@ import time
 from celery import Celery
 
 from tests.apps import one_at_a_time_app
+
+
+def _defer_first(store: str, key: str) -> None:
+    """Hand the message back on its first delivery (``Reject``, imported here only)."""
+    import redis
+    from celery.exceptions import Reject
+
+    if redis.Redis.from_url(store).incr(f"{key}:runs") == 1:
+        raise Reject("not now", requeue=True)
 
 
 def make_app(broker: str, pid_store: str | None = None) -> Celery:
@@ -46,6 +56,10 @@ def make_app(broker: str, pid_store: str | None = None) -> Celery:
 
         if redis.Redis.from_url(pid_store or broker).incr(f"{key}:runs") == 1:
             raise Reject("not now", requeue=True)
+
+    @app.task(name="rejecting.deferring", shared=False, time_limit=600)
+    def deferring(key):
+        _defer_first(pid_store or broker, key)
 
     @app.task(name="rejecting.quick", shared=False)
     def quick():
