@@ -9,8 +9,9 @@ the task instead: the kill is then a task-retried reporting ``WorkerLostError``,
 alike (the evidence's ``retried`` says how many of the kills were retried). With
 ``acks_late`` and ``reject_on_worker_lost`` it sends no failure at all but a task-rejected
 ``requeue=True`` (the message handed back): that is a kill when the app is loaded
-(``-A``) and says the task runs ``acks_late`` with ``reject_on_worker_lost``, its body
-does not name ``Reject`` (which a task raises to requeue itself) and a time-limit kill
+(``-A``) and says the task runs ``acks_late`` with ``reject_on_worker_lost``, its code
+cannot raise ``Reject`` (which a task raises to requeue itself; read through the
+project's helpers it calls: ``TaskInfo.raises_reject``) and a time-limit kill
 would be acknowledged (``acks_on_timeout``), and the rejected delivery had started
 (``requeued`` in the evidence; no signal is named then).
 
