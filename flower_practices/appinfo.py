@@ -13,6 +13,7 @@ import re
 import textwrap
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import FunctionType, ModuleType
 from typing import Any
 
 from celery import Celery
@@ -183,6 +184,16 @@ def _may_raise_reject(task: Any, names: set[str] | None) -> bool:
     :data:`_MAX_HELPERS` counts as "may raise": the answer only ever silences
     ``worker_process_killed``, never makes it fire. A helper reached some other way (a
     method of an object passed in, a function looked up at runtime) is not seen."""
+    try:
+        return _reaches_reject(task, names)
+    except Exception:  # code we cannot read as expected: may raise, as for no code
+        return True
+
+
+def _reaches_reject(task: Any, names: set[str] | None) -> bool:
+    """:func:`_may_raise_reject`'s search. Globals are told apart by their real type
+    (``type(value)``), never by asking the object: a proxy in a module's globals
+    (Flask's ``current_app``, Django's lazy settings) may raise when touched."""
     from celery.exceptions import Reject
 
     func = _task_function(task)
@@ -199,7 +210,8 @@ def _may_raise_reject(task: Any, names: set[str] | None) -> bool:
         scope = fn.__globals__
         # the project's modules it names (``helpers.bounce()``) are searched too
         scopes = [scope, *(value.__dict__ for value in map(scope.get, used)
-                           if inspect.ismodule(value) and _package(value) == package)]
+                           if issubclass(type(value), ModuleType)
+                           and _package(value) == package)]
         for each in scopes:
             if id(each) not in scopes_seen:
                 scopes_seen.add(id(each))
@@ -216,22 +228,27 @@ def _may_raise_reject(task: Any, names: set[str] | None) -> bool:
 
 
 def _package(value: Any) -> str:
-    """The top-level package a function, class or module comes from."""
-    name = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
-    return (name or "").split(".")[0]
+    """The top-level package a function, class or module (checked by the caller) comes
+    from."""
+    name = value.__name__ if issubclass(type(value), ModuleType) else value.__module__
+    return (name if type(name) is str else "").split(".")[0]
 
 
 def _helpers(value: Any, package: str) -> list[Any]:
     """The plain functions of ``package`` behind a global a task body uses: the function
     itself, or a class's own methods (static and class methods too); nothing for
     anything else, nor for what another package defines."""
-    if not (inspect.isfunction(value) or isinstance(value, type)) \
-            or _package(value) != package:
+    if type(value) is FunctionType:
+        return [value] if _package(value) == package else []
+    if not issubclass(type(value), type) or _package(value) != package:
         return []
-    if inspect.isfunction(value):
-        return [value]
-    return [f for f in (getattr(a, "__func__", a) for a in vars(value).values())
-            if inspect.isfunction(f)]
+    out = []
+    for attr in vars(value).values():
+        if type(attr) in (staticmethod, classmethod):
+            attr = attr.__func__
+        if type(attr) is FunctionType:
+            out.append(attr)
+    return out
 
 
 def _function_names(code: Any) -> set[str]:

@@ -34,6 +34,17 @@ def _harmless(value: int) -> str:
     return json.dumps({"value": value})
 
 
+class _Unbound:
+    """A proxy outside its context (Flask's ``current_app`` before an app is pushed):
+    touching any attribute, ``__class__`` included, raises."""
+
+    def __getattribute__(self, name: str) -> None:
+        raise RuntimeError("Working outside of application context.")
+
+
+_current_app = _Unbound()
+
+
 class Gate:
     @staticmethod
     def check() -> None:
@@ -77,6 +88,10 @@ def _app() -> Celery:
     def clean(n):
         return _harmless(n) + json.dumps(n)
 
+    @app.task(name="rs.proxy", shared=False)
+    def proxy():
+        return _current_app.name
+
     @app.task(name="rs.bound", bind=True, shared=False)
     def bound(self, n):
         return _harmless(n)
@@ -96,3 +111,5 @@ def test_code_that_cannot_raise_reject_is_not_taken_for_it() -> None:
     # the helpers it calls, json's functions (a library: not followed) and nothing else
     assert info.tasks["rs.clean"].raises_reject is False
     assert info.tasks["rs.bound"].raises_reject is False
+    # a proxy that raises when touched is no helper, and reading the app goes on
+    assert info.tasks["rs.proxy"].raises_reject is False
