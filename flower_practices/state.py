@@ -317,7 +317,10 @@ class RuntimeState:
         #: and starts: the same final event again from the same worker after a single run
         #: (Celery 5.7 sends task-failed twice for a run stopped by its hard time limit)
         #: is a duplicate, not a second end (``DUPLICATE_FINAL``); two runs' ends are not.
-        self.finished: LRUDict[str, tuple[str, str, str, str, int]] = \
+        #: And when it was received and started: a run an idle heartbeat ended unreported
+        #: (``IGNORED``) may still report its end, late (a worker buffers its task events,
+        #: not its heartbeats); that late event is the run's and gets its times back.
+        self.finished: LRUDict[str, tuple[str, str, str, str, int, float, float]] = \
             LRUDict(FINISHED_KEPT)
         #: least recently seen first (an event from a worker moves it to the end)
         self.workers: OrderedDict[str, WorkerRecord] = OrderedDict()
@@ -427,6 +430,8 @@ class RuntimeState:
             rec.straggler = etype != TASK_SENT and etype != TASK_RECEIVED
             if rec.straggler:  # the run's end stays on record (see forget)
                 self.finished.put(uuid, done)
+                if done[2] == "IGNORED":  # this may be the end it was thought not to send
+                    rec.received_at, rec.started_at = done[5], done[6]
         evicted = self.tasks.put(uuid, rec)
         if evicted is not None:
             self._release(evicted)
@@ -724,10 +729,10 @@ class RuntimeState:
             # a late event of an ended run that is no end itself (a task-started that
             # arrived behind the run's task-failed): the run's end stays the one on record,
             # with this start added, so that its duplicate end is still known as one
-            self.finished.put(rec.uuid, (*done[:4], done[4] + rec.starts))
+            self.finished.put(rec.uuid, (*done[:4], done[4] + rec.starts, *done[5:]))
         else:
             self.finished.put(rec.uuid, (rec.name, rec.queue, rec.state, rec.hostname,
-                                         rec.starts))
+                                         rec.starts, rec.received_at, rec.started_at))
 
     def mark_lost(self, rec: TaskRecord, now: float) -> None:
         """A rule declared ``rec`` lost: it no longer counts as running anywhere and is not

@@ -240,6 +240,40 @@ def test_a_kill_requeued_by_reject_on_worker_lost_counts_when_nothing_else_can_b
     assert _findings(eng) == []
 
 
+def test_a_requeued_kill_reported_behind_an_idle_heartbeat_still_counts() -> None:
+    """A worker buffers its task events, not its heartbeats: the heartbeat after the kill
+    (``active=0``) can arrive before the task-rejected. The heartbeat ends the run
+    unreported; the late task-rejected is still that started run's, so the kill counts
+    (and the late end gets the run's times back: a failure's runtime is observed)."""
+    t = time.time()
+    eng = _rejecting_engine()
+    _beat(eng, t - 10, "worker-online")
+    for etype in ("task-sent", "task-received", "task-started"):
+        eng.observe({"type": etype, "uuid": "u1", "name": "proj.hog", "queue": "q",
+                     "hostname": "w1@h", "timestamp": t - 8, "local_received": t - 8})
+    eng.observe({"type": "worker-heartbeat", "hostname": "w1@h", "timestamp": t - 5,
+                 "local_received": t - 5, "freq": 2.0, "active": 0})
+    assert eng.state.tasks_ended_unreported == 1
+    eng.observe({"type": "task-rejected", "uuid": "u1", "hostname": "w1@h",
+                 "requeue": True, "timestamp": t - 5.5, "local_received": t - 4.9})
+    _beat(eng, t - 4)
+    eng.evaluate(t - 3)
+    (f,) = _findings(eng)
+    assert f["count"] == 1 and f["evidence"]["requeued"] == 1
+    # a run killed (task-failed WorkerLostError) whose end came behind the idle beat
+    eng = Engine(Settings(), broker_url="redis://x/0")
+    for etype in ("task-sent", "task-received", "task-started"):
+        eng.observe({"type": etype, "uuid": "u2", "name": "proj.job", "queue": "q",
+                     "hostname": "w1@h", "timestamp": t - 8, "local_received": t - 8})
+    eng.observe({"type": "worker-heartbeat", "hostname": "w1@h", "timestamp": t - 5,
+                 "local_received": t - 5, "freq": 2.0, "active": 0})
+    eng.observe({"type": "task-failed", "uuid": "u2", "hostname": "w1@h",
+                 "exception": "ValueError('x')", "timestamp": t - 5.5,
+                 "local_received": t - 4.9})
+    hist = eng.metrics.runtime[("proj.job", "q", "failed")]
+    assert hist.count == 1 and abs(hist.sum - 2.5) < 1e-6
+
+
 def _app(acks_late: bool, reject: bool, tasks: dict[str, tuple]) -> AppInfo:
     info = AppInfo(main="proj", broker_url="redis://", result_backend=None,
                    default_queue="celery", queues=(), has_routes=False,
