@@ -19,7 +19,10 @@ Lifecycle (what leaves the state, and when):
   A run that ends with no outcome event -- Celery sends none for a task that raises
   ``Ignore``, which ``Task.replace`` does -- leaves ``running_tasks`` at its worker's
   first heartbeat with ``active=0`` (Celery's own count of the requests it runs) sent at
-  least ``IDLE_MARGIN`` after the run started; it is then forgotten as ``IGNORED``. A
+  least ``IDLE_MARGIN`` after the run started; it is then forgotten as ``IGNORED``. (A
+  worker buffers its task events, not its heartbeats: a run's end can still come after
+  that heartbeat; it is then handled as the run's late end, with the run's times and
+  worker, and its duplicate end is still a duplicate.) A
   worker that is never idle keeps such runs counted as running until it restarts (then
   ``lost_task`` may take them for lost: a known limit, see its runbook).
   A sent task without an eta is in its queue's ``pending`` index until a worker takes it.
