@@ -196,9 +196,9 @@ def _reaches_reject(task: Any, names: set[str] | None) -> bool:
     (Flask's ``current_app``, Django's lazy settings) may raise when touched."""
     from celery.exceptions import Reject
 
-    func = _task_function(task)
-    if names is None or getattr(func, "__code__", None) is None:
+    if names is None:  # no code to read (``_code_names``)
         return True
+    func = _task_function(task)
     package = _package(func)
     scopes_seen: set[int] = set()
     seen: set[int] = set()
