@@ -88,20 +88,21 @@ def test_a_task_seen_read_within_the_second_of_its_write_is_not_reported() -> No
     now = 2000.0
     rule.snapshot_times = [now - 50.0]  # a complete snapshot while they were pending
     # 20 results nobody subscribed to, idle as long as they exist: unread
-    due = [(f"u{i}", now - 30.0, "celery", "proj.status", now - 60.0, now - 40.0, None)
-           for i in range(20)]
+    due = [(f"u{i}", now - 30.0, "celery", "proj.status", now - 60.0, now - 40.0, None,
+            now - 59.0) for i in range(20)]
     rule._judge(now, due, {f"u{i}": 30 for i in range(20)})
     [condition] = list(rule._conditions(now))
     assert condition.task == "proj.status"
     # one result read a few hundred milliseconds after its write, in a later Redis second
     clock = Clock(redis_time=1000.5, offset_max=0.05, lru_lag=0.35)
-    fast = ("fast", now - 3.0, "celery", "proj.status", now - 60.0, now - 40.0, 996.9)
+    fast = ("fast", now - 3.0, "celery", "proj.status", now - 60.0, now - 40.0, 996.9,
+            now - 59.0)
     rule._judge(now, [fast], {"fast": 3}, clock)
     assert rule.verdict_counts("proj.status", "celery")["read"] == 1
     assert list(rule._conditions(now)) == []
     # another task's unread results are still reported
-    other = [(f"o{i}", now - 30.0, "celery", "proj.dropped", now - 60.0, now - 40.0, None)
-             for i in range(20)]
+    other = [(f"o{i}", now - 30.0, "celery", "proj.dropped", now - 60.0, now - 40.0, None,
+              now - 59.0) for i in range(20)]
     rule._judge(now, other, {f"o{i}": 30 for i in range(20)})
     assert [c.task for c in rule._conditions(now)] == ["proj.dropped"]
     # the poller stops being seen: after window_seconds the task is judged again

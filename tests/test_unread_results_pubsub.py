@@ -16,6 +16,7 @@ import time
 import pytest
 
 from flower_practices.config import Settings
+from flower_practices.rules.unread_results import too_few_sightings
 from tests.apps.results import make_app
 from tests.support.brokers import fresh_redis_url, release_redis_dbs
 from tests.support.exporter import RunningExporter, wait_for
@@ -63,8 +64,11 @@ def test_pubsub_reads_are_reads_and_dropped_results_are_unread() -> None:
                                        if x["task"] == "results.dropped"), None),
                          timeout=60, message="unread_results for results.dropped")
             ev = f["evidence"]
-            assert ev["unread_results"] >= 5 and ev["read_over_pubsub"] == 0
-            assert ev["read_by_key"] == 0 and ev["pubsub_readers_seen"] is False
+            assert ev["unread_results"] >= 5 and ev["read_by_key"] == 0
+            # a snapshot may catch a caller in the milliseconds it holds the channel
+            # before dropping the AsyncResult: such sightings are too few for waiters
+            assert not ev["pubsub_readers_seen"] or too_few_sightings(
+                ev["read_over_pubsub"], ev["expected_pubsub_sightings"], 3.0), ev
             assert ev["unread_evidence"] >= ev["min_unread_evidence"] == 3.0
             f = wait_for(lambda: next((x for x in exporter.findings("unread_results")
                                        if x["task"] == "results.from_worker"), None),

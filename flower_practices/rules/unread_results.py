@@ -50,8 +50,9 @@ verdicts, each saying how it was decided:
 
 Snapshots are samples, one per evaluation: a fast task waited on with ``.get()`` is
 mostly finished between two of them. So ``unread_unobserved`` verdicts count as unread
-only when the task's callers are known not to wait: no result of it was seen read over
-pub/sub within ``window_seconds``, *and* enough snapshots fell while its results were
+only when the task's callers are known not to wait: its results were seen read over
+pub/sub within ``window_seconds`` too seldom for callers that wait (below), *and* enough
+snapshots fell while its results were
 pending that a waiting caller would have been caught. Each unobserved result adds the
 chance a snapshot fell while it was pending (its task-sent to task-succeeded time over the
 snapshots' spacing, at most 1; an ``unread`` verdict adds 1); once the sum reaches
@@ -61,6 +62,17 @@ task whose results are consumed with ``.get()`` is not reported (its callers are
 seen, or not enough was observed to tell), while fire-and-forget results (callers, beat or
 workers that never keep the AsyncResult) are reported once enough of them went by: the
 faster the task, the more calls that takes (about 3 × evaluation interval / task time).
+
+A sighting is no proof that callers wait: a caller that drops its AsyncResult at once
+holds the channel for the milliseconds between the send and the drop, and a snapshot
+can fall there. Callers that wait on the task's judged results would have been seen
+about ``expected`` times (each result's time from its worker's receipt to its success,
+both on the worker's clock, over the snapshots' spacing, at most 1; 1 per ``unread``
+verdict): they count as waiting unless the ``read_over_pubsub`` verdicts are so few that
+waiting callers show that few with a chance below e^-``min_unread_evidence``
+(:func:`too_few_sightings`). The bound is low (queue time before the receipt is left
+out), which errs towards "they wait": a stray sighting still hides a fast task whose
+results never add up that much.
 
 Verdicts are kept per (queue, task), at most ``max_samples`` of them and none older than
 ``window_seconds``; the unread share is taken over the *judged* ones (read or unread) and
@@ -125,10 +137,12 @@ _MAX_TASKS = 1000
 PROBE = "result_backend"
 
 #: (task id, task-succeeded time, queue, task name, pending from, pending to, latest
-#: time the result can have been written on the exporter's clock, or None)
-Sample = tuple[str, float, str, str, float, float, float | None]
-#: (checked at, verdict, chance that a snapshot caught a caller waiting on it)
-Verdict = tuple[float, str, float]
+#: time the result can have been written on the exporter's clock or None, received by
+#: the worker -- on the clock of the task-succeeded timestamp, 0.0 when unknown)
+Sample = tuple[str, float, str, str, float, float, float | None, float]
+#: (checked at, verdict, chance that a snapshot caught a caller waiting on it, the same
+#: from the worker's receipt on: a lower bound free of clock skew)
+Verdict = tuple[float, str, float, float]
 READ_PUBSUB, READ_KEY, PASSED_ON, UNREAD, UNOBSERVED, MISSING = (
     "read_over_pubsub", "read_by_key", "passed_on", "unread", "unread_unobserved",
     "missing")
@@ -278,7 +292,8 @@ class UnreadResults(Rule):
         uuid = event["uuid"]
         if uuid in self.parents:
             self.passed_on.put(uuid, True)
-        self.pending.append((uuid, at, rec.queue, rec.name, since, stamp, written_by))
+        self.pending.append((uuid, at, rec.queue, rec.name, since, stamp, written_by,
+                             rec.received_at))
 
     def _written_by(self, host: Any, arrived: float, stamp: float) -> float:
         """The latest the result can have been stored, on the exporter's clock.
@@ -419,7 +434,7 @@ class UnreadResults(Rule):
                clock: Clock | None = None) -> None:
         tolerance = self.opts.tolerance_seconds
         keep = self.opts.max_samples
-        for uuid, ts, queue, task, since, until, written_by in due:
+        for uuid, ts, queue, task, since, until, written_by, received in due:
             if uuid not in idle:  # error reply for this key: no verdict
                 continue
             seconds = idle[uuid]
@@ -427,7 +442,7 @@ class UnreadResults(Rule):
             ring = self.verdicts.get(key)
             if seconds is None:  # missing: see the module docstring
                 if ring is not None:
-                    ring.append((now, MISSING, 0.0))
+                    ring.append((now, MISSING, 0.0, 0.0))
                 continue
             if uuid in self.subscribed:
                 verdict = READ_PUBSUB
@@ -449,7 +464,8 @@ class UnreadResults(Rule):
                 if len(self.verdicts) >= _MAX_TASKS:
                     continue
                 ring = self.verdicts[key] = deque(maxlen=keep)
-            ring.append((now, verdict, self._chance(since, until)))
+            ring.append((now, verdict, self._chance(since, until),
+                         self._chance(received or until, until)))
             self.checked += 1
             if verdict in (UNREAD, UNOBSERVED):
                 tally = self.unread_total.setdefault(key, [0, 0, False])
@@ -498,7 +514,7 @@ class UnreadResults(Rule):
         """Current verdicts of one task: ``{"unread": n, "read": n, "missing": n}``
         (unread includes unobserved ones, read both ways of reading)."""
         ring = self.verdicts.get((queue, task), ())
-        values = [v for _, v, _ in ring]
+        values = [entry[1] for entry in ring]
         return {"unread": values.count(UNREAD) + values.count(UNOBSERVED),
                 "read": sum(values.count(v) for v in READ),
                 "missing": values.count(MISSING)}
@@ -516,7 +532,7 @@ class UnreadResults(Rule):
     def _stats(self, key: tuple[str, str], ring: Any, now: float,
                min_evidence: float) -> dict[str, Any]:
         """One task's verdicts in the window, and how many count as unread."""
-        values = [v for _, v, _ in ring]
+        values = [entry[1] for entry in ring]
         by_key, by_pubsub = values.count(READ_KEY), values.count(READ_PUBSUB)
         passed = values.count(PASSED_ON)
         confirmed, unobserved = values.count(UNREAD), values.count(UNOBSERVED)
@@ -526,13 +542,21 @@ class UnreadResults(Rule):
         # that look unread may well be its unseen reads, and no snapshot can tell
         poller = self._fast_key(key, now)
         # snapshots that would have caught a caller waiting, had there been one
-        weight = confirmed + sum(c for _, v, c in ring if v == UNOBSERVED)
-        decided = not pubsub and not poller and weight >= min_evidence
+        weight = confirmed + sum(c for _, v, c, _ in ring if v == UNOBSERVED)
+        # a result seen held is no proof that callers wait: one that drops its
+        # AsyncResult holds the channel for milliseconds after the send, and a snapshot
+        # may fall there. Callers waiting on these results would have been seen about
+        # ``waiting`` times (counted from the worker's receipt on: skew-free, low)
+        waiting = confirmed + sum(floor for _, v, _, floor in ring
+                                  if v in (UNOBSERVED, READ_PUBSUB))
+        wait = pubsub and not too_few_sightings(by_pubsub, waiting, min_evidence)
+        decided = not wait and not poller and weight >= min_evidence
         unread = 0 if poller else confirmed + unobserved if decided else confirmed
         n = unread + by_key + by_pubsub + passed
         return {"values": values, "by_key": by_key, "by_pubsub": by_pubsub,
                 "passed": passed,
                 "confirmed": confirmed, "unobserved": unobserved, "pubsub": pubsub,
+                "waiting": waiting,
                 "weight": weight, "unread": unread, "n": n, "poller": poller,
                 "share": unread / n if n else 0.0}
 
@@ -565,6 +589,7 @@ class UnreadResults(Rule):
             "unread_seen_unsubscribed_while_pending": stats["confirmed"],
             "unread_unobserved": stats["unobserved"],
             "pubsub_readers_seen": stats["pubsub"],
+            "expected_pubsub_sightings": round(stats["waiting"], 1),
             "unread_evidence": round(stats["weight"], 1),
             "min_unread_evidence": min_evidence,
             "method": ("OBJECT IDLETIME of the result key, and snapshots of the "
@@ -597,6 +622,22 @@ class UnreadResults(Rule):
         return [(None, f"a result backend is configured and all {len(tasks)} tasks store "
                        "their results: set ignore_result=True on tasks whose results "
                        "nobody reads (or task_ignore_result=True)")]
+
+
+def too_few_sightings(seen: int, expected: float, evidence: float) -> bool:
+    """``seen`` sightings of held results are too few for callers that wait on them,
+    who would have been seen ``expected`` times on average: fewer or as many as that
+    has a chance below e^-``evidence`` (Poisson: an upper bound of the chance for a sum
+    of independent catches, so this errs towards "they wait"). With nothing seen that
+    is ``expected > evidence``, the rule's ``min_unread_evidence``."""
+    if seen >= expected:
+        return False
+    # log P(X <= seen) for X ~ Poisson(expected), summed in log space (no underflow)
+    log_expected = math.log(expected)
+    terms = [k * log_expected - math.lgamma(k + 1) for k in range(seen + 1)]
+    top = max(terms)
+    log_p = -expected + top + math.log(sum(math.exp(t - top) for t in terms))
+    return log_p < -evidence
 
 
 def _read_in_later_second(idle: int, written_by: float, clock: Clock) -> bool:
