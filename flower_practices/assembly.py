@@ -19,7 +19,7 @@ from .engine import Engine
 from .events.status import StreamStatus
 from .events.stream import make_event_stream
 from .probes.poller import ProbePoller
-from .probes.results import ResultStore
+from .probes.results import ResultStore, result_key_prefix
 from .store import open_store
 
 log = logging.getLogger("flower_practices")
@@ -45,7 +45,7 @@ def build_engine(app: Celery, settings: Settings, *, app_loaded: bool,
     results = None
     if backend:
         try:
-            results = ResultStore.from_url(backend)
+            results = ResultStore.from_url(backend, result_key_prefix(app.conf))
         except Exception as exc:  # bad URL: report, keep going without it
             log.warning("cannot use result backend %s: %s", redact(backend), exc)
     return Engine(

@@ -6,7 +6,8 @@ waiting in ``AsyncResult.get()`` receives the result over pub/sub and never read
 consumed with ``.get()`` (at once, or seconds after the success) raise no finding;
 fire-and-forget results that nobody reads do, as do unread results of tasks sent from a
 worker (never subscribed), and the finding's ``count`` equals its
-``celery_practice_violations_total`` series.
+``celery_practice_violations_total`` series. The same holds for an app that shares its
+Redis under a ``global_keyprefix``.
 """
 
 from __future__ import annotations
@@ -31,13 +32,18 @@ def succeeded(exporter: RunningExporter, task: str) -> float:
     return exporter.total("celery_task_events_total", type="succeeded", task=task)
 
 
-def test_pubsub_reads_are_reads_and_dropped_results_are_unread() -> None:
+@pytest.mark.parametrize("key_prefix", ["", "shared-app"])
+def test_pubsub_reads_are_reads_and_dropped_results_are_unread(key_prefix: str) -> None:
+    """``key_prefix``: the app shares its Redis (``global_keyprefix`` for the broker and
+    the results): its result keys and channels are ``shared-app_celery-task-meta-<id>``
+    as Celery names them, and its events take kombu's receiver."""
     broker = fresh_redis_url()
-    app = make_app(broker)
+    app = make_app(broker, key_prefix)
     settings = Settings(evaluation_interval=0.5, probe_interval=1.0, clear_after_seconds=600.0,
                         practices={"unread_results": dict(OPTIONS)})
     worker = WorkerProcess("tests.apps.results", broker, queues="celery", concurrency=4,
-                           name=f"results-{int(time.time() * 1000) % 100000}@fp-test")
+                           name=f"results-{int(time.time() * 1000) % 100000}@fp-test",
+                           env={"FP_TEST_KEY_PREFIX": key_prefix})
     try:
         with RunningExporter(app, settings, app_loaded=True) as exporter:
             wait_for(lambda: exporter.get("/healthz")[0] == 200, message="healthz 200")

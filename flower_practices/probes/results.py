@@ -6,7 +6,9 @@ the result key was last touched: ≈ the age since it was written means nobody r
 instead: Celery's Redis backend subscribes to the channel ``celery-task-meta-<id>`` when
 the task is sent and unsubscribes once the result is consumed (or the AsyncResult is
 dropped), so ``PUBSUB CHANNELS celery-task-meta-*`` names the results clients hold right
-now. Only key metadata and channel names are read, never the stored result.
+now. Only key metadata and channel names are read, never the stored result. An app that
+shares its Redis (``global_keyprefix`` in ``result_backend_transport_options``) has both
+behind its prefix (:func:`result_key_prefix`; known with ``-A``).
 
 Idle times come in whole seconds of Redis' LRU clock, which ``serverCron`` advances
 ``hz`` times a second. :meth:`idle_times_clocked` reads Redis' ``TIME`` in the same round
@@ -25,6 +27,23 @@ from dataclasses import dataclass
 from typing import Any
 
 KEY_PREFIX = "celery-task-meta-"
+
+
+def result_key_prefix(conf: Any) -> str:
+    """The prefix of the result keys (and channels) of an app with configuration
+    ``conf``: :data:`KEY_PREFIX`, behind ``result_backend_transport_options``'
+    ``global_keyprefix`` when one is set (an app sharing its Redis), joined as Celery's
+    key-value backends join it (``_`` added unless it ends in ``:_-.``)."""
+    try:
+        options = conf.get("result_backend_transport_options") or {}
+        prefix = options.get("global_keyprefix")
+    except Exception:  # not a mapping: the backend would ignore it too
+        return KEY_PREFIX
+    if not isinstance(prefix, str) or not prefix:
+        return KEY_PREFIX
+    if prefix[-1] not in ":_-.":
+        prefix += "_"
+    return prefix + KEY_PREFIX
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,14 +85,16 @@ class ResultStore:
         self._hz: float | None = None
 
     @classmethod
-    def from_url(cls, url: str) -> ResultStore | None:
-        """A store for ``redis://``/``rediss://`` result backends; None for others."""
+    def from_url(cls, url: str, key_prefix: str = KEY_PREFIX) -> ResultStore | None:
+        """A store for ``redis://``/``rediss://`` result backends whose result keys
+        start with ``key_prefix`` (:func:`result_key_prefix`); None for others."""
         scheme = url.split("://", 1)[0].lower()
         if scheme not in ("redis", "rediss"):
             return None
         import redis
 
-        return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5))
+        return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5),
+                   key_prefix)
 
     def eviction_policy(self) -> str | None:
         """Redis' ``maxmemory-policy``; None when CONFIG is refused (managed Redis).
@@ -166,7 +187,7 @@ class ResultStore:
 
         Connection errors and timeouts propagate.
         """
-        channels = self.client.pubsub_channels(self.key_prefix + "*")
+        channels = self.client.pubsub_channels(_glob_escape(self.key_prefix) + "*")
         out: set[str] = set()
         cut = len(self.key_prefix)
         for channel in channels[:limit]:
@@ -176,3 +197,8 @@ class ResultStore:
             if 0 < len(task_id) <= 255:
                 out.add(task_id)
         return out, len(channels) <= limit
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally in a Redis glob pattern (a prefix may hold ``*?[]``)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

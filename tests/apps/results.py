@@ -5,6 +5,11 @@ The same small task under four names, one per way its caller treats the result:
 ``results.waited`` (``.delay(x).get()``), ``results.later`` (``.get()`` seconds after
 the success, on the AsyncResult kept), ``results.dropped`` (fire-and-forget), and
 ``results.from_worker``, sent by ``results.fanout`` from a worker, read by nobody.
+
+``key_prefix`` (the worker reads ``FP_TEST_KEY_PREFIX``): the app shares its Redis with
+others, as ``global_keyprefix`` in both ``broker_transport_options`` and
+``result_backend_transport_options`` sets it up -- every queue, result key and result
+channel then carries the prefix.
 """
 
 import os
@@ -13,8 +18,11 @@ import time
 from celery import Celery
 
 
-def make_app(broker: str) -> Celery:
+def make_app(broker: str, key_prefix: str = "") -> Celery:
     app = Celery("results", broker=broker, backend=broker, set_as_current=False)
+    if key_prefix:
+        app.conf.broker_transport_options = {"global_keyprefix": key_prefix}
+        app.conf.result_backend_transport_options = {"global_keyprefix": key_prefix}
     app.conf.update(
         task_send_sent_event=True,
         worker_send_task_events=True,
@@ -42,4 +50,5 @@ def make_app(broker: str) -> Celery:
     return app
 
 
-app = make_app(os.environ.get("FP_TEST_BROKER", "memory://"))
+app = make_app(os.environ.get("FP_TEST_BROKER", "memory://"),
+               os.environ.get("FP_TEST_KEY_PREFIX", ""))
