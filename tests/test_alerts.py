@@ -23,7 +23,8 @@ UNIT_TESTS = generate.HERE / generate.TESTS_FILE
 EXPORTER_ALERTS = {"FlowerPracticesExporterDown": "exporter_down",
                    "FlowerPracticesExporterReplicaDown": "exporter_down",
                    "FlowerPracticesEventStreamStalled": "event_stream_stalled",
-                   "FlowerPracticesEventStreamGaps": "event_stream_gaps"}
+                   "FlowerPracticesEventStreamGaps": "event_stream_gaps",
+                   "FlowerPracticesEventsRefused": "events_refused"}
 OPERATIONS_ALERTS = {"CeleryTaskFailureRatioHigh": "task_failure_ratio",
                      "CeleryQueueBacklog": "queue_backlog",
                      "CeleryQueueWaitHigh": "queue_wait_high",

@@ -53,6 +53,13 @@ CONFIG: dict[str, Any] = {
     #: exporter (events published during a gap are lost for good)
     "gaps_threshold": 3,
     "gaps_window": "30m",
+    #: share of the events received within ``refused_window`` that the exporter could not
+    #: read (undecodable bodies, over a size cap, malformed) = partly blind, once at least
+    #: ``refused_min_events`` were refused
+    "refused_share": 0.1,
+    "refused_window": "15m",
+    "refused_min_events": 50,
+    "refused_for": "5m",
     "exporter_severity": "warning",
     # -- standard operational alerts
     #: failed / (succeeded + failed) per task over ``failure_ratio_window``
@@ -116,6 +123,10 @@ class Options:
     stall_for: str = CONFIG["stall_for"]
     gaps_threshold: int = CONFIG["gaps_threshold"]
     gaps_window: str = CONFIG["gaps_window"]
+    refused_share: float = CONFIG["refused_share"]
+    refused_window: str = CONFIG["refused_window"]
+    refused_min_events: int = CONFIG["refused_min_events"]
+    refused_for: str = CONFIG["refused_for"]
     exporter_severity: str = CONFIG["exporter_severity"]
     failure_ratio: float = CONFIG["failure_ratio"]
     failure_ratio_window: str = CONFIG["failure_ratio_window"]
@@ -372,9 +383,20 @@ def operations_rules(options: Options) -> list[dict[str, Any]]:
     ]
 
 
+#: decode-error kinds of events dropped unread (not: ``bad_field``/``bad_text``, kept
+#: repaired; ``duplicate_final``, a worker's duplicate; ``unknown_type``, which includes
+#: an app's own custom events)
+REFUSED_KINDS = ("not_a_mapping", "missing_type", "missing_uuid", "bad_uuid",
+                 "undecodable_body", "handler_error", "oversized_message",
+                 "unsupported_compression", "too_many_events")
+
+
 def blindness_rules(options: Options) -> list[dict[str, Any]]:
     """Repeated short outages: each below the 5m of the disconnected alert, together a
-    blind exporter (events published during a gap are lost for good)."""
+    blind exporter (events published during a gap are lost for good); and events
+    received but refused unread (partly blind: workers sending what it cannot read)."""
+    refused = ("sum without (kind) (increase(flower_practices_event_decode_errors_total"
+               f"{{kind=~\"{'|'.join(REFUSED_KINDS)}\"}}[{options.refused_window}]))")
     return [{
         "alert": "FlowerPracticesEventStreamGaps",
         "expr": ("increase(flower_practices_event_stream_gaps_total"
@@ -389,6 +411,25 @@ def blindness_rules(options: Options) -> list[dict[str, Any]]:
                             "findings and task metrics have holes. Blind time: "
                             "flower_practices_event_stream_disconnected_seconds_total."),
             "runbook_url": options.runbook("event_stream_gaps"),
+            "dashboard_url": options.dashboard(WORKERS_DASHBOARD),
+        },
+    }, {
+        "alert": "FlowerPracticesEventsRefused",
+        "expr": (f"{refused} / increase(flower_practices_events_total"
+                 f"[{options.refused_window}]) > {options.refused_share} and "
+                 f"{refused} >= {options.refused_min_events}"),
+        "for": options.refused_for,
+        "labels": {"severity": options.exporter_severity},
+        "annotations": {
+            "summary": "flower-practices exporter {{ $labels.instance }} cannot read many "
+                       "of its events",
+            "description": ("The exporter refused {{ $value | humanizePercentage }} of "
+                            "the events it received in the last " + options.refused_window +
+                            " (bodies it cannot decode, such as events sent with a "
+                            "serializer other than JSON, messages over its size caps, or "
+                            "malformed events), so findings and task metrics miss them. "
+                            "By kind: flower_practices_event_decode_errors_total."),
+            "runbook_url": options.runbook("events_refused"),
             "dashboard_url": options.dashboard(WORKERS_DASHBOARD),
         },
     }]

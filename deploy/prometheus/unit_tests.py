@@ -524,10 +524,70 @@ def blindness_cases(options: Options) -> list[dict[str, Any]]:
     ]
 
 
+def refused_cases(options: Options) -> list[dict[str, Any]]:
+    """The refused-events alert fires on a steady share of unreadable events, not on a
+    small share, a handful, or events kept (repaired fields, custom event types)."""
+    events = f"flower_practices_events_total{{{JOB_LABELS}}}"
+
+    def errors(kind: str) -> str:
+        return f'flower_practices_event_decode_errors_total{{{JOB_LABELS}, kind="{kind}"}}'
+
+    alert = "FlowerPracticesEventsRefused"
+    return [
+        {   # 100 events/min; from minute 5 half of them cannot be decoded
+            "interval": "1m",
+            "input_series": [
+                {"series": events, "values": "0+100x60"},
+                {"series": errors("undecodable_body"), "values": "0x5 50+50x55"},
+                {"series": errors("bad_field"), "values": "0+30x60"}],
+            "alert_rule_test": [
+                {"eval_time": "6m", "alertname": alert, "exp_alerts": []},
+                {"eval_time": "30m", "alertname": alert, "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "job": DEFAULT_JOB,
+                                   "instance": INSTANCE},
+                    "exp_annotations": {
+                        "summary": f"flower-practices exporter {INSTANCE} cannot read many "
+                                   "of its events",
+                        "description": "The exporter refused 50% of the events it received "
+                                       "in the last 15m (bodies it cannot decode, such as "
+                                       "events sent with a serializer other than JSON, "
+                                       "messages over its size caps, or malformed events), "
+                                       "so findings and task metrics miss them. By kind: "
+                                       "flower_practices_event_decode_errors_total.",
+                        "runbook_url": options.runbook("events_refused"),
+                        "dashboard_url": options.dashboard(WORKERS_DASHBOARD)}}]},
+            ],
+        },
+        {   # 5 % refused, repaired fields and custom event types: no alert
+            "interval": "1m",
+            "input_series": [
+                {"series": events, "values": "0+100x60"},
+                {"series": errors("oversized_message"), "values": "0+5x60"},
+                {"series": errors("bad_field"), "values": "0+60x60"},
+                {"series": errors("unknown_type"), "values": "0+60x60"}],
+            "alert_rule_test": [
+                {"eval_time": "30m", "alertname": alert, "exp_alerts": []},
+                {"eval_time": "60m", "alertname": alert, "exp_alerts": []},
+            ],
+        },
+        {   # a quiet system: 40 of 60 events refused in one burst, fewer than 50
+            "interval": "1m",
+            "input_series": [
+                {"series": events, "values": "0x5 60x55"},
+                {"series": errors("not_a_mapping"), "values": "0x5 40x55"}],
+            "alert_rule_test": [
+                {"eval_time": "10m", "alertname": alert, "exp_alerts": []},
+                {"eval_time": "15m", "alertname": alert, "exp_alerts": []},
+            ],
+        },
+    ]
+
+
 def test_document(rule_file: str, options: Options | None = None) -> dict[str, Any]:
     options = options or Options()
     cases = [practice_case(i, p, options) for i, p in enumerate(PRACTICES)]
     cases += [practice_quiet_case(), severity_override_case(options), keep_firing_case(options),
               replicas_case(options),
-              *exporter_cases(options), *operations_cases(options), *blindness_cases(options)]
+              *exporter_cases(options), *operations_cases(options), *blindness_cases(options),
+              *refused_cases(options)]
     return {"rule_files": [rule_file], "evaluation_interval": "1m", "tests": cases}
