@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flower_practices.config import Settings
 from flower_practices.engine import Engine
-from flower_practices.probes.results import ResultStore
+from flower_practices.probes.results import KEY_PREFIX, ResultStore
 from flower_practices.rules.orm_object_argument import find_models
 from flower_practices.rules.retry_storm import eta_timestamp
 from flower_practices.rules.retryless_failure import (
@@ -20,6 +21,7 @@ from flower_practices.rules.retryless_failure import (
     TransientMatcher,
     exception_class,
 )
+from tests.support.exporter import wait_for
 from tests.test_blind_window_units import corrected
 
 
@@ -268,6 +270,43 @@ def test_unread_results_unsupported_under_lfu_policy(private_redis: dict) -> Non
     cov = eng.coverage()["unread_results"]
     assert cov.startswith("unsupported: Redis maxmemory-policy is allkeys-lfu"), cov
     json.dumps(eng.practices_payload())
+
+
+@pytest.mark.parametrize("denied", ["object", "pubsub"])
+def test_unread_results_says_when_redis_refuses_its_checks(private_redis: dict,
+                                                           denied: str) -> None:
+    """A managed Redis whose ACL (or renamed commands) refuses ``OBJECT`` or ``PUBSUB``:
+    every check gets an error reply. The rule is blind then, and says so in its coverage
+    (with Redis' reason), counts a probe error, and is active again once allowed."""
+    url = private_redis["url"]
+    admin = redis.Redis.from_url(url)
+    admin.acl_setuser("fp-monitor", enabled=True, passwords=["+fp-secret"], keys=["*"],
+                      channels=["*"], commands=["+@all", f"-{denied}"])
+    limited = url.replace("redis://", "redis://fp-monitor:fp-secret@")
+    eng = engine(result_backend=url, results=ResultStore.from_url(limited),
+                 practices={"unread_results": {"grace_seconds": 0.0,
+                                               "error_backoff_seconds": 0.1}})
+    rule = next(r for r in eng.rules if r.id == "unread_results")
+    assert eng.coverage()["unread_results"] == "active"
+    admin.set(KEY_PREFIX + "u5", b"{}")
+    now = time.time()
+    for ev in task_events("u5", "proj.calc", now - 5):
+        eng.observe(ev)
+    eng.observe({"type": "task-succeeded", "uuid": "u5", "hostname": "w1@h",
+                 "timestamp": now - 5})
+    eng.evaluate(now)
+    cov = eng.coverage()["unread_results"]
+    assert cov.startswith("unsupported: the result backend's Redis refuses the checks ("), cov
+    assert "NOPERM" in cov or "no permissions" in cov, cov
+    assert eng.probe_errors == {"result_backend": 1}
+    assert eng.rule_errors.get("unread_results") is None
+    assert len(rule.pending) == 1 and rule.checked == 0  # kept for later
+    admin.acl_setuser("fp-monitor", commands=[f"+{denied}"])
+    wait_for(lambda: time.time() > rule._retry_at, timeout=5, interval=0.02,
+             message="the back-off to pass")
+    eng.evaluate(time.time())
+    assert eng.coverage()["unread_results"] == "active"
+    assert rule.checked == 1 and not rule.pending
 
 
 def test_unread_results_backs_off_when_redis_is_down(private_redis: dict) -> None:

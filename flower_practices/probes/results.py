@@ -115,18 +115,15 @@ class ResultStore:
     def idle_times(self, task_ids: list[str]) -> dict[str, int | None]:
         """Seconds since each result key was last read or written; None if absent.
 
-        One pipelined round trip. Ids whose lookup returned an error reply (e.g. under
-        an LFU policy) are left out. Connection errors and timeouts propagate.
+        One pipelined round trip. Ids whose lookup returned an error reply are left out;
+        when every lookup did (``OBJECT`` refused: an ACL, a renamed command, an LFU
+        policy), the first error reply is raised (a ``redis.ResponseError``). Connection
+        errors and timeouts propagate.
         """
         pipe = self.client.pipeline(transaction=False)
         for task_id in task_ids:
             pipe.object("idletime", self.key_prefix + task_id)
-        values = pipe.execute(raise_on_error=False)
-        out: dict[str, int | None] = {}
-        for task_id, value in zip(task_ids, values, strict=True):
-            if value is None or (isinstance(value, int) and not isinstance(value, bool)):
-                out[task_id] = value
-        return out
+        return _idle_values(task_ids, pipe.execute(raise_on_error=False))
 
     def idle_times_clocked(self, task_ids: list[str]
                            ) -> tuple[dict[str, int | None], Clock | None]:
@@ -154,10 +151,7 @@ class ResultStore:
             pipe.object("idletime", self.key_prefix + task_id)
         sent = time.time()
         values = pipe.execute(raise_on_error=False)
-        out: dict[str, int | None] = {}
-        for task_id, value in zip(task_ids, values[1:], strict=True):
-            if value is None or (isinstance(value, int) and not isinstance(value, bool)):
-                out[task_id] = value
+        out = _idle_values(task_ids, values[1:])
         redis_time = _seconds(values[0])
         clock = None if redis_time is None else Clock(redis_time, redis_time - sent, lag)
         return out, clock
@@ -197,6 +191,21 @@ class ResultStore:
             if 0 < len(task_id) <= 255:
                 out.add(task_id)
         return out, len(channels) <= limit
+
+
+def _idle_values(task_ids: list[str], values: list[Any]) -> dict[str, int | None]:
+    """Idle times (None: key absent) of the ids whose lookup answered; raises the first
+    error reply when none did."""
+    out: dict[str, int | None] = {}
+    refused = None
+    for task_id, value in zip(task_ids, values, strict=True):
+        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+            out[task_id] = value
+        elif refused is None and isinstance(value, Exception):
+            refused = value
+    if refused is not None and not out:
+        raise refused
+    return out
 
 
 def _glob_escape(text: str) -> str:

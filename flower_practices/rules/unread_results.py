@@ -234,6 +234,9 @@ class UnreadResults(Rule):
         #: (queue, task) -> (unread verdicts ever, how many were counted, reported now)
         self.unread_total: dict[tuple[str, str], list] = {}
         self.unsupported: str | None = None
+        #: what the result backend's Redis refused at the last try (an ACL, a renamed
+        #: command): the rule is blind until it answers again
+        self.refused: str | None = None
         self._policy_checked = False
         self._retry_at = 0.0
         self._failing = False
@@ -252,6 +255,8 @@ class UnreadResults(Rule):
                     "(OBJECT IDLETIME is Redis-only)")
         if self.unsupported:
             return f"unsupported: {self.unsupported}"
+        if self.refused:
+            return f"unsupported: {self.refused}"
         return "active"
 
     # -- hot path ---------------------------------------------------------------------------
@@ -362,18 +367,31 @@ class UnreadResults(Rule):
             self._failed(exc, due, lock)
         with lock:
             self._fetched.append((now, due, idle, clock))
-            self._recovered()
+            self._recovered(checked=True)
 
-    def _recovered(self) -> None:
+    def _recovered(self, checked: bool = False) -> None:
+        """A call answered; ``checked``: the idle-time lookups did (only they end a
+        refusal: the snapshot alone does not show that ``OBJECT`` is allowed)."""
+        if checked:
+            self.refused = None
         if self._failing:
             self._failing = False
             log.info("unread_results: result backend reachable again")
 
     def _failed(self, exc: Exception, due: list[Sample],
                 lock: AbstractContextManager[Any]) -> NoReturn:
-        """Keep ``due`` for later, back off, log once, and raise :class:`ProbeFailed`."""
+        """Keep ``due`` for later, back off, log once, and raise :class:`ProbeFailed`.
+        A command Redis refused (an error reply, not a lost connection) is also what
+        :meth:`coverage` says until it answers again."""
+        import redis
+
         backoff = self.opts.error_backoff_seconds
+        refused = None
+        if isinstance(exc, redis.ResponseError):
+            refused = (f"the result backend's Redis refuses the checks "
+                       f"({str(exc)[:120]}); retried every {backoff:g}s")
         with lock:
+            self.refused = refused
             self.pending.extendleft(reversed(due))
             self._retry_at = time.time() + backoff
             first = not self._failing
