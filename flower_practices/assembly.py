@@ -43,11 +43,17 @@ def build_engine(app: Celery, settings: Settings, *, app_loaded: bool,
             log.warning("could not read task definitions from the app (%s: %s); "
                         "rules will work from events alone", type(exc).__name__, exc)
     results = None
+    unusable = ""
     if backend:
         try:
-            results = ResultStore.from_url(backend, result_key_prefix(app.conf))
+            results = ResultStore.from_url(
+                backend, result_key_prefix(app.conf),
+                app.conf.get("result_backend_transport_options"))
         except Exception as exc:  # bad URL: report, keep going without it
-            log.warning("cannot use result backend %s: %s", redact(backend), exc)
+            # our own messages name no credentials; anything else only by its class
+            unusable = str(exc)[:200] if isinstance(exc, ValueError) \
+                else type(exc).__name__
+            log.warning("cannot use result backend %s: %s", redact(backend), unusable)
     return Engine(
         settings,
         broker_url=broker_url,
@@ -55,6 +61,7 @@ def build_engine(app: Celery, settings: Settings, *, app_loaded: bool,
         result_backend=backend,
         app=info,
         results=results,
+        results_unusable=unusable,
         events_supported=not is_database_broker(broker_url),
         stream_status=stream_status,
         store=open_store(state_dir, broker_url),

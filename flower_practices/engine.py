@@ -46,6 +46,7 @@ class Engine:
         result_backend: str | None = None,
         app: AppInfo | None = None,
         results: Any = None,
+        results_unusable: str = "",
         events_supported: bool = True,
         stream_status: StreamStatus | None = None,
         rule_classes: list[type[Rule]] | None = None,
@@ -75,6 +76,7 @@ class Engine:
             settings=self.settings, state=self.state, metrics=self.metrics,
             broker_url=broker_url, broker_source=broker_source,
             result_backend=result_backend, app=app, results=results,
+            results_unusable=results_unusable,
             events_supported=events_supported,
         )
         self.rules: list[Rule] = []

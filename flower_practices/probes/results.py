@@ -76,6 +76,40 @@ def _seconds(reply: Any) -> float | None:
     return None
 
 
+#: every call to the result backend's Redis gives up after this long (seconds)
+_TIMEOUTS = {"socket_timeout": 5, "socket_connect_timeout": 5}
+
+
+def _sentinel_master(url: str, options: Any) -> Any:
+    """A client of the master a Sentinel result backend names, as Celery's
+    ``SentinelBackend`` reaches it: ``sentinel://[user:password@]host:port[/db]`` chunks
+    joined by ``;`` (db and credentials from the first), the master's name and the
+    sentinels' own ``sentinel_kwargs`` from the transport options."""
+    from urllib.parse import unquote, urlsplit
+
+    import redis.sentinel
+
+    options = options if isinstance(options, dict) else {}
+    master = options.get("master_name")
+    if not isinstance(master, str) or not master:
+        raise ValueError("a sentinel:// result backend needs master_name in "
+                         "result_backend_transport_options (known with -A)")
+    chunks = [urlsplit(chunk.strip()) for chunk in url.split(";")]
+    if not all(parts.hostname for parts in chunks):
+        raise ValueError("a sentinel:// chunk without a host")
+    hosts = [(str(parts.hostname), parts.port or 26379) for parts in chunks]
+    first = chunks[0]
+    credentials = {k: unquote(v) for k, v in (("username", first.username),
+                                              ("password", first.password)) if v}
+    path = first.path.strip("/")
+    db = int(path) if path.isdigit() else 0
+    kwargs = options.get("sentinel_kwargs")
+    sentinels = redis.sentinel.Sentinel(
+        hosts, sentinel_kwargs=dict(kwargs) if isinstance(kwargs, dict) else None,
+        min_other_sentinels=int(options.get("min_other_sentinels", 0) or 0), **_TIMEOUTS)
+    return sentinels.master_for(master, db=db, **credentials, **_TIMEOUTS)
+
+
 class ResultStore:
     """Idle times of result keys in a Redis result backend."""
 
@@ -85,16 +119,21 @@ class ResultStore:
         self._hz: float | None = None
 
     @classmethod
-    def from_url(cls, url: str, key_prefix: str = KEY_PREFIX) -> ResultStore | None:
-        """A store for ``redis://``/``rediss://`` result backends whose result keys
-        start with ``key_prefix`` (:func:`result_key_prefix`); None for others."""
+    def from_url(cls, url: str, key_prefix: str = KEY_PREFIX,
+                 transport_options: Any = None) -> ResultStore | None:
+        """A store for ``redis://``/``rediss://`` and ``sentinel://`` result backends
+        whose result keys start with ``key_prefix`` (:func:`result_key_prefix`); None
+        for others. ``transport_options``: the app's
+        ``result_backend_transport_options`` (Sentinel's ``master_name`` and
+        ``sentinel_kwargs``). Raises ``ValueError`` for a URL it cannot use."""
         scheme = url.split("://", 1)[0].lower()
+        if scheme == "sentinel":
+            return cls(_sentinel_master(url, transport_options), key_prefix)
         if scheme not in ("redis", "rediss"):
             return None
         import redis
 
-        return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5),
-                   key_prefix)
+        return cls(redis.Redis.from_url(url, **_TIMEOUTS), key_prefix)
 
     def eviction_policy(self) -> str | None:
         """Redis' ``maxmemory-policy``; None when CONFIG is refused (managed Redis).

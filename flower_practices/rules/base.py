@@ -46,6 +46,8 @@ class RuleContext:
     result_backend: str | None = None
     app: AppInfo | None = None
     results: ResultStore | None = None
+    #: why a Redis result backend could not be used (``results`` is None then)
+    results_unusable: str = ""
     #: the ingestion path can see events at all (False on database brokers)
     events_supported: bool = True
     #: where ``broker_url`` came from (the exporter's option or the app's configuration)

@@ -251,6 +251,9 @@ class UnreadResults(Rule):
         if not backend:
             return "unsupported: no result backend configured (give --result-backend or -A)"
         if self.ctx.results is None:
+            if self.ctx.results_unusable:
+                return (f"unsupported: cannot use the result backend "
+                        f"({self.ctx.results_unusable})")
             return (f"unsupported: result backend '{scheme(backend)}' is not Redis "
                     "(OBJECT IDLETIME is Redis-only)")
         if self.unsupported:
