@@ -69,6 +69,21 @@ def test_idle_times_and_channels_are_read_on_the_sentinels_master(
     waiter.close()
 
 
+def test_the_sentinels_connections_stay_bounded_with_sentinel_kwargs(sentinel: str) -> None:
+    """``sentinel_kwargs`` (e.g. the sentinels' own password) replace the connection
+    options for the sentinel connections: the exporter's timeouts are kept under them
+    (redis-py before 8 has no default), so an unresponsive sentinel cannot hang the
+    evaluation."""
+    store = ResultStore.from_url(sentinel, transport_options={
+        "master_name": MASTER, "sentinel_kwargs": {"socket_keepalive": True}})
+    assert store is not None
+    absent = uuid.uuid4().hex
+    assert store.idle_times([absent]) == {absent: None}  # reached the master
+    [sentinel_client] = store.client.connection_pool.sentinel_manager.sentinels
+    kwargs = sentinel_client.connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] == 5 and kwargs["socket_keepalive"] is True
+
+
 def app_with(backend: str, **options: object) -> Celery:
     app = Celery("sentinel_results", broker="redis://127.0.0.1:1/0", backend=backend,
                  set_as_current=False)

@@ -104,8 +104,10 @@ def _sentinel_master(url: str, options: Any) -> Any:
     path = first.path.strip("/")
     db = int(path) if path.isdigit() else 0
     kwargs = options.get("sentinel_kwargs")
+    # the sentinels' own connections are bounded too (sentinel_kwargs replace the
+    # connection options for them; redis-py before 8 has no default timeout)
     sentinels = redis.sentinel.Sentinel(
-        hosts, sentinel_kwargs=dict(kwargs) if isinstance(kwargs, dict) else None,
+        hosts, sentinel_kwargs={**_TIMEOUTS, **kwargs} if isinstance(kwargs, dict) else None,
         min_other_sentinels=int(options.get("min_other_sentinels", 0) or 0), **_TIMEOUTS)
     return sentinels.master_for(master, db=db, **credentials, **_TIMEOUTS)
 
