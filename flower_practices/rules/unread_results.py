@@ -455,6 +455,7 @@ class UnreadResults(Rule):
                clock: Clock | None = None) -> None:
         tolerance = self.opts.tolerance_seconds
         keep = self.opts.max_samples
+        spacing = self._spacing()  # the snapshots do not change while judging
         for uuid, ts, queue, task, since, until, written_by, received in due:
             if uuid not in idle:  # error reply for this key: no verdict
                 continue
@@ -485,21 +486,26 @@ class UnreadResults(Rule):
                 if len(self.verdicts) >= _MAX_TASKS:
                     continue
                 ring = self.verdicts[key] = deque(maxlen=keep)
-            ring.append((now, verdict, self._chance(since, until),
-                         self._chance(received or until, until)))
+            ring.append((now, verdict, self._chance(since, until, spacing),
+                         self._chance(received or until, until, spacing)))
             self.checked += 1
             if verdict in (UNREAD, UNOBSERVED):
                 tally = self.unread_total.setdefault(key, [0, 0, False])
                 tally[0] += 1
 
-    def _chance(self, since: float, until: float) -> float:
-        """Chance that a snapshot fell while this result was pending: its pending time
-        over the snapshots' spacing (at most 1)."""
+    def _spacing(self) -> float:
+        """The recent snapshots' spacing (seconds; the evaluation interval before two)."""
         times = self.snapshot_times[-20:]
         period = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 0.0
         if period <= 0.0:
             period = float(self.ctx.settings.evaluation_interval) or 1.0
-        return min(1.0, max(0.0, until - since) / period)
+        return period
+
+    @staticmethod
+    def _chance(since: float, until: float, spacing: float) -> float:
+        """Chance that a snapshot fell while this result was pending: its pending time
+        over the snapshots' ``spacing`` (at most 1)."""
+        return min(1.0, max(0.0, until - since) / spacing)
 
     def _pubsub(self, key: tuple[str, str], now: float) -> bool:
         """Results of this task were seen read over pub/sub within the window."""
