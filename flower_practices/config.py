@@ -164,6 +164,7 @@ def check_runbook_base_url(where: str, value: str) -> None:
 ZERO_ALLOWED_SECONDS = frozenset({
     "clear_after_seconds", "grace_seconds", "offline_grace_seconds", "tolerance_seconds",
     "warmup_seconds", "zero_delay_seconds", "min_wait_seconds", "metrics_cache_seconds",
+    "min_learning_seconds",
 })
 
 

@@ -76,9 +76,15 @@ def test_a_sub_second_cadence_is_never_learned() -> None:
 
 
 # -- engine-level, synthetic events ------------------------------------------------------
+#: the periodic rules learn at once here (their default wants a cadence held for 10 min)
+QUICK = {"min_learning_seconds": 0.0}
+PERIODIC = ("missed_periodic_task", "duplicate_beat", "periodic_overlap")
+
+
 def engine(app=None, **practices) -> Engine:
-    return Engine(Settings(practices={k: dict(v) for k, v in practices.items()}),
-                  broker_url="redis://x/0", app=app)
+    options = {k: {**QUICK, **practices.get(k, {})} for k in PERIODIC}
+    options.update({k: dict(v) for k, v in practices.items() if k not in PERIODIC})
+    return Engine(Settings(practices=options), broker_url="redis://x/0", app=app)
 
 
 def sent(e: Engine, name: str, ts: float, host: str = "gen1@beat", **extra) -> None:
@@ -97,8 +103,9 @@ def test_learned_task_missed_and_countdown_tasks_not_learned() -> None:
     rule.tracker.started = t0
     for k in range(8):
         sent(e, "p.tick", t0 + 5 * k)
-        # a task sent alongside with a countdown, and children of it: never periodic
-        sent(e, "p.later", t0 + 5 * k, eta="2030-01-01T00:00:00+00:00")
+        # a task sent alongside with a countdown (by an app), and children of it: never
+        # periodic
+        sent(e, "p.later", t0 + 5 * k, host="gen7@web", eta="2030-01-01T00:00:00+00:00")
         sent(e, "p.child", t0 + 5 * k + 0.1, parent_id="abc")
     e.evaluate(t0 + 36.0)
     assert not findings(e, "missed_periodic_task")
@@ -184,6 +191,88 @@ def test_a_steady_sub_second_producer_is_not_periodic() -> None:
     assert {r.name for r in rule.tracker.periodic()} == set(names)
 
 
+def test_a_cadence_is_learned_only_once_it_held_for_min_span() -> None:
+    c = Cadence()
+    for _ in range(30):  # 30 regular 3 s intervals: 90 s of cadence
+        c.feed(3.0, TOL, RUNS, 600.0)
+    assert not c.learned
+    for _ in range(171):  # 600 s of it (the first interval is the candidate)
+        c.feed(3.0, TOL, RUNS, 600.0)
+    assert c.learned and c.period == 3.0
+    # an irregular interval restarts the span: the time counts again from there
+    c = Cadence()
+    for i in [3.0] * 150 + [17.0] + [3.0] * 150:
+        c.feed(i, TOL, RUNS, 600.0)
+    assert not c.learned
+    # a long period needs min_regular_runs all the same
+    c = learn([300.0] * 4)
+    assert not c.learned
+    c = Cadence()
+    for _ in range(4):
+        c.feed(300.0, TOL, RUNS, 600.0)
+    assert not c.learned
+    c.feed(300.0, TOL, RUNS, 600.0)
+    c.feed(300.0, TOL, RUNS, 600.0)
+    assert c.learned
+
+
+def test_a_steady_producer_that_stops_within_the_learning_span_is_not_missed() -> None:
+    """A batch job or load test sending tasks on a steady rhythm for a few minutes, then
+    stopping, is no scheduler dying (defaults: the cadence must hold 10 minutes); one
+    whose rhythm held for longer is learned, and its stopping is a missed run."""
+    e = Engine(Settings(practices={"missed_periodic_task": {"grace_seconds": 5.0}}),
+               broker_url="redis://x/0")
+    t0 = time.time() - 3000
+    rule = next(r for r in e.rules if isinstance(r, MissedPeriodicTask))
+    rule.tracker.started = t0
+    for k in range(150):  # every 2 s for 5 minutes, another task every 6 s
+        sent(e, "batch.step", t0 + 2.0 * k, "gen9@batch")
+        if k % 3 == 0:
+            sent(e, "batch.report", t0 + 2.0 * k + 0.5, "gen9@batch")
+    assert not rule.tracker.periodic()
+    e.evaluate(t0 + 600)
+    assert not findings(e, "missed_periodic_task")
+    assert not findings(e, "periodic_overlap") and not findings(e, "duplicate_beat")
+    # the same producer steady for 11 minutes is a scheduler: its stop is missed
+    t1 = t0 + 1000
+    for k in range(330):
+        sent(e, "batch.step", t1 + 2.0 * k, "gen9@batch")
+    assert {r.name for r in rule.tracker.periodic()} == {"batch.step"}
+    e.evaluate(t1 + 660 + 10)
+    (f,) = findings(e, "missed_periodic_task")
+    assert f.task == "batch.step" and f.evidence["period_source"] == "learned from sends"
+
+
+def test_a_producer_that_sends_delayed_tasks_is_an_application_not_a_beat(tmp_path) -> None:
+    """A web app that sends a task on a steady rhythm is not a scheduler once it is seen
+    sending a task with a countdown (beat sends when due; database schedulers have no
+    countdown): its learned task is no longer periodic, even learned before, while a
+    real beat's task next to it is still judged -- also after a restart."""
+    from flower_practices.store import StateStore
+
+    practices = {k: dict(QUICK) for k in PERIODIC}
+    practices["missed_periodic_task"]["grace_seconds"] = 2.0
+    url = "redis://x/0"
+    t0 = time.time() - 200
+    e = Engine(Settings(practices=practices), broker_url=url, store=StateStore(tmp_path, url))
+    rule = next(r for r in e.rules if isinstance(r, MissedPeriodicTask))
+    rule.tracker.started = t0
+    for k in range(8):
+        sent(e, "web.sync", t0 + 5 * k, "gen3@web")
+        sent(e, "beat.tick", t0 + 5 * k + 0.1, "gen1@beat")
+    assert {r.name for r in rule.tracker.periodic()} == {"web.sync", "beat.tick"}
+    sent(e, "web.mail", t0 + 36, "gen3@web", eta="2030-01-01T00:00:00+00:00")
+    sent(e, "web.sync", t0 + 40, "gen3@web")  # no longer learned from
+    assert {r.name for r in rule.tracker.periodic()} == {"beat.tick"}
+    e.evaluate(t0 + 60)  # both stopped: only the beat's task is missed
+    assert [f.task for f in findings(e, "missed_periodic_task")] == ["beat.tick"]
+    again = Engine(Settings(practices=practices), broker_url=url,
+                   store=StateStore(tmp_path, url))
+    rule = next(r for r in again.rules if isinstance(r, MissedPeriodicTask))
+    assert "gen3@web" in rule.tracker.applications
+    assert {r.name for r in rule.tracker.periodic()} == {"beat.tick"}
+
+
 def test_two_producers_are_a_duplicate_beat_and_a_failover_is_not() -> None:
     e = engine()
     t0 = time.time() - 200
@@ -261,7 +350,8 @@ def test_learned_periods_and_duplicates_survive_a_restart(tmp_path) -> None:
     keeps its hosts, and nothing is counted twice."""
     from flower_practices.store import StateStore
 
-    practices = {"missed_periodic_task": {"grace_seconds": 2.0}}
+    practices = {k: dict(QUICK) for k in PERIODIC}
+    practices["missed_periodic_task"]["grace_seconds"] = 2.0
     url = "redis://x/0"
     t0 = time.time() - 60
     first = Engine(Settings(practices=practices), broker_url=url,

@@ -24,7 +24,10 @@ cadence of periodic sends, by :class:`Cadence`:
 - after ``min_regular_runs`` regular intervals in a row the period is learned, if it is
   at least :data:`MIN_LEARNED_PERIOD` (1 s): a load generator or a producer loop that
   sends a task many times a second is steady, not scheduled (beat's own loop is not that
-  precise, and a miss of a sub-second "period" is no page). Once
+  precise, and a miss of a sub-second "period" is no page) -- and if the cadence has held
+  for ``min_learning_seconds`` (the regular intervals in a row times the period; 600 s by
+  default): a batch job, a load test or a web app's steady minute sends a task on a
+  rhythm for a while and then stops, which is no scheduler dying. Once
   learned, a different interval does not unlearn it at once: ``min_regular_runs``
   consecutive intervals that agree with each other (a changed schedule) replace it, and
   ``min_regular_runs`` intervals in a row that fit neither it (nor 2 or 3 periods) nor
@@ -33,6 +36,14 @@ cadence of periodic sends, by :class:`Cadence`:
 Beat sends on time to within its loop's precision, so the defaults are strict
 (``tolerance`` 0.1, ``min_regular_runs`` 5): irregular tasks (a web app's) almost never
 line up five times in a row within 10 %.
+
+**Applications are not schedulers.** A producer seen sending a task with an ``eta`` (a
+``countdown``) that is not in the loaded ``beat_schedule`` is an application process (a
+web app, a script): beat sends its entries when they are due, and database schedulers
+(django-celery-beat) have no countdown at all. Its sends are not learned from from then
+on, and a learned task all of whose producers are applications is not periodic
+(:meth:`PeriodicTracker.periodic`), even if it was learned before the delayed send was
+seen. At most :data:`MAX_APPLICATIONS` such producers are remembered.
 
 A producer is *cadenced* for a task when at least 2 of its own intervals for it were
 regular and they are at least half of its intervals: a beat process is, a web process
@@ -67,6 +78,8 @@ MAX_PRODUCERS = 8
 MAX_RUNNING = 32
 #: hosts named in a finding's evidence
 MAX_HOSTS = 10
+#: producers remembered as applications (seen sending a delayed task), least recent out
+MAX_APPLICATIONS = 1000
 #: seconds: a shorter steady cadence is never learned as a period (see the docstring)
 MIN_LEARNED_PERIOD = 1.0
 #: a send this soon after the producer's previous one of the task restarts learning
@@ -105,10 +118,12 @@ class Cadence:
         #: intervals in a row that fit neither the learned period nor a candidate
         self.misfits = 0
 
-    def feed(self, interval: float, tolerance: float, min_runs: int) -> str:
+    def feed(self, interval: float, tolerance: float, min_runs: int,
+             min_span: float = 0.0) -> str:
         """Take one interval (seconds); returns what it was: :data:`FIRST`,
         :data:`REGULAR`, :data:`GAP` (missed runs), :data:`EARLY` (shorter than the
-        learned period) or :data:`IRREGULAR`."""
+        learned period) or :data:`IRREGULAR`. The period is learned after ``min_runs``
+        regular intervals in a row that span ``min_span`` seconds together."""
         if interval <= 0.0:
             return EARLY if self.learned else IRREGULAR
         p = self.period
@@ -119,11 +134,12 @@ class Cadence:
             self.period = p + (interval - p) / 4.0
             self.streak += 1
             self.candidate_streak = self.misfits = 0
-            if self.streak >= min_runs and self.period >= MIN_LEARNED_PERIOD:
+            if self.streak >= min_runs and self.period >= MIN_LEARNED_PERIOD \
+                    and self.streak * self.period >= min_span:
                 self.learned = True
             return REGULAR
         if self.learned:
-            self._reconsider(interval, tolerance, min_runs)
+            self._reconsider(interval, tolerance, min_runs, min_span)
             return EARLY if interval < p else GAP
         k = round(interval / p)
         if 2 <= k <= 3 and abs(interval - k * p) <= tolerance * k * p:
@@ -132,8 +148,10 @@ class Cadence:
         self.streak = 0
         return IRREGULAR
 
-    def _reconsider(self, interval: float, tolerance: float, min_runs: int) -> None:
-        """A learned period is replaced only by ``min_runs`` agreeing other intervals."""
+    def _reconsider(self, interval: float, tolerance: float, min_runs: int,
+                    min_span: float) -> None:
+        """A learned period is replaced only by ``min_runs`` agreeing other intervals (and
+        is learned again once they span ``min_span``)."""
         c = self.candidate
         k = round(interval / self.period)
         if 2 <= k <= 3 and abs(interval - k * self.period) <= tolerance * k * self.period:
@@ -143,7 +161,7 @@ class Cadence:
             if self.candidate_streak >= min_runs:
                 self.period, self.streak = c, self.candidate_streak
                 self.candidate, self.candidate_streak = 0.0, 0
-                self.learned = c >= MIN_LEARNED_PERIOD
+                self.learned = c >= MIN_LEARNED_PERIOD and self.streak * c >= min_span
             return
         self.candidate, self.candidate_streak = interval, 0
         self.misfits += 1
@@ -213,30 +231,37 @@ class PeriodicRecord:
         return self.cadence.period if self.cadence.learned else 0.0
 
 
-#: state -> (tolerance, min_runs) -> the tracker the periodic rules of that engine share
-_SHARED: WeakKeyDictionary[Any, dict[tuple[float, int], PeriodicTracker]] = \
+#: state -> (tolerance, min_runs, min_span) -> the tracker the periodic rules of that
+#: engine share
+_SHARED: WeakKeyDictionary[Any, dict[tuple[float, int, float], PeriodicTracker]] = \
     WeakKeyDictionary()
 
 
-def shared_tracker(ctx: RuleContext, tolerance: float,
-                   min_runs: int) -> tuple[PeriodicTracker, bool]:
+def shared_tracker(ctx: RuleContext, tolerance: float, min_runs: int,
+                   min_span: float = 0.0) -> tuple[PeriodicTracker, bool]:
     """The tracker of ``ctx``'s engine for these learning options, and whether the caller
     created it (then it feeds it sends and keeps it in its memory)."""
     per_state = _SHARED.setdefault(ctx.state, {})
-    key = (tolerance, min_runs)
+    key = (tolerance, min_runs, min_span)
     tracker = per_state.get(key)
     if tracker is not None:
         return tracker, False
-    tracker = per_state[key] = PeriodicTracker(ctx, tolerance, min_runs)
+    tracker = per_state[key] = PeriodicTracker(ctx, tolerance, min_runs, min_span)
     return tracker, True
 
 
 class PeriodicTracker:
     """Per-task records of periodic sends and runs, fed by a rule's hooks."""
 
-    def __init__(self, ctx: RuleContext, tolerance: float, min_runs: int) -> None:
+    def __init__(self, ctx: RuleContext, tolerance: float, min_runs: int,
+                 min_span: float = 0.0) -> None:
         self.tolerance = tolerance
         self.min_runs = min_runs
+        #: seconds a cadence must hold before its period is learned
+        self.min_span = min_span
+        #: producers seen sending a delayed task not in the schedule -> when (see the
+        #: module docstring: applications, not schedulers)
+        self.applications: LRUDict[str, float] = LRUDict(MAX_APPLICATIONS)
         self.state = ctx.state
         self.records: LRUDict[str, PeriodicRecord] = LRUDict(
             max(1, ctx.settings.max_task_names))
@@ -295,8 +320,13 @@ class PeriodicTracker:
         return last + period if period > 0.0 and rec.last_sent else None
 
     def periodic(self) -> list[PeriodicRecord]:
-        """The tasks with a known period (scheduled or learned), never the others."""
-        return list(self.known.values())
+        """The tasks with a known period (scheduled, or learned from a producer that is
+        not known as an application), never the others. O(periodic tasks x producers)."""
+        apps = self.applications
+        if not apps:
+            return list(self.known.values())
+        return [rec for rec in self.known.values()
+                if rec.scheduled or any(host not in apps for host in rec.producers)]
 
     # -- hooks (O(1)) ---------------------------------------------------------------------
     def on_sent(self, event: dict, task: Any) -> None:
@@ -305,12 +335,19 @@ class PeriodicTracker:
         name = getattr(task, "name", "") or event.get("name")
         if not name or not isinstance(name, str):
             return
-        if event.get("eta") and name not in self.entries:
-            return  # delayed on purpose; a beat entry's own countdown option is not
-        ts = event["timestamp"]
         host = event.get("hostname") or ""
         if not isinstance(host, str):
             host = ""
+        if name not in self.entries:
+            if event.get("eta"):
+                # delayed on purpose (a beat entry's own countdown option is not): and
+                # its producer is an application, not a scheduler
+                if host:
+                    self.applications.put(host, event["timestamp"])
+                return
+            if host in self.applications:
+                return
+        ts = event["timestamp"]
         rec = self.record(name)
         if not rec.first_sent:
             rec.first_sent = ts
@@ -342,7 +379,7 @@ class PeriodicTracker:
         return producer
 
     def _interval(self, rec: PeriodicRecord, producer: Producer, interval: float) -> None:
-        verdict = rec.cadence.feed(interval, self.tolerance, self.min_runs)
+        verdict = rec.cadence.feed(interval, self.tolerance, self.min_runs, self.min_span)
         if rec.cadence.learned or rec.scheduled:
             self.known[rec.name] = rec
         else:
@@ -483,6 +520,14 @@ class PeriodicTracker:
             except (TypeError, ValueError, KeyError, AttributeError):
                 continue
 
+    def restore_applications(self, data: Any) -> None:
+        for item in data if isinstance(data, list) else ():
+            try:
+                host, at = item
+                self.applications.put(str(host)[:200], float(at))
+            except (TypeError, ValueError):
+                continue
+
     def _restore_one(self, item: dict) -> None:
         name = str(item["name"])[:200]
         rec = self.record(name)
@@ -519,7 +564,8 @@ class PeriodicRule(Rule):
     def __init__(self, ctx: RuleContext, options: dict[str, Any]) -> None:
         super().__init__(ctx, options)
         self.tracker, self.owner = shared_tracker(ctx, self.opts.tolerance,
-                                                  self.opts.min_regular_runs)
+                                                  self.opts.min_regular_runs,
+                                                  self.opts.min_learning_seconds)
         self.counted: dict[str, Any] = {}
 
     def hooks(self):
@@ -534,13 +580,17 @@ class PeriodicRule(Rule):
                 self.counted[str(name)[:200]] = n
 
     def memory(self) -> Any:
-        return {"tasks": self.tracker.memory() if self.owner else [],
+        tracker = self.tracker
+        return {"tasks": tracker.memory() if self.owner else [],
+                "applications": [[h, at] for h, at in tracker.applications.items()]
+                if self.owner else [],
                 "counted": self.counted_memory()}
 
     def restore_memory(self, data: Any, now: float) -> None:
         if not isinstance(data, dict):
             return
         self.tracker.restore(data.get("tasks"))
+        self.tracker.restore_applications(data.get("applications"))
         self.restore_counted(data.get("counted"))
 
     def restore_hold(self, finding, now: float) -> float:
