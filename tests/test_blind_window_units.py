@@ -27,8 +27,7 @@ def blind(e: Engine, deaf_from: float, back_at: float | None) -> None:
 
 
 def connected(t: float) -> Engine:
-    e = Engine(Settings(practices={"missed_periodic_task": {"grace_seconds": 2.0,
-                                                            "min_learning_seconds": 0.0},
+    e = Engine(Settings(practices={"missed_periodic_task": {"grace_seconds": 2.0},
                                    "queue_starvation": {"max_wait_seconds": 10.0,
                                                         "min_samples": 1000}}),
                broker_url="redis://x/0")

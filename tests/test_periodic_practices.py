@@ -42,7 +42,7 @@ APP = "tests.apps.periodic"
 PRACTICES = ("missed_periodic_task", "duplicate_beat", "periodic_overlap")
 #: periods are 2-3 s here, so a busy box's scheduling jitter is a larger share of them
 #: than in production: a looser tolerance, a short grace, and three regular runs to learn
-LEARN = {"tolerance": 0.25, "min_regular_runs": 3, "min_learning_seconds": 0.0}
+LEARN = {"tolerance": 0.25, "min_regular_runs": 3}
 OPTIONS = {
     "missed_periodic_task": {"grace_seconds": 1.5, **LEARN},
     "duplicate_beat": {"grace_seconds": 2.0, **LEARN},

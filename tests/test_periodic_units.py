@@ -76,7 +76,7 @@ def test_a_sub_second_cadence_is_never_learned() -> None:
 
 
 # -- engine-level, synthetic events ------------------------------------------------------
-#: the periodic rules learn at once here (their default wants a cadence held for 10 min)
+#: the periodic rules learn after min_regular_runs alone (the default, spelled out)
 QUICK = {"min_learning_seconds": 0.0}
 PERIODIC = ("missed_periodic_task", "duplicate_beat", "periodic_overlap")
 
@@ -217,10 +217,12 @@ def test_a_cadence_is_learned_only_once_it_held_for_min_span() -> None:
 
 
 def test_a_steady_producer_that_stops_within_the_learning_span_is_not_missed() -> None:
-    """A batch job or load test sending tasks on a steady rhythm for a few minutes, then
-    stopping, is no scheduler dying (defaults: the cadence must hold 10 minutes); one
-    whose rhythm held for longer is learned, and its stopping is a missed run."""
-    e = Engine(Settings(practices={"missed_periodic_task": {"grace_seconds": 5.0}}),
+    """With min_learning_seconds = 600, a batch job sending tasks on a steady rhythm for
+    a few minutes, then stopping, is no scheduler dying; one whose rhythm held for longer
+    is learned, and its stopping is a missed run."""
+    span = {"min_learning_seconds": 600.0}
+    e = Engine(Settings(practices={"missed_periodic_task": {"grace_seconds": 5.0, **span},
+                                   "duplicate_beat": span, "periodic_overlap": span}),
                broker_url="redis://x/0")
     t0 = time.time() - 3000
     rule = next(r for r in e.rules if isinstance(r, MissedPeriodicTask))

@@ -59,10 +59,10 @@ class MissedPeriodicTask(PeriodicRule):
         tolerance: float = 0.1
         #: regular intervals in a row before a period is learned from the sends
         min_regular_runs: int = 5
-        #: seconds the cadence must have held (regular intervals in a row x the period)
-        #: before a period is learned from the sends: a producer that is steady for a
-        #: while and stops (a batch job, a load test) is not a scheduler that died
-        min_learning_seconds: float = 600.0
+        #: seconds the cadence must also have held (regular intervals in a row x the
+        #: period) before a period is learned from the sends; raise it (e.g. 600) where
+        #: throttled batch jobs send one task on a steady rhythm and then stop
+        min_learning_seconds: float = 0.0
 
     #: this rule's options, typed (set by :class:`Rule`)
     opts: Options

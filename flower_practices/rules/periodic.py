@@ -24,10 +24,11 @@ cadence of periodic sends, by :class:`Cadence`:
 - after ``min_regular_runs`` regular intervals in a row the period is learned, if it is
   at least :data:`MIN_LEARNED_PERIOD` (1 s): a load generator or a producer loop that
   sends a task many times a second is steady, not scheduled (beat's own loop is not that
-  precise, and a miss of a sub-second "period" is no page) -- and if the cadence has held
-  for ``min_learning_seconds`` (the regular intervals in a row times the period; 600 s by
-  default): a batch job, a load test or a web app's steady minute sends a task on a
-  rhythm for a while and then stops, which is no scheduler dying. Once
+  precise, and a miss of a sub-second "period" is no page) -- and, if
+  ``min_learning_seconds`` is set (0 by default: the contract is "after a few regular
+  runs"), once the cadence has held that long (the regular intervals in a row times the
+  period): a throttled batch job sending one task on a rhythm for a while and then
+  stopping looks like a scheduler dying, and only time tells them apart. Once
   learned, a different interval does not unlearn it at once: ``min_regular_runs``
   consecutive intervals that agree with each other (a changed schedule) replace it, and
   ``min_regular_runs`` intervals in a row that fit neither it (nor 2 or 3 periods) nor
