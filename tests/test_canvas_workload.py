@@ -57,9 +57,10 @@ class Env:
         return self.exporter.total("celery_task_events_total", type="succeeded", task=task)
 
     def judged_after(self, read_at: float) -> None:
-        """Wait until every result so far was checked (grace after the last success) and
-        two evaluations judged the verdicts."""
-        self.exporter.wait_evaluated(since=read_at + UNREAD["grace_seconds"]
+        """Wait until every result so far was checked twice (the first look grace after
+        the last success, the second look grace after that) and two evaluations judged
+        the verdicts."""
+        self.exporter.wait_evaluated(since=read_at + 2 * UNREAD["grace_seconds"]
                                      + UNREAD["tolerance_seconds"] + 1.0)
 
 
@@ -146,7 +147,7 @@ def test_results_nobody_reads_are_still_reported(env: Env) -> None:
     done_at = time.time()
     wait_for(lambda: {f["task"] for f in env.exporter.findings("unread_results")}
              >= {"canvas.dropped", "canvas.tail"},
-             timeout=done_at - time.time() + UNREAD["grace_seconds"] + 30,
+             timeout=done_at - time.time() + 2 * UNREAD["grace_seconds"] + 30,
              message="unread_results for the dropped results and the chain's last link")
     findings = {f["task"]: f for f in env.exporter.findings("unread_results")}
     # the chain's first link passed its result on: it is not reported
@@ -174,7 +175,7 @@ def test_a_chord_nobody_waits_for_reports_its_headers_unless_they_ignore_results
     done_at = time.time()
     wait_for(lambda: next((f for f in env.exporter.findings("unread_results")
                            if f["task"] == "canvas.part"), None),
-             timeout=UNREAD["grace_seconds"] + 30,
+             timeout=2 * UNREAD["grace_seconds"] + 30,
              message="unread_results for the chord header canvas.part")
     # the evidence once every header result was judged: the finding may be raised
     # before the last header's result (the passed-on one) is checked

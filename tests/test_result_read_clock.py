@@ -82,7 +82,9 @@ def test_a_task_seen_read_within_the_second_of_its_write_is_not_reported() -> No
     from flower_practices.rules.unread_results import UnreadResults
 
     url = "redis://h/0"
-    engine = Engine(Settings(practices={"unread_results": {"min_samples": 5}}),
+    # grace 0: a verdict is final at its first check (no second look: judged directly)
+    engine = Engine(Settings(practices={"unread_results": {"min_samples": 5,
+                                                           "grace_seconds": 0.0}}),
                     broker_url=url, result_backend=url)
     rule = next(r for r in engine.rules if isinstance(r, UnreadResults))
     now = 2000.0

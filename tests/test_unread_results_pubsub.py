@@ -3,7 +3,9 @@
 Real worker, real Redis as broker and result backend, the exporter as deployed. A client
 waiting in ``AsyncResult.get()`` receives the result over pub/sub and never reads the key
 (its idle time looks unread): the rule sees the client's subscription instead. Results
-consumed with ``.get()`` (at once, or seconds after the success) raise no finding;
+consumed with ``.get()`` (at once, or seconds after the success) raise no finding, nor
+do results fetched by id after the rule's first look at them (``AsyncResult(id).get()``
+by a caller that kept only the id: the second look sees the read);
 fire-and-forget results that nobody reads do, as do unread results of tasks sent from a
 worker (never subscribed), and the finding's ``count`` equals its
 ``celery_practice_violations_total`` series. The same holds for an app that shares its
@@ -15,6 +17,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from celery.result import AsyncResult
 
 from flower_practices.config import Settings
 from flower_practices.rules.unread_results import too_few_sightings
@@ -25,7 +28,7 @@ from tests.support.worker import WorkerProcess
 
 pytestmark = pytest.mark.slow
 
-OPTIONS = {"grace_seconds": 4.0, "min_samples": 5, "tolerance_seconds": 1.0}
+OPTIONS = {"grace_seconds": 5.0, "min_samples": 5, "tolerance_seconds": 1.0}
 
 
 def succeeded(exporter: RunningExporter, task: str) -> float:
@@ -59,8 +62,20 @@ def test_pubsub_reads_are_reads_and_dropped_results_are_unread(key_prefix: str) 
                      message="results.later succeeded")
             time.sleep(2.5)  # the workload, not a wait: the caller reads seconds later
             assert [r.get(timeout=10) for r in kept] == list(range(1, 9))
-            read_at = time.time()
             del kept
+            # 5. only the ids kept; each result fetched by id after the rule's first look
+            # at it (grace_seconds after its success) and before the second (as long
+            # again): a report downloaded a while after it was asked for
+            by_id = app.tasks["results.by_id"]
+            # (as many as make fire-and-forget results count: see min_unread_evidence)
+            kept_ids = [by_id.delay(i).id for i in range(30)]
+            wait_for(lambda: succeeded(exporter, "results.by_id") == 30, timeout=30,
+                     message="results.by_id succeeded")
+            exporter.wait_evaluated(since=time.time() + OPTIONS["grace_seconds"]
+                                    + OPTIONS["tolerance_seconds"])
+            assert [AsyncResult(i, app=app).get(timeout=10) for i in kept_ids] == \
+                list(range(1, 31))
+            read_at = time.time()
             # 3. fire-and-forget: the AsyncResult is dropped at once, nobody reads
             for i in range(30):
                 dropped.delay(i)
@@ -80,14 +95,14 @@ def test_pubsub_reads_are_reads_and_dropped_results_are_unread(key_prefix: str) 
                                        if x["task"] == "results.from_worker"), None),
                          timeout=60, message="unread_results for results.from_worker")
             assert f["evidence"]["read_over_pubsub"] == 0
-            # the waited and the later-read results were judged (all past their grace)
+            # the waited and the later-read results were judged (all past both looks)
             # and none is reported
             exporter.wait_evaluated(
-                since=read_at + OPTIONS["grace_seconds"] + OPTIONS["tolerance_seconds"])
+                since=read_at + 2 * OPTIONS["grace_seconds"] + OPTIONS["tolerance_seconds"])
             reported = {x["task"] for x in exporter.findings("unread_results")}
             assert reported == {"results.dropped", "results.from_worker"}, \
                 exporter.findings("unread_results")
-            for task in ("results.waited", "results.later"):
+            for task in ("results.waited", "results.later", "results.by_id"):
                 assert exporter.total("celery_practice_violations_total",
                                       practice="unread_results", task=task) == 0
             f = next(x for x in exporter.findings("unread_results")

@@ -27,7 +27,9 @@ URL = "redis://h/0"
 
 
 def rule_under_test() -> UnreadResults:
-    engine = Engine(Settings(practices={"unread_results": {"min_samples": 5}}),
+    # grace 0: a verdict is final at its first check (no second look: judged directly)
+    engine = Engine(Settings(practices={"unread_results": {"min_samples": 5,
+                                                           "grace_seconds": 0.0}}),
                     broker_url=URL, result_backend=URL)
     rule = next(r for r in engine.rules if isinstance(r, UnreadResults))
     rule.snapshot_times = list(SNAPSHOTS)

@@ -82,7 +82,7 @@ def test_well_behaved_workload_has_zero_findings(broker_kind: str, redis_url: st
             # unread_results' grace after the reads).
             unread = OPTIONS["unread_results"]
             exporter.wait_evaluated(since=max(time.time() + LONGEST_THRESHOLD, read_at
-                                              + unread["grace_seconds"]
+                                              + 2 * unread["grace_seconds"]  # both looks
                                               + unread["tolerance_seconds"]))
             payload = exporter.practices()
             assert exporter.total("celery_task_events_total", type="retried",

@@ -48,6 +48,18 @@ verdicts, each saying how it was decided:
 - ``unread_unobserved``: neither, but no snapshot fell while it was pending (fast tasks):
   a ``.get()`` caller may have received it over pub/sub unseen.
 
+**Two looks.** A result judged ``unread`` or ``unread_unobserved`` is not counted yet: a
+caller that kept only the task id may fetch it later (``AsyncResult(id).get()`` when a
+report is downloaded, a status page polled by id a minute on). It is looked up once
+more ``grace_seconds`` after that first check (in the same pipelined round trip as the
+first checks, within ``max_checks_per_evaluation``): read since (its idle time shorter
+than the time since the first check, less ``tolerance_seconds``, or its channel seen
+subscribed) it is ``read_by_key`` or ``read_over_pubsub``; gone since it is ``missing``;
+untouched, the first verdict stands and counts. So a result counts as unread only when
+nobody read it within about twice ``grace_seconds`` of its write (raise it for callers
+that fetch later than that), and a finding comes that much later. With ``grace_seconds``
+0 there is no second look (it would see the same).
+
 Snapshots are samples, one per evaluation: a fast task waited on with ``.get()`` is
 mostly finished between two of them. So ``unread_unobserved`` verdicts count as unread
 only when the task's callers are known not to wait: its results were seen read over
@@ -143,6 +155,9 @@ Sample = tuple[str, float, str, str, float, float, float | None, float]
 #: (checked at, verdict, chance that a snapshot caught a caller waiting on it, the same
 #: from the worker's receipt on: a lower bound free of clock skew)
 Verdict = tuple[float, str, float, float]
+#: a result that looked unread at its first check, awaiting the second: (its sample, the
+#: first check's verdict, when that was, the verdict's two chances)
+Recheck = tuple[Sample, str, float, float, float]
 READ_PUBSUB, READ_KEY, PASSED_ON, UNREAD, UNOBSERVED, MISSING = (
     "read_over_pubsub", "read_by_key", "passed_on", "unread", "unread_unobserved",
     "missing")
@@ -169,7 +184,8 @@ class UnreadResults(Rule):
         """Typed options (the documented defaults; each may be overridden in
         ``[practices.unread_results]``)."""
 
-        #: a result is checked this long after its task-succeeded event
+        #: a result is checked this long after its task-succeeded event, and one that
+        #: looks unread again this long later (only then does it count as unread)
         grace_seconds: float = 60.0
         #: share of sampled results left unread needed for a finding
         min_share: float = 0.9
@@ -208,12 +224,15 @@ class UnreadResults(Rule):
         # pending and seen are shared with the hook; the rest is touched by the
         # evaluation only (prepare holds the engine lock whenever it touches any of it)
         self.pending: deque[Sample] = deque(maxlen=self.opts.max_pending)
+        #: results that looked unread at their first check, in check order (evaluation
+        #: only): each is looked up once more ``grace_seconds`` later
+        self.rechecks: deque[Recheck] = deque(maxlen=self.opts.max_pending)
         self.seen: dict[tuple[str, str], int] = {}
         self.verdicts: dict[tuple[str, str], deque[Verdict]] = {}
         #: round trips done by prepare, applied by evaluate: (checked at, ids, idle times,
-        #: Redis' clock)
+        #: Redis' clock, the second checks among them)
         self._fetched: list[tuple[float, list[Sample], dict[str, int | None],
-                                  Clock | None]] = []
+                                  Clock | None, list[Recheck]]] = []
         #: ids named as ``parent_id`` by a task-sent/task-received (shared with the hooks)
         self.parents: LRUDict[str, bool] = LRUDict(_MAX_PARENTS)
         #: sampled ids that had a child when they succeeded (their value was passed on)
@@ -361,15 +380,17 @@ class UnreadResults(Rule):
         with lock:
             self._snapshots.append((taken, held, complete))
             self._recovered()
-            due = self._due(now)
-        if not due:
+            again = self._rechecks_due(now)
+            due = self._due(now, len(again))
+        if not due and not again:
             return
         try:
-            idle, clock = results.idle_times_clocked([d[0] for d in due])
+            idle, clock = results.idle_times_clocked([d[0] for d in due]
+                                                     + [r[0][0] for r in again])
         except Exception as exc:
-            self._failed(exc, due, lock)
+            self._failed(exc, due, lock, again)
         with lock:
-            self._fetched.append((now, due, idle, clock))
+            self._fetched.append((now, due, idle, clock, again))
             self._recovered(checked=True)
 
     def _recovered(self, checked: bool = False) -> None:
@@ -382,8 +403,10 @@ class UnreadResults(Rule):
             log.info("unread_results: result backend reachable again")
 
     def _failed(self, exc: Exception, due: list[Sample],
-                lock: AbstractContextManager[Any]) -> NoReturn:
-        """Keep ``due`` for later, back off, log once, and raise :class:`ProbeFailed`.
+                lock: AbstractContextManager[Any],
+                again: list[Recheck] | None = None) -> NoReturn:
+        """Keep ``due`` (and the second checks ``again``) for later, back off, log once,
+        and raise :class:`ProbeFailed`.
         A command Redis refused (an error reply, not a lost connection) is also what
         :meth:`coverage` says until it answers again."""
         import redis
@@ -396,6 +419,8 @@ class UnreadResults(Rule):
         with lock:
             self.refused = refused
             self.pending.extendleft(reversed(due))
+            if again:
+                self.rechecks.extendleft(reversed(again))
             self._retry_at = time.time() + backoff
             first = not self._failing
             self._failing = True
@@ -406,9 +431,20 @@ class UnreadResults(Rule):
                         type(exc).__name__, exc, backoff, PROBE)
         raise ProbeFailed(PROBE) from exc
 
-    def _due(self, now: float) -> list[Sample]:
+    def _rechecks_due(self, now: float) -> list[Recheck]:
+        """The second checks due (``grace_seconds`` after the first), within the
+        per-evaluation budget; they go before first checks (they are older)."""
         grace = self.opts.grace_seconds
         limit = self.opts.max_checks_per_evaluation
+        rechecks = self.rechecks
+        due = []
+        while rechecks and len(due) < limit and now - rechecks[0][2] >= grace:
+            due.append(rechecks.popleft())
+        return due
+
+    def _due(self, now: float, taken: int = 0) -> list[Sample]:
+        grace = self.opts.grace_seconds
+        limit = self.opts.max_checks_per_evaluation - taken
         pending = self.pending
         due = []
         while pending and len(due) < limit and now - pending[0][1] >= grace:
@@ -421,7 +457,8 @@ class UnreadResults(Rule):
         for taken, held, complete in snapshots:
             self._apply_snapshot(taken, held, complete)
         fetched, self._fetched = self._fetched, []
-        for checked_at, due, idle, clock in fetched:
+        for checked_at, due, idle, clock, again in fetched:
+            self._confirm(checked_at, again, idle)
             self._judge(checked_at, due, idle, clock)
         self._age(now)
         if len(self.seen) >= _MAX_TASKS:
@@ -454,8 +491,8 @@ class UnreadResults(Rule):
     def _judge(self, now: float, due: list[Sample], idle: dict[str, int | None],
                clock: Clock | None = None) -> None:
         tolerance = self.opts.tolerance_seconds
-        keep = self.opts.max_samples
         spacing = self._spacing()  # the snapshots do not change while judging
+        second_look = self.opts.grace_seconds > 0.0  # with none, it would see the same
         for uuid, ts, queue, task, since, until, written_by, received in due:
             if uuid not in idle:  # error reply for this key: no verdict
                 continue
@@ -482,16 +519,53 @@ class UnreadResults(Rule):
                 verdict = UNREAD
             else:
                 verdict = UNOBSERVED
-            if ring is None:
-                if len(self.verdicts) >= _MAX_TASKS:
-                    continue
-                ring = self.verdicts[key] = deque(maxlen=keep)
-            ring.append((now, verdict, self._chance(since, until, spacing),
-                         self._chance(received or until, until, spacing)))
-            self.checked += 1
-            if verdict in (UNREAD, UNOBSERVED):
-                tally = self.unread_total.setdefault(key, [0, 0, False])
-                tally[0] += 1
+            chance = self._chance(since, until, spacing)
+            floor = self._chance(received or until, until, spacing)
+            if verdict in (UNREAD, UNOBSERVED) and second_look:
+                # not read yet: a caller may fetch it later by id (a report downloaded
+                # a minute on); it is looked at once more before it counts
+                self.rechecks.append(((uuid, ts, queue, task, since, until, written_by,
+                                       received), verdict, now, chance, floor))
+                continue
+            self._record(key, ring, (now, verdict, chance, floor))
+
+    def _record(self, key: tuple[str, str], ring: deque[Verdict] | None,
+                verdict: Verdict) -> None:
+        """Keep one verdict of task ``key`` (its ring created if new, within
+        ``_MAX_TASKS``); an unread one adds to the task's tally."""
+        if ring is None:
+            if len(self.verdicts) >= _MAX_TASKS:
+                return
+            ring = self.verdicts[key] = deque(maxlen=self.opts.max_samples)
+        ring.append(verdict)
+        self.checked += 1
+        if verdict[1] in (UNREAD, UNOBSERVED):
+            tally = self.unread_total.setdefault(key, [0, 0, False])
+            tally[0] += 1
+
+    def _confirm(self, now: float, again: list[Recheck],
+                 idle: dict[str, int | None]) -> None:
+        """The second look at results that looked unread: read since the first check
+        (by key, or seen subscribed: ``AsyncResult(id).get()`` a while later) makes it a
+        read, gone since makes it missing (read and forgotten, or expired: unknown),
+        still untouched confirms the first verdict."""
+        tolerance = self.opts.tolerance_seconds
+        for sample, verdict, first, chance, floor in again:
+            uuid, queue, task = sample[0], sample[2], sample[3]
+            if uuid not in idle:  # error reply for this key: no verdict
+                continue
+            seconds = idle[uuid]
+            key = (queue, task)
+            ring = self.verdicts.get(key)
+            if seconds is None:
+                if ring is not None:
+                    ring.append((now, MISSING, 0.0, 0.0))
+                continue
+            if uuid in self.subscribed:
+                verdict = READ_PUBSUB
+            elif seconds < (now - first) - tolerance:
+                verdict = READ_KEY
+            self._record(key, ring, (now, verdict, chance, floor))
 
     def _spacing(self) -> float:
         """The recent snapshots' spacing (seconds; the evaluation interval before two)."""
@@ -623,6 +697,7 @@ class UnreadResults(Rule):
                        "clients' subscriptions to its pub/sub channel"),
             "missing_results": stats["values"].count(MISSING),
             "checked_after_seconds": self.opts.grace_seconds,
+            "unread_confirmed_after_seconds": 2 * self.opts.grace_seconds,
             "window_seconds": self.opts.window_seconds,
         }
         summary = (f"{task}: {unread} of {n} sampled results were never read "

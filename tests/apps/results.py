@@ -38,7 +38,7 @@ def make_app(broker: str, key_prefix: str = "") -> Celery:
         return x + 1
 
     for name in ("results.waited", "results.later", "results.dropped",
-                 "results.from_worker"):
+                 "results.from_worker", "results.by_id"):
         app.task(name=name, shared=False)(add)
 
     @app.task(name="results.fanout", shared=False, ignore_result=True)
