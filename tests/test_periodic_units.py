@@ -76,15 +76,9 @@ def test_a_sub_second_cadence_is_never_learned() -> None:
 
 
 # -- engine-level, synthetic events ------------------------------------------------------
-#: the periodic rules learn after min_regular_runs alone (the default, spelled out)
-QUICK = {"min_learning_seconds": 0.0}
-PERIODIC = ("missed_periodic_task", "duplicate_beat", "periodic_overlap")
-
-
 def engine(app=None, **practices) -> Engine:
-    options = {k: {**QUICK, **practices.get(k, {})} for k in PERIODIC}
-    options.update({k: dict(v) for k, v in practices.items() if k not in PERIODIC})
-    return Engine(Settings(practices=options), broker_url="redis://x/0", app=app)
+    return Engine(Settings(practices={k: dict(v) for k, v in practices.items()}),
+                  broker_url="redis://x/0", app=app)
 
 
 def sent(e: Engine, name: str, ts: float, host: str = "gen1@beat", **extra) -> None:
@@ -252,8 +246,7 @@ def test_a_producer_that_sends_delayed_tasks_is_an_application_not_a_beat(tmp_pa
     real beat's task next to it is still judged -- also after a restart."""
     from flower_practices.store import StateStore
 
-    practices = {k: dict(QUICK) for k in PERIODIC}
-    practices["missed_periodic_task"]["grace_seconds"] = 2.0
+    practices = {"missed_periodic_task": {"grace_seconds": 2.0}}
     url = "redis://x/0"
     t0 = time.time() - 200
     e = Engine(Settings(practices=practices), broker_url=url, store=StateStore(tmp_path, url))
@@ -352,8 +345,7 @@ def test_learned_periods_and_duplicates_survive_a_restart(tmp_path) -> None:
     keeps its hosts, and nothing is counted twice."""
     from flower_practices.store import StateStore
 
-    practices = {k: dict(QUICK) for k in PERIODIC}
-    practices["missed_periodic_task"]["grace_seconds"] = 2.0
+    practices = {"missed_periodic_task": {"grace_seconds": 2.0}}
     url = "redis://x/0"
     t0 = time.time() - 60
     first = Engine(Settings(practices=practices), broker_url=url,

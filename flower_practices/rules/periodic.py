@@ -41,7 +41,7 @@ line up five times in a row within 10 %.
 **Applications are not schedulers.** A producer seen sending a task with an ``eta`` (a
 ``countdown``) that is not in the loaded ``beat_schedule`` is an application process (a
 web app, a script): beat sends its entries when they are due, and database schedulers
-(django-celery-beat) have no countdown at all. Its sends are not learned from from then
+(django-celery-beat) have no countdown at all. Nothing it sends is learned from then
 on, and a learned task all of whose producers are applications is not periodic
 (:meth:`PeriodicTracker.periodic`), even if it was learned before the delayed send was
 seen. At most :data:`MAX_APPLICATIONS` such producers are remembered.
