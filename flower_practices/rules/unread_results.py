@@ -380,8 +380,10 @@ class UnreadResults(Rule):
         with lock:
             self._snapshots.append((taken, held, complete))
             self._recovered()
-            again = self._rechecks_due(now)
-            due = self._due(now, len(again))
+            # second checks first (they are older), then first checks, in one budget
+            limit = self.opts.max_checks_per_evaluation
+            again = self._take_due(self.rechecks, 2, now, limit)
+            due = self._take_due(self.pending, 1, now, limit - len(again))
         if not due and not again:
             return
         try:
@@ -431,24 +433,14 @@ class UnreadResults(Rule):
                         type(exc).__name__, exc, backoff, PROBE)
         raise ProbeFailed(PROBE) from exc
 
-    def _rechecks_due(self, now: float) -> list[Recheck]:
-        """The second checks due (``grace_seconds`` after the first), within the
-        per-evaluation budget; they go before first checks (they are older)."""
+    def _take_due(self, queue: deque[Any], at: int, now: float, limit: int) -> list[Any]:
+        """Up to ``limit`` entries from the front of ``queue`` (in time order) whose time,
+        field ``at``, is ``grace_seconds`` old or more: the sampled successes (their
+        first check) or the first checks (their second)."""
         grace = self.opts.grace_seconds
-        limit = self.opts.max_checks_per_evaluation
-        rechecks = self.rechecks
         due = []
-        while rechecks and len(due) < limit and now - rechecks[0][2] >= grace:
-            due.append(rechecks.popleft())
-        return due
-
-    def _due(self, now: float, taken: int = 0) -> list[Sample]:
-        grace = self.opts.grace_seconds
-        limit = self.opts.max_checks_per_evaluation - taken
-        pending = self.pending
-        due = []
-        while pending and len(due) < limit and now - pending[0][1] >= grace:
-            due.append(pending.popleft())
+        while queue and len(due) < limit and now - queue[0][at] >= grace:
+            due.append(queue.popleft())
         return due
 
     # -- evaluation, under the engine lock --------------------------------------------------
@@ -493,7 +485,8 @@ class UnreadResults(Rule):
         tolerance = self.opts.tolerance_seconds
         spacing = self._spacing()  # the snapshots do not change while judging
         second_look = self.opts.grace_seconds > 0.0  # with none, it would see the same
-        for uuid, ts, queue, task, since, until, written_by, received in due:
+        for sample in due:
+            uuid, ts, queue, task, since, until, written_by, received = sample
             if uuid not in idle:  # error reply for this key: no verdict
                 continue
             seconds = idle[uuid]
@@ -524,8 +517,7 @@ class UnreadResults(Rule):
             if verdict in (UNREAD, UNOBSERVED) and second_look:
                 # not read yet: a caller may fetch it later by id (a report downloaded
                 # a minute on); it is looked at once more before it counts
-                self.rechecks.append(((uuid, ts, queue, task, since, until, written_by,
-                                       received), verdict, now, chance, floor))
+                self.rechecks.append((sample, verdict, now, chance, floor))
                 continue
             self._record(key, ring, (now, verdict, chance, floor))
 
