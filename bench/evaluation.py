@@ -15,6 +15,10 @@ seen ``--churn-seconds`` of that before the first round, and it goes on between 
 so the per-worker and per-(worker, queue) tables hold every generation still in their
 windows.
 
+The collector runs as in the exporter process (start-up objects frozen, its
+``GC_THRESHOLDS``); ``--default-gc`` keeps CPython's thresholds, as inside Flower, where a
+collection can land inside a hold.
+
     python bench/evaluation.py                  # 100,000 tasks, 100 workers
     python bench/evaluation.py --churn 10       # the same with 10 new workers a second
     python bench/evaluation.py --tasks 20000 --json out.json
@@ -23,6 +27,7 @@ windows.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import threading
@@ -31,6 +36,7 @@ from typing import Any
 
 from flower_practices.config import Settings
 from flower_practices.engine import Engine
+from flower_practices.exporter.server import GC_THRESHOLDS
 
 
 class TimedLock:
@@ -137,7 +143,12 @@ class Churn:
 
 
 def run(tasks: int, workers: int, running: int, reserved: int, rounds: int,
-        churn: int = 0, churn_seconds: float = 600.0) -> dict[str, Any]:
+        churn: int = 0, churn_seconds: float = 600.0, default_gc: bool = False
+        ) -> dict[str, Any]:
+    if not default_gc:  # as the exporter does once it started (exporter/server.py)
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
     t0 = time.time() - 600.0 - (churn_seconds if churn else 0.0)
     engine = build(tasks, workers, running, reserved, t0)
     feeder = Churn(engine, churn) if churn else None
@@ -165,6 +176,7 @@ def run(tasks: int, workers: int, running: int, reserved: int, rounds: int,
         "tracked_tasks": len(engine.state.tasks), "workers": workers,
         "running_per_worker": running, "reserved_per_worker": reserved, "rounds": rounds,
         "churn_workers_per_second": churn,
+        "gc_thresholds": "default" if default_gc else "exporter",
         "worker_records": len(engine.state.workers),
         "lock_hold_ms_median": round(statistics.median(holds) * 1000, 2),
         "lock_hold_ms_max": round(max(holds) * 1000, 2),
@@ -183,10 +195,13 @@ def main() -> None:
                         help="new workers a second (pod churn), 0: none")
     parser.add_argument("--churn-seconds", type=float, default=600.0,
                         help="seconds of churn seen before the first round")
+    parser.add_argument("--default-gc", action="store_true",
+                        help="CPython's collector thresholds (as inside Flower), not the "
+                             "exporter's")
     parser.add_argument("--json", help="also write the result to this file")
     args = parser.parse_args()
     result = run(args.tasks, args.workers, args.running, args.reserved, args.rounds,
-                 args.churn, args.churn_seconds)
+                 args.churn, args.churn_seconds, args.default_gc)
     for key, value in result.items():
         print(f"{key:>24}: {value}")
     if args.json:

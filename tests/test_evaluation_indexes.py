@@ -125,3 +125,60 @@ def test_pod_churn_starved_queue_evidence_names_live_workers_and_stays_per_round
     evidence = starved[0].evidence
     assert evidence["shared_workers"] == ["pod-299-0@h", "pod-299-1@h"]
     assert {o["queue"] for o in evidence["occupied_by"]} == {"fast", "other"}
+
+
+def test_starved_queues_of_the_same_workers_share_one_occupancy_per_round() -> None:
+    """Queues consumed by the same workers get the same inversion evidence (computed once
+    a round) as copies of their own; queues of other workers get theirs; a new round
+    sees what changed since."""
+    engine = Engine(Settings(), broker_url="redis://localhost:6379/0")
+    feed = engine.observe
+    for host in ("ab1@h", "ab2@h", "c@h"):
+        feed(ev("worker-online", T0, hostname=host, freq=2.0))
+    engine.apply_worker_probes({
+        "ab1@h": WorkerSample(("a", "b", "bulk"), prefetch=1, concurrency=1),
+        "ab2@h": WorkerSample(("a", "b", "bulk"), prefetch=1, concurrency=1),
+        "c@h": WorkerSample(("c", "reports"), prefetch=1, concurrency=1),
+    })
+    # each worker runs one long task of another queue; a, b and c wait behind them
+    for host, queue in (("ab1@h", "bulk"), ("ab2@h", "bulk"), ("c@h", "reports")):
+        uuid = f"run-{host}"
+        feed(ev("task-sent", T0, uuid=uuid, name=f"proj.{queue}", queue=queue))
+        feed(ev("task-received", T0, uuid=uuid, name=f"proj.{queue}", hostname=host))
+        feed(ev("task-started", T0 + 1, uuid=uuid, hostname=host))
+    for queue in ("a", "b", "c"):
+        feed(ev("task-sent", T0 + 1, uuid=f"wait-{queue}", name=f"proj.{queue}",
+                queue=queue))
+    t = T0
+    for step in range(1, 13):
+        t = T0 + 10.0 * step
+        for host in ("ab1@h", "ab2@h", "c@h"):
+            feed(beat(host, t, active=1))
+        engine.evaluate(t)
+    assert engine.rule_errors == {}
+    starved = {f.queue: f.evidence for f in engine.findings.active()
+               if f.practice == "queue_starvation"}
+    assert set(starved) == {"a", "b", "c"}, starved
+    a, b, c = starved["a"], starved["b"], starved["c"]
+    assert a["shared_workers"] == b["shared_workers"] == ["ab1@h", "ab2@h"]
+    assert c["shared_workers"] == ["c@h"]
+    assert a["occupied_by"] == b["occupied_by"]
+    assert [o["queue"] for o in a["occupied_by"]] == ["bulk"]
+    assert a["occupied_by"][0]["running_now"] == 2
+    assert [o["queue"] for o in c["occupied_by"]] == ["reports"]
+    assert c["occupied_by"][0]["running_now"] == 1
+    # copies: one finding's evidence is not another's
+    assert a["occupied_by"] is not b["occupied_by"]
+    assert a["occupied_by"][0] is not b["occupied_by"][0]
+    # the next round recomputes: ab1's run ended, so 'bulk' runs once on those workers
+    t += 10.0
+    feed(ev("task-succeeded", t, uuid="run-ab1@h", hostname="ab1@h", runtime=t - T0))
+    for host in ("ab1@h", "ab2@h", "c@h"):
+        feed(beat(host, t, active=0 if host == "ab1@h" else 1))
+    engine.evaluate(t)
+    starved = {f.queue: f.evidence for f in engine.findings.active()
+               if f.practice == "queue_starvation"}
+    bulk = [o for o in starved["a"]["occupied_by"] if o["queue"] == "bulk"]
+    assert bulk and bulk[0]["running_now"] == 1, starved["a"]["occupied_by"]
+    assert a["occupied_by"][0]["busy_seconds"] == 0.0  # no run had ended then
+    assert bulk[0]["tasks_started"] == 2 and bulk[0]["busy_seconds"] > 100

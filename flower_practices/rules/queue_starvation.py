@@ -84,15 +84,19 @@ class QueueStarvation(Rule):
         self.busy: dict[tuple[str, str], tuple[WindowCounter, WindowCounter]] = {}
         #: worker -> queue -> tasks running now (live workers, as of this round)
         self._running: dict[str, dict[str, int]] = {}
-        #: this round's totals of the (worker, queue) pairs asked for (the evidence of a
-        #: starved queue reads its workers' pairs only, never all of them)
-        self._busy_now: dict[tuple[str, str], tuple[int, int]] = {}
+        #: this round's totals of the workers asked for: worker -> (queue, tasks started,
+        #: busy seconds) of its pairs busy in the window (the evidence of a starved queue
+        #: reads its workers' pairs only, never all of them)
+        self._busy_now: dict[str, list[tuple[str, int, float]]] = {}
         #: this round's index of ``busy``: worker -> its queues, queue -> its workers
         self._pairs: tuple[dict[str, list[str]], dict[str, list[str]]] | None = None
         #: this round's live workers by hostname (built when a queue is reported)
         self._live: dict[str, Any] | None = None
         #: queue -> tasks prefetched by live workers, as of this round (built on demand)
         self._reserved: dict[str, int] | None = None
+        #: this round's occupancy evidence per set of shared workers: starved queues
+        #: consumed by the same workers (the usual inversion) share one computation
+        self._occupancy: dict[frozenset[str], tuple[list[str], list[dict[str, Any]], int]] = {}
 
     def hooks(self):
         return {TASK_STARTED: self._on_started, TASK_SUCCEEDED: self._on_done,
@@ -181,15 +185,18 @@ class QueueStarvation(Rule):
         """The queue has no consumer: queue_without_consumer's finding, not this one's."""
         return no_consumer(self.ctx.queue_facts, queue)
 
-    def _totals(self, worker: str, queue: str, now: float) -> tuple[int, int]:
-        """(tasks started, busy ms) of a (worker, queue) pair in the window (memoised for
-        the round)."""
-        key = (worker, queue)
-        totals = self._busy_now.get(key)
+    def _worker_totals(self, worker: str, now: float) -> list[tuple[str, int, float]]:
+        """(queue, tasks started, busy seconds) of ``worker``'s pairs busy in the window
+        (memoised for the round)."""
+        totals = self._busy_now.get(worker)
         if totals is None:
-            pair = self.busy.get(key)
-            totals = (pair[0].total(now), pair[1].total(now)) if pair is not None else (0, 0)
-            self._busy_now[key] = totals
+            totals = self._busy_now[worker] = []
+            busy = self.busy
+            for q in self._pair_index()[0].get(worker, ()):
+                started, busy_ms = busy[worker, q]
+                n, ms = started.total(now), busy_ms.total(now)
+                if n or ms:
+                    totals.append((q, n, ms / 1000.0))
         return totals
 
     def _pair_index(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
@@ -209,23 +216,35 @@ class QueueStarvation(Rule):
         if self._live is None:
             self._live = {w.hostname: w for w in live_workers(self.ctx.state, now)}
         live = self._live
-        by_worker, by_queue = self._pair_index()
         shared = {host for host, w in live.items()
                   if w.active_queues is not None and queue in w.active_queues}
         if not shared:  # queues unknown (no remote control): the workers that took its
             # tasks in the window, the live ones when there are (churned pods are not)
             busy = self.busy
-            took = [w for w in by_queue.get(queue, ()) if not busy[w, queue][0].idle(now)]
+            took = [w for w in self._pair_index()[1].get(queue, ())
+                    if not busy[w, queue][0].idle(now)]
             shared = {w for w in took if w in live} or set(took)
+        key = frozenset(shared)
+        memo = self._occupancy.get(key)
+        if memo is None:
+            memo = self._occupancy[key] = self._occupied(shared, now)
+        workers, occupied, held = memo
+        # copies: each finding's evidence is its own
+        return {"shared_workers": list(workers), "occupied_by": [dict(o) for o in occupied],
+                "rate_limited_reserved": held}
+
+    def _occupied(self, shared: set[str], now: float
+                  ) -> tuple[list[str], list[dict[str, Any]], int]:
+        """The evidence :meth:`_inversion` gives for the workers ``shared``: the first of
+        them, the queues that occupied them (busy in the window or running now, the
+        five busiest) and the rate-limited tasks they hold reserved."""
         per_queue: dict[str, list[float]] = {}
         running: dict[str, list[float]] = {}
         for worker in shared:
-            for q in by_worker.get(worker, ()):
-                started, busy_ms = self._totals(worker, q, now)
-                if started or busy_ms:
-                    acc = per_queue.setdefault(q, [0.0, 0.0])
-                    acc[0] += started
-                    acc[1] += busy_ms / 1000.0
+            for q, started, busy_seconds in self._worker_totals(worker, now):
+                acc = per_queue.setdefault(q, [0.0, 0.0])
+                acc[0] += started
+                acc[1] += busy_seconds
             for q, (n, seconds) in self._running.get(worker, {}).items():
                 acc = running.setdefault(q, [0, 0.0])
                 acc[0] += n
@@ -241,8 +260,7 @@ class QueueStarvation(Rule):
                 if total_busy and q in per_queue else None,
                 "running_now": int(n), "running_seconds": round(seconds, 1)})
         occupied.sort(key=lambda d: (-d["busy_seconds"], -d["running_now"], d["queue"]))
-        return {"shared_workers": sorted(shared)[:10], "occupied_by": occupied[:5],
-                "rate_limited_reserved": self._rate_limited_reserved(shared)}
+        return sorted(shared)[:10], occupied[:5], self._rate_limited_reserved(shared)
 
     def _rate_limited_reserved(self, shared: set[str]) -> int:
         """Tasks with a rate limit held reserved (prefetched) by ``shared`` workers."""
@@ -272,6 +290,7 @@ class QueueStarvation(Rule):
         self._busy_now = {}
         self._pairs = None
         self._live = None
+        self._occupancy = {}
         oldest = self._scan(now)
         self._reserved = None  # built once per round, when something is flagged
         queues = self.ctx.state.queues
