@@ -235,9 +235,9 @@ class QueueStarvation(Rule):
 
     def _occupied(self, shared: set[str], now: float
                   ) -> tuple[list[str], list[dict[str, Any]], int]:
-        """The evidence :meth:`_inversion` gives for the workers ``shared``: the first of
-        them, the queues that occupied them (busy in the window or running now, the
-        five busiest) and the rate-limited tasks they hold reserved."""
+        """The evidence :meth:`_inversion` gives for the workers ``shared``: the first ten
+        of them by name, the five busiest queues that occupied them (busy in the window
+        or running now) and the rate-limited tasks they hold reserved."""
         per_queue: dict[str, list[float]] = {}
         running: dict[str, list[float]] = {}
         for worker in shared:
