@@ -7,9 +7,10 @@ with the app loaded.
 Must fire: beat terminated -> ``missed_periodic_task``; two beats at once ->
 ``duplicate_beat`` naming both; a task sleeping longer than its period ->
 ``periodic_overlap``. Must not fire: one beat running normally, a periodic task that
-retries with back-off, a task sent alongside with a countdown every period, and a warm
-shutdown and restart of the worker. The cadence learner's rule is unit-tested with
-synthetic timestamps in tests/test_periodic_units.py.
+retries with back-off, a task sent alongside with a countdown every period, a warm
+shutdown and restart of the worker, and an application (a producer seen sending a
+countdown) sending a task on a steady rhythm and then stopping. The cadence learner's
+rule is unit-tested with synthetic timestamps in tests/test_periodic_units.py.
 """
 
 from __future__ import annotations
@@ -291,6 +292,49 @@ def test_normal_beat_retries_countdowns_and_a_worker_restart_raise_nothing(
             env.assert_none("missed_periodic_task", "periodic.later")
             env.assert_none("duplicate_beat")
             env.assert_none("periodic_overlap")
+        finally:
+            stop_sending.set()
+            if sender.is_alive():
+                sender.join(10)
+
+
+@pytest.mark.parametrize("loaded", [True, False], ids=["with-A", "without-A"])
+def test_an_application_sending_on_a_rhythm_is_not_a_scheduler(loaded: bool) -> None:
+    """A producer that sends a task with a countdown is an application, not a beat: the
+    same producer then sending a task every 2 s and stopping raises nothing, while the
+    real beat beside it, stopped, is missed."""
+    with environment("tick", loaded) as env:
+        env.worker(f"app-rhythm-{int(loaded)}@fp-test")
+        stop_sending = threading.Event()
+
+        def send_on_a_rhythm() -> None:  # a web process: one countdown, then a rhythm
+            env.app.send_task("periodic.later", countdown=1.0)
+            while not stop_sending.wait(2.0):
+                env.app.send_task("periodic.later")
+
+        sender = threading.Thread(target=send_on_a_rhythm, daemon=True)
+        try:
+            with env.beat() as beat:
+                env.wait_beat_sending(beat)
+                env.watch()
+                sender.start()
+                # eight regular sends: far more than the three that teach a period
+                env.wait_sends("periodic.later", 8)
+                stop_sending.set()
+                sender.join(10)
+                sent = env.events("sent", "periodic.later")
+                # its next send was due 2 s after the last, then the 1.5 s grace: six
+                # ticks (12 s) is well past it
+                env.wait_sends("periodic.tick", env.events("sent", "periodic.tick") + 6)
+                env.exporter.wait_evaluated()
+                assert env.events("sent", "periodic.later") == sent
+                for practice in PRACTICES:
+                    env.assert_none(practice)
+                # the rule was watching: beat stopped, its task is missed
+                beat.stop()
+                env.finding("missed_periodic_task", "periodic.tick", timeout=30)
+            env.exporter.wait_evaluated(since=time.time() + 3.0)
+            env.assert_none("missed_periodic_task", "periodic.later")
         finally:
             stop_sending.set()
             if sender.is_alive():
