@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -140,6 +140,38 @@ def environment(entries: str, loaded: bool, broker_kind: str = "redis") -> Itera
             delete_vhost(broker)
 
 
+class Sender:
+    """A producer thread of the test process: ``first()`` at once (if given), then
+    ``send()`` every ``period`` seconds, from :meth:`start` until :meth:`stop` (or the end
+    of the ``with`` block)."""
+
+    def __init__(self, send: Callable[[], object], first: Callable[[], object] | None = None,
+                 period: float = 2.0) -> None:
+        self._stop = threading.Event()
+
+        def run() -> None:
+            if first is not None:
+                first()
+            while not self._stop.wait(period):
+                send()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def __enter__(self) -> Sender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 def producer(beat: BeatProcess) -> re.Pattern:
     """The producer node name of a beat process's task-sent events (``gen<pid>@host``)."""
     return re.compile(rf"^gen{beat.pid}@")
@@ -251,14 +283,8 @@ def test_normal_beat_retries_countdowns_and_a_worker_restart_raise_nothing(
     with environment("tick,flaky", loaded, broker_kind) as env:
         name = f"calm-{int(loaded)}-{broker_kind}@fp-test"
         worker = env.worker(name)
-        stop_sending = threading.Event()
-
-        def send_later() -> None:  # a regular cadence, but each with a countdown
-            while not stop_sending.wait(2.0):
-                env.app.send_task("periodic.later", countdown=1.0)
-
-        sender = threading.Thread(target=send_later, daemon=True)
-        try:
+        # a regular cadence, but each with a countdown
+        with Sender(lambda: env.app.send_task("periodic.later", countdown=1.0)) as sender:
             with env.beat() as beat:
                 env.wait_beat_sending(beat)
                 env.watch()
@@ -284,7 +310,7 @@ def test_normal_beat_retries_countdowns_and_a_worker_restart_raise_nothing(
                 assert restarted.proc is not None and restarted.proc.poll() is None
                 # the rules did watch these tasks: with beat gone, the periodic ones are
                 # missed, and the task sent with a countdown was never taken as periodic
-                stop_sending.set()
+                sender.stop()
                 beat.stop()
                 env.finding("missed_periodic_task", "periodic.tick", timeout=30)
                 env.finding("missed_periodic_task", "periodic.flaky", timeout=30)
@@ -292,10 +318,6 @@ def test_normal_beat_retries_countdowns_and_a_worker_restart_raise_nothing(
             env.assert_none("missed_periodic_task", "periodic.later")
             env.assert_none("duplicate_beat")
             env.assert_none("periodic_overlap")
-        finally:
-            stop_sending.set()
-            if sender.is_alive():
-                sender.join(10)
 
 
 @pytest.mark.parametrize("loaded", [True, False], ids=["with-A", "without-A"])
@@ -305,23 +327,17 @@ def test_an_application_sending_on_a_rhythm_is_not_a_scheduler(loaded: bool) -> 
     real beat beside it, stopped, is missed."""
     with environment("tick", loaded) as env:
         env.worker(f"app-rhythm-{int(loaded)}@fp-test")
-        stop_sending = threading.Event()
-
-        def send_on_a_rhythm() -> None:  # a web process: one countdown, then a rhythm
-            env.app.send_task("periodic.later", countdown=1.0)
-            while not stop_sending.wait(2.0):
-                env.app.send_task("periodic.later")
-
-        sender = threading.Thread(target=send_on_a_rhythm, daemon=True)
-        try:
+        # a web process: one countdown, then a rhythm
+        with Sender(lambda: env.app.send_task("periodic.later"),
+                    first=lambda: env.app.send_task("periodic.later", countdown=1.0)) \
+                as sender:
             with env.beat() as beat:
                 env.wait_beat_sending(beat)
                 env.watch()
                 sender.start()
                 # eight regular sends: far more than the three that teach a period
                 env.wait_sends("periodic.later", 8)
-                stop_sending.set()
-                sender.join(10)
+                sender.stop()
                 sent = env.events("sent", "periodic.later")
                 # its next send was due 2 s after the last, then the 1.5 s grace: six
                 # ticks (12 s) is well past it
@@ -335,7 +351,3 @@ def test_an_application_sending_on_a_rhythm_is_not_a_scheduler(loaded: bool) -> 
                 env.finding("missed_periodic_task", "periodic.tick", timeout=30)
             env.exporter.wait_evaluated(since=time.time() + 3.0)
             env.assert_none("missed_periodic_task", "periodic.later")
-        finally:
-            stop_sending.set()
-            if sender.is_alive():
-                sender.join(10)
